@@ -78,7 +78,8 @@ def _diverging_heatmap(
         )
     )
     _layout(fig, title, _heatmap_height(len(y)))
-    fig.update_xaxes(title_text=xaxis_title, type="category", tickangle=-40 if len(x) > 8 else 0)
+    fig.update_xaxes(title_text=xaxis_title, type="category",
+                     tickangle=-35 if len(x) > 6 or max(map(len, x), default=0) > 8 else 0)
     fig.update_yaxes(title_text="layer", type="category", autorange="reversed")
     return fig
 
@@ -237,7 +238,7 @@ def _ablation_figure(results: dict[str, Any], kind: str, metric: str) -> go.Figu
     x, y = _head_axes(z)
     name = "logit diff" if metric == "logit_diff" else "loss"
     cbar = f"Δ {name} vs baseline {fmt(base)}<br>(value − baseline)"
-    title = f"{kind.capitalize()}-ablation of each head: {name} − baseline ({fmt(base)})"
+    title = f"{kind.capitalize()}-ablation: {name} − baseline"
     if is_matrix(err):
         hover = "%{y}%{x}: Δ %{z:.3f} ± %{customdata:.3f}"
         return _diverging_heatmap(z, x, y, title, cbar, "head", hover, err)
@@ -272,8 +273,8 @@ def _position_patching(results: dict[str, Any], key: str, what: str) -> go.Figur
     tokens = list(p.get("tokens") or [])
     tokens += ["?"] * (n_pos - len(tokens))
     x = unique_token_labels(tokens[:n_pos])
-    title = f"Activation patching: {what} (1 = clean restored, 0 = corrupted)"
-    return _diverging_heatmap(z, x, layer_labels(len(z)), title, "normalised<br>logit diff",
+    title = f"Patching: {what}"
+    return _diverging_heatmap(z, x, layer_labels(len(z)), title, "restored<br>(1 = clean)",
                               "position: token (clean prompt)", "%{y}, %{x}: %{z:.3f}")
 
 
@@ -296,8 +297,8 @@ def head_patching_figure(results: dict[str, Any]) -> go.Figure:
     """Head-output patching per layer and head (all positions)."""
     z = results["head_patching"]["values"]
     x, y = _head_axes(z)
-    return _diverging_heatmap(z, x, y, "Activation patching: each head's output (all positions)",
-                              "normalised<br>logit diff", "head", "%{y}%{x}: %{z:.3f}")
+    return _diverging_heatmap(z, x, y, "Patching: each head's output (all positions)",
+                              "restored<br>(1 = clean)", "head", "%{y}%{x}: %{z:.3f}")
 
 
 def unembed_bias_figure(results: dict[str, Any]) -> go.Figure:

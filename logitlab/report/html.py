@@ -54,7 +54,8 @@ table { border-collapse: collapse; font-size: 14px; margin: 6px 0 12px; }
 th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left;
          vertical-align: top; }
 th { background: #f3f6f9; font-weight: 600; }
-table.kv td:first-child { color: var(--muted); }
+table.kv td:first-child, table.kv2 td:nth-child(3) { color: var(--muted); }
+table.kv2 td:nth-child(2) { padding-right: 36px; }
 tr.answer-row td { background: #e6f0fa; font-weight: 600; }
 .scroll { max-height: 440px; overflow: auto; }
 .prompt { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
@@ -69,7 +70,10 @@ tr.answer-row td { background: #e6f0fa; font-weight: 600; }
 figure.fig { margin: 8px 0 14px; min-width: 0; }
 .fig-grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr));
             gap: 12px; }
-.pred { border-top: 1px solid var(--line); padding-top: 6px; margin-top: 8px; }
+.preds { display: grid; grid-template-columns: repeat(auto-fit, minmax(400px, 1fr));
+         gap: 8px 24px; }
+.pred { border-top: 1px solid var(--line); padding-top: 6px; margin-top: 8px; min-width: 0; }
+#fig-unembed_bias { max-width: 620px; }
 pre { background: #f5f7f9; padding: 10px; overflow: auto; font-size: 12px; }
 .attn-viewer { border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; }
 .attn-controls { display: flex; gap: 16px; align-items: center; flex-wrap: wrap;

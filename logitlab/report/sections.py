@@ -102,9 +102,11 @@ def section_setup(results: dict[str, Any], figures: Figures, findings: Sequence[
     model = results.get("model") or {}
     keys = ["name", "architecture", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_head",
             "d_vocab", "normalization", "post_attention_norm", "dtype", "device"]
-    rows = [[esc(k), esc(model[k])] for k in keys if k in model]
-    parts.append("<h3>Model</h3>" + (table(["property", "value"], rows, "kv") if rows
-                                     else missing("model description")))
+    pairs = [[esc(k), esc(model[k])] for k in keys if k in model]
+    rows = [pairs[i] + (pairs[i + 1] if i + 1 < len(pairs) else ["", ""])
+            for i in range(0, len(pairs), 2)]
+    parts.append("<h3>Model</h3>" + (table(["property", "value", "property", "value"], rows,
+                                           "kv kv2") if rows else missing("model description")))
     task = results.get("task") or {}
     prompts = list(task.get("prompts") or [])
     answers = list(task.get("answers") or [])
@@ -143,8 +145,7 @@ def section_predictions(results: dict[str, Any], figures: Figures,
     preds = results.get("predictions")
     if not preds:
         return missing("predictions")
-    parts = [note("The model's top next tokens after each example prompt; the correct answer's "
-                  "row is highlighted. Rank 0 = the model's top prediction.")]
+    parts = []
     for p in preds:
         rows, classes = [], []
         for r, t in enumerate(p.get("top") or []):
@@ -161,7 +162,9 @@ def section_predictions(results: dict[str, Any], figures: Figures,
             + table(["rank", "token", "logit", "prob"], rows, "topk", classes)
             + "</div>"
         )
-    return "".join(parts)
+    return (note("The model's top next tokens after each example prompt; the correct answer's "
+                 "row is highlighted. Rank 0 = the model's top prediction.")
+            + '<div class="preds">' + "".join(parts) + "</div>")
 
 
 def section_logit_diff(results: dict[str, Any], figures: Figures,
@@ -343,7 +346,8 @@ def section_patching(results: dict[str, Any], figures: Figures,
              "restores the clean answer, 0 = no effect. x-axis: the clean prompt's tokens with "
              "their position index." + base)
         + figure_html(figures, "resid_patching")
-        + grid(figures, ["attn_patching", "mlp_patching"])
+        + figure_html(figures, "attn_patching")
+        + figure_html(figures, "mlp_patching")
         + figure_html(figures, "head_patching")
     )
 

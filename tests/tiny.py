@@ -1,0 +1,90 @@
+"""Tiny random models of every supported architecture kind, saved as HF folders and loaded like real ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = ("Mary John Dan Amy Sarah Tom she he it is a an great friend amazing person fantastic colleague "
+         "wonderful partner excellent student really tall isn ’ t , . the car").split()
+
+KINDS = ("gpt2", "llama_mha", "llama_gqa", "gemma3")
+
+
+def make_tokenizer(folder: Path):  # noqa: ANN201
+    """A small byte-level BPE trained offline on the task's words; ' she', ' he' and names are single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [" ".join(WORDS)] * 50 + [f"{w} is {w}, isn’t she he it" for w in WORDS] * 20 + [f" {w}" for w in WORDS] * 50
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<bos>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>")
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def make_config(kind: str, vocab: int):  # noqa: ANN201
+    from transformers import GPT2Config, Gemma3TextConfig, LlamaConfig
+    if kind == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_positions=64, n_embd=64, n_layer=3, n_head=4, bos_token_id=0,
+                          eos_token_id=0, architectures=["GPT2LMHeadModel"])
+    if kind in ("llama_mha", "llama_gqa"):
+        return LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=4 if kind == "llama_mha" else 2, head_dim=16,
+                           max_position_embeddings=64, rms_norm_eps=1e-5, bos_token_id=0, pad_token_id=1,
+                           tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
+    if kind == "gemma3":
+        # A sliding window shorter than the prompts, so the window mask is exercised.
+        return Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                                num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                                sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
+                                architectures=["Gemma3ForCausalLM"])
+    raise ValueError(kind)
+
+
+def make_model_folder(kind: str, folder: Path, seed: int = 0) -> Path:
+    """Save a random model of ``kind`` with randomised norm weights/biases (so folding bugs show)."""
+    from transformers import AutoModelForCausalLM
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(folder)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(make_config(kind, len(tok)))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln_" in name or name.endswith("ln_f.weight") or name.endswith("ln_f.bias"):
+                if name.endswith("bias"):
+                    p.copy_(torch.randn_like(p) * 0.3)
+                else:
+                    p.copy_(1.0 + torch.randn_like(p) * 0.3 if kind != "gemma3" else torch.randn_like(p) * 0.3)
+            elif "bias" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+            else:
+                p.copy_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+TASK_YAML = """
+name: tiny-pronouns
+prepend_bos: true
+templates:
+  - "{} is a great friend, isn’t"
+  - "{} is really tall, isn’t"
+classes:
+  she: {answer: " she", incorrect: [" he"]}
+  he: {answer: " he", incorrect: [" she"]}
+subjects:
+  - {name: Mary, class: she}
+  - {name: John, class: he}
+  - {name: Amy, class: she}
+  - {name: "The car", class: he}
+patching:
+  - {clean: "Mary is a great friend, isn’t", corrupted: "John is a great friend, isn’t", class: she}
+  - {clean: "Amy is a great friend, isn’t", corrupted: "John is a great friend, isn’t", class: she}
+"""

@@ -1,0 +1,110 @@
+"""Invariants of the analyses on tiny random models of every architecture kind."""
+
+import pytest
+import torch
+
+from logitlab.analyses import clean_run, dla, head_ablation, head_attribution, layer_attribution, logit_lens
+from logitlab.analyses.ablation import ablate_heads_sweep, head_mean_values
+from logitlab.analyses.patching import activation_patching
+from logitlab.reference import hooked_metrics, loop_head_ablation, loop_patching
+from logitlab.sweep import SweepSettings, run_sweep
+from logitlab.task import load_task, tokenize_task
+
+
+@pytest.fixture()
+def run(tiny_model, tiny_task_file):  # noqa: ANN001, ANN201
+    return clean_run(tiny_model, tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float, what: str) -> None:
+    diff = (a.float() - b.float()).abs().max().item()
+    assert diff <= tol, f"{what}: max abs diff {diff} > {tol}"
+
+
+def test_prompts_have_different_lengths(run) -> None:  # noqa: ANN001
+    assert len(set(run.task.final_pos.tolist())) > 1, "the tiny task must mix prompt lengths"
+
+
+def test_logit_diff_and_loss_match_full_logits(run) -> None:  # noqa: ANN001
+    m, t = run.model, run.task
+    d, lo = hooked_metrics(m, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids)
+    _close(run.logit_diff, d, 1e-4, "logit diff vs bridge logits")
+    _close(run.loss, lo, 1e-4, "loss vs bridge log-softmax")
+
+
+def test_each_prompt_scored_at_its_own_final_position(run) -> None:  # noqa: ANN001
+    m, t = run.model, run.task
+    for i in range(t.n_prompts):
+        n = int(t.final_pos[i]) + 1
+        d, _ = hooked_metrics(m, t.tokens[i:i + 1, :n], torch.tensor([n - 1]), t.correct_ids[i:i + 1],
+                              t.incorrect_ids[i:i + 1])
+        _close(run.logit_diff[i:i + 1], d, 1e-4, f"prompt {i} alone vs in the padded batch")
+
+
+def test_dla_reconstructs_and_components_sum(run) -> None:  # noqa: ANN001
+    res = dla(run)
+    total = res.reconstructed + res.bias_term
+    _close(total, run.logit_diff, 1e-4 * max(1.0, run.logit_diff.abs().max().item()), "DLA + bias vs model")
+    assert res.relative_error < 1e-4 or run.logit_diff.mean().abs() < 1e-3
+    layers = layer_attribution(run)
+    _close(layers.values.sum(0), res.reconstructed, 1e-4, "sum of layer attributions vs reconstruction")
+    lens = logit_lens(run)
+    assert lens.labels[-1] == "final_post" and lens.labels[:2] == ("0_pre", "0_mid")
+    assert len(lens.labels) == 2 * run.model.spec.n_layers + 1
+    _close(lens.values[-1], res.reconstructed, 1e-5, "logit lens final_post vs reconstruction")
+
+
+def test_heads_sum_to_attn_out(run) -> None:  # noqa: ANN001
+    heads = head_attribution(run)
+    layers = layer_attribution(run)
+    for layer in range(run.model.spec.n_layers):
+        attn = layers.values[layers.labels.index(f"{layer}_attn_out")]
+        _close(heads.values[layer].sum(0) + heads.bias[layer], attn, 1e-4, f"layer {layer} heads + bias vs attn_out")
+    assert (heads.naive is not None) == run.model.spec.post_norms
+
+
+def test_empty_ablation_is_baseline(run) -> None:  # noqa: ANN001
+    # Replacing every head's output by its own clean value is an ablation that changes nothing.
+    settings = SweepSettings(chunk_size=3)
+    H = run.model.spec.n_heads
+    for layer in range(run.model.spec.n_layers):
+        own = run.cache.z[layer].permute(2, 0, 1, 3)  # (H, B, T, dh)
+        d, lo = ablate_heads_sweep(run, layer, torch.arange(H), own, settings)
+        _close(d, run.logit_diff.expand(H, -1), 1e-4, f"empty ablation logit diff, layer {layer}")
+        _close(lo, run.loss.expand(H, -1), 1e-4, f"empty ablation loss, layer {layer}")
+
+
+@pytest.mark.parametrize("kind", ["zero", "mean"])
+def test_ablation_sweep_equals_one_forward_per_head(run, kind) -> None:  # noqa: ANN001
+    t = run.task
+    res = head_ablation(run, kind, SweepSettings(chunk_size=5))
+    means = head_mean_values(run) if kind == "mean" else None
+    ref_d, ref_l = loop_head_ablation(run.model, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids, means)
+    _close(res.logit_diff, ref_d, 1e-4, f"{kind}-ablation logit diff: engine vs hooked loop")
+    _close(res.loss, ref_l, 1e-4, f"{kind}-ablation loss: engine vs hooked loop")
+    assert (res.logit_diff - run.logit_diff).abs().max() > 1e-3, "ablation had no effect at all"
+
+
+def test_patching_equals_one_forward_per_patch(tiny_model, tiny_task_file) -> None:
+    tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
+    res = activation_patching(tiny_model, tt, SweepSettings(chunk_size=7))
+    args = (tiny_model, tt.clean_tokens, tt.corrupted_tokens, tt.pair_correct_ids, tt.pair_incorrect_ids)
+    for what, mine in [("resid_pre", res.resid), ("attn_out", res.attn), ("mlp_out", res.mlp), ("z", res.heads)]:
+        _close(mine, loop_patching(*args, what), 1e-4, f"{what} patching: engine vs hooked loop")
+
+
+def test_patching_endpoints(tiny_model, tiny_task_file) -> None:
+    tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
+    res = activation_patching(tiny_model, tt)
+    r = tiny_model.runner
+    clean, corr = r.run_with_cache(tt.clean_tokens), r.run_with_cache(tt.corrupted_tokens)
+    n, T = tt.clean_tokens.shape
+    fp = torch.full((n,), T - 1)
+    for layer in range(tiny_model.spec.n_layers):
+        for source, expected in [(clean, 1.0), (corr, 0.0)]:
+            d, _ = run_sweep(r, n, layer, "pre", lambda idx, s=source, l=layer: s.resid_pre[l, idx], fp,
+                             tt.pair_correct_ids, tt.pair_incorrect_ids, False, SweepSettings())
+            got = float(res.normalise(d.mean()))
+            assert abs(got - expected) < 1e-4, f"patching everything/nothing at layer {layer}: {got} != {expected}"
+    # Patching the full residual stream at the first position of layer 0 touches only the BOS token.
+    assert abs(float(res.normalise(res.resid[0, 0]))) < 1e-4

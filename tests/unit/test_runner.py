@@ -1,0 +1,37 @@
+"""logitlab's staged forward pass equals the Hugging Face and TransformerLens bridge forward passes."""
+
+import torch
+
+from logitlab.task import load_task, tokenize_task
+
+
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    # Centring the unembedding shifts every logit of a position equally; compare centred logits.
+    return x - x.mean(-1, keepdim=True)
+
+
+def test_runner_matches_hf_and_bridge(tiny_model, tiny_task_file) -> None:
+    from transformers import AutoModelForCausalLM
+    tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
+    tokens = tt.tokens
+    ours = tiny_model.runner.logits(tokens)
+    bridge = tiny_model.bridge(tokens)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model.name, dtype=torch.float32)(tokens).logits
+    d_bridge = (_centre(ours) - _centre(bridge)).abs().max().item()
+    d_hf = (_centre(ours) - _centre(hf)).abs().max().item()
+    scale = hf.abs().max().item()
+    assert d_hf < 1e-4 * max(1.0, scale), f"{tiny_model.spec.model_type}: runner vs HF max diff {d_hf}"
+    assert d_bridge < 1e-4 * max(1.0, scale), f"{tiny_model.spec.model_type}: runner vs bridge max diff {d_bridge}"
+
+
+def test_cache_matches_bridge_hooks(tiny_model, tiny_task_file) -> None:
+    tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
+    _, cache = tiny_model.bridge.run_with_cache(tt.tokens)
+    ours = tiny_model.runner.run_with_cache(tt.tokens)
+    for layer in range(tiny_model.spec.n_layers):
+        for name, mine in [("attn.hook_z", ours.z[layer]), ("hook_attn_out", ours.attn_out[layer]),
+                           ("hook_resid_pre", ours.resid_pre[layer]), ("hook_mlp_out", ours.mlp_out[layer]),
+                           ("attn.hook_pattern", ours.pattern[layer])]:
+            ref = cache[f"blocks.{layer}.{name}"]
+            diff = (ref - mine).abs().max().item()
+            assert diff < 1e-4 * max(1.0, ref.abs().max().item()), f"{name} L{layer}: max diff {diff}"
