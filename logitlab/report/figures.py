@@ -79,7 +79,7 @@ def _diverging_heatmap(
     )
     _layout(fig, title, _heatmap_height(len(y)))
     fig.update_xaxes(title_text=xaxis_title, type="category",
-                     tickangle=-35 if len(x) > 6 or max(map(len, x), default=0) > 8 else 0)
+                     tickangle=-35 if len(x) > 12 or sum(map(len, x)) > 100 else 0)
     fig.update_yaxes(title_text="layer", type="category", autorange="reversed")
     return fig
 
@@ -311,8 +311,7 @@ def unembed_bias_figure(results: dict[str, Any]) -> go.Figure:
     fig = go.Figure(go.Bar(x=xs, y=ys if present else [0.0, 0.0], marker_color=[BLUE, RED],
                            hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
     if present:
-        title = (f"Unembedding bias b_U: difference {fmt(ub.get('difference'), signed=True)} "
-                 f"(prob ratio {fmt(ub.get('prob_ratio'))})")
+        title = f"Unembedding bias b_U (difference {fmt(ub.get('difference'), signed=True)})"
     else:
         title = "Unembedding bias: the model has none"
         fig.add_annotation(text="no unembedding bias", x=0.5, y=0.5, xref="paper", yref="paper",

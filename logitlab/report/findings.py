@@ -109,6 +109,7 @@ def _layer_attribution(results: dict[str, Any]) -> Finding | None:
     neg = [j for j in top if vals[j] < 0]
 
     def names(idx: list[int]) -> str:
+        """``"a (+1.00), b (+0.50) and c (−0.20)"`` for component indices."""
         items = [f"{labels[j]} ({fmt(vals[j], signed=True)})" for j in idx]
         return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
@@ -184,6 +185,7 @@ def _resid_patching(results: dict[str, Any]) -> Finding | None:
     thr = f"more than {PATCH_THRESHOLD:g} of the clean logit difference"
 
     def where(pos: int) -> str:
+        """A position as quoted token plus index."""
         return f"{quoted(tokens[pos])} (position {pos})"
 
     if other:

@@ -30,6 +30,15 @@ CSP = (
     "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; connect-src 'none'"
 )
 
+#: Plots are drawn while the page is still being parsed; re-fit them once layout is final.
+RESIZE_JS = """
+window.addEventListener("load", function () {
+  if (!window.Plotly) { return; }
+  var plots = document.querySelectorAll(".js-plotly-plot");
+  for (var i = 0; i < plots.length; i++) { window.Plotly.Plots.resize(plots[i]); }
+});
+"""
+
 CSS = """
 :root { --fg: #1f2933; --muted: #5f6b7a; --line: #e3e7ec; --accent: #2166ac; --bg: #fbfcfd; }
 * { box-sizing: border-box; }
@@ -68,8 +77,8 @@ tr.answer-row td { background: #e6f0fa; font-weight: 600; }
          font-size: 12px; color: #fff; }
 .badge.pass { background: #2e7d32; } .badge.fail { background: #c62828; }
 figure.fig { margin: 8px 0 14px; min-width: 0; }
-.fig-grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr));
-            gap: 12px; }
+.fig-grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 12px; }
+@media (max-width: 980px) { .fig-grid { grid-template-columns: minmax(0, 1fr); } }
 .preds { display: grid; grid-template-columns: repeat(auto-fit, minmax(400px, 1fr));
          gap: 8px 24px; }
 .pred { border-top: 1px solid var(--line); padding-top: 6px; margin-top: 8px; min-width: 0; }
@@ -147,7 +156,8 @@ def render_report(
         + "\n".join(parts)
         + f"\n</main>\n<footer>Written by logitlab {version} from results.json schema "
         f"version {schema}. Self-contained: no network access needed.</footer>\n"
-        f'<script type="text/javascript">{ATTENTION_JS}</script>\n</body>\n</html>\n'
+        f'<script type="text/javascript">{ATTENTION_JS}</script>\n'
+        f'<script type="text/javascript">{RESIZE_JS}</script>\n</body>\n</html>\n'
     )
 
 

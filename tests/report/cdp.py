@@ -60,7 +60,8 @@ class Chromium:
         to_chrome_r, self._to_chrome_w = os.pipe()
         self._from_chrome_r, from_chrome_w = os.pipe()
 
-        def _child_fds() -> None:  # runs in the child between fork and exec
+        def _child_fds() -> None:
+            """In the child (between fork and exec): put the pipe ends on fds 3 and 4."""
             a = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD, 10)
             b = fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD, 10)
             os.dup2(a, 3)

@@ -149,6 +149,7 @@ def make_results(
     baseline_loss = 0.9
 
     def _ablation(shift: float) -> dict[str, Any]:
+        """One ablation kind; ``shift`` moves the logit differences."""
         ld = mean + rng.normal(shift, 0.3, (L, H))
         ld[L - 1, H - 1] = mean - 1.8 * (1 + shift)
         loss = baseline_loss + rng.normal(0.05, 0.1, (L, H))

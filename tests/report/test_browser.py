@@ -150,7 +150,8 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
         dialogs = browser.events_named("Page.javascriptDialogOpening")
 
     (ARTIFACTS / "browser_check.json").write_text(json.dumps(
-        {"plots": plots, "hover": hover, "dom": dom, "errors": errors, "requests": requests},
+        {"plots": plots, "hover": hover, "dom": dom, "errors": errors,
+         "requests": [u[:120] for u in requests]},
         indent=2, ensure_ascii=False, default=str))
 
     assert not errors, f"console errors: {errors}"
