@@ -209,7 +209,10 @@ def task_from_dict(data: Any, source: str = "task") -> Task:
                 prompts.append(t.replace("{}", subj))
                 correct.append(ans)
                 incorrect.append(inc)
-    for i, p in enumerate(data.get("prompts") or []):
+    explicit = data.get("prompts")
+    _require(explicit is None or isinstance(explicit, list), source,
+             "prompts must be a list of {prompt, correct, incorrect}")
+    for i, p in enumerate(explicit or []):
         _check_keys(p, _PROMPT_KEYS, f"prompts[{i}]", source)
         _require("prompt" in p and "correct" in p and "incorrect" in p, source,
                  f"prompts[{i}] needs 'prompt', 'correct' and 'incorrect'")

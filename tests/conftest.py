@@ -40,7 +40,7 @@ def tiny_model(request: pytest.FixtureRequest, tiny_dir: Path):  # noqa: ANN201
     kind = request.param
     if kind not in _models:
         folder = make_model_folder(kind, tiny_dir / kind)
-        _models[kind] = load_model(str(folder))
+        _models[kind] = load_model(str(folder), cache=False)
     return _models[kind]
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 
 from logitlab.errors import LogitlabError
 from logitlab.model.runner import Runner
-from logitlab.model.spec import SUPPORTED_MODEL_TYPES, ArchSpec, read_spec, read_weights
+from logitlab.model.spec import SUPPORTED_MODEL_TYPES, ArchSpec, Weights, read_spec, read_weights
 
 __all__ = ["Model", "load_model", "cache_dir", "BUILTIN_MODEL"]
 
@@ -38,17 +38,28 @@ _OFFLINE_HELP = (
 )
 
 
-@dataclass
 class Model:
-    """A loaded model: the TransformerBridge (reference), its tokenizer, and logitlab's runner."""
+    """A loaded model: tokenizer, architecture, logitlab's runner, and the TransformerBridge it came from.
 
-    name: str
-    bridge: Any
-    tokenizer: Any
-    spec: ArchSpec
-    runner: Runner
-    device: str
-    dtype: str
+    The bridge (TransformerLens, compatibility mode) is the source of the processed weights. Once those are
+    cached, a load reads them directly and the bridge is booted only when something asks for it
+    (``model.bridge``: hooks, reference loops, TransformerLens interop).
+    """
+
+    def __init__(self, name: str, source: str, tokenizer: Any, spec: ArchSpec, runner: Runner, device: str,
+                 dtype: str, bridge: Any = None, trust_remote_code: bool = False) -> None:
+        self.name, self.source, self.tokenizer, self.spec, self.runner = name, source, tokenizer, spec, runner
+        self.device, self.dtype, self._bridge, self._trust = device, dtype, bridge, trust_remote_code
+
+    @property
+    def bridge(self) -> Any:
+        """The TransformerBridge in compatibility mode (booted on first use)."""
+        if self._bridge is None:
+            hf, tok, _ = _load_hf(self.source, self._trust)
+            self._bridge = _boot_bridge(self.source, hf, tok, self.name)
+            if self.device != "cpu":
+                self._bridge.to(self.device)
+        return self._bridge
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.spec.to_dict(), "dtype": self.dtype, "device": self.device}
@@ -169,9 +180,62 @@ def _load_hf(source: str, trust_remote_code: bool) -> tuple[Any, Any, str]:
     return hf, tok, source
 
 
+def _boot_bridge(source: str, hf: Any, tok: Any, name: str) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+    try:
+        bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tok)
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    except Exception as e:
+        raise LogitlabError(f"TransformerLens could not wrap {name!r}: {type(e).__name__}: {e}") from e
+    bridge.eval()
+    return bridge
+
+
+def _processed_key(source: str) -> str | None:
+    """Cache key of a local folder's processed weights: its files' names, sizes and times, and the versions."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return None  # hub models: no stable local identity to key on
+    from importlib.metadata import version
+
+    from logitlab import __version__
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
+                   if p.suffix in (".safetensors", ".json", ".bin"))
+    ident = json.dumps([str(folder.resolve()), files, version("transformer-lens"), version("transformers"), __version__, _WEIGHTS_FORMAT])
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+_WEIGHTS_FORMAT = 1
+
+
+def _save_weights(path: Path, weights: Weights) -> None:
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in vars(weights).items() if v is not None}
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_weights(path: Path) -> Weights | None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        log.warning("ignoring unreadable processed-weights cache %s (%s)", path, e)
+        return None
+    names = [f.name for f in fields(Weights)]
+    return Weights(**{n: state.get(n) for n in names})
+
+
 def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "float32",
-               trust_remote_code: bool = False) -> Model:
-    """Load a model by spec (see module docstring) onto ``device`` in ``dtype``."""
+               trust_remote_code: bool = False, cache: bool = True) -> Model:
+    """Load a model by spec (see module docstring) onto ``device`` in ``dtype``.
+
+    With ``cache`` the bridge's processed weights of a local folder are kept in the user cache, so later
+    loads skip booting the bridge.
+    """
     if dtype not in _DTYPES:
         raise LogitlabError(f"unknown dtype {dtype!r}", f"choose one of {sorted(_DTYPES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -183,17 +247,28 @@ def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "flo
         source, name = str(_gguf_to_folder(Path(spec))), Path(spec).name
     else:
         source, name = spec, spec
-    if not Path(source).exists() and ("/" in spec and spec.startswith((".", "/", "~"))):
+    if not Path(source).exists() and spec.startswith((".", "/", "~")):
         raise LogitlabError(f"model path {spec!r} does not exist", _OFFLINE_HELP)
-    hf, tok, bridge_name = _load_hf(source, trust_remote_code)
-    spec_ = read_spec(hf.config)
-    from transformer_lens.model_bridge import TransformerBridge
-    try:
-        bridge = TransformerBridge.boot_transformers(bridge_name, hf_model=hf, tokenizer=tok)
-        bridge.enable_compatibility_mode(disable_warnings=True)
-    except Exception as e:
-        raise LogitlabError(f"TransformerLens could not wrap {name!r}: {type(e).__name__}: {e}") from e
-    bridge.eval()
-    weights = read_weights(bridge, spec_).to(device, _DTYPES[dtype])
-    return Model(name=name, bridge=bridge, tokenizer=tok, spec=spec_, runner=Runner(spec_, weights),
-                 device=device, dtype=dtype)
+    key = _processed_key(source) if cache else None
+    cached = cache_dir() / "processed" / f"{key}.safetensors" if key else None
+    weights = _load_weights(cached) if cached is not None and cached.is_file() else None
+    bridge = None
+    if weights is not None:
+        from transformers import AutoConfig, AutoTokenizer
+        spec_ = read_spec(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code))
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    else:
+        hf, tok, _ = _load_hf(source, trust_remote_code)
+        spec_ = read_spec(hf.config)
+        bridge = _boot_bridge(source, hf, tok, name)
+        weights = read_weights(bridge, spec_)
+        if cached is not None:
+            try:
+                _save_weights(cached, weights)
+            except OSError as e:
+                log.warning("could not cache processed weights at %s: %s", cached, e)
+    if device != "cpu" and bridge is not None:
+        bridge.to(device)
+    runner = Runner(spec_, weights.to(device, _DTYPES[dtype]))
+    return Model(name=name, source=source, tokenizer=tok, spec=spec_, runner=runner, device=device, dtype=dtype,
+                 bridge=bridge, trust_remote_code=trust_remote_code)

@@ -13,7 +13,7 @@ Shapes: batch B, positions T, heads H, KV heads K, d_model D, d_head dh.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,9 @@ class Runner:
 
     def __init__(self, spec: ArchSpec, weights: Weights) -> None:
         self.spec = spec
-        self.w = weights
+        # Store the unembedding as contiguous (vocab, d_model) rows seen through a transpose: answer columns
+        # and vocabulary chunks of W_U are then contiguous blocks (no copy per sweep chunk).
+        self.w = replace(weights, W_U=weights.W_U.T.contiguous().T)
         self._rope_cache: dict[tuple[int, float, str], tuple[Tensor, Tensor]] = {}
 
     @property
@@ -237,7 +239,7 @@ class Runner:
 
     def answer_metrics(
         self, resid_final: Float[Tensor, "n d_model"], correct: Int[Tensor, " n"], incorrect: Int[Tensor, "n k"],
-        with_loss: bool, vocab_chunk: int = 8192,
+        with_loss: bool, vocab_chunk: int = 32768,
     ) -> tuple[Tensor, Tensor | None]:
         """Logit difference (correct − mean incorrect) and, if asked, −log p(correct), from final residuals.
 

@@ -35,3 +35,18 @@ def test_cache_matches_bridge_hooks(tiny_model, tiny_task_file) -> None:
             ref = cache[f"blocks.{layer}.{name}"]
             diff = (ref - mine).abs().max().item()
             assert diff < 1e-4 * max(1.0, ref.abs().max().item()), f"{name} L{layer}: max diff {diff}"
+
+
+def test_processed_weights_cache_skips_the_bridge(tmp_path, monkeypatch) -> None:
+    from logitlab.model.load import load_model
+    from tests.tiny import make_model_folder
+    monkeypatch.setenv("LOGITLAB_CACHE", str(tmp_path / "cache"))
+    folder = make_model_folder("gemma3", tmp_path / "m")
+    first = load_model(str(folder))
+    assert first._bridge is not None and list((tmp_path / "cache" / "processed").glob("*.safetensors"))
+    second = load_model(str(folder))
+    assert second._bridge is None, "a cached load must not boot the bridge"
+    tokens = torch.tensor([[0, 5, 9, 11, 3, 7]])
+    diff = (first.runner.logits(tokens) - second.runner.logits(tokens)).abs().max().item()
+    assert diff == 0.0, f"cached weights differ: {diff}"
+    assert (second.bridge(tokens) - first.bridge(tokens)).abs().max().item() < 1e-5  # booted lazily

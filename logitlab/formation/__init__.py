@@ -1,0 +1,1 @@
+"""Circuit formation during training: a toy model to train, and the battery tracked across checkpoints."""
