@@ -7,6 +7,7 @@ The CLI and notebooks call :func:`run_battery`; every analysis is also callable 
 from __future__ import annotations
 
 import json
+import re
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from logitlab.analyses import (
 )
 from logitlab.errors import LogitlabError
 from logitlab.model.load import Model
-from logitlab.sweep import SweepSettings
+from logitlab.sweep import SweepSettings, SweepStats
 from logitlab.task import Task, tokenize_task
 
 __all__ = ["RunConfig", "run_battery", "write_results", "check_finite"]
@@ -49,10 +50,14 @@ class RunConfig:
     max_memory: int | None = None
 
     def __post_init__(self) -> None:
-        if self.top_k < 1 or self.n_attention_heads < 1 or self.n_predictions < 0:
-            raise LogitlabError("top_k and n_attention_heads must be ≥ 1, n_predictions ≥ 0")
+        if self.top_k < 1 or self.n_attention_heads < 1 or self.n_predictions < 0 or self.attention_prompt < 0:
+            raise LogitlabError("top_k and n_attention_heads must be ≥ 1; n_predictions and attention_prompt ≥ 0")
         if self.max_memory is not None and self.max_memory <= 0:
-            raise LogitlabError("max_memory must be positive")
+            raise LogitlabError("max_memory must be positive", "give the sweep memory budget in GiB, e.g. --max-memory 4")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise LogitlabError(f"unknown dtype {self.dtype!r}", "choose float32 or bfloat16")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise LogitlabError(f"unknown device {self.device!r}", "use cpu, cuda or cuda:N")
 
 
 Step = Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
@@ -76,18 +81,34 @@ def check_finite(obj: Any, where: str = "results") -> None:
             check_finite(v, f"{where}[{i}]")
 
 
-def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _no_progress) -> dict[str, Any]:
-    """Run every analysis and return the results dict (schema: docs/results.md)."""
+def _check_activations(cache: Any, n_layers: int) -> None:
+    """Raise naming the first component whose output holds NaN/inf."""
+    if bool(torch.isfinite(cache.resid_final).all()):
+        return
+    where = "the embedding" if not bool(torch.isfinite(cache.resid_pre[0]).all()) else "the final residual stream"
+    for layer in range(n_layers):
+        if not bool(torch.isfinite(cache.attn_out[layer]).all()):
+            where = f"layer {layer}'s attention output"
+            break
+        if not bool(torch.isfinite(cache.mlp_out[layer]).all()):
+            where = f"layer {layer}'s MLP output"
+            break
+    raise LogitlabError(f"NaN/inf activations in the clean run, first in {where}",
+                        "check the model's weights; with --dtype bfloat16 try float32")
+
+
+def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _no_progress,
+                stats: SweepStats | None = None) -> dict[str, Any]:
+    """Run every analysis and return the results dict (schema: docs/results.md).
+
+    ``stats``, if given, accumulates the sweeps' work (items, FLOPs, seconds) for benchmarks.
+    """
     tt = tokenize_task(task, model.tokenizer)
     spec = model.spec
-    settings = lambda adv: SweepSettings(max_memory=config.max_memory, progress=adv)  # noqa: E731
+    settings = lambda adv: SweepSettings(max_memory=config.max_memory, progress=adv, stats=stats)  # noqa: E731
     adv = progress("clean run", 1)
     run = clean_run(model, tt)
-    if not bool(torch.isfinite(run.cache.resid_final).all()):
-        bad = next(l for l in range(spec.n_layers) if not bool(torch.isfinite(run.cache.resid_pre[l]).all())) \
-            if not bool(torch.isfinite(run.cache.resid_pre).all()) else spec.n_layers
-        raise LogitlabError(f"NaN/inf activations in the clean run, first at layer {bad}'s residual stream input",
-                            "try --dtype float32")
+    _check_activations(run.cache, spec.n_layers)
     adv(1)
     results: dict[str, Any] = {
         "schema_version": 1, "logitlab_version": __version__, "config": asdict(config), "model": model.to_dict(),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.exceptions import TyperException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -46,11 +48,11 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _load(model: str, device: str, dtype: str):  # noqa: ANN202
+def _load(model: str, device: str, dtype: str, trust_remote_code: bool = False):  # noqa: ANN202
     from logitlab.model.load import load_model
     _quiet_libraries()
     with console.status(f"loading model {model!r}…"):
-        return load_model(model, device=device, dtype=dtype)
+        return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 @app.command()
@@ -64,17 +66,20 @@ def run(
     max_memory: Annotated[Optional[float], typer.Option(help="Memory budget for sweeps, in GiB (default: half of the free memory).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite results already in --out.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")] = True,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")] = False,
 ) -> None:
     """Run the whole battery and write results.json, tables/ and report.html to --out."""
     from logitlab.battery import RunConfig, run_battery, write_results
     from logitlab.task import load_task
     if (out / "results.json").exists() and not force:
         raise LogitlabError(f"{out} already holds results", "pass --force to overwrite, or choose another --out")
+    if max_memory is not None and not (math.isfinite(max_memory) and max_memory > 0):
+        raise LogitlabError(f"--max-memory must be a positive number of GiB, got {max_memory}")
     config = RunConfig(model=model, task=task, device=device, dtype=dtype, top_k=top_k,  # type: ignore[arg-type]
                        max_memory=None if max_memory is None else int(max_memory * 2**30))
     task_ = load_task(task)
     _check_writable(out)
-    m = _load(model, device, dtype)
+    m = _load(model, device, dtype, trust_remote_code)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         def step(desc: str, total: int) -> Callable[[int], None]:
@@ -96,8 +101,9 @@ def _check_writable(out: Path) -> None:
         probe = out / ".logitlab-write-test"
         probe.write_text("")
         probe.unlink()
-    except OSError as e:
-        raise LogitlabError(f"output folder {out} is not writable: {e.strerror or e}", "choose another --out") from e
+    except (OSError, ValueError) as e:
+        raise LogitlabError(f"output folder {out} is not writable: {getattr(e, 'strerror', None) or e}",
+                            "choose another --out") from e
 
 
 def _write_report(out: Path, results: dict | None) -> None:
@@ -123,8 +129,10 @@ def predict(
 ) -> None:
     """Show a prompt's tokens, the top-k next tokens (logit, probability) and the answer's rank."""
     from logitlab.analyses.predict import predict as _predict
+    from logitlab.battery import RunConfig
     if k < 1:
         raise LogitlabError("-k must be at least 1")
+    RunConfig(model=model, device=device, dtype=dtype)  # type: ignore[arg-type]  # validates device/dtype
     m = _load(model, device, dtype)
     p = _predict(m, prompt, answer, k=k, prepend_bos=not no_bos)
     out = Console()
@@ -158,16 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
-    except Exception as e:  # click usage errors and the like
-        import click
-        if isinstance(e, click.exceptions.Exit):
-            return int(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            return int(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
+    except typer.Exit as e:
+        return int(e.exit_code)
+    except typer.Abort:
+        return 1
+    except TyperException as e:  # usage errors: unknown option, bad value, missing argument
+        e.show()
+        return int(getattr(e, "exit_code", 2))
     return 0
 
 

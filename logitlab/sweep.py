@@ -10,15 +10,30 @@ is needed. Tests check the engine against one TransformerLens hooked forward per
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from logitlab.errors import LogitlabError
 from logitlab.model.runner import Runner
 
-__all__ = ["SweepSettings", "run_sweep", "available_memory", "auto_chunk"]
+__all__ = ["SweepSettings", "SweepStats", "run_sweep", "sweep_flops", "available_memory", "auto_chunk"]
+
+
+@dataclass
+class SweepStats:
+    """Work done by sweeps (mutable accumulator): items, floating-point operations, seconds."""
+
+    items: int = 0
+    flops: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def flops_per_second(self) -> float:
+        return self.flops / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,20 @@ class SweepSettings:
     max_memory: int | None = None
     chunk_size: int | None = None  # items per forward; overrides the memory estimate
     progress: Callable[[int], None] | None = None  # called with the number of items finished
+    stats: SweepStats | None = None  # if given, sweeps add their work to it
+
+
+def sweep_flops(runner: Runner, layer: int, stage: str, seq_len: int, n_incorrect: int, with_loss: bool) -> float:
+    """Multiply-add FLOPs (×2) of one sweep item: the remaining layers, then the answer metrics."""
+    s, T = runner.spec, seq_len
+    d_mlp = runner.w.W_in.shape[-1]
+    attn = 2 * s.d_model * (s.n_heads + 2 * s.n_kv_heads) * s.d_head + 2 * s.n_heads * s.d_head * s.d_model
+    attn += 2 * 2 * s.n_heads * T * s.d_head  # scores and weighted values (every key, as computed)
+    mlp = 2 * s.d_model * d_mlp * (3 if runner.w.W_gate is not None else 2)
+    n_blocks = s.n_layers - layer - (0 if stage == "pre" else 1)
+    total = T * (n_blocks * (attn + mlp) + (mlp if stage == "mid" else 0))
+    total += 2 * s.d_model * (1 + n_incorrect) + (2 * s.d_model * s.d_vocab if with_loss else 0)
+    return float(total)
 
 
 def available_memory(device: torch.device) -> int:
@@ -57,7 +86,11 @@ def auto_chunk(runner: Runner, seq_len: int, settings: SweepSettings) -> int:
     per_item = elem * (seq_len * (8 * s.d_model + 3 * s.n_heads * s.d_head + 3 * d_mlp)
                        + 2 * s.n_heads * seq_len * seq_len + 8192) * 2
     budget = settings.max_memory if settings.max_memory else available_memory(runner.device) // 2
-    return int(max(1, min(4096, budget // per_item)))
+    if budget < per_item:
+        raise LogitlabError(
+            f"a single sweep item needs about {per_item / 2**20:.1f} MiB but the memory budget is "
+            f"{budget / 2**20:.1f} MiB", "free memory or raise --max-memory")
+    return int(min(4096, budget // per_item))
 
 
 def run_sweep(
@@ -73,6 +106,7 @@ def run_sweep(
         Logit difference (n_items,) and, if ``with_loss``, −log p(correct) (n_items,).
     """
     diffs, losses = [], []
+    t0 = time.perf_counter()
     chunk = None
     start = 0
     with torch.no_grad():
@@ -93,4 +127,11 @@ def run_sweep(
             start += len(idx)
             if settings.progress is not None:
                 settings.progress(len(idx))
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+    if settings.stats is not None:
+        st = settings.stats
+        st.items += n_items
+        st.seconds += time.perf_counter() - t0
+        st.flops += n_items * sweep_flops(runner, layer, stage, int(x.shape[1]), int(incorrect.shape[-1]), with_loss)
     return torch.cat(diffs), (torch.cat(losses) if with_loss else None)

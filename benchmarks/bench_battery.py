@@ -1,0 +1,157 @@
+"""Benchmark: logitlab's battery against the one-forward-per-intervention method, side by side in one process.
+
+(a) The method as TransformerLens users write it, on the TransformerBridge: ``run_with_hooks`` in loops with
+full-vocabulary logits, the logit-difference and loss ablation sweeps as two separate loops, and
+TransformerLens's own ``patching`` functions for activation patching.
+(b) logitlab's battery (``run_battery``: the same analyses, batched sweeps).
+
+Prints each wall time, the ratio, the max abs difference between the two methods' numbers, the FLOP/s the
+sweeps reach against this machine's fp32 matmul FLOP/s measured in the same run, the cached model-load time
+and the end-to-end time of ``logitlab run``.
+
+Usage: python benchmarks/bench_battery.py [--model builtin] [--task pronouns] [--skip-e2e]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+
+import torch
+
+torch.set_grad_enabled(False)
+
+
+def matmul_flops(n: int = 2048, reps: int = 6) -> float:
+    """Best fp32 matmul FLOP/s over a few square products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def loop_method(model, tt) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """The reference analysis, one hooked forward per intervention."""
+    from transformer_lens import patching
+
+    bridge = model.bridge
+    spec = model.spec
+    tokens, fp = tt.tokens, tt.final_pos
+    rows = torch.arange(tokens.shape[0])
+    correct, incorrect = tt.correct_ids, tt.incorrect_ids[:, 0]
+    # Prompt + correct answer, for the loss at the answer token.
+    with_answer = torch.cat([tokens, tokens[:, :1]], dim=1)
+    with_answer[rows, fp + 1] = correct
+
+    def logit_diff(logits: torch.Tensor) -> torch.Tensor:
+        final = logits[rows, fp]
+        return (final[rows, correct] - final[rows, incorrect]).mean()
+
+    def answer_loss(logits: torch.Tensor) -> torch.Tensor:
+        return -logits[rows, fp].log_softmax(-1)[rows, correct].mean()
+
+    out: dict[str, torch.Tensor] = {}
+    logits, cache = bridge.run_with_cache(tokens)
+    out["baseline"] = logit_diff(logits)
+    # The cheap analyses (read off the cache) as in the reference notebook.
+    stack, _ = cache.accumulated_resid(layer=-1, incl_mid=True, pos_slice=-1, return_labels=True)
+    cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
+    stack, _ = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
+    cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
+    z_all = torch.stack([cache[f"blocks.{l}.attn.hook_z"] for l in range(spec.n_layers)])  # (L, B, T, H, dh)
+    means = z_all.mean(1)  # (L, T, H, dh): all prompts share one length in the built-in task
+    for kind in ("zero", "mean"):
+        for metric_name, inputs, metric in (("logit_diff", tokens, logit_diff), ("loss", with_answer, answer_loss)):
+            res = torch.zeros(spec.n_layers, spec.n_heads)
+            for layer in range(spec.n_layers):
+                for h in range(spec.n_heads):
+                    def hook(z, hook, h=h, layer=layer):  # noqa: ANN001, ANN202
+                        z[:, :, h] = 0.0 if kind == "zero" else means[layer, : z.shape[1], h]
+                        return z
+                    logits = bridge.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
+                    res[layer, h] = metric(logits)
+            out[f"{kind}_{metric_name}"] = res
+    clean_t, corr_t = tt.clean_tokens, tt.corrupted_tokens
+    pc, pi = tt.pair_correct_ids, tt.pair_incorrect_ids[:, 0]
+    prow = torch.arange(clean_t.shape[0])
+
+    def pair_metric(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[prow, -1, pc] - logits[prow, -1, pi]).mean()
+
+    _, clean_cache = bridge.run_with_cache(clean_t)
+    for name, fn in (("resid", patching.get_act_patch_resid_pre), ("attn", patching.get_act_patch_attn_out),
+                     ("mlp", patching.get_act_patch_mlp_out), ("heads", patching.get_act_patch_attn_head_out_all_pos)):
+        out[f"patch_{name}"] = fn(bridge, corr_t, clean_cache, pair_metric)
+    return out
+
+
+def main() -> None:
+    import logitlab
+    from logitlab.analyses import activation_patching, clean_run, head_ablation
+    from logitlab.battery import RunConfig, run_battery
+    from logitlab.sweep import SweepStats
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="builtin")
+    ap.add_argument("--task", default="pronouns")
+    ap.add_argument("--skip-e2e", action="store_true")
+    args = ap.parse_args()
+    print(f"torch threads: {torch.get_num_threads()}")
+    mm = matmul_flops()
+    print(f"fp32 matmul: {mm / 1e9:.0f} GFLOP/s")
+
+    t = time.perf_counter()
+    model = logitlab.load_model(args.model)
+    load_s = time.perf_counter() - t
+    print(f"model load (cache warm after the first run): {load_s:.1f} s")
+    task = logitlab.load_task(args.task)
+    tt = logitlab.tokenize_task(task, model.tokenizer)
+    model.bridge  # boot outside the timings  # noqa: B018
+
+    stats = SweepStats()
+    t = time.perf_counter()
+    results = run_battery(model, task, RunConfig(model=args.model, task=args.task), stats=stats)
+    ours_s = time.perf_counter() - t
+    t = time.perf_counter()
+    ref = loop_method(model, tt)
+    loop_s = time.perf_counter() - t
+
+    run = clean_run(model, tt)
+    diffs = {}
+    for kind in ("zero", "mean"):
+        ab = head_ablation(run, kind)
+        diffs[f"{kind}-ablation logit diff"] = (ab.logit_diff.mean(-1) - ref[f"{kind}_logit_diff"]).abs().max()
+        diffs[f"{kind}-ablation loss"] = (ab.loss.mean(-1) - ref[f"{kind}_loss"]).abs().max()
+    p = activation_patching(model, tt)
+    for name, mine in (("resid", p.resid), ("attn", p.attn), ("mlp", p.mlp), ("heads", p.heads)):
+        diffs[f"{name} patching"] = (mine - ref[f"patch_{name}"]).abs().max()
+
+    print("\nmethod                                   wall time")
+    print(f"(a) one forward per intervention (TL)    {loop_s:8.2f} s")
+    print(f"(b) logitlab battery                     {ours_s:8.2f} s")
+    print(f"ratio (a)/(b)                            {loop_s / ours_s:8.1f} x")
+    print("\nmax abs difference (a) vs (b):")
+    for k, v in diffs.items():
+        print(f"  {k:28s} {float(v):.2e}")
+    print(f"\nsweeps: {stats.items} items, {stats.flops / 1e12:.2f} TFLOP in {stats.seconds:.2f} s = "
+          f"{stats.flops_per_second / 1e9:.0f} GFLOP/s = {stats.flops_per_second / mm:.0%} of fp32 matmul")
+    print(f"battery mean logit diff {results['logit_diff']['mean']:.4f}")
+    if not args.skip_e2e:
+        with tempfile.TemporaryDirectory() as out:
+            cmd = [sys.executable, "-m", "logitlab", "run", "--model", args.model, "--task", args.task,
+                   "--out", out, "--force"]
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            print(f"`logitlab run` end to end (load, battery, report): {time.perf_counter() - t:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
