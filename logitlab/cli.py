@@ -154,6 +154,15 @@ def report(out: Annotated[Path, typer.Argument(help="A folder holding results.js
     _write_report(out, None)
 
 
+def _register_formation() -> None:
+    from logitlab.formation.cli import formation_cmd, train_toy_cmd
+    app.command("train-toy", help="Train a small GPT-2 on a synthetic pronoun corpus, saving log-spaced checkpoints.")(train_toy_cmd)
+    app.command("formation", help="Run the battery's summary over training checkpoints (resumable) and report.")(formation_cmd)
+
+
+_register_formation()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (callable in-process for tests)."""
     try:

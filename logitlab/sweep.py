@@ -49,13 +49,20 @@ class SweepSettings:
 def sweep_flops(runner: Runner, layer: int, stage: str, seq_len: int, n_incorrect: int, with_loss: bool) -> float:
     """Multiply-add FLOPs (×2) of one sweep item: the remaining layers, then the answer metrics."""
     s, T = runner.spec, seq_len
+    L, D, dh = s.n_layers, s.d_model, s.d_head
     d_mlp = runner.w.W_in.shape[-1]
-    attn = 2 * s.d_model * (s.n_heads + 2 * s.n_kv_heads) * s.d_head + 2 * s.n_heads * s.d_head * s.d_model
-    attn += 2 * 2 * s.n_heads * T * s.d_head  # scores and weighted values (every key, as computed)
-    mlp = 2 * s.d_model * d_mlp * (3 if runner.w.W_gate is not None else 2)
-    n_blocks = s.n_layers - layer - (0 if stage == "pre" else 1)
-    total = T * (n_blocks * (attn + mlp) + (mlp if stage == "mid" else 0))
-    total += 2 * s.d_model * (1 + n_incorrect) + (2 * s.d_model * s.d_vocab if with_loss else 0)
+    mlp = 2 * D * d_mlp * (3 if runner.w.W_gate is not None else 2)  # per token
+    qo = 2 * D * s.n_heads * dh * 2  # query and output projections, per token
+    kv = 2 * D * 2 * s.n_kv_heads * dh  # key and value projections, per token
+    mix = 2 * 2 * s.n_heads * T * dh  # scores and weighted values, per query (every key, as computed)
+    start = layer if stage == "pre" else layer + 1
+    n_full = max(0, L - 1 - start)  # blocks run at every position; the last block runs one query
+    total = n_full * T * (qo + kv + mix + mlp)
+    if start <= L - 1:
+        total += T * kv + qo + mix + mlp
+    if stage == "mid":
+        total += mlp * (1 if layer == L - 1 else T)
+    total += 2 * D * (1 + n_incorrect) + (2 * D * s.d_vocab if with_loss else 0)
     return float(total)
 
 
@@ -117,9 +124,7 @@ def run_sweep(
                 chunk = auto_chunk(runner, x.shape[1], settings)
                 idx = torch.arange(start, min(n_items, start + chunk), device=runner.device)
                 x = make_chunk(idx)
-            out = runner.run_from(layer, stage, x)  # (n, pos, d_model)
-            fp = final_pos[idx]
-            final = out[torch.arange(len(idx), device=out.device), fp]
+            final = runner.run_from(layer, stage, x, final_pos[idx])  # (n, d_model) at each final position
             d, lo = runner.answer_metrics(final, correct[idx], incorrect[idx], with_loss)
             diffs.append(d.float())
             if lo is not None:

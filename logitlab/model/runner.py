@@ -99,10 +99,13 @@ class Runner:
 
     @staticmethod
     def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        # x: (B, T, heads, dh); rotate-half convention of the Hugging Face Llama/Gemma code.
+        # x: (B, T, heads, dh); cos/sin: (T, dh) shared or (B, T, dh) per row. Rotate-half convention of
+        # the Hugging Face Llama/Gemma code.
+        if cos.dim() == 2:
+            cos, sin = cos[None], sin[None]
         half = x.shape[-1] // 2
         rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
+        return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
 
     # ---- stages -------------------------------------------------------------------------------------
     def embed(self, tokens: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor | None]:
@@ -116,12 +119,19 @@ class Runner:
             pos = self.w.W_pos[:T][None].expand(tokens.shape[0], -1, -1)
         return emb, pos
 
-    def attention(self, layer: int, resid_pre: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, Tensor]:
-        """Per-head outputs z (B, T, H, dh) and attention pattern (B, H, T, T) of one layer."""
+    def attention(self, layer: int, resid_pre: Float[Tensor, "batch pos d_model"],
+                  query_pos: Int[Tensor, " batch"] | None = None) -> tuple[Tensor, Tensor]:
+        """Per-head outputs z (B, T, H, dh) and attention pattern (B, H, T, T) of one layer.
+
+        With ``query_pos`` only that one query position per row is computed: z (B, 1, H, dh), pattern
+        (B, H, 1, T) (the last layer of a sweep needs nothing else).
+        """
         w, s = self.w, self.spec
         B, T, _ = resid_pre.shape
         x, _ = self._norm(resid_pre, w.ln1_w[layer], w.ln1_b[layer])
-        q = torch.einsum("btd,hde->bthe", x, w.W_Q[layer]) + w.b_Q[layer]  # (B, T, H, dh)
+        rows = torch.arange(B, device=x.device)
+        xq = x if query_pos is None else x[rows, query_pos][:, None]  # (B, Tq, D)
+        q = torch.einsum("btd,hde->bthe", xq, w.W_Q[layer]) + w.b_Q[layer]  # (B, Tq, H, dh)
         k = torch.einsum("btd,hde->bthe", x, w.W_K[layer]) + w.b_K[layer]  # (B, T, K, dh)
         v = torch.einsum("btd,hde->bthe", x, w.W_V[layer]) + w.b_V[layer]  # (B, T, K, dh)
         if s.qk_norm:
@@ -129,18 +139,23 @@ class Runner:
             k = self._rms(k, w.k_norm_w[layer])
         if s.positional == "rotary":
             cos, sin = self._rope(T, s.rotary_base[layer])
-            q, k = self._apply_rope(q, cos, sin), self._apply_rope(k, cos, sin)
+            if query_pos is None:
+                q = self._apply_rope(q, cos, sin)
+            else:
+                q = self._apply_rope(q, cos[query_pos][:, None], sin[query_pos][:, None])
+            k = self._apply_rope(k, cos, sin)
         group = s.n_heads // s.n_kv_heads
         if group > 1:  # grouped KV heads: each KV head serves `group` consecutive query heads
             k = k.repeat_interleave(group, dim=2)
             v = v.repeat_interleave(group, dim=2)
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, T, T)
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, Tq, T)
         idx = torch.arange(T, device=resid_pre.device)
-        allowed = idx[None, :] <= idx[:, None]  # causal (query, key)
+        qidx = idx[None, :, None] if query_pos is None else query_pos[:, None, None]  # (1 or B, Tq, 1)
+        allowed = idx[None, None, :] <= qidx  # causal: (1 or B, Tq, T)
         window = s.sliding_window[layer]
         if window is not None:
-            allowed = allowed & (idx[:, None] - idx[None, :] < window)
-        scores = scores.masked_fill(~allowed, float("-inf"))
+            allowed = allowed & (qidx - idx[None, None, :] < window)
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         pattern = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, T, H, dh)
         return z, pattern
@@ -170,11 +185,15 @@ class Runner:
             out, _ = self._norm(out, w.post2_w[layer])
         return out
 
-    def block(self, layer: int, resid_pre: Tensor) -> Tensor:
-        z, _ = self.attention(layer, resid_pre)
+    def block(self, layer: int, resid_pre: Tensor, query_pos: Tensor | None = None) -> Tensor:
+        """One transformer block; with ``query_pos`` only that position per row, returned as (B, D)."""
+        z, _ = self.attention(layer, resid_pre, query_pos)
         attn_out, _ = self.post_attention(layer, self.heads_to_attn_pre(layer, z))
+        if query_pos is not None:
+            resid_pre = resid_pre[torch.arange(resid_pre.shape[0], device=resid_pre.device), query_pos][:, None]
         mid = resid_pre + attn_out
-        return mid + self.mlp(layer, mid)
+        out = mid + self.mlp(layer, mid)
+        return out if query_pos is None else out[:, 0]
 
     def final_norm(self, resid: Tensor) -> tuple[Tensor, Tensor]:
         return self._norm(resid, self.w.lnf_w, self.w.lnf_b)
@@ -205,7 +224,7 @@ class Runner:
             z=torch.stack(acts["z"]), pattern=torch.stack(acts["pattern"]),
         )
 
-    def run_from(self, layer: int, stage: str, x: Tensor) -> Tensor:
+    def run_from(self, layer: int, stage: str, x: Tensor, final_pos: Tensor | None = None) -> Tensor:
         """Continue a forward pass from an entry point; returns the final residual stream.
 
         Args:
@@ -213,18 +232,23 @@ class Runner:
             stage: ``"pre"`` (x is resid_pre of ``layer``), ``"mid"`` (x is resid_mid of ``layer``: run its
                 MLP next) or ``"post"`` (x is resid_post of ``layer``: run ``layer + 1`` next).
             x: the residual stream at the entry point (B, T, D).
+            final_pos: if given, only each row's final position is returned, (B, D), and the last layer
+                computes nothing else (earlier layers still run every position: later queries read them).
         """
-        if stage == "pre":
-            start = layer
-        elif stage == "mid":
-            x = x + self.mlp(layer, x)
-            start = layer + 1
-        elif stage == "post":
-            start = layer + 1
-        else:
+        L = self.spec.n_layers
+        rows = torch.arange(x.shape[0], device=x.device)
+        if stage not in ("pre", "mid", "post"):
             raise ValueError(f"unknown stage {stage!r}")
-        for l in range(start, self.spec.n_layers):
-            x = self.block(l, x)
+        if stage == "mid":
+            if final_pos is not None and layer == L - 1:
+                x = x[rows, final_pos]
+                return x + self.mlp(layer, x[:, None])[:, 0]
+            x = x + self.mlp(layer, x)
+        start = layer if stage == "pre" else layer + 1
+        if final_pos is not None and start >= L:
+            return x[rows, final_pos]
+        for l in range(start, L):
+            x = self.block(l, x, final_pos if (final_pos is not None and l == L - 1) else None)
         return x
 
     def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:

@@ -1,0 +1,70 @@
+"""`logitlab train-toy` and `logitlab formation`, registered on a typer app as the main CLI will."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+
+from logitlab.errors import LogitlabError
+from logitlab.formation.cli import formation_cmd, parse_steps, train_toy_cmd
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("train-toy")(train_toy_cmd)
+    app.command("formation")(formation_cmd)
+    return app
+
+
+def _run(app: typer.Typer, args: list[str]) -> None:
+    app(args=args, standalone_mode=False)
+
+
+def test_train_toy_then_formation(app: typer.Typer, tmp_path: Path) -> None:
+    toy = tmp_path / "toy"
+    _run(app, ["train-toy", "--out", str(toy), "--steps", "12"])
+    assert (toy / "heldout-task.yaml").is_file() and (toy / "step12" / "config.json").is_file()
+    with pytest.raises(LogitlabError, match="already holds a toy model"):
+        _run(app, ["train-toy", "--out", str(toy), "--steps", "12"])
+    out = tmp_path / "formation"
+    _run(app, ["formation", "--checkpoints", str(toy), "--out", str(out), "--top-k", "2"])
+    res = json.loads((out / "results.json").read_text())
+    assert res["task"]["name"] == "toy-heldout" and res["heldout"] is True  # the toy's held-out task by default
+    assert res["model"]["name"] == "toy" and len(res["checkpoints"]) == len(list(toy.glob("step*")))
+    assert (out / "report.html").is_file()
+    before = (out / "checkpoints" / "step0.json").stat().st_mtime_ns
+    _run(app, ["formation", "--checkpoints", str(toy), "--out", str(out), "--top-k", "2"])  # resumes: nothing new
+    assert (out / "checkpoints" / "step0.json").stat().st_mtime_ns == before
+    _run(app, ["formation", "--checkpoints", str(toy), "--out", str(out), "--top-k", "2", "--force",
+               "--task", str(toy / "train-task.yaml")])
+    res = json.loads((out / "results.json").read_text())
+    assert res["task"]["name"] == "toy-train" and res["heldout"] is False
+    assert (out / "checkpoints" / "step0.json").stat().st_mtime_ns != before
+
+
+def test_default_task_without_toy_files(app: typer.Typer, tiny_toy: Path, tmp_path: Path) -> None:
+    """A checkpoint folder without heldout-task.yaml is evaluated on the built-in pronouns task."""
+    import shutil
+    for name in ("step0", "step40"):
+        shutil.copytree(tiny_toy / name, tmp_path / "ck" / name)
+    _run(app, ["formation", "--checkpoints", str(tmp_path / "ck"), "--out", str(tmp_path / "out")])
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["task"]["name"] == "pronouns" and res["heldout"] is False and len(res["top_heads"]) == 3
+
+
+def test_user_errors(app: typer.Typer, tmp_path: Path) -> None:
+    with pytest.raises(LogitlabError, match="exactly one of"):
+        _run(app, ["formation", "--out", str(tmp_path)])
+    with pytest.raises(LogitlabError, match="needs --steps"):
+        _run(app, ["formation", "--model", "EleutherAI/pythia-70m", "--out", str(tmp_path)])
+    with pytest.raises(LogitlabError, match="does not exist"):
+        _run(app, ["formation", "--checkpoints", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    with pytest.raises(LogitlabError, match="revision"):
+        _run(app, ["formation", "--model", "someone/model", "--steps", "1,2", "--out", str(tmp_path)])
+    with pytest.raises(LogitlabError, match="steps"):
+        parse_steps("1,x")
+    assert parse_steps("0, 10,100") == [0, 10, 100]
