@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from logitlab._console import quiet_libraries
 from logitlab.errors import LogitlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -35,22 +36,9 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _quiet_libraries() -> None:
-    import warnings
-    warnings.filterwarnings("ignore")
-    for name in ("transformers", "transformer_lens", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
 def _load(model: str, device: str, dtype: str, trust_remote_code: bool = False):  # noqa: ANN202
     from logitlab.model.load import load_model
-    _quiet_libraries()
+    quiet_libraries()
     with console.status(f"loading model {model!r}…"):
         return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 

@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,23 +17,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from logitlab._console import quiet_libraries
 from logitlab.errors import LogitlabError
 from logitlab.formation.toy import HELDOUT_TASK, TOY_JSON, ToyConfig
 
 __all__ = ["train_toy_cmd", "formation_cmd", "parse_steps"]
 
 console = Console(stderr=True)
-
-
-def _quiet_libraries() -> None:
-    """Silence transformers' warnings and per-load progress bars (one load per checkpoint)."""
-    import warnings
-    warnings.filterwarnings("ignore")
-    for name in ("transformers", "transformer_lens", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def _progress() -> Progress:
@@ -64,7 +53,7 @@ def train_toy_cmd(
     if (out / TOY_JSON).exists() and not force:
         raise LogitlabError(f"{out} already holds a toy model", "pass --force to replace it, or choose another --out")
     config = ToyConfig(steps=steps, seed=seed)
-    _quiet_libraries()
+    quiet_libraries()
     t0 = time.perf_counter()
     with _progress() as progress:
         tid = progress.add_task("training", total=steps)
@@ -112,7 +101,7 @@ def formation_cmd(
     heldout = Path(task_spec).name == HELDOUT_TASK
     if force:
         _clear_summaries(out)
-    _quiet_libraries()
+    quiet_libraries()
     console.print(f"task {task_.name!r} ({task_spec}), {len(ckpts)} checkpoints", highlight=False)
     t0 = time.perf_counter()
     with _progress() as progress:

@@ -11,7 +11,6 @@ from the results escaped with :func:`html.escape`.
 from __future__ import annotations
 
 import html
-import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -20,6 +19,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+
+from logitlab.report._util import fmt
 
 __all__ = ["formation_figures", "formation_findings", "render_formation_report", "write_formation_report",
            "LOGIT_DIFF_THRESHOLD", "GENERALISES_ACCURACY"]
@@ -50,16 +51,6 @@ def _esc(x: Any) -> str:
 def _plot_text(x: Any) -> str:
     """Escape a string for plotly labels, which render a subset of HTML."""
     return html.escape(str(x), quote=False)
-
-
-def _num(x: Any, signed: bool = False) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(v):
-        return "n/a"
-    return (f"{v:+.2f}" if signed else f"{v:.2f}").replace("-", "−")
 
 
 def _steps(results: dict[str, Any]) -> list[int]:
@@ -169,16 +160,16 @@ def formation_findings(results: dict[str, Any]) -> list[str]:
     cks = results["checkpoints"]
     steps = _steps(results)
     first, last = cks[0], cks[-1]
-    out = [f"The mean logit difference starts at {_num(first['logit_diff_mean'], True)} (step {steps[0]}, "
-           f"accuracy {first['accuracy']:.0%}) and ends at {_num(last['logit_diff_mean'], True)} "
+    out = [f"The mean logit difference starts at {fmt(first['logit_diff_mean'], True)} (step {steps[0]}, "
+           f"accuracy {first['accuracy']:.0%}) and ends at {fmt(last['logit_diff_mean'], True)} "
            f"(step {steps[-1]}, accuracy {last['accuracy']:.0%})."]
     above = next((i for i, c in enumerate(cks) if c["logit_diff_mean"] > LOGIT_DIFF_THRESHOLD), None)
     if above is None:
         out.append(f"It never exceeds {LOGIT_DIFF_THRESHOLD:g} at any checkpoint.")
     else:
-        before = f"; step {steps[above - 1]}: {_num(cks[above - 1]['logit_diff_mean'], True)}" if above else ""
+        before = f"; step {steps[above - 1]}: {fmt(cks[above - 1]['logit_diff_mean'], True)}" if above else ""
         out.append(f"It first exceeds {LOGIT_DIFF_THRESHOLD:g} at step {steps[above]} "
-                   f"({_num(cks[above]['logit_diff_mean'], True)}{before}).")
+                   f"({fmt(cks[above]['logit_diff_mean'], True)}{before}).")
     on = {(s["layer"], s["head"]): s.get("step") for s in results.get("switch_on", [])}
     for h in results.get("top_heads", []):
         key = (h["layer"], h["head"])
@@ -187,32 +178,32 @@ def formation_findings(results: dict[str, Any]) -> list[str]:
         peak = max(range(len(series)), key=lambda i: abs(series[i]))
         transient = ""
         if abs(series[peak]) > 2 * abs(h["final_attribution"]):  # a head that wrote the answer, then handed over
-            transient = (f"; its attribution peaked at {_num(series[peak], True)} at step {steps[peak]} before "
+            transient = (f"; its attribution peaked at {fmt(series[peak], True)} at step {steps[peak]} before "
                          "falling back")
-        out.append(f"Top head {_head_label(*key)} (final attribution {_num(h['final_attribution'], True)}, "
-                   f"zero-ablation effect {_num(h['final_ablation_effect'], True)}) {when}{transient}.")
+        out.append(f"Top head {_head_label(*key)} (final attribution {fmt(h['final_attribution'], True)}, "
+                   f"zero-ablation effect {fmt(h['final_ablation_effect'], True)}) {when}{transient}.")
     final_ld = last["logit_diff_mean"]
     direct = sum(h["final_attribution"] for h in results.get("top_heads", []))
     if results.get("top_heads") and abs(direct) < 0.25 * abs(final_ld):
         out.append(f"Heads write little directly: the {len(results['top_heads'])} top heads together contribute "
-                   f"{_num(direct, True)} of the final {_num(final_ld, True)}.")
+                   f"{fmt(direct, True)} of the final {fmt(final_ld, True)}.")
     on_abl = {(s["layer"], s["head"]): s.get("step") for s in results.get("ablation_switch_on", [])}
     top_keys = {(h["layer"], h["head"]) for h in results.get("top_heads", [])}
     for h in results.get("ablation_heads", [])[:1]:
         key = (h["layer"], h["head"])
         attribution = last["head_attribution"][key[0]][key[1]]
         text = (f"Zero-ablating head {_head_label(*key)} changes the final logit difference most "
-                f"({_num(h['final_ablation_effect'], True)}); that effect reaches half its final size to stay at "
+                f"({fmt(h['final_ablation_effect'], True)}); that effect reaches half its final size to stay at "
                 f"step {on_abl.get(key, 'n/a')}")
         if key not in top_keys and abs(attribution) < 0.25 * abs(h["final_ablation_effect"]):
-            text += (f". Its direct attribution is only {_num(attribution, True)}: it acts indirectly, "
+            text += (f". Its direct attribution is only {fmt(attribution, True)}: it acts indirectly, "
                      "through later layers")
         out.append(text + ".")
     labels, values = last["layer_attribution"]["labels"], last["layer_attribution"]["values"]
     if values:
         i = max(range(len(values)), key=lambda j: abs(values[j]))
         out.append(f"At the last checkpoint the largest direct contribution is {labels[i]} "
-                   f"({_num(values[i], True)} of {_num(final_ld, True)}).")
+                   f"({fmt(values[i], True)} of {fmt(final_ld, True)}).")
     patch = last.get("resid_patching_summary") or {}
     if patch.get("normalised"):
         subj = [i for i, v in enumerate(patch["subject"]) if v > 0.5]
@@ -229,7 +220,7 @@ def formation_findings(results: dict[str, Any]) -> list[str]:
         ok = last["accuracy"] >= GENERALISES_ACCURACY and final_ld > LOGIT_DIFF_THRESHOLD
         out.append(f"The {n} evaluated prompts are held out from training: "
                    f"the behaviour {'generalises' if ok else 'does not generalise'} to them (final accuracy "
-                   f"{last['accuracy']:.0%}, mean logit difference {_num(final_ld, True)}; generalising means "
+                   f"{last['accuracy']:.0%}, mean logit difference {fmt(final_ld, True)}; generalising means "
                    f"accuracy ≥ {GENERALISES_ACCURACY:.0%} and mean logit difference > {LOGIT_DIFF_THRESHOLD:g}).")
     else:
         out.append(f"The task ({n} prompts) is not marked as held out, so these numbers do not measure "
@@ -246,8 +237,8 @@ def _figure_html(fig: go.Figure, fig_id: str) -> str:
 def _table(results: dict[str, Any]) -> str:
     rows = []
     for c in results["checkpoints"]:
-        rows.append(f"<tr><td class=num>{_esc(c['step'])}</td><td class=num>{_num(c['logit_diff_mean'], True)}</td>"
-                    f"<td class=num>{c['accuracy']:.0%}</td><td class=num>{_num(c.get('loss_mean'))}</td></tr>")
+        rows.append(f"<tr><td class=num>{_esc(c['step'])}</td><td class=num>{fmt(c['logit_diff_mean'], True)}</td>"
+                    f"<td class=num>{c['accuracy']:.0%}</td><td class=num>{fmt(c.get('loss_mean'))}</td></tr>")
     return ("<table><thead><tr><th>step</th><th>logit diff</th><th>accuracy</th><th>answer loss</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 

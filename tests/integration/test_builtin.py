@@ -48,6 +48,12 @@ def test_logit_lens_matches_transformerlens_cache(run) -> None:  # noqa: ANN001
     assert list(ours.labels) == list(labels)
     diff = (ours.values.mean(-1) - ref).abs().max().item()
     assert diff < 1e-3, f"logit lens vs TransformerLens max abs diff {diff}"
+    stack, labels = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
+    ref = (cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1) * run.direction).sum(-1).mean(-1)
+    ours = layer_attribution(run)
+    assert list(ours.labels) == list(labels)
+    diff = (ours.values.mean(-1) - ref).abs().max().item()
+    assert diff < 1e-3, f"layer attribution vs TransformerLens decompose_resid max abs diff {diff}"
 
 
 def test_ablation_and_patching_match_hooked_loop(run) -> None:  # noqa: ANN001
