@@ -11,7 +11,7 @@ __all__ = ["quiet_libraries"]
 def quiet_libraries() -> None:
     """Silence the libraries' warnings and per-load progress bars (logitlab shows its own progress)."""
     warnings.filterwarnings("ignore")
-    for name in ("transformers", "transformer_lens", "accelerate"):
+    for name in ("transformers", "transformer_lens", "accelerate", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
