@@ -61,7 +61,7 @@ def sweep_flops(runner: Runner, layer: int, stage: str, seq_len: int, n_incorrec
     if start <= L - 1:
         total += T * kv + qo + mix + mlp
     if stage == "mid":
-        total += mlp * (1 if layer == L - 1 else T)
+        total += mlp * (1 if layer == L - 1 else T)  # (parallel blocks never enter at "mid")
     total += 2 * D * (1 + n_incorrect) + (2 * D * s.d_vocab if with_loss else 0)
     return float(total)
 

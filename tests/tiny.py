@@ -9,7 +9,7 @@ import torch
 WORDS = ("Mary John Dan Amy Sarah Tom she he it is a an great friend amazing person fantastic colleague "
          "wonderful partner excellent student really tall isn ’ t , . the car").split()
 
-KINDS = ("gpt2", "llama_mha", "llama_gqa", "gemma3")
+KINDS = ("gpt2", "llama_mha", "llama_gqa", "gemma3", "neox")
 
 
 def make_tokenizer(folder: Path):  # noqa: ANN201
@@ -29,7 +29,7 @@ def make_tokenizer(folder: Path):  # noqa: ANN201
 
 
 def make_config(kind: str, vocab: int):  # noqa: ANN201
-    from transformers import GPT2Config, Gemma3TextConfig, LlamaConfig
+    from transformers import GPT2Config, Gemma3TextConfig, GPTNeoXConfig, LlamaConfig
     if kind == "gpt2":
         return GPT2Config(vocab_size=vocab, n_positions=64, n_embd=64, n_layer=3, n_head=4, bos_token_id=0,
                           eos_token_id=0, architectures=["GPT2LMHeadModel"])
@@ -45,6 +45,13 @@ def make_config(kind: str, vocab: int):  # noqa: ANN201
                                 sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                                 max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
                                 architectures=["Gemma3ForCausalLM"])
+    if kind == "neox":
+        # Pythia's layout: parallel attention and MLP, rotary on a quarter of each head, biases everywhere.
+        return GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                             num_attention_heads=4, max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
+                             pad_token_id=1, use_parallel_residual=True,
+                             rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
+                             architectures=["GPTNeoXForCausalLM"])
     raise ValueError(kind)
 
 

@@ -73,10 +73,10 @@ def ablate_heads_sweep(run: CleanRun, layer: int, heads: Tensor, replacement: Te
         new = replacement[hi] if replacement.dim() == 3 else replacement[hi, b]
         delta = torch.einsum("nte,ned->ntd", new - old, r.w.W_O[layer, h])  # (n, T, D)
         attn_out, _ = r.post_attention(layer, c.attn_pre[layer, b] + delta)
-        return c.resid_pre[layer, b] + attn_out
+        return r.after_attention(c.resid_pre[layer, b], attn_out, c.mlp_out[layer, b])
 
     rep = lambda t: t.to(r.device).repeat(len(heads), *([1] * (t.dim() - 1)))  # noqa: E731
-    diff, loss = run_sweep(r, n, layer, "mid", make_chunk, rep(run.task.final_pos), rep(run.task.correct_ids),
+    diff, loss = run_sweep(r, n, layer, r.attn_entry_stage, make_chunk, rep(run.task.final_pos), rep(run.task.correct_ids),
                            rep(run.task.incorrect_ids), with_loss, settings)
     return diff.view(len(heads), B), (None if loss is None else loss.view(len(heads), B))
 

@@ -95,7 +95,8 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
     resid, attn, mlp, heads = [], [], [], []
     for layer in range(spec.n_layers):
         resid.append(pos_sweep(layer, "pre", corr.resid_pre[layer], clean.resid_pre[layer] - corr.resid_pre[layer]))
-        attn.append(pos_sweep(layer, "mid", corr.resid_mid[layer], clean.attn_out[layer] - corr.attn_out[layer]))
+        entry = r.after_attention(corr.resid_pre[layer], corr.attn_out[layer], corr.mlp_out[layer])
+        attn.append(pos_sweep(layer, r.attn_entry_stage, entry, clean.attn_out[layer] - corr.attn_out[layer]))
         post = corr.resid_mid[layer] + corr.mlp_out[layer]
         mlp.append(pos_sweep(layer, "post", post, clean.mlp_out[layer] - corr.mlp_out[layer]))
 
@@ -103,9 +104,9 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
             h, b = idx // n_pairs, idx % n_pairs
             delta = torch.einsum("nte,ned->ntd", clean.z[layer, b, :, h] - corr.z[layer, b, :, h], r.w.W_O[layer, h])
             attn_out, _ = r.post_attention(layer, corr.attn_pre[layer, b] + delta)
-            return corr.resid_pre[layer, b] + attn_out
+            return r.after_attention(corr.resid_pre[layer, b], attn_out, corr.mlp_out[layer, b])
 
-        d, _ = run_sweep(r, H * n_pairs, layer, "mid", head_chunk, fp(H), rep(correct, H),
+        d, _ = run_sweep(r, H * n_pairs, layer, r.attn_entry_stage, head_chunk, fp(H), rep(correct, H),
                          rep(incorrect, H), False, settings)
         heads.append(d.view(H, n_pairs).mean(-1))
     tokens = tuple(model.to_str_tokens(task.clean_tokens[0]))

@@ -110,7 +110,7 @@ def hub_checkpoints(name: str, steps: Sequence[int], revision_format: str | None
 
     Pythia (``EleutherAI/pythia-*``) names them ``step{N}``, stanford-crfm's GPT-2s ``checkpoint-{N}``; other
     models need ``revision_format`` (e.g. ``"step{}"``). Loading needs the hub, and an architecture logitlab
-    supports (GPT-2 is; Pythia's GPT-NeoX is not yet, which loading reports before downloading weights).
+    supports (GPT-2 and GPT-NeoX/Pythia are; others are reported before any weights are downloaded).
     """
     fmt = revision_format
     if fmt is None:
@@ -141,7 +141,7 @@ def _fetch_revision(name: str, revision: str) -> Path:
         read_spec(config)  # the clear unsupported-architecture error, before downloading any weights
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=revision)
-        hf = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch.float32, use_safetensors=True)
+        hf = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch.float32, use_safetensors=None)
     except Exception as e:
         raise LogitlabError(f"cannot load the weights of revision {revision!r} of {name!r}: {type(e).__name__}: "
                             f"{str(e)[:300]}", hint) from e

@@ -6,8 +6,9 @@ Model specs:
   * a path to a local Hugging Face model folder (``config.json`` + weights).
   * a Hugging Face hub name (e.g. ``gpt2``), from the local HF cache or the hub.
 
-Weights are read only from safetensors or GGUF files (``use_safetensors=True``), and remote code is never
-run unless the caller asks for it.
+Weights are read from safetensors or GGUF files; a checkpoint that only has PyTorch ``.bin`` files (older
+hub revisions, e.g. Pythia's training steps) is read by transformers with ``torch.load(weights_only=True)``,
+which refuses pickled code. Remote code is never run unless the caller asks for it.
 """
 
 from __future__ import annotations
@@ -205,12 +206,12 @@ def _load_hf(source: str, trust_remote_code: bool) -> tuple[Any, Any, str]:
         read_spec(config)  # raises the clear unsupported-architecture error
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True,
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=None,
                                                   trust_remote_code=trust_remote_code, **hub)
     except Exception as e:
         raise LogitlabError(
             f"cannot load model {source!r} from {tried}: {type(e).__name__}: {str(e)[:300]}",
-            "weights must be safetensors (or a .gguf file); the files may be missing, truncated or corrupt",
+            "the weight files may be missing, truncated or corrupt",
         ) from e
     return hf, tok, source
 

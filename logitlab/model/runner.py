@@ -89,7 +89,7 @@ class Runner:
     def _rope(self, T: int, base: float) -> tuple[Tensor, Tensor]:
         key = (T, base, str(self.device))
         if key not in self._rope_cache:
-            dh = self.spec.d_head
+            dh = self.spec.rotary_dim or self.spec.d_head
             inv = 1.0 / (base ** (torch.arange(0, dh, 2, dtype=torch.int64, device=self.device).float() / dh))
             freqs = torch.arange(T, device=self.device).float()[:, None] * inv[None, :]  # (T, dh/2)
             emb = torch.cat([freqs, freqs], dim=-1)  # (T, dh)
@@ -99,13 +99,16 @@ class Runner:
 
     @staticmethod
     def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        # x: (B, T, heads, dh); cos/sin: (T, dh) shared or (B, T, dh) per row. Rotate-half convention of
-        # the Hugging Face Llama/Gemma code.
+        # x: (B, T, heads, dh); cos/sin: (T, rd) shared or (B, T, rd) per row. Rotate-half convention of
+        # the Hugging Face Llama/Gemma/GPT-NeoX code; only the leading rd dims rotate (GPT-NeoX: rd < dh).
         if cos.dim() == 2:
             cos, sin = cos[None], sin[None]
-        half = x.shape[-1] // 2
-        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
+        rd = cos.shape[-1]
+        x_rot, x_pass = x[..., :rd], x[..., rd:]
+        half = rd // 2
+        rot = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
+        out = x_rot * cos[:, :, None, :] + rot * sin[:, :, None, :]
+        return out if rd == x.shape[-1] else torch.cat([out, x_pass], dim=-1)
 
     # ---- stages -------------------------------------------------------------------------------------
     def embed(self, tokens: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor | None]:
@@ -192,8 +195,23 @@ class Runner:
         if query_pos is not None:
             resid_pre = resid_pre[torch.arange(resid_pre.shape[0], device=resid_pre.device), query_pos][:, None]
         mid = resid_pre + attn_out
-        out = mid + self.mlp(layer, mid)
+        out = mid + self.mlp(layer, resid_pre if self.spec.parallel else mid)
         return out if query_pos is None else out[:, 0]
+
+    @property
+    def attn_entry_stage(self) -> str:
+        """Where a sweep re-enters after changing a layer's attention output (see :meth:`after_attention`)."""
+        return "post" if self.spec.parallel else "mid"
+
+    def after_attention(self, resid_pre: Tensor, attn_out: Tensor, mlp_out: Tensor) -> Tensor:
+        """The residual stream to re-enter at :attr:`attn_entry_stage` once attention's output is ``attn_out``.
+
+        Sequential blocks: resid_mid (the MLP runs next, on it). Parallel blocks: the MLP reads resid_pre, which
+        did not change, so its cached output ``mlp_out`` still holds and the block's output is complete.
+        """
+        if self.spec.parallel:
+            return resid_pre + attn_out + mlp_out
+        return resid_pre + attn_out
 
     def final_norm(self, resid: Tensor) -> tuple[Tensor, Tensor]:
         return self._norm(resid, self.w.lnf_w, self.w.lnf_b)
@@ -210,8 +228,8 @@ class Runner:
             z, pattern = self.attention(layer, x)
             attn_pre = self.heads_to_attn_pre(layer, z)
             attn_out, post_scale = self.post_attention(layer, attn_pre)
-            mid = x + attn_out
-            mlp_out = self.mlp(layer, mid)
+            mid = x + attn_out  # for parallel blocks: resid_pre + attn_out (no norm reads it)
+            mlp_out = self.mlp(layer, x if self.spec.parallel else mid)
             x = mid + mlp_out
             for n, v in zip(names, (resid_pre, attn_pre, attn_out, mid, mlp_out, z, pattern, post_scale)):
                 acts[n].append(v)
@@ -239,6 +257,8 @@ class Runner:
         rows = torch.arange(x.shape[0], device=x.device)
         if stage not in ("pre", "mid", "post"):
             raise ValueError(f"unknown stage {stage!r}")
+        if stage == "mid" and self.spec.parallel:
+            raise ValueError("parallel blocks have no 'mid' entry; re-enter at 'post' (see after_attention)")
         if stage == "mid":
             if final_pos is not None and layer == L - 1:
                 x = x[rows, final_pos]

@@ -20,7 +20,7 @@ __all__ = ["ArchSpec", "Weights", "SUPPORTED_MODEL_TYPES", "read_spec", "read_we
 # model_type (HF config) -> family. Gemma-2 is left out on purpose: its final logit soft-cap makes the
 # logit difference a non-linear function of the residual stream, so direct attributions would not sum.
 SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
-                         "gemma3_text": "gemma3"}
+                         "gemma3_text": "gemma3", "gpt_neox": "neox"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class ArchSpec:
     qk_norm: bool
     attn_scale: float
     embed_scale: float
+    rotary_dim: int = 0  # leading dims of each head that are rotated (0: all of d_head)
+    parallel: bool = False  # GPT-NeoX/Pythia: attention and MLP both read resid_pre
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
@@ -54,7 +56,7 @@ class ArchSpec:
         return {"architecture": self.model_type, "n_layers": self.n_layers, "n_heads": self.n_heads,
                 "n_kv_heads": self.n_kv_heads, "d_model": self.d_model, "d_head": self.d_head,
                 "d_vocab": self.d_vocab, "normalization": self.normalization,
-                "post_attention_norm": self.post_norms}
+                "post_attention_norm": self.post_norms, "parallel_attn_mlp": self.parallel}
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,17 @@ def read_spec(hf_config: Any) -> ArchSpec:
         return ArchSpec(model_type, n_layers, n_heads, n_heads, d_model, d_head, vocab, "LN",
                         float(hf_config.layer_norm_epsilon), "learned", (), (None,) * n_layers, act, False,
                         False, False, 1.0 / math.sqrt(d_head), 1.0)
+    if family == "neox":
+        params = getattr(hf_config, "rope_parameters", None) or {}
+        factor = float(params.get("partial_rotary_factor", getattr(hf_config, "rotary_pct", 1.0)))
+        act = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh"}.get(hf_config.hidden_act)
+        if act is None:
+            raise LogitlabError(f"activation {hf_config.hidden_act!r} is not supported")
+        base = _rope_theta(hf_config, None)
+        return ArchSpec(model_type, n_layers, n_heads, n_heads, d_model, d_head, vocab, "LN",
+                        float(hf_config.layer_norm_eps), "rotary", (base,) * n_layers, (None,) * n_layers, act,
+                        False, False, False, d_head ** -0.5, 1.0, rotary_dim=int(d_head * factor),
+                        parallel=bool(getattr(hf_config, "use_parallel_residual", True)))
     act_name = _cfg(hf_config, "hidden_activation", "hidden_act")
     act = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(act_name)
     if act is None:

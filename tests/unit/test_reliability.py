@@ -106,3 +106,27 @@ def test_report_escapes_untrusted_text(tmp_path: Path) -> None:
     html = render_report(res, build_figures(res), key_findings(res))
     assert "<script>alert('task')" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(" in html
+
+
+class _Exploit:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_weights_load_safely_and_refuse_code(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+    folder = make_model_folder("llama_gqa", tmp_path / "bin")
+    hf = AutoModelForCausalLM.from_pretrained(str(folder))
+    (folder / "model.safetensors").unlink()
+    torch.save(hf.state_dict(), folder / "pytorch_model.bin")  # a plain state dict loads (weights_only)
+    model = load_model(str(folder), cache=False)
+    assert model.spec.n_kv_heads == 2
+    marker = tmp_path / "pwned"
+    torch.save({"model.embed_tokens.weight": _Exploit(str(marker))}, folder / "pytorch_model.bin")
+    with pytest.raises(LogitlabError):
+        load_model(str(folder), cache=False)
+    assert not marker.exists(), "loading weights ran code from a pickle"
