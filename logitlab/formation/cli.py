@@ -71,7 +71,7 @@ def _clear_summaries(out: Path) -> None:
 def formation_cmd(
     checkpoints: Annotated[Optional[Path], typer.Option("--checkpoints", "-c", help="Folder with one model sub-folder per step (step123, checkpoint-123 or 123).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Instead: a hub model with step revisions (EleutherAI/pythia-*, stanford-crfm/*); needs network.")] = None,
-    steps: Annotated[Optional[str], typer.Option(help="With --model: comma-separated steps, e.g. 0,1000,143000.")] = None,
+    steps: Annotated[Optional[str], typer.Option(help="With --model: comma-separated steps, e.g. 0,1000,143000 (default: ~16 log-spaced published checkpoints).")] = None,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task name or YAML file (default: heldout-task.yaml in --checkpoints if present, else pronouns).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-running resumes; finished checkpoints are kept).")] = Path("formation-out"),
     force: Annotated[bool, typer.Option("--force", help="Recompute checkpoints already summarised in --out.")] = False,
@@ -92,9 +92,7 @@ def formation_cmd(
         default_task = checkpoints / HELDOUT_TASK
         task_spec = task if task is not None else (str(default_task) if default_task.is_file() else "pronouns")
     else:
-        if steps is None:
-            raise LogitlabError("--model needs --steps", "e.g. --steps 0,1000,10000,143000")
-        ckpts = hub_checkpoints(model, parse_steps(steps))
+        ckpts = hub_checkpoints(model, None if steps is None else parse_steps(steps))
         name = model
         task_spec = task or "pronouns"
     task_ = load_task(task_spec)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -45,7 +46,7 @@ from logitlab.analyses import activation_patching, clean_run, head_ablation, hea
 from logitlab.analyses._common import mean_stderr
 from logitlab.battery import check_finite
 from logitlab.errors import LogitlabError
-from logitlab.model.load import Model, cache_dir, load_model
+from logitlab.model.load import Model, cache_dir, hub_reachable, load_model
 from logitlab.model.spec import SUPPORTED_MODEL_TYPES, read_spec
 from logitlab.sweep import SweepSettings
 from logitlab.task import Task, TokenizedTask, tokenize_task
@@ -105,12 +106,39 @@ def find_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 _REVISION_FORMATS = (("eleutherai/pythia", "step{}"), ("stanford-crfm/", "checkpoint-{}"))
 
 
-def hub_checkpoints(name: str, steps: Sequence[int], revision_format: str | None = None) -> list[tuple[int, str]]:
+def _published_steps(name: str) -> list[int] | None:
+    """The training steps TransformerLens knows a hub family was checkpointed at (its checkpoint_index /
+    checkpoint_value schedule), or None for a family it has no schedule for."""
+    try:
+        from transformer_lens.tools.model_registry.checkpoints import get_checkpoint_labels
+        labels, _ = get_checkpoint_labels(name)
+    except Exception:  # unknown family (ValueError), or a legacy repo whose listing needs the network
+        return None
+    return sorted(int(x) for x in labels)
+
+
+def log_spaced(steps: Sequence[int], k: int = 16) -> list[int]:
+    """About ``k`` of ``steps``, log-uniformly spaced, always including the first and the last."""
+    steps = sorted(set(int(s) for s in steps))
+    if len(steps) <= k:
+        return steps
+    lo, hi = max(1, steps[0]), steps[-1]
+    targets = [lo * (hi / lo) ** (i / (k - 1)) for i in range(k)]
+    picked = {steps[0], steps[-1]}
+    for t in targets:
+        picked.add(min(steps, key=lambda s: abs(math.log(max(s, 1)) - math.log(t))))
+    return sorted(picked)
+
+
+def hub_checkpoints(name: str, steps: Sequence[int] | None = None,
+                    revision_format: str | None = None) -> list[tuple[int, str]]:
     """(step, ``"name@revision"``) pairs for a hub model whose revisions are training steps.
 
     Pythia (``EleutherAI/pythia-*``) names them ``step{N}``, stanford-crfm's GPT-2s ``checkpoint-{N}``; other
-    models need ``revision_format`` (e.g. ``"step{}"``). Loading needs the hub, and an architecture logitlab
-    supports (GPT-2 and GPT-NeoX/Pythia are; others are reported before any weights are downloaded).
+    models need ``revision_format`` (e.g. ``"step{}"``). Steps are checked against TransformerLens's published
+    checkpoint schedule for the family; without ``steps``, about 16 log-spaced ones are taken from it.
+    Loading needs the hub, and an architecture logitlab supports (GPT-2 and GPT-NeoX/Pythia are; others are
+    reported before any weights are downloaded).
     """
     fmt = revision_format
     if fmt is None:
@@ -119,8 +147,19 @@ def hub_checkpoints(name: str, steps: Sequence[int], revision_format: str | None
         raise LogitlabError(f"do not know how {name!r} names its checkpoint revisions",
                             "known: EleutherAI/pythia-* (step{N}), stanford-crfm/* (checkpoint-{N}); "
                             "pass a revision format such as 'step{}'")
+    published = _published_steps(name)
+    if steps is None:
+        if published is None:
+            raise LogitlabError(f"no known checkpoint schedule for {name!r}", "pass steps, e.g. --steps 0,1000,10000")
+        steps = log_spaced(published)
     if not steps:
         raise LogitlabError("no steps given", "pass steps, e.g. --steps 0,1000,10000")
+    if published is not None:
+        missing = sorted(set(int(s) for s in steps) - set(published))
+        if missing:
+            raise LogitlabError(f"{name!r} has no checkpoint at step(s) {missing[:10]}",
+                                f"its {len(published)} checkpoints run from step {published[0]} to {published[-1]}, "
+                                f"e.g. {published[:6]} …")
     return [(int(s), f"{name}@{fmt.format(int(s))}") for s in sorted(set(steps))]
 
 
@@ -130,10 +169,17 @@ def _fetch_revision(name: str, revision: str) -> Path:
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    hint = ("hub revisions need network access (or the revision already in the HF cache) and safetensors weights; "
+    hint = ("hub revisions need network access (or the revision already in the HF cache); "
             "offline, train a local toy with `logitlab train-toy --out DIR` and pass --checkpoints DIR")
     try:
-        config = AutoConfig.from_pretrained(name, revision=revision)
+        config = AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
+    except Exception:  # not in the local HF cache: the hub, if it answers (else fail now, not after retries)
+        config = None
+    if config is None and not hub_reachable():
+        raise LogitlabError(f"cannot load revision {revision!r} of {name!r}: it is not in the local Hugging Face "
+                            "cache and the hub cannot be reached", hint)
+    try:
+        config = config or AutoConfig.from_pretrained(name, revision=revision)
     except Exception as e:  # network, unknown repo or revision: many exception types
         raise LogitlabError(f"cannot load revision {revision!r} of {name!r} from the Hugging Face hub: "
                             f"{type(e).__name__}: {str(e)[:300]}", hint) from e

@@ -27,7 +27,7 @@ from logitlab.errors import LogitlabError
 from logitlab.model.runner import Runner
 from logitlab.model.spec import SUPPORTED_MODEL_TYPES, ArchSpec, Weights, read_spec, read_weights
 
-__all__ = ["Model", "load_model", "cache_dir", "BUILTIN_MODEL"]
+__all__ = ["Model", "load_model", "cache_dir", "hub_reachable", "BUILTIN_MODEL"]
 
 log = logging.getLogger(__name__)
 BUILTIN_MODEL = "builtin"
@@ -157,7 +157,7 @@ def _gguf_to_folder(gguf: Path, digest: str | None = None) -> Path:
     return folder
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection (a quick check before slow retries)."""
     import socket
     from urllib.parse import urlparse
@@ -184,7 +184,7 @@ def _hub_kwargs(source: str) -> dict[str, Any]:
         return {"local_files_only": True}
     except Exception:  # not in the local cache (the exception type varies by version)
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise LogitlabError(
             f"cannot load model {source!r}: it is not a local folder, not in the local Hugging Face cache, "
             "and the Hugging Face hub cannot be reached", _OFFLINE_HELP)

@@ -59,8 +59,8 @@ def test_default_task_without_toy_files(app: typer.Typer, tiny_toy: Path, tmp_pa
 def test_user_errors(app: typer.Typer, tmp_path: Path) -> None:
     with pytest.raises(LogitlabError, match="exactly one of"):
         _run(app, ["formation", "--out", str(tmp_path)])
-    with pytest.raises(LogitlabError, match="needs --steps"):
-        _run(app, ["formation", "--model", "EleutherAI/pythia-70m", "--out", str(tmp_path)])
+    with pytest.raises(LogitlabError, match=r"no checkpoint at step\(s\) \[7\]"):
+        _run(app, ["formation", "--model", "EleutherAI/pythia-70m", "--steps", "0,7", "--out", str(tmp_path)])
     with pytest.raises(LogitlabError, match="does not exist"):
         _run(app, ["formation", "--checkpoints", str(tmp_path / "nope"), "--out", str(tmp_path)])
     with pytest.raises(LogitlabError, match="revision"):

@@ -149,6 +149,16 @@ def test_hub_checkpoints_names_revisions() -> None:
         hub_checkpoints("someone/model", [5])
 
 
+def test_hub_checkpoints_default_to_log_spaced_published_steps() -> None:
+    from transformer_lens.tools.model_registry.checkpoints import PYTHIA_CHECKPOINTS
+    picked = [s for s, _ in hub_checkpoints("EleutherAI/pythia-70m")]
+    assert picked[0] == 0 and picked[-1] == 143000 and 12 <= len(picked) <= 17
+    assert set(picked) <= set(PYTHIA_CHECKPOINTS) and picked == sorted(set(picked))
+    assert sum(s < 1000 for s in picked) >= 4, f"early steps under-sampled: {picked}"
+    with pytest.raises(LogitlabError, match="no checkpoint"):
+        hub_checkpoints("EleutherAI/pythia-70m", [3])
+
+
 def test_hub_revision_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No hub here: loading a revision must fail as a LogitlabError with a hint, quickly (offline mode)."""
     import huggingface_hub.constants as hub_constants
