@@ -56,7 +56,7 @@ class Model:
     def bridge(self) -> Any:
         """The TransformerBridge in compatibility mode (booted on first use)."""
         if self._bridge is None:
-            hf, tok, _ = _load_hf(self.source, self._trust)
+            hf, tok = _load_hf(self.source, self._trust)
             self._bridge = _boot_bridge(self.source, hf, tok, self.name)
             if self.device != "cpu":
                 self._bridge.to(self.device)
@@ -191,8 +191,8 @@ def _hub_kwargs(source: str) -> dict[str, Any]:
     return {}
 
 
-def _load_hf(source: str, trust_remote_code: bool) -> tuple[Any, Any, str]:
-    """Load (model, tokenizer, name for the bridge) from a folder or hub name."""
+def _load_hf(source: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    """Load (model, tokenizer) from a folder or hub name."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     local = Path(source).is_dir()
     tried = f"the local folder {source}" if local else f"the Hugging Face hub and the local HF cache for {source!r}"
@@ -213,7 +213,7 @@ def _load_hf(source: str, trust_remote_code: bool) -> tuple[Any, Any, str]:
             f"cannot load model {source!r} from {tried}: {type(e).__name__}: {str(e)[:300]}",
             "the weight files may be missing, truncated or corrupt",
         ) from e
-    return hf, tok, source
+    return hf, tok
 
 
 def _boot_bridge(source: str, hf: Any, tok: Any, name: str) -> Any:
@@ -282,7 +282,7 @@ def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "flo
     elif spec.endswith(".gguf"):
         source, name = str(_gguf_to_folder(Path(spec))), Path(spec).name
     else:
-        source, name = spec, spec
+        source, name = (str(Path(spec).expanduser()) if spec.startswith("~") else spec), spec
     if not Path(source).exists() and spec.startswith((".", "/", "~")):
         raise LogitlabError(f"model path {spec!r} does not exist", _OFFLINE_HELP)
     key = _processed_key(source) if cache else None
@@ -294,7 +294,7 @@ def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "flo
         spec_ = read_spec(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code))
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     else:
-        hf, tok, _ = _load_hf(source, trust_remote_code)
+        hf, tok = _load_hf(source, trust_remote_code)
         spec_ = read_spec(hf.config)
         bridge = _boot_bridge(source, hf, tok, name)
         weights = read_weights(bridge, spec_)
