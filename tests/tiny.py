@@ -9,7 +9,7 @@ import torch
 WORDS = ("Mary John Dan Amy Sarah Tom she he it is a an great friend amazing person fantastic colleague "
          "wonderful partner excellent student really tall isn ’ t , . the car").split()
 
-KINDS = ("gpt2", "llama_mha", "llama_gqa", "gemma3", "neox")
+KINDS = ("gpt2", "llama_mha", "llama_gqa", "qwen2", "qwen3", "gemma3", "neox")
 
 
 def make_tokenizer(folder: Path):  # noqa: ANN201
@@ -29,7 +29,7 @@ def make_tokenizer(folder: Path):  # noqa: ANN201
 
 
 def make_config(kind: str, vocab: int):  # noqa: ANN201
-    from transformers import GPT2Config, Gemma3TextConfig, GPTNeoXConfig, LlamaConfig
+    from transformers import GPT2Config, Gemma3TextConfig, GPTNeoXConfig, LlamaConfig, Qwen2Config, Qwen3Config
     if kind == "gpt2":
         return GPT2Config(vocab_size=vocab, n_positions=64, n_embd=64, n_layer=3, n_head=4, bos_token_id=0,
                           eos_token_id=0, architectures=["GPT2LMHeadModel"])
@@ -38,6 +38,16 @@ def make_config(kind: str, vocab: int):  # noqa: ANN201
                            num_attention_heads=4, num_key_value_heads=4 if kind == "llama_mha" else 2, head_dim=16,
                            max_position_embeddings=64, rms_norm_eps=1e-5, bos_token_id=0, pad_token_id=1,
                            tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
+    if kind == "qwen2":
+        # Llama layout with biases on the query, key and value projections.
+        return Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                           bos_token_id=0, pad_token_id=1, tie_word_embeddings=False, architectures=["Qwen2ForCausalLM"])
+    if kind == "qwen3":
+        # Llama layout plus per-head RMSNorm on queries and keys.
+        return Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                           bos_token_id=0, pad_token_id=1, tie_word_embeddings=False, architectures=["Qwen3ForCausalLM"])
     if kind == "gemma3":
         # A sliding window shorter than the prompts, so the window mask is exercised.
         return Gemma3TextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

@@ -20,7 +20,7 @@ __all__ = ["ArchSpec", "Weights", "SUPPORTED_MODEL_TYPES", "read_spec", "read_we
 # model_type (HF config) -> family. Gemma-2 is left out on purpose: its final logit soft-cap makes the
 # logit difference a non-linear function of the residual stream, so direct attributions would not sum.
 SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
-                         "gemma3_text": "gemma3", "gpt_neox": "neox"}
+                         "qwen3": "llama", "gemma3_text": "gemma3", "gpt_neox": "neox"}
 
 
 @dataclass(frozen=True)
@@ -175,9 +175,10 @@ def read_spec(hf_config: Any) -> ArchSpec:
     windows = tuple(window if use_window else None for _ in range(n_layers))
     if getattr(hf_config, "mlp_bias", False):
         raise LogitlabError("MLP biases on Llama-style models are not supported")
+    qk_norm = model_type == "qwen3"  # per-head RMSNorm on queries and keys, before the rotation
     return ArchSpec(model_type, n_layers, n_heads, n_kv, d_model, d_head, vocab, "RMS",
                     float(hf_config.rms_norm_eps), "rotary", tuple(_rope_theta(hf_config, None) for _ in range(n_layers)),
-                    windows, act, True, False, False, d_head ** -0.5, 1.0)
+                    windows, act, True, False, qk_norm, d_head ** -0.5, 1.0)
 
 
 def _norm_params(module: Any, offset: bool, d: int) -> tuple[Tensor, Tensor]:
