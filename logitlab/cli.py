@@ -81,6 +81,13 @@ def run(
     ld = results["logit_diff"]
     console.print(f"mean logit diff {ld['mean']:.3f} ± {ld['stderr']:.3f}, accuracy {ld['accuracy']:.0%}, "
                   f"DLA relative error {results['dla']['relative_error']:.1e}")
+    try:
+        from logitlab.report import key_findings
+    except ImportError:
+        return
+    console.print("[bold]key findings[/bold]")
+    for f in key_findings(results):
+        console.print(f" • {f.text}", highlight=False, markup=False)
 
 
 def _check_writable(out: Path) -> None:

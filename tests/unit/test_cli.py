@@ -50,6 +50,12 @@ def test_user_errors_exit_2_without_traceback(tiny_task_file: Path, tmp_path: Pa
     assert "Traceback" not in err and "error:" in err
 
 
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from logitlab.errors import LogitlabError
+    with pytest.raises(LogitlabError, match="no task named"):
+        main(["--debug", "run", "--task", "no-such-task", "--out", str(tmp_path / "o")])
+
+
 def test_predict(gpt2_dir: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", "Mary is a great friend, isn’t", "--answer", " she", "--model", str(gpt2_dir), "-k", "3"]) == 0
     out = capsys.readouterr().out
