@@ -15,6 +15,7 @@ Usage: python benchmarks/bench_battery.py [--model builtin] [--task pronouns] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,7 +25,6 @@ import time
 import torch
 
 torch.set_grad_enabled(False)
-os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens patching loops print a bar per call
 
 
 def matmul_flops(n: int = 2048, reps: int = 6) -> float:
@@ -92,7 +92,8 @@ def loop_method(model, tt) -> dict[str, torch.Tensor]:  # noqa: ANN001
     _, clean_cache = bridge.run_with_cache(clean_t)
     for name, fn in (("resid", patching.get_act_patch_resid_pre), ("attn", patching.get_act_patch_attn_out),
                      ("mlp", patching.get_act_patch_mlp_out), ("heads", patching.get_act_patch_attn_head_out_all_pos)):
-        out[f"patch_{name}"] = fn(bridge, corr_t, clean_cache, pair_metric)
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):  # its per-call progress bars
+            out[f"patch_{name}"] = fn(bridge, corr_t, clean_cache, pair_metric)
     return out
 
 
