@@ -30,7 +30,8 @@ def hooked_metrics(model: Model, tokens: Tensor, final_pos: Tensor, correct: Ten
 
 
 def loop_head_ablation(model: Model, tokens: Tensor, final_pos: Tensor, correct: Tensor, incorrect: Tensor,
-                       means: Tensor | None = None, layers: list[int] | None = None) -> tuple[Tensor, Tensor]:
+                       means: Tensor | None = None, layers: list[int] | None = None,
+                       progress: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
     """Zero- (or, with ``means`` (L, T, H, dh), mean-) ablate each head at ``hook_z``: one forward per head."""
     spec = model.spec
     layers = list(range(spec.n_layers)) if layers is None else layers
@@ -44,11 +45,13 @@ def loop_head_ablation(model: Model, tokens: Tensor, final_pos: Tensor, correct:
                 return z
             d, lo = hooked_metrics(model, tokens, final_pos, correct, incorrect, [(f"blocks.{layer}.attn.hook_z", hook)])
             out_d[i, h], out_l[i, h] = d, lo
+            if progress is not None:
+                progress(tokens.shape[0])
     return out_d, out_l
 
 
 def loop_patching(model: Model, clean: Tensor, corrupted: Tensor, correct: Tensor, incorrect: Tensor,
-                  what: str, layers: list[int] | None = None) -> Tensor:
+                  what: str, layers: list[int] | None = None, progress: Callable[[int], None] | None = None) -> Tensor:
     """Patch clean into corrupted one (layer, position) — or for ``what='z'`` one (layer, head) — at a time.
 
     ``what``: ``resid_pre``, ``attn_out``, ``mlp_out`` or ``z``. Returns the raw mean logit difference of
@@ -77,4 +80,6 @@ def loop_patching(model: Model, clean: Tensor, corrupted: Tensor, correct: Tenso
                 return act
             d, _ = hooked_metrics(model, corrupted, fp, correct, incorrect, [(name, hook)])
             out[i, j] = d.mean()
+            if progress is not None:
+                progress(n)
     return out

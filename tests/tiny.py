@@ -55,6 +55,19 @@ def make_config(kind: str, vocab: int):  # noqa: ANN201
                                 sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                                 max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
                                 architectures=["Gemma3ForCausalLM"])
+    if kind == "opt":
+        # Not one of logitlab's own architectures: exercises the TransformerBridge-hook fallback.
+        from transformers import OPTConfig
+        return OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4,
+                         word_embed_proj_dim=64, max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
+                         eos_token_id=0, architectures=["OPTForCausalLM"])
+    if kind == "gemma2":
+        # Final logit soft-capping: the fallback must refuse it (attributions would not add up).
+        from transformers import Gemma2Config
+        return Gemma2Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                            final_logit_softcapping=1.0, max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
+                            architectures=["Gemma2ForCausalLM"])
     if kind == "neox":
         # Pythia's layout: parallel attention and MLP, rotary on a quarter of each head, biases everywhere.
         return GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,

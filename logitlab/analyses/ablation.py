@@ -86,6 +86,13 @@ def head_ablation(run: CleanRun, kind: Literal["zero", "mean"] = "zero",
     """Ablate every query head in turn (batched), returning per-prompt logit difference and loss."""
     settings = settings or SweepSettings()
     spec = run.model.spec
+    if run.model.runner.hooked:  # architectures outside logitlab's forward pass: one hooked forward per head
+        from logitlab.reference import loop_head_ablation
+        t = run.task
+        means = head_mean_values(run) if kind == "mean" else None
+        d, lo = loop_head_ablation(run.model, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids, means,
+                                   progress=settings.progress)
+        return AblationResult(kind, d, lo, run.logit_diff.cpu(), run.loss.cpu())
     H, T, dh = spec.n_heads, run.task.tokens.shape[1], spec.d_head
     means = head_mean_values(run) if kind == "mean" else None
     heads = torch.arange(H)

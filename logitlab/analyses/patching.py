@@ -77,6 +77,12 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
     if abs(clean_ld - corr_ld) < 1e-6:
         raise LogitlabError("clean and corrupted prompts give the same logit difference; patching cannot be "
                             "normalised", "choose a corrupted prompt that changes the answer")
+    tokens = tuple(model.to_str_tokens(task.clean_tokens[0]))
+    if r.hooked:  # architectures outside logitlab's forward pass: one hooked forward per patch
+        from logitlab.reference import loop_patching
+        args = (model, clean_t, corr_t, correct, incorrect)
+        loops = [loop_patching(*args, what, progress=settings.progress) for what in ("resid_pre", "attn_out", "mlp_out", "z")]
+        return PatchingResult(tokens, clean_ld, corr_ld, *loops)
     fp = lambda k: torch.full((k * n_pairs,), T - 1, device=dev)  # noqa: E731  every item ends at T-1
     rep = lambda t, k: t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731  item-major: (what, pair)
 
@@ -109,6 +115,5 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
         d, _ = run_sweep(r, H * n_pairs, layer, r.attn_entry_stage, head_chunk, fp(H), rep(correct, H),
                          rep(incorrect, H), False, settings)
         heads.append(d.view(H, n_pairs).mean(-1))
-    tokens = tuple(model.to_str_tokens(task.clean_tokens[0]))
     return PatchingResult(tokens, clean_ld, corr_ld, torch.stack(resid).cpu(), torch.stack(attn).cpu(),
                           torch.stack(mlp).cpu(), torch.stack(heads).cpu())

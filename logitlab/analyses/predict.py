@@ -34,9 +34,7 @@ def predict(model: Model, prompt: str, answer: str | None = None, k: int = 10, p
     ids = encode_prompt(model.tokenizer, prompt, prepend_bos)
     r = model.runner
     with torch.no_grad():
-        x = r.run_from(0, "pre", r._embed_sum(torch.tensor([ids], device=r.device)))
-        normed, _ = r.final_norm(x[:, -1])
-        logits = (normed @ r.w.W_U + r.w.b_U)[0].float()
+        logits = r.logits(torch.tensor([ids], device=r.device))[0, -1].float()
     probs = logits.softmax(-1)
     top = probs.topk(k)
     rows = tuple((model.tokenizer.decode([int(i)]), float(logits[i]), float(p)) for p, i in zip(top.values, top.indices))

@@ -202,8 +202,6 @@ def _load_hf(source: str, trust_remote_code: bool) -> tuple[Any, Any]:
     except Exception as e:
         raise LogitlabError(f"cannot load model {source!r}: tried {tried}: {type(e).__name__}: {str(e)[:300]}",
                             _OFFLINE_HELP) from e
-    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
-        read_spec(config)  # raises the clear unsupported-architecture error
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=None,
@@ -265,6 +263,26 @@ def _load_weights(path: Path) -> Weights | None:
     return Weights(**{n: state.get(n) for n in names})
 
 
+def _load_hooked(hf: Any, tok: Any, source: str, name: str, device: str, dtype: str, trust: bool) -> Model:
+    """An architecture outside logitlab's own forward pass: analyse it through the bridge's hooks."""
+    from logitlab.model.hooked import HookRunner, generic_spec, read_output_weights
+    model_type = getattr(hf.config, "model_type", None)
+    bridge = _boot_bridge(source, hf, tok, name)
+    if dtype != "float32":
+        raise LogitlabError(f"{model_type!r} runs through TransformerLens hooks, in float32 only", "drop --dtype")
+    spec_ = generic_spec(bridge, hf.config)
+    if device != "cpu":
+        bridge.to(device)
+    runner = HookRunner(spec_, read_output_weights(bridge, spec_).to(device, torch.float32), bridge)
+    probe = (torch.arange(1, 9) % spec_.d_vocab)[None].to(device)
+    runner.check(probe)
+    log.warning("%s (%s) is not one of logitlab's own architectures (%s): analysing it through TransformerLens "
+                "hooks, one forward pass per ablation or patch (slow)", name, model_type,
+                ", ".join(sorted(SUPPORTED_MODEL_TYPES)))
+    return Model(name=name, source=source, tokenizer=tok, spec=spec_, runner=runner, device=device, dtype=dtype,
+                 bridge=bridge, trust_remote_code=trust)
+
+
 def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "float32",
                trust_remote_code: bool = False, cache: bool = True) -> Model:
     """Load a model by spec (see module docstring) onto ``device`` in ``dtype``.
@@ -295,6 +313,8 @@ def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "flo
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     else:
         hf, tok = _load_hf(source, trust_remote_code)
+        if getattr(hf.config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+            return _load_hooked(hf, tok, source, name, device, dtype, trust_remote_code)
         spec_ = read_spec(hf.config)
         bridge = _boot_bridge(source, hf, tok, name)
         weights = read_weights(bridge, spec_)

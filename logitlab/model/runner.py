@@ -46,6 +46,8 @@ class CleanCache:
 class Runner:
     """A decoder-only transformer forward pass split into stages."""
 
+    hooked = False  # True for the TransformerBridge-hook fallback (logitlab.model.hooked)
+
     def __init__(self, spec: ArchSpec, weights: Weights) -> None:
         self.spec = spec
         # Store the unembedding as contiguous (vocab, d_model) rows seen through a transpose: answer columns

@@ -1,0 +1,62 @@
+"""The TransformerBridge-hook fallback for architectures outside logitlab's own forward pass."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from logitlab.analyses import clean_run, dla, head_ablation, head_attribution, layer_attribution, logit_lens
+from logitlab.analyses.patching import activation_patching
+from logitlab.battery import RunConfig, run_battery
+from logitlab.errors import LogitlabError
+from logitlab.model.load import load_model
+from logitlab.task import load_task, tokenize_task
+from tests.tiny import make_model_folder
+
+
+@pytest.fixture(scope="module")
+def opt(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    return load_model(str(make_model_folder("opt", tmp_path_factory.mktemp("opt") / "m")), cache=False)
+
+
+def test_fallback_matches_hf_and_keeps_the_invariants(opt, tiny_task_file: Path) -> None:  # noqa: ANN001
+    from transformers import AutoModelForCausalLM
+    assert opt.runner.hooked
+    run = clean_run(opt, tokenize_task(load_task(tiny_task_file), opt.tokenizer))
+    t = run.task
+    hf = AutoModelForCausalLM.from_pretrained(opt.source, dtype=torch.float32)(t.tokens).logits
+    rows = torch.arange(t.n_prompts)
+    final = hf[rows, t.final_pos]
+    ref = final[rows, t.correct_ids] - final.gather(1, t.incorrect_ids).mean(-1)
+    assert (run.logit_diff - ref).abs().max() < 1e-4, "logit diff vs the Hugging Face forward pass"
+    res = dla(run)
+    assert ((res.reconstructed + res.bias_term) - run.logit_diff).abs().max() < 1e-4
+    layers = layer_attribution(run)
+    assert (layers.values.sum(0) - res.reconstructed).abs().max() < 1e-4
+    assert (logit_lens(run).values[-1] - res.reconstructed).abs().max() < 1e-5
+    heads = head_attribution(run)
+    for layer in range(opt.spec.n_layers):
+        attn = layers.values[layers.labels.index(f"{layer}_attn_out")]
+        assert (heads.values[layer].sum(0) + heads.bias[layer] - attn).abs().max() < 1e-4
+
+
+def test_fallback_battery_runs_through_hooked_loops(opt, tiny_task_file: Path) -> None:  # noqa: ANN001
+    res = run_battery(opt, load_task(tiny_task_file), RunConfig())
+    L, H = opt.spec.n_layers, opt.spec.n_heads
+    assert len(res["head_ablation"]["zero"]["loss"]) == L and len(res["head_ablation"]["mean"]["logit_diff"][0]) == H
+    assert len(res["resid_patching"]["values"]) == L
+    tt = tokenize_task(load_task(tiny_task_file), opt.tokenizer)
+    p = activation_patching(opt, tt)
+    # Position 0 (BOS) precedes every difference between clean and corrupted prompts, so its activations are the
+    # same in both runs at every layer: patching them must change nothing (a misaligned hook would show here).
+    for name, values in (("resid", p.resid), ("attn", p.attn), ("mlp", p.mlp)):
+        assert p.normalise(values[:, 0]).abs().max() < 1e-4, f"{name} patching at BOS is not 0"
+    assert p.normalise(p.resid).abs().max() > 0.05, "patching had no effect anywhere"
+    ab = head_ablation(clean_run(opt, tt), "zero")
+    assert (ab.logit_diff - ab.baseline_logit_diff).abs().max() > 1e-4, "ablation had no effect"
+
+
+def test_fallback_refuses_soft_capped_logits(tmp_path: Path) -> None:
+    folder = make_model_folder("gemma2", tmp_path / "g2")
+    with pytest.raises(LogitlabError, match="not a linear read-out"):
+        load_model(str(folder), cache=False)
