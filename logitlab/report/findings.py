@@ -61,7 +61,12 @@ def _logit_diff(results: dict[str, Any]) -> Finding | None:
     mean = float(ld["mean"])
     ratio = ld.get("prob_ratio_of_mean", math.exp(mean) if mean < 700 else math.inf)
     acc = float(ld.get("accuracy", math.nan))
-    prefers = "prefers the correct answer" if mean > 0 else "does not prefer the correct answer"
+    se = ld.get("stderr")
+    # Claim a preference only when the mean is two standard errors away from 0.
+    if finite(se) and abs(mean) <= 2 * float(se):
+        prefers = "shows no clear preference between the answers"
+    else:
+        prefers = "prefers the correct answer" if mean > 0 else "prefers the incorrect answer"
     text = (
         f"Over {n} prompts the model {prefers}: mean logit difference {fmt(mean)} "
         f"± {fmt(ld.get('stderr'))} (stderr), {fmt_pct(acc)} of prompts correct, "

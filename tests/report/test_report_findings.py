@@ -38,7 +38,7 @@ def test_logit_diff_numbers_from_results(results: dict[str, Any]) -> None:
     text = _by_figure(key_findings(results), "logit_diff")[0]
     assert "3.14" in text and "0.27" in text and "50%" in text and "23.1" in text
     results["logit_diff"].update(mean=-1.5)
-    assert "does not prefer" in _by_figure(key_findings(results), "logit_diff")[0]
+    assert "prefers the incorrect answer" in _by_figure(key_findings(results), "logit_diff")[0]
 
 
 def test_dominant_layer_changes_sentence(results: dict[str, Any]) -> None:
@@ -139,3 +139,16 @@ def test_findings_any_shape(n_layers: int, n_heads: int, n_prompts: int, n_pos: 
     assert 4 <= len(findings) <= 8
     assert all(f.figure_id in figs for f in findings)
     assert not any(re.search(r"\bnan\b|n/a", f.text.lower()) for f in findings)
+
+
+def test_preference_claimed_only_beyond_two_standard_errors() -> None:
+    from logitlab.report import key_findings
+    from tests.report.synthetic import make_results
+    res = make_results()
+    res["logit_diff"].update(mean=0.2, stderr=0.6)
+    text = key_findings(res)[0].text
+    assert "no clear preference" in text and "prefers the correct" not in text
+    res["logit_diff"].update(mean=3.0, stderr=0.4)
+    assert "prefers the correct answer" in key_findings(res)[0].text
+    res["logit_diff"].update(mean=-3.0, stderr=0.4)
+    assert "prefers the incorrect answer" in key_findings(res)[0].text
