@@ -72,14 +72,6 @@ class HookRunner(Runner):
         super().__init__(spec, weights)
         self.bridge = bridge
 
-    @property
-    def device(self) -> torch.device:
-        return self.w.W_U.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.w.W_U.dtype
-
     def run_with_cache(self, tokens: Tensor) -> CleanCache:
         L = self.spec.n_layers
         with torch.no_grad():

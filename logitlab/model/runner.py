@@ -57,11 +57,11 @@ class Runner:
 
     @property
     def device(self) -> torch.device:
-        return self.w.W_E.device
+        return self.w.W_U.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.w.W_E.dtype
+        return self.w.W_U.dtype
 
     # ---- pieces -------------------------------------------------------------------------------------
     def _norm(self, x: Tensor, w: Tensor | None = None, b: Tensor | None = None) -> tuple[Tensor, Tensor]:
