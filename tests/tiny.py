@@ -9,7 +9,7 @@ import torch
 WORDS = ("Mary John Dan Amy Sarah Tom she he it is a an great friend amazing person fantastic colleague "
          "wonderful partner excellent student really tall isn ’ t , . the car").split()
 
-KINDS = ("gpt2", "llama_mha", "llama_gqa", "qwen2", "qwen3", "gemma3", "neox")
+KINDS = ("gpt2", "llama_mha", "llama_gqa", "mistral", "qwen2", "qwen3", "gemma3", "neox")
 
 
 def make_tokenizer(folder: Path):  # noqa: ANN201
@@ -38,6 +38,13 @@ def make_config(kind: str, vocab: int):  # noqa: ANN201
                            num_attention_heads=4, num_key_value_heads=4 if kind == "llama_mha" else 2, head_dim=16,
                            max_position_embeddings=64, rms_norm_eps=1e-5, bos_token_id=0, pad_token_id=1,
                            tie_word_embeddings=False, architectures=["LlamaForCausalLM"])
+    if kind == "mistral":
+        # Llama layout with a sliding window shorter than the prompts.
+        from transformers import MistralConfig
+        return MistralConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                             max_position_embeddings=64, bos_token_id=0, pad_token_id=1, tie_word_embeddings=False,
+                             architectures=["MistralForCausalLM"])
     if kind == "qwen2":
         # Llama layout with biases on the query, key and value projections.
         return Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
