@@ -7,10 +7,10 @@ The CLI and notebooks call :func:`run_battery`; every analysis is also callable 
 from __future__ import annotations
 
 import json
-import re
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager

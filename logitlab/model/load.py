@@ -57,9 +57,7 @@ class Model:
         """The TransformerBridge in compatibility mode (booted on first use)."""
         if self._bridge is None:
             hf, tok = _load_hf(self.source, self._trust)
-            self._bridge = _boot_bridge(self.source, hf, tok, self.name)
-            if self.device != "cpu":
-                self._bridge.to(self.device)
+            self._bridge = _boot_bridge(self.source, hf, tok, self.name, self.device)
         return self._bridge
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,7 +212,8 @@ def _load_hf(source: str, trust_remote_code: bool) -> tuple[Any, Any]:
     return hf, tok
 
 
-def _boot_bridge(source: str, hf: Any, tok: Any, name: str) -> Any:
+def _boot_bridge(source: str, hf: Any, tok: Any, name: str, device: str) -> Any:
+    """The TransformerBridge of ``hf`` in compatibility mode, on ``device``."""
     from transformer_lens.model_bridge import TransformerBridge
     try:
         bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tok)
@@ -222,7 +221,12 @@ def _boot_bridge(source: str, hf: Any, tok: Any, name: str) -> Any:
     except Exception as e:
         raise LogitlabError(f"TransformerLens could not wrap {name!r}: {type(e).__name__}: {e}") from e
     bridge.eval()
+    if device != "cpu":
+        bridge.to(device)
     return bridge
+
+
+_WEIGHTS_FORMAT = 1  # bump when the cached Weights layout changes
 
 
 def _processed_key(source: str) -> str | None:
@@ -235,11 +239,9 @@ def _processed_key(source: str) -> str | None:
     from logitlab import __version__
     files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
                    if p.suffix in (".safetensors", ".json", ".bin"))
-    ident = json.dumps([str(folder.resolve()), files, version("transformer-lens"), version("transformers"), __version__, _WEIGHTS_FORMAT])
+    ident = json.dumps([str(folder.resolve()), files, version("transformer-lens"), version("transformers"),
+                        __version__, _WEIGHTS_FORMAT])
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
-
-
-_WEIGHTS_FORMAT = 1
 
 
 def _save_weights(path: Path, weights: Weights) -> None:
@@ -267,12 +269,10 @@ def _load_hooked(hf: Any, tok: Any, source: str, name: str, device: str, dtype: 
     """An architecture outside logitlab's own forward pass: analyse it through the bridge's hooks."""
     from logitlab.model.hooked import HookRunner, generic_spec, read_output_weights
     model_type = getattr(hf.config, "model_type", None)
-    bridge = _boot_bridge(source, hf, tok, name)
     if dtype != "float32":
         raise LogitlabError(f"{model_type!r} runs through TransformerLens hooks, in float32 only", "drop --dtype")
+    bridge = _boot_bridge(source, hf, tok, name, device)
     spec_ = generic_spec(bridge, hf.config)
-    if device != "cpu":
-        bridge.to(device)
     runner = HookRunner(spec_, read_output_weights(bridge, spec_).to(device, torch.float32), bridge)
     probe = (torch.arange(1, 9) % spec_.d_vocab)[None].to(device)
     runner.check(probe)
@@ -316,15 +316,13 @@ def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "flo
         if getattr(hf.config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
             return _load_hooked(hf, tok, source, name, device, dtype, trust_remote_code)
         spec_ = read_spec(hf.config)
-        bridge = _boot_bridge(source, hf, tok, name)
+        bridge = _boot_bridge(source, hf, tok, name, device)
         weights = read_weights(bridge, spec_)
         if cached is not None:
             try:
                 _save_weights(cached, weights)
             except OSError as e:
                 log.warning("could not cache processed weights at %s: %s", cached, e)
-    if device != "cpu" and bridge is not None:
-        bridge.to(device)
     runner = Runner(spec_, weights.to(device, _DTYPES[dtype]))
     return Model(name=name, source=source, tokenizer=tok, spec=spec_, runner=runner, device=device, dtype=dtype,
                  bridge=bridge, trust_remote_code=trust_remote_code)
