@@ -20,9 +20,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun, mean_stderr
-from logitlab.sweep import SweepSettings, run_sweep
+from logitlab.sweep import Entry, SweepSettings, run_sweep
 
-__all__ = ["AblationResult", "head_ablation", "head_mean_values"]
+__all__ = ["AblationResult", "head_ablation", "head_mean_values", "ablation_entries"]
 
 
 @dataclass(frozen=True)
@@ -56,28 +56,46 @@ def head_mean_values(run: CleanRun) -> Float[Tensor, "layer pos head d_head"]:
     return num / valid.sum(0).clamp(min=1)[None, :, None, None]
 
 
-def ablate_heads_sweep(run: CleanRun, layer: int, heads: Tensor, replacement: Tensor, settings: SweepSettings,
-                       with_loss: bool = True) -> tuple[Tensor, Tensor | None]:
-    """Sweep: for each head in ``heads`` × each prompt, replace its z with ``replacement[head_i]``.
+def head_delta(w_O: Tensor, heads: Tensor, dz: Tensor) -> Tensor:
+    """Change of the summed attention output when head ``heads[i]`` of item i changes by ``dz[i]``.
+
+    ``w_O`` is one layer's W_O (H, d_head, D); ``dz`` is (n, pos, d_head). One product per distinct head.
+    """
+    out = dz.new_empty(dz.shape[0], dz.shape[1], w_O.shape[-1])
+    for h in heads.unique().tolist():
+        sel = (heads == h).nonzero().squeeze(-1)
+        out[sel] = dz[sel] @ w_O[h]
+    return out
+
+
+def ablation_entries(run: CleanRun, layer: int, heads: Tensor, replacement: Tensor) -> Entry:
+    """Sweep items for each head in ``heads`` × each prompt, replacing the head's z with ``replacement[head_i]``.
 
     ``replacement`` is (n_heads_swept, pos, d_head) shared by prompts, or (n_heads_swept, batch, pos, d_head).
-    Returns metrics shaped (n_heads_swept, batch).
+    Items are head-major: item ``i`` is head ``heads[i // batch]`` on prompt ``i % batch``.
     """
     r, c, B = run.model.runner, run.cache, run.task.n_prompts
-    n = len(heads) * B
+    heads = heads.to(r.device)
 
-    def make_chunk(idx: Tensor) -> Tensor:
-        hi, b = idx // B, idx % B  # head-major items: (head, prompt)
-        h = heads.to(idx.device)[hi]
+    def make(idx: Tensor) -> Tensor:
+        hi, b = idx // B, idx % B
+        h = heads[hi]
         old = c.z[layer, b, :, h]  # (n, T, dh)
         new = replacement[hi] if replacement.dim() == 3 else replacement[hi, b]
-        delta = torch.einsum("nte,ned->ntd", new - old, r.w.W_O[layer, h])  # (n, T, D)
-        attn_out, _ = r.post_attention(layer, c.attn_pre[layer, b] + delta)
+        attn_out, _ = r.post_attention(layer, c.attn_pre[layer, b] + head_delta(r.w.W_O[layer], h, new - old))
         return r.after_attention(c.resid_pre[layer, b], attn_out, c.mlp_out[layer, b])
 
     rep = lambda t: t.to(r.device).repeat(len(heads), *([1] * (t.dim() - 1)))  # noqa: E731
-    diff, loss = run_sweep(r, n, layer, r.attn_entry_stage, make_chunk, rep(run.task.final_pos), rep(run.task.correct_ids),
-                           rep(run.task.incorrect_ids), with_loss, settings)
+    return Entry(layer, r.attn_entry_stage, make, rep(run.task.final_pos), rep(run.task.correct_ids),
+                 rep(run.task.incorrect_ids))
+
+
+def ablate_heads_sweep(run: CleanRun, layer: int, heads: Tensor, replacement: Tensor, settings: SweepSettings,
+                       with_loss: bool = True) -> tuple[Tensor, Tensor | None]:
+    """One layer's heads (see :func:`ablation_entries`); returns metrics shaped (n_heads_swept, batch)."""
+    B = run.task.n_prompts
+    ((diff, loss),) = run_sweep(run.model.runner, [ablation_entries(run, layer, heads, replacement)], with_loss,
+                                settings)
     return diff.view(len(heads), B), (None if loss is None else loss.view(len(heads), B))
 
 
@@ -94,16 +112,18 @@ def head_ablation(run: CleanRun, kind: Literal["zero", "mean"] = "zero",
                                    progress=settings.progress)
         return AblationResult(kind, d, lo, run.logit_diff.cpu(), run.loss.cpu())
     H, T, dh = spec.n_heads, run.task.tokens.shape[1], spec.d_head
+    r = run.model.runner
     means = head_mean_values(run) if kind == "mean" else None
     heads = torch.arange(H)
-    lds, losses = [], []
+    entries = []
     for layer in range(spec.n_layers):
         if means is None:
-            rep = torch.zeros(H, T, dh, dtype=run.model.runner.dtype, device=run.model.runner.device)
+            rep = torch.zeros(H, T, dh, dtype=r.dtype, device=r.device)
         else:
             rep = means[layer].permute(1, 0, 2)  # (H, T, dh)
-        d, lo = ablate_heads_sweep(run, layer, heads, rep, settings)
-        lds.append(d)
-        losses.append(lo)
-    return AblationResult(kind, torch.stack(lds).cpu(), torch.stack(losses).cpu(),
-                          run.logit_diff.cpu(), run.loss.cpu())
+        entries.append(ablation_entries(run, layer, heads, rep))
+    out = run_sweep(r, entries, True, settings)  # every layer's heads in one growing batch
+    B = run.task.n_prompts
+    lds = torch.stack([d.view(H, B) for d, _ in out])
+    losses = torch.stack([lo.view(H, B) for _, lo in out])  # type: ignore[union-attr]
+    return AblationResult(kind, lds.cpu(), losses.cpu(), run.logit_diff.cpu(), run.loss.cpu())

@@ -19,10 +19,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun
+from logitlab.analyses.ablation import head_delta
 from logitlab.errors import LogitlabError
 from logitlab.model.load import Model
 from logitlab.model.runner import CleanCache
-from logitlab.sweep import SweepSettings, run_sweep
+from logitlab.sweep import Entry, SweepSettings, run_sweep
 from logitlab.task import TokenizedTask
 
 __all__ = ["PatchingResult", "activation_patching"]
@@ -86,34 +87,41 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
     fp = lambda k: torch.full((k * n_pairs,), T - 1, device=dev)  # noqa: E731  every item ends at T-1
     rep = lambda t, k: t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731  item-major: (what, pair)
 
-    def pos_sweep(layer: int, stage: str, base: Tensor, delta: Tensor) -> Tensor:
+    def pos_entry(layer: int, stage: str, base: Tensor, delta: Tensor) -> Entry:
         # base: (pair, T, D) corrupted residual at the entry; delta: (pair, T, D) change at each position.
-        def make_chunk(idx: Tensor) -> Tensor:
+        def make(idx: Tensor) -> Tensor:
             p, b = idx // n_pairs, idx % n_pairs
             x = base[b].clone()
             x[torch.arange(len(idx), device=dev), p] += delta[b, p]
             return x
-        d, _ = run_sweep(r, T * n_pairs, layer, stage, make_chunk, fp(T), rep(correct, T), rep(incorrect, T),
-                         False, settings)
-        return d.view(T, n_pairs).mean(-1)
+        return Entry(layer, stage, make, fp(T), rep(correct, T), rep(incorrect, T))
 
-    H = spec.n_heads
-    resid, attn, mlp, heads = [], [], [], []
-    for layer in range(spec.n_layers):
-        resid.append(pos_sweep(layer, "pre", corr.resid_pre[layer], clean.resid_pre[layer] - corr.resid_pre[layer]))
-        entry = r.after_attention(corr.resid_pre[layer], corr.attn_out[layer], corr.mlp_out[layer])
-        attn.append(pos_sweep(layer, r.attn_entry_stage, entry, clean.attn_out[layer] - corr.attn_out[layer]))
-        post = corr.resid_mid[layer] + corr.mlp_out[layer]
-        mlp.append(pos_sweep(layer, "post", post, clean.mlp_out[layer] - corr.mlp_out[layer]))
+    def head_entry(layer: int) -> Entry:
+        heads = torch.arange(spec.n_heads, device=dev)
 
-        def head_chunk(idx: Tensor, layer: int = layer) -> Tensor:
-            h, b = idx // n_pairs, idx % n_pairs
-            delta = torch.einsum("nte,ned->ntd", clean.z[layer, b, :, h] - corr.z[layer, b, :, h], r.w.W_O[layer, h])
-            attn_out, _ = r.post_attention(layer, corr.attn_pre[layer, b] + delta)
+        def make(idx: Tensor) -> Tensor:
+            h, b = heads[idx // n_pairs], idx % n_pairs
+            dz = clean.z[layer, b, :, h] - corr.z[layer, b, :, h]
+            attn_out, _ = r.post_attention(layer, corr.attn_pre[layer, b] + head_delta(r.w.W_O[layer], h, dz))
             return r.after_attention(corr.resid_pre[layer, b], attn_out, corr.mlp_out[layer, b])
+        return Entry(layer, r.attn_entry_stage, make, fp(H), rep(correct, H), rep(incorrect, H))
 
-        d, _ = run_sweep(r, H * n_pairs, layer, r.attn_entry_stage, head_chunk, fp(H), rep(correct, H),
-                         rep(incorrect, H), False, settings)
-        heads.append(d.view(H, n_pairs).mean(-1))
+    H, L = spec.n_heads, spec.n_layers
+    entries = []
+    for layer in range(L):
+        entry = r.after_attention(corr.resid_pre[layer], corr.attn_out[layer], corr.mlp_out[layer])
+        post = corr.resid_mid[layer] + corr.mlp_out[layer]
+        entries += [
+            pos_entry(layer, "pre", corr.resid_pre[layer], clean.resid_pre[layer] - corr.resid_pre[layer]),
+            pos_entry(layer, r.attn_entry_stage, entry, clean.attn_out[layer] - corr.attn_out[layer]),
+            pos_entry(layer, "post", post, clean.mlp_out[layer] - corr.mlp_out[layer]),
+            head_entry(layer),
+        ]
+    out = [d for d, _ in run_sweep(r, entries, False, settings)]  # all patches in one growing batch
+    per_pos = lambda d: d.view(T, n_pairs).mean(-1)  # noqa: E731
+    resid = [per_pos(out[4 * l]) for l in range(L)]
+    attn = [per_pos(out[4 * l + 1]) for l in range(L)]
+    mlp = [per_pos(out[4 * l + 2]) for l in range(L)]
+    heads = [out[4 * l + 3].view(H, n_pairs).mean(-1) for l in range(L)]
     return PatchingResult(tokens, clean_ld, corr_ld, torch.stack(resid).cpu(), torch.stack(attn).cpu(),
                           torch.stack(mlp).cpu(), torch.stack(heads).cpu())

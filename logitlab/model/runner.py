@@ -13,6 +13,7 @@ Shapes: batch B, positions T, heads H, KV heads K, d_model D, d_head dh.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -54,6 +55,32 @@ class Runner:
         # and vocabulary chunks of W_U are then contiguous blocks (no copy per sweep chunk).
         self.w = replace(weights, W_U=weights.W_U.T.contiguous().T)
         self._rope_cache: dict[tuple[int, float, str], tuple[Tensor, Tensor]] = {}
+        self._has_b_U: bool | None = None  # whether the unembedding has a (non-zero) bias
+        if not self.hooked:
+            self._fuse()
+
+    def _fuse(self) -> None:
+        """Lay the weights out for few, large matrix products.
+
+        Query, key and value projections become one (d_model, (H + 2K)·d_head) matrix per layer; ``self.w``
+        keeps its TransformerLens layout as views into it (no second copy). Biases that are all zero are
+        skipped.
+        """
+        w, s = self.w, self.spec
+        L, H, K, dh, D = s.n_layers, s.n_heads, s.n_kv_heads, s.d_head, s.d_model
+        flat = lambda W: W.permute(0, 2, 1, 3).reshape(L, D, -1)  # noqa: E731  (L, heads, D, dh) -> (L, D, heads·dh)
+        self._W_qkv = torch.cat([flat(w.W_Q), flat(w.W_K), flat(w.W_V)], dim=-1).contiguous()
+        heads = lambda a, b, n: self._W_qkv[..., a:b].unflatten(-1, (n, dh)).permute(0, 2, 1, 3)  # noqa: E731
+        nq, nk = H * dh, K * dh
+        updates = {"W_Q": heads(0, nq, H), "W_K": heads(nq, nq + nk, K), "W_V": heads(nq + nk, nq + 2 * nk, K)}
+        b_qkv = torch.cat([w.b_Q.reshape(L, -1), w.b_K.reshape(L, -1), w.b_V.reshape(L, -1)], dim=-1)
+        self._b_qkv = b_qkv if bool(b_qkv.any()) else None
+        self.w = replace(w, **updates)
+        nonzero = lambda b: b if bool(b.any()) else None  # noqa: E731
+        self._b_in, self._b_out, self._b_O = nonzero(w.b_in), nonzero(w.b_out), nonzero(w.b_O)
+        # Fused norms (one kernel) where the scale is not needed; float32 only, so that other dtypes keep
+        # normalising in float32 as the reference implementations do.
+        self._fused_norm = w.W_U.dtype == torch.float32
 
     @property
     def device(self) -> torch.device:
@@ -76,6 +103,15 @@ class Runner:
         if b is not None:
             out = out + b.float()
         return out.to(x.dtype), scale.squeeze(-1)
+
+    def _normed(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+        """The output of :meth:`_norm` alone, as one fused kernel where the dtype allows."""
+        if not getattr(self, "_fused_norm", False):
+            return self._norm(x, w, b)[0]
+        if self.spec.normalization == "LN":
+            return F.layer_norm(x, x.shape[-1:], w, b, self.spec.eps)
+        out = F.rms_norm(x, x.shape[-1:], w, self.spec.eps)
+        return out if b is None else out + b
 
     def _rms(self, x: Tensor, w: Tensor) -> Tensor:
         xf = x.float()
@@ -125,20 +161,29 @@ class Runner:
         return emb, pos
 
     def attention(self, layer: int, resid_pre: Float[Tensor, "batch pos d_model"],
-                  query_pos: Int[Tensor, " batch"] | None = None) -> tuple[Tensor, Tensor]:
+                  query_pos: Int[Tensor, " batch"] | None = None,
+                  need_pattern: bool = True) -> tuple[Tensor, Tensor | None]:
         """Per-head outputs z (B, T, H, dh) and attention pattern (B, H, T, T) of one layer.
 
         With ``query_pos`` only that one query position per row is computed: z (B, 1, H, dh), pattern
-        (B, H, 1, T) (the last layer of a sweep needs nothing else).
+        (B, H, 1, T) (the last layer of a sweep needs nothing else). Without ``need_pattern`` the pattern is
+        not materialised (fused attention kernel) and None is returned for it.
         """
         w, s = self.w, self.spec
         B, T, _ = resid_pre.shape
-        x, _ = self._norm(resid_pre, w.ln1_w[layer], w.ln1_b[layer])
+        H, K, dh = s.n_heads, s.n_kv_heads, s.d_head
+        x = self._normed(resid_pre, w.ln1_w[layer], w.ln1_b[layer])
         rows = torch.arange(B, device=x.device)
-        xq = x if query_pos is None else x[rows, query_pos][:, None]  # (B, Tq, D)
-        q = torch.einsum("btd,hde->bthe", xq, w.W_Q[layer]) + w.b_Q[layer]  # (B, Tq, H, dh)
-        k = torch.einsum("btd,hde->bthe", x, w.W_K[layer]) + w.b_K[layer]  # (B, T, K, dh)
-        v = torch.einsum("btd,hde->bthe", x, w.W_V[layer]) + w.b_V[layer]  # (B, T, K, dh)
+        W, bias = self._W_qkv[layer], (None if self._b_qkv is None else self._b_qkv[layer])
+        if query_pos is None:
+            qkv = F.linear(x, W.mT, bias)  # (B, T, (H + 2K)·dh)
+            q, kv = qkv[..., : H * dh], qkv[..., H * dh:]
+        else:  # the query at one position per row; keys and values everywhere
+            xq = x[rows, query_pos][:, None]  # (B, 1, D)
+            q = F.linear(xq, W[:, : H * dh].mT, None if bias is None else bias[: H * dh])
+            kv = F.linear(x, W[:, H * dh:].mT, None if bias is None else bias[H * dh:])
+        q = q.unflatten(-1, (H, dh))  # (B, Tq, H, dh)
+        k, v = kv[..., : K * dh].unflatten(-1, (K, dh)), kv[..., K * dh:].unflatten(-1, (K, dh))  # (B, T, K, dh)
         if s.qk_norm:
             q = self._rms(q, w.q_norm_w[layer])
             k = self._rms(k, w.k_norm_w[layer])
@@ -149,17 +194,21 @@ class Runner:
             else:
                 q = self._apply_rope(q, cos[query_pos][:, None], sin[query_pos][:, None])
             k = self._apply_rope(k, cos, sin)
-        group = s.n_heads // s.n_kv_heads
-        if group > 1:  # grouped KV heads: each KV head serves `group` consecutive query heads
-            k = k.repeat_interleave(group, dim=2)
-            v = v.repeat_interleave(group, dim=2)
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, Tq, T)
         idx = torch.arange(T, device=resid_pre.device)
         qidx = idx[None, :, None] if query_pos is None else query_pos[:, None, None]  # (1 or B, Tq, 1)
         allowed = idx[None, None, :] <= qidx  # causal: (1 or B, Tq, T)
         window = s.sliding_window[layer]
         if window is not None:
             allowed = allowed & (qidx - idx[None, None, :] < window)
+        if not need_pattern:
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=allowed[:, None], scale=s.attn_scale, enable_gqa=H != K)
+            return z.transpose(1, 2), None
+        group = H // K
+        if group > 1:  # grouped KV heads: each KV head serves `group` consecutive query heads
+            k = k.repeat_interleave(group, dim=2)
+            v = v.repeat_interleave(group, dim=2)
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, Tq, T)
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         pattern = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, T, H, dh)
@@ -167,7 +216,9 @@ class Runner:
 
     def heads_to_attn_pre(self, layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Tensor:
         """Sum of the heads' outputs plus the output bias (before any post-attention norm)."""
-        return torch.einsum("bthe,hed->btd", z, self.w.W_O[layer]) + self.w.b_O[layer]
+        W_O = self.w.W_O[layer].flatten(0, 1)  # (H·dh, D)
+        b = None if self._b_O is None else self._b_O[layer]
+        return F.linear(z.flatten(-2), W_O.mT, b)
 
     def post_attention(self, layer: int, attn_pre: Tensor) -> tuple[Tensor, Tensor | None]:
         """What attention adds to the residual stream, and the post-norm scale (None without post-norms)."""
@@ -179,20 +230,20 @@ class Runner:
     def mlp(self, layer: int, resid_mid: Float[Tensor, "batch pos d_model"]) -> Tensor:
         """What the MLP (and its post-norm, if any) adds to the residual stream."""
         w = self.w
-        x, _ = self._norm(resid_mid, w.ln2_w[layer], w.ln2_b[layer])
-        pre = x @ w.W_in[layer] + w.b_in[layer]  # (B, T, d_mlp)
+        x = self._normed(resid_mid, w.ln2_w[layer], w.ln2_b[layer])
+        b_in = None if self._b_in is None else self._b_in[layer]
         if w.W_gate is not None:
-            hidden = self._act(x @ w.W_gate[layer]) * pre
+            hidden = self._act(F.linear(x, w.W_gate[layer].mT)).mul_(F.linear(x, w.W_in[layer].mT, b_in))
         else:
-            hidden = self._act(pre)
-        out = hidden @ w.W_out[layer] + w.b_out[layer]
+            hidden = self._act(F.linear(x, w.W_in[layer].mT, b_in))
+        out = F.linear(hidden, w.W_out[layer].mT, None if self._b_out is None else self._b_out[layer])
         if self.spec.post_norms:
-            out, _ = self._norm(out, w.post2_w[layer])
+            out = self._normed(out, w.post2_w[layer])
         return out
 
     def block(self, layer: int, resid_pre: Tensor, query_pos: Tensor | None = None) -> Tensor:
         """One transformer block; with ``query_pos`` only that position per row, returned as (B, D)."""
-        z, _ = self.attention(layer, resid_pre, query_pos)
+        z, _ = self.attention(layer, resid_pre, query_pos, need_pattern=False)
         attn_out, _ = self.post_attention(layer, self.heads_to_attn_pre(layer, z))
         if query_pos is not None:
             resid_pre = resid_pre[torch.arange(resid_pre.shape[0], device=resid_pre.device), query_pos][:, None]
@@ -285,12 +336,13 @@ class Runner:
 
     def answer_metrics(
         self, resid_final: Float[Tensor, "n d_model"], correct: Int[Tensor, " n"], incorrect: Int[Tensor, "n k"],
-        with_loss: bool, vocab_chunk: int = 32768,
+        with_loss: bool, progress: Callable[[float], None] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Logit difference (correct − mean incorrect) and, if asked, −log p(correct), from final residuals.
 
         Only the answer columns of the unembedding are used for the logit difference; the loss needs the
-        log-partition function, computed over vocabulary chunks so no (n, vocab) matrix is held at once.
+        log-partition function, computed in blocks of rows × vocabulary so no (n, vocab) matrix is held at once
+        (``progress`` is called with the rows finished).
         """
         w = self.w
         normed, _ = self.final_norm(resid_final)  # (n, D)
@@ -299,8 +351,29 @@ class Runner:
         diff = lc - li.mean(-1)
         if not with_loss:
             return diff, None
-        lse = torch.full((normed.shape[0],), -math.inf, dtype=torch.float32, device=normed.device)
-        for start in range(0, w.W_U.shape[1], vocab_chunk):
-            part = normed @ w.W_U[:, start:start + vocab_chunk] + w.b_U[start:start + vocab_chunk]
-            lse = torch.logaddexp(lse, torch.logsumexp(part.float(), dim=-1))
-        return diff, lse - lc.float()
+        return diff, self.log_partition(normed, progress) - lc.float()
+
+    def log_partition(self, normed: Float[Tensor, "n d_model"],
+                      progress: Callable[[float], None] | None = None) -> Float[Tensor, " n"]:
+        """logsumexp of the logits of final-normed residuals, float32, in cache-sized blocks."""
+        w = self.w
+        n, V = normed.shape[0], w.W_U.shape[1]
+        rows, cols = (4096, 32768) if normed.device.type == "cuda" else (512, 4096)
+        if self._has_b_U is None:
+            self._has_b_U = bool(w.b_U.any())
+        out = torch.empty(n, dtype=torch.float32, device=normed.device)
+        buf = torch.empty(min(rows, n), cols, dtype=normed.dtype, device=normed.device)
+        for r in range(0, n, rows):
+            x = normed[r:r + rows]
+            lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float32, device=normed.device)
+            for c in range(0, V, cols):
+                part = buf[: x.shape[0], : min(cols, V - c)]
+                if self._has_b_U:
+                    torch.addmm(w.b_U[c:c + cols], x, w.W_U[:, c:c + cols], out=part)
+                else:
+                    torch.mm(x, w.W_U[:, c:c + cols], out=part)
+                lse = torch.logaddexp(lse, torch.logsumexp(part.float(), dim=-1))
+            out[r:r + rows] = lse
+            if progress is not None:
+                progress(float(x.shape[0]))
+        return out

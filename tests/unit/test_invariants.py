@@ -7,7 +7,7 @@ from logitlab.analyses import clean_run, dla, head_ablation, head_attribution, l
 from logitlab.analyses.ablation import ablate_heads_sweep, head_mean_values
 from logitlab.analyses.patching import activation_patching
 from logitlab.reference import hooked_metrics, loop_head_ablation, loop_patching
-from logitlab.sweep import SweepSettings, run_sweep
+from logitlab.sweep import Entry, SweepSettings, run_sweep
 from logitlab.task import load_task, tokenize_task
 
 
@@ -102,8 +102,9 @@ def test_patching_endpoints(tiny_model, tiny_task_file) -> None:
     fp = torch.full((n,), T - 1)
     for layer in range(tiny_model.spec.n_layers):
         for source, expected in [(clean, 1.0), (corr, 0.0)]:
-            d, _ = run_sweep(r, n, layer, "pre", lambda idx, s=source, l=layer: s.resid_pre[l, idx], fp,
-                             tt.pair_correct_ids, tt.pair_incorrect_ids, False, SweepSettings())
+            entry = Entry(layer, "pre", lambda idx, s=source, l=layer: s.resid_pre[l, idx], fp,
+                          tt.pair_correct_ids, tt.pair_incorrect_ids)
+            ((d, _),) = run_sweep(r, [entry], False, SweepSettings())
             got = float(res.normalise(d.mean()))
             assert abs(got - expected) < 1e-4, f"patching everything/nothing at layer {layer}: {got} != {expected}"
     # Patching the full residual stream at the first position of layer 0 touches only the BOS token.
