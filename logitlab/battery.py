@@ -23,7 +23,7 @@ import torch
 from logitlab import __version__
 from logitlab.analyses import (
     activation_patching, attention_patterns, clean_run, dla, head_ablation, head_attribution, layer_attribution,
-    logit_diff, logit_lens, predict, unembed_bias,
+    logit_diff, logit_lens, task_predictions, unembed_bias,
 )
 from logitlab.errors import LogitlabError
 from logitlab.model.load import Model
@@ -116,13 +116,7 @@ def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _n
     }
     results["task"]["answers"] = [[model.tokenizer.decode([int(c)]), " / ".join(model.to_str_tokens(i))]
                                   for c, i in zip(tt.correct_ids, tt.incorrect_ids)]
-    adv = progress("predictions", config.n_predictions)
-    preds = []
-    for i in range(min(config.n_predictions, tt.n_prompts)):
-        preds.append(predict(model, task.prompts[i], task.correct[i], k=config.top_k,
-                             prepend_bos=task.prepend_bos).to_dict())
-        adv(1)
-    results["predictions"] = preds
+    results["predictions"] = [p.to_dict() for p in task_predictions(run, config.n_predictions, k=config.top_k)]
     results["logit_diff"] = logit_diff(run).to_dict()
     results["dla"] = dla(run).to_dict()
     results["logit_lens"] = logit_lens(run).to_dict()

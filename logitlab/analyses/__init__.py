@@ -6,12 +6,12 @@ from logitlab.analyses.attribution import ComponentResult, DLAResult, dla, layer
 from logitlab.analyses.heads import AttentionResult, HeadAttributionResult, attention_patterns, head_attribution
 from logitlab.analyses.logit_diff import LogitDiffResult, logit_diff
 from logitlab.analyses.patching import PatchingResult, activation_patching
-from logitlab.analyses.predict import Prediction, predict
+from logitlab.analyses.predict import Prediction, predict, task_predictions
 from logitlab.analyses.unembed_bias import UnembedBiasResult, unembed_bias
 
 __all__ = [
     "CleanRun", "clean_run", "AblationResult", "head_ablation", "ComponentResult", "DLAResult", "dla",
     "layer_attribution", "logit_lens", "AttentionResult", "HeadAttributionResult", "attention_patterns",
     "head_attribution", "LogitDiffResult", "logit_diff", "PatchingResult", "activation_patching", "Prediction",
-    "predict", "UnembedBiasResult", "unembed_bias",
+    "predict", "task_predictions", "UnembedBiasResult", "unembed_bias",
 ]

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from logitlab.analyses._common import CleanRun
 from logitlab.model.load import Model
 from logitlab.task import encode_prompt, single_token_id
 
-__all__ = ["Prediction", "predict"]
+__all__ = ["Prediction", "predict", "task_predictions"]
 
 
 @dataclass(frozen=True)
@@ -29,18 +31,42 @@ class Prediction:
                 "answer": self.answer, "answer_rank": self.answer_rank, "answer_prob": self.answer_prob}
 
 
+def _prediction(model: Model, prompt: str, tokens: tuple[str, ...], logits: Tensor, answer_id: int | None,
+                answer: str | None, k: int) -> Prediction:
+    logits = logits.float()
+    probs = logits.softmax(-1)
+    top = probs.topk(k)
+    rows = tuple((model.tokenizer.decode([int(i)]), float(logits[i]), float(p)) for p, i in zip(top.values, top.indices))
+    rank = prob = logit = None
+    if answer_id is not None:
+        rank = int((logits > logits[answer_id]).sum())
+        prob, logit = float(probs[answer_id]), float(logits[answer_id])
+    return Prediction(prompt, tokens, rows, answer, rank, prob, logit)
+
+
+def _unembed(model: Model, final: Tensor) -> Tensor:
+    r = model.runner
+    return r.final_norm(final)[0] @ r.w.W_U + r.w.b_U
+
+
 def predict(model: Model, prompt: str, answer: str | None = None, k: int = 10, prepend_bos: bool = True) -> Prediction:
     """The model's top-k next tokens after ``prompt`` with logits and probabilities; the answer's rank."""
     ids = encode_prompt(model.tokenizer, prompt, prepend_bos)
     r = model.runner
     with torch.no_grad():
-        logits = r.logits(torch.tensor([ids], device=r.device))[0, -1].float()
-    probs = logits.softmax(-1)
-    top = probs.topk(k)
-    rows = tuple((model.tokenizer.decode([int(i)]), float(logits[i]), float(p)) for p, i in zip(top.values, top.indices))
-    rank = prob = logit = None
-    if answer is not None:
-        a = single_token_id(model.tokenizer, answer)
-        rank = int((logits > logits[a]).sum())
-        prob, logit = float(probs[a]), float(logits[a])
-    return Prediction(prompt, tuple(model.to_str_tokens(ids)), rows, answer, rank, prob, logit)
+        tokens = torch.tensor([ids], device=r.device)
+        final = r.run_from(0, "pre", r.embed_sum(tokens), final_pos=torch.tensor([len(ids) - 1], device=r.device))
+        logits = _unembed(model, final)[0]  # the last position only
+    a = single_token_id(model.tokenizer, answer) if answer is not None else None
+    return _prediction(model, prompt, tuple(model.to_str_tokens(ids)), logits, a, answer, k)
+
+
+def task_predictions(run: CleanRun, n: int, k: int = 10) -> list[Prediction]:
+    """:func:`predict` for the task's first ``n`` prompts with their correct answers, read off the clean run."""
+    t = run.task
+    n = min(n, t.n_prompts)
+    rows = torch.arange(n, device=run.cache.resid_final.device)
+    with torch.no_grad():
+        logits = _unembed(run.model, run.cache.resid_final[rows, t.final_pos[:n].to(rows.device)])
+    return [_prediction(run.model, t.task.prompts[i], t.str_tokens[i], logits[i], int(t.correct_ids[i]),
+                        t.task.correct[i], k) for i in range(n)]

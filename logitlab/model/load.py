@@ -306,23 +306,29 @@ def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "flo
     key = _processed_key(source) if cache else None
     cached = cache_dir() / "processed" / f"{key}.safetensors" if key else None
     weights = _load_weights(cached) if cached is not None and cached.is_file() else None
-    bridge = None
     if weights is not None:
+        from concurrent.futures import ThreadPoolExecutor
+
         from transformers import AutoConfig, AutoTokenizer
-        spec_ = read_spec(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code))
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    else:
-        hf, tok = _load_hf(source, trust_remote_code)
-        if getattr(hf.config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
-            return _load_hooked(hf, tok, source, name, device, dtype, trust_remote_code)
-        spec_ = read_spec(hf.config)
-        bridge = _boot_bridge(source, hf, tok, name, device)
-        weights = read_weights(bridge, spec_)
-        if cached is not None:
-            try:
-                _save_weights(cached, weights)
-            except OSError as e:
-                log.warning("could not cache processed weights at %s: %s", cached, e)
+        # The tokenizer (seconds for a large vocabulary) loads while the weights are laid out.
+        with ThreadPoolExecutor(1) as pool:
+            tok_future = pool.submit(AutoTokenizer.from_pretrained, source, trust_remote_code=trust_remote_code)
+            spec_ = read_spec(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code))
+            runner = Runner(spec_, weights.to(device, _DTYPES[dtype]))
+            tok = tok_future.result()
+        return Model(name=name, source=source, tokenizer=tok, spec=spec_, runner=runner, device=device, dtype=dtype,
+                     bridge=None, trust_remote_code=trust_remote_code)
+    hf, tok = _load_hf(source, trust_remote_code)
+    if getattr(hf.config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return _load_hooked(hf, tok, source, name, device, dtype, trust_remote_code)
+    spec_ = read_spec(hf.config)
+    bridge = _boot_bridge(source, hf, tok, name, device)
+    weights = read_weights(bridge, spec_)
+    if cached is not None:
+        try:
+            _save_weights(cached, weights)
+        except OSError as e:
+            log.warning("could not cache processed weights at %s: %s", cached, e)
     runner = Runner(spec_, weights.to(device, _DTYPES[dtype]))
     return Model(name=name, source=source, tokenizer=tok, spec=spec_, runner=runner, device=device, dtype=dtype,
                  bridge=bridge, trust_remote_code=trust_remote_code)

@@ -326,11 +326,12 @@ class Runner:
 
     def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
         """Full logits at every position (for tests and small inputs; sweeps never call this)."""
-        x = self.run_from(0, "pre", self._embed_sum(tokens))
+        x = self.run_from(0, "pre", self.embed_sum(tokens))
         normed, _ = self.final_norm(x)
         return normed @ self.w.W_U + self.w.b_U
 
-    def _embed_sum(self, tokens: Tensor) -> Tensor:
+    def embed_sum(self, tokens: Tensor) -> Tensor:
+        """The residual stream entering layer 0."""
         emb, pos = self.embed(tokens)
         return emb if pos is None else emb + pos
 

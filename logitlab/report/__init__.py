@@ -5,11 +5,12 @@ from __future__ import annotations
 from .figures import build_figures
 from .findings import Finding, key_findings
 from .html import Report, build_report, render_report
-from .write import write_report
+from .write import StaticExporter, write_report
 
 __all__ = [
     "Finding",
     "Report",
+    "StaticExporter",
     "build_figures",
     "build_report",
     "key_findings",

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from logitlab.analyses import clean_run, dla, head_ablation, head_attribution, layer_attribution, logit_lens
+from logitlab.analyses import (
+    clean_run, dla, head_ablation, head_attribution, layer_attribution, logit_lens, predict, task_predictions,
+)
 from logitlab.analyses.ablation import ablate_heads_sweep, head_mean_values
 from logitlab.analyses.patching import activation_patching
 from logitlab.reference import hooked_metrics, loop_head_ablation, loop_patching
@@ -30,6 +32,16 @@ def test_logit_diff_and_loss_match_full_logits(run) -> None:  # noqa: ANN001
     d, lo = hooked_metrics(m, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids)
     _close(run.logit_diff, d, 1e-4, "logit diff vs bridge logits")
     _close(run.loss, lo, 1e-4, "loss vs bridge log-softmax")
+
+
+def test_task_predictions_equal_predict_per_prompt(run) -> None:  # noqa: ANN001
+    # Read off the padded clean run vs one unpadded forward per prompt (prompts of different lengths).
+    t = run.task
+    for i, p in enumerate(task_predictions(run, t.n_prompts, k=5)):
+        q = predict(run.model, t.task.prompts[i], t.task.correct[i], k=5, prepend_bos=t.task.prepend_bos)
+        assert p.tokens == q.tokens and [r[0] for r in p.top] == [r[0] for r in q.top]
+        _close(torch.tensor([r[1] for r in p.top]), torch.tensor([r[1] for r in q.top]), 1e-4, "top-k logits")
+        assert p.answer_rank == q.answer_rank and abs(p.answer_prob - q.answer_prob) < 1e-5
 
 
 def test_each_prompt_scored_at_its_own_final_position(run) -> None:  # noqa: ANN001
