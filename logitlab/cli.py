@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from logitlab._alloc import keep_freed_memory
 from logitlab._console import quiet_libraries
 from logitlab.errors import LogitlabError
 
@@ -33,6 +35,7 @@ DtypeOpt = Annotated[str, typer.Option(help="float32 (default) or bfloat16.")]
 def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
     _state["debug"] = debug
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -67,17 +70,19 @@ def run(
                        max_memory=None if max_memory is None else int(max_memory * 2**30))
     task_ = load_task(task)
     _check_writable(out)
-    m = _load(model, device, dtype, trust_remote_code)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
-        def step(desc: str, total: int) -> Callable[[int], None]:
-            tid = progress.add_task(desc, total=total)
-            return lambda n: progress.advance(tid, n)
-        results = run_battery(m, task_, config, step)
-    path = write_results(results, out)
-    console.print(f"[green]results:[/green] {path}")
-    if report:
-        _write_report(out, results)
+    # The static-figure exporter's browser starts now, while the model loads, and waits for the report.
+    with _exporter(report) as exporter:
+        m = _load(model, device, dtype, trust_remote_code)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as progress:
+            def step(desc: str, total: int) -> Callable[[float], None]:
+                tid = progress.add_task(desc, total=total)
+                return lambda n: progress.advance(tid, n)
+            results = run_battery(m, task_, config, step)
+        path = write_results(results, out)
+        console.print(f"[green]results:[/green] {path}")
+        if report:
+            _write_report(out, results, exporter)
     ld = results["logit_diff"]
     console.print(f"mean logit diff {ld['mean']:.3f} ± {ld['stderr']:.3f}, accuracy {ld['accuracy']:.0%}, "
                   f"DLA relative error {results['dla']['relative_error']:.1e}")
@@ -101,14 +106,25 @@ def _check_writable(out: Path) -> None:
                             "choose another --out") from e
 
 
-def _write_report(out: Path, results: dict | None) -> None:
+def _exporter(report: bool) -> contextlib.AbstractContextManager:
+    """A static-figure exporter started in the background, or nothing if no report is written."""
+    if not report:
+        return contextlib.nullcontext()
+    try:
+        from logitlab.report import StaticExporter
+    except ImportError:
+        return contextlib.nullcontext()
+    return StaticExporter.start()
+
+
+def _write_report(out: Path, results: dict | None, exporter: object = None) -> None:
     try:
         from logitlab.report import write_report
     except ImportError:
         console.print("[yellow]report module not available; skipped report.html[/yellow]")
         return
     with console.status("writing report…"):
-        path = write_report(out, results)
+        path = write_report(out, results, exporter=exporter)
     console.print(f"[green]report:[/green] {path}")
 
 

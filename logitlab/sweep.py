@@ -60,6 +60,10 @@ class Entry:
     group) at the entry point: ``stage`` ``"pre"`` (resid_pre of ``layer``: the block runs next), ``"mid"``
     (resid_mid of ``layer``: its MLP runs next; sequential blocks only) or ``"post"`` (resid_post of ``layer``).
     ``final_pos``, ``correct`` (n,) and ``incorrect`` (n, k) say where and what each item is scored on.
+
+    Items whose first ``prefix`` positions cannot differ from a known run (patching at position p leaves
+    positions < p as they were) skip them: ``prefix_kv(layer, idx)`` gives those positions' keys and values
+    (n, prefix, K, d_head) at every layer after the entry point (see :meth:`Runner.keys_values`).
     """
 
     layer: int
@@ -68,16 +72,23 @@ class Entry:
     final_pos: Tensor
     correct: Tensor
     incorrect: Tensor
+    prefix: int = 0
+    prefix_kv: Callable[[int, Tensor], tuple[Tensor, Tensor]] | None = None
 
     @property
     def n(self) -> int:
         return len(self.final_pos)
 
 
-def sweep_flops(runner: Runner, layer: int, stage: str, seq_len: int, n_incorrect: int, with_loss: bool) -> float:
-    """Multiply-add FLOPs (×2) of one sweep item: the remaining layers, then the answer metrics."""
+def sweep_flops(runner: Runner, layer: int, stage: str, seq_len: int, n_incorrect: int, with_loss: bool,
+                prefix: int = 0) -> float:
+    """Multiply-add FLOPs (×2) of one sweep item: the remaining layers, then the answer metrics.
+
+    Positions before ``prefix`` are not computed (their keys and values come from a cache).
+    """
     s, T = runner.spec, seq_len
     L, D, dh = s.n_layers, s.d_model, s.d_head
+    n = T - prefix  # positions computed
     d_mlp = runner.w.W_in.shape[-1]
     mlp = 2 * D * d_mlp * (3 if runner.w.W_gate is not None else 2)  # per token
     qo = 2 * D * s.n_heads * dh * 2  # query and output projections, per token
@@ -85,11 +96,11 @@ def sweep_flops(runner: Runner, layer: int, stage: str, seq_len: int, n_incorrec
     mix = 2 * 2 * s.n_heads * T * dh  # scores and weighted values, per query (every key, as computed)
     start = layer if stage == "pre" else layer + 1
     n_full = max(0, L - 1 - start)  # blocks run at every position; the last block runs one query
-    total = n_full * T * (qo + kv + mix + mlp)
+    total = n_full * n * (qo + kv + mix + mlp)
     if start <= L - 1:
-        total += T * kv + qo + mix + mlp
+        total += n * kv + qo + mix + mlp
     if stage == "mid":
-        total += mlp * (1 if layer == L - 1 else T)  # (parallel blocks never enter at "mid")
+        total += mlp * (1 if layer == L - 1 else n)  # (parallel blocks never enter at "mid")
     total += 2 * D * (1 + n_incorrect) + (2 * D * s.d_vocab if with_loss else 0)
     return float(total)
 
@@ -145,12 +156,14 @@ def _run_chunk(runner: Runner, parts: list[tuple[Entry, Tensor, tuple[int, int]]
                advance: Callable[[float], None]) -> Tensor:
     """Run one chunk of items (``parts``: entry, its item indices, its entry point; in entry order).
 
-    Returns each item's final residual stream at its final position, (n, d_model), in the order of ``parts``.
+    Every part shares one ``prefix``. Returns each item's final residual stream at its final position,
+    (n, d_model), in the order of ``parts``.
     """
     L = runner.spec.n_layers
     parallel = runner.spec.parallel
     dev = runner.device
-    x: Tensor | None = None  # (active items, pos, d_model), or (active, 1, d_model) within the last layer
+    P = parts[0][0].prefix
+    x: Tensor | None = None  # (active items, pos ≥ P, d_model), or (active, 1, d_model) within the last layer
     fp = torch.zeros(0, dtype=torch.long, device=dev)
     # Each item's unit of progress is spread over the layers it runs (at least one).
     share = [1.0 / max(1, L - pt[0]) for _, _, pt in parts]
@@ -159,23 +172,30 @@ def _run_chunk(runner: Runner, parts: list[tuple[Entry, Tensor, tuple[int, int]]
         for e, idx, pt in parts:
             if pt != point:
                 continue
-            new = e.make(idx)
+            new = e.make(idx)[:, P:]
             efp = e.final_pos[idx].to(dev)
             if last:  # inside the last layer only the final position is carried
-                new = new[torch.arange(len(idx), device=dev), efp][:, None]
+                new = new[torch.arange(len(idx), device=dev), efp - P][:, None]
             x = new if x is None else torch.cat([x, new])
             fp = torch.cat([fp, efp])
         return x, fp
+
+    def prefix_kv(layer: int) -> tuple[Tensor, Tensor] | None:
+        # Keys and values of the skipped positions for the items running attention at ``layer`` (in order).
+        if not P:
+            return None
+        kvs = [e.prefix_kv(layer, idx) for e, idx, pt in parts if pt <= (layer, 0)]  # type: ignore[misc]
+        return torch.cat([k for k, _ in kvs]), torch.cat([v for _, v in kvs])
 
     first = parts[0][2][0]
     for layer in range(first, L):
         last = layer == L - 1
         x, fp = join(x, fp, (layer, 0), False)
         if x is not None:
-            z, _ = runner.attention(layer, x, fp if last else None, need_pattern=False)
+            z, _ = runner.attention(layer, x, fp if last else None, need_pattern=False, prefix_kv=prefix_kv(layer))
             attn_out, _ = runner.post_attention(layer, runner.heads_to_attn_pre(layer, z))
             if last:
-                x = x[torch.arange(x.shape[0], device=dev), fp][:, None]
+                x = x[torch.arange(x.shape[0], device=dev), fp - P][:, None]
             if parallel:
                 x = x + attn_out + runner.mlp(layer, x)
             else:
@@ -184,8 +204,7 @@ def _run_chunk(runner: Runner, parts: list[tuple[Entry, Tensor, tuple[int, int]]
             x, fp = join(x, fp, (layer, 1), last)
             if x is not None:
                 x = x + runner.mlp(layer, x)
-        step = sum(len(idx) * sh for (_, idx, pt), sh in zip(parts, share) if pt[0] <= layer)
-        advance(step)
+        advance(sum(len(idx) * sh for (_, idx, pt), sh in zip(parts, share) if pt[0] <= layer))
     # Items entering after the last layer: the final residual stream is their input.
     x, fp = join(x, fp, (L, 0), True)
     rest = sum(len(idx) for _, idx, pt in parts if pt[0] >= L)
@@ -208,7 +227,11 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
             raise ValueError(f"bad entry point ({e.layer}, {e.stage!r})")
         if e.stage == "mid" and runner.spec.parallel:
             raise ValueError("parallel blocks have no 'mid' entry; re-enter at 'post' (see Runner.after_attention)")
-    order = sorted(range(len(entries)), key=lambda i: _entry_point(entries[i], L))
+    for e in entries:
+        if e.prefix and (e.prefix_kv is None or int(e.final_pos.min()) < e.prefix):
+            raise ValueError("an entry with a prefix needs prefix_kv and final positions after the prefix")
+    # Chunks never mix prefixes; within one prefix, items are in entry order (the batch grows down the layers).
+    order = sorted(range(len(entries)), key=lambda i: (entries[i].prefix, _entry_point(entries[i], L)))
     entries_sorted = [entries[i] for i in order]
     points = [_entry_point(e, L) for e in entries_sorted]
     n_total = sum(e.n for e in entries_sorted)
@@ -229,7 +252,7 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
         queue = [(e, pt, 0) for e, pt in zip(entries_sorted, points) if e.n]
         while queue:
             parts, room = [], chunk
-            while queue and room:
+            while queue and room and (not parts or queue[0][0].prefix == parts[0][0].prefix):
                 e, pt, start = queue[0]
                 stop = min(e.n, start + room)
                 parts.append((e, torch.arange(start, stop, device=runner.device), pt))
@@ -249,7 +272,8 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
         st = settings.stats
         st.items += n_total
         st.seconds += time.perf_counter() - t0
-        st.flops += sum(e.n * sweep_flops(runner, e.layer, e.stage, seq_len, int(e.incorrect.shape[-1]), with_loss)
+        st.flops += sum(e.n * sweep_flops(runner, e.layer, e.stage, seq_len, int(e.incorrect.shape[-1]), with_loss,
+                                          e.prefix)
                         for e in entries_sorted)
     out: list[tuple[Tensor, Tensor | None]] = [None] * len(entries)  # type: ignore[list-item]
     start = 0

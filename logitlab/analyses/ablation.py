@@ -22,7 +22,7 @@ from torch import Tensor
 from logitlab.analyses._common import CleanRun, mean_stderr
 from logitlab.sweep import Entry, SweepSettings, run_sweep
 
-__all__ = ["AblationResult", "head_ablation", "head_mean_values", "ablation_entries"]
+__all__ = ["AblationResult", "head_ablation", "head_mean_values", "ablation_entries", "shared_prefix"]
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,29 @@ def head_delta(w_O: Tensor, heads: Tensor, dz: Tensor) -> Tensor:
     return out
 
 
-def ablation_entries(run: CleanRun, layer: int, heads: Tensor, replacement: Tensor) -> Entry:
+def shared_prefix(run: CleanRun) -> int:
+    """How many first positions every prompt shares (e.g. the BOS token), up to the earliest final position.
+
+    A replacement that is the same for every prompt (zero, or the mean over prompts) changes those positions in
+    the same way for every prompt, so a sweep computes them once per head.
+    """
+    t = run.task
+    limit = int(t.final_pos.min())
+    same = (t.tokens[:, :limit] == t.tokens[:1, :limit]).all(0)
+    return int(limit if bool(same.all()) else same.long().argmin())
+
+
+def ablation_entries(run: CleanRun, layer: int, heads: Tensor, replacement: Tensor, prefix: int = 0) -> Entry:
     """Sweep items for each head in ``heads`` × each prompt, replacing the head's z with ``replacement[head_i]``.
 
     ``replacement`` is (n_heads_swept, pos, d_head) shared by prompts, or (n_heads_swept, batch, pos, d_head).
-    Items are head-major: item ``i`` is head ``heads[i // batch]`` on prompt ``i % batch``.
+    Items are head-major: item ``i`` is head ``heads[i // batch]`` on prompt ``i % batch``. With ``prefix`` (at
+    most :func:`shared_prefix`; replacement shared by prompts) the first positions run once per head.
     """
     r, c, B = run.model.runner, run.cache, run.task.n_prompts
     heads = heads.to(r.device)
+    if prefix and replacement.dim() != 3:
+        raise ValueError("a shared prefix needs a replacement shared by the prompts")
 
     def make(idx: Tensor) -> Tensor:
         hi, b = idx // B, idx % B
@@ -85,9 +100,18 @@ def ablation_entries(run: CleanRun, layer: int, heads: Tensor, replacement: Tens
         attn_out, _ = r.post_attention(layer, c.attn_pre[layer, b] + head_delta(r.w.W_O[layer], h, new - old))
         return r.after_attention(c.resid_pre[layer, b], attn_out, c.mlp_out[layer, b])
 
+    prefix_kv = None
+    if prefix:  # the shared positions of every head's ablation, run once (prompt 0 stands for all)
+        first = make(torch.arange(len(heads), device=r.device) * B)[:, :prefix]
+        trace = r.trace_keys_values(layer, r.attn_entry_stage, first)
+
+        def prefix_kv(l: int, idx: Tensor) -> tuple[Tensor, Tensor]:
+            k, v = trace[l]
+            return k[idx // B], v[idx // B]
+
     rep = lambda t: t.to(r.device).repeat(len(heads), *([1] * (t.dim() - 1)))  # noqa: E731
     return Entry(layer, r.attn_entry_stage, make, rep(run.task.final_pos), rep(run.task.correct_ids),
-                 rep(run.task.incorrect_ids))
+                 rep(run.task.incorrect_ids), prefix=prefix, prefix_kv=prefix_kv)
 
 
 def ablate_heads_sweep(run: CleanRun, layer: int, heads: Tensor, replacement: Tensor, settings: SweepSettings,
@@ -115,13 +139,14 @@ def head_ablation(run: CleanRun, kind: Literal["zero", "mean"] = "zero",
     r = run.model.runner
     means = head_mean_values(run) if kind == "mean" else None
     heads = torch.arange(H)
+    prefix = shared_prefix(run)
     entries = []
     for layer in range(spec.n_layers):
         if means is None:
             rep = torch.zeros(H, T, dh, dtype=r.dtype, device=r.device)
         else:
             rep = means[layer].permute(1, 0, 2)  # (H, T, dh)
-        entries.append(ablation_entries(run, layer, heads, rep))
+        entries.append(ablation_entries(run, layer, heads, rep, prefix))
     out = run_sweep(r, entries, True, settings)  # every layer's heads in one growing batch
     B = run.task.n_prompts
     lds = torch.stack([d.view(H, B) for d, _ in out])

@@ -87,14 +87,23 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
     fp = lambda k: torch.full((k * n_pairs,), T - 1, device=dev)  # noqa: E731  every item ends at T-1
     rep = lambda t, k: t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731  item-major: (what, pair)
 
-    def pos_entry(layer: int, stage: str, base: Tensor, delta: Tensor) -> Entry:
+    # Patching position p leaves positions < p as in the corrupted run: those items skip them, reading their
+    # keys and values from the corrupted run.
+    corr_kv = [r.keys_values(layer, corr.resid_pre[layer]) for layer in range(spec.n_layers)]
+
+    def pos_entries(layer: int, stage: str, base: Tensor, delta: Tensor) -> list[Entry]:
         # base: (pair, T, D) corrupted residual at the entry; delta: (pair, T, D) change at each position.
-        def make(idx: Tensor) -> Tensor:
-            p, b = idx // n_pairs, idx % n_pairs
-            x = base[b].clone()
-            x[torch.arange(len(idx), device=dev), p] += delta[b, p]
-            return x
-        return Entry(layer, stage, make, fp(T), rep(correct, T), rep(incorrect, T))
+        out = []
+        for p in range(T):
+            def make(b: Tensor, p: int = p) -> Tensor:  # items: the pairs
+                x = base[b].clone()
+                x[:, p] += delta[b, p]
+                return x
+
+            def kv(layer: int, b: Tensor, p: int = p) -> tuple[Tensor, Tensor]:
+                return corr_kv[layer][0][b, :p], corr_kv[layer][1][b, :p]
+            out.append(Entry(layer, stage, make, fp(1), correct, incorrect, prefix=p, prefix_kv=kv))
+        return out
 
     def head_entry(layer: int) -> Entry:
         heads = torch.arange(spec.n_heads, device=dev)
@@ -111,17 +120,16 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
     for layer in range(L):
         entry = r.after_attention(corr.resid_pre[layer], corr.attn_out[layer], corr.mlp_out[layer])
         post = corr.resid_mid[layer] + corr.mlp_out[layer]
-        entries += [
-            pos_entry(layer, "pre", corr.resid_pre[layer], clean.resid_pre[layer] - corr.resid_pre[layer]),
-            pos_entry(layer, r.attn_entry_stage, entry, clean.attn_out[layer] - corr.attn_out[layer]),
-            pos_entry(layer, "post", post, clean.mlp_out[layer] - corr.mlp_out[layer]),
-            head_entry(layer),
-        ]
-    out = [d for d, _ in run_sweep(r, entries, False, settings)]  # all patches in one growing batch
-    per_pos = lambda d: d.view(T, n_pairs).mean(-1)  # noqa: E731
-    resid = [per_pos(out[4 * l]) for l in range(L)]
-    attn = [per_pos(out[4 * l + 1]) for l in range(L)]
-    mlp = [per_pos(out[4 * l + 2]) for l in range(L)]
-    heads = [out[4 * l + 3].view(H, n_pairs).mean(-1) for l in range(L)]
+        entries += pos_entries(layer, "pre", corr.resid_pre[layer], clean.resid_pre[layer] - corr.resid_pre[layer])
+        entries += pos_entries(layer, r.attn_entry_stage, entry, clean.attn_out[layer] - corr.attn_out[layer])
+        entries += pos_entries(layer, "post", post, clean.mlp_out[layer] - corr.mlp_out[layer])
+        entries.append(head_entry(layer))
+    out = [d for d, _ in run_sweep(r, entries, False, settings)]  # all patches in a few growing batches
+    per_layer = 3 * T + 1
+    per_pos = lambda i: torch.stack([d.mean() for d in out[i:i + T]])  # noqa: E731  (T,): mean over pairs
+    resid = [per_pos(per_layer * l) for l in range(L)]
+    attn = [per_pos(per_layer * l + T) for l in range(L)]
+    mlp = [per_pos(per_layer * l + 2 * T) for l in range(L)]
+    heads = [out[per_layer * l + 3 * T].view(H, n_pairs).mean(-1) for l in range(L)]
     return PatchingResult(tokens, clean_ld, corr_ld, torch.stack(resid).cpu(), torch.stack(attn).cpu(),
                           torch.stack(mlp).cpu(), torch.stack(heads).cpu())

@@ -44,6 +44,14 @@ class CleanCache:
     pattern: Float[Tensor, "layer batch head pos pos"]
 
 
+def _logsumexp_(x: Tensor) -> Tensor:
+    """logsumexp over the last dim (float32), overwriting ``x`` (no temporary as large as ``x``)."""
+    if x.dtype != torch.float32:
+        return torch.logsumexp(x.float(), dim=-1)
+    m = x.amax(-1, keepdim=True).clamp_(min=torch.finfo(x.dtype).min)  # (an all -inf row stays finite)
+    return x.sub_(m).exp_().sum(-1).log_() + m.squeeze(-1)
+
+
 class Runner:
     """A decoder-only transformer forward pass split into stages."""
 
@@ -160,58 +168,76 @@ class Runner:
             pos = self.w.W_pos[:T][None].expand(tokens.shape[0], -1, -1)
         return emb, pos
 
+    def _keys_values(self, layer: int, x: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Keys and values (after any key norm and rotary embedding) of normed inputs at positions start…"""
+        s = self.spec
+        K, dh = s.n_kv_heads, s.d_head
+        W, bias = self._W_qkv[layer, :, s.n_heads * dh:], self._b_qkv
+        kv = F.linear(x, W.mT, None if bias is None else bias[layer, s.n_heads * dh:])
+        k, v = kv[..., : K * dh].unflatten(-1, (K, dh)), kv[..., K * dh:].unflatten(-1, (K, dh))  # (B, T, K, dh)
+        if s.qk_norm:
+            k = self._rms(k, self.w.k_norm_w[layer])
+        if s.positional == "rotary":
+            cos, sin = self._rope(start + x.shape[1], s.rotary_base[layer])
+            k = self._apply_rope(k, cos[start:], sin[start:])
+        return k, v
+
+    def keys_values(self, layer: int, resid_pre: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, Tensor]:
+        """The keys and values (B, T, K, dh) layer ``layer`` computes from ``resid_pre`` (positions 0…T-1).
+
+        A sweep whose items share their first positions with a cached run passes these as ``prefix_kv``.
+        """
+        return self._keys_values(layer, self._normed(resid_pre, self.w.ln1_w[layer], self.w.ln1_b[layer]), 0)
+
     def attention(self, layer: int, resid_pre: Float[Tensor, "batch pos d_model"],
-                  query_pos: Int[Tensor, " batch"] | None = None,
-                  need_pattern: bool = True) -> tuple[Tensor, Tensor | None]:
+                  query_pos: Int[Tensor, " batch"] | None = None, need_pattern: bool = True,
+                  prefix_kv: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         """Per-head outputs z (B, T, H, dh) and attention pattern (B, H, T, T) of one layer.
 
         With ``query_pos`` only that one query position per row is computed: z (B, 1, H, dh), pattern
         (B, H, 1, T) (the last layer of a sweep needs nothing else). Without ``need_pattern`` the pattern is
-        not materialised (fused attention kernel) and None is returned for it.
+        not materialised (fused attention kernel) and None is returned for it. With ``prefix_kv`` (keys and
+        values (B, P, K, dh) of positions 0…P-1, see :meth:`keys_values`) ``resid_pre`` holds positions P…
+        only; ``query_pos`` stays absolute.
         """
         w, s = self.w, self.spec
-        B, T, _ = resid_pre.shape
-        H, K, dh = s.n_heads, s.n_kv_heads, s.d_head
+        B, Tx, _ = resid_pre.shape
+        H, dh = s.n_heads, s.d_head
+        P = 0 if prefix_kv is None else prefix_kv[0].shape[1]
+        T = P + Tx
         x = self._normed(resid_pre, w.ln1_w[layer], w.ln1_b[layer])
         rows = torch.arange(B, device=x.device)
-        W, bias = self._W_qkv[layer], (None if self._b_qkv is None else self._b_qkv[layer])
-        if query_pos is None:
-            qkv = F.linear(x, W.mT, bias)  # (B, T, (H + 2K)·dh)
-            q, kv = qkv[..., : H * dh], qkv[..., H * dh:]
-        else:  # the query at one position per row; keys and values everywhere
-            xq = x[rows, query_pos][:, None]  # (B, 1, D)
-            q = F.linear(xq, W[:, : H * dh].mT, None if bias is None else bias[: H * dh])
-            kv = F.linear(x, W[:, H * dh:].mT, None if bias is None else bias[H * dh:])
-        q = q.unflatten(-1, (H, dh))  # (B, Tq, H, dh)
-        k, v = kv[..., : K * dh].unflatten(-1, (K, dh)), kv[..., K * dh:].unflatten(-1, (K, dh))  # (B, T, K, dh)
+        xq = x if query_pos is None else x[rows, query_pos - P][:, None]  # (B, Tq, D)
+        bias = None if self._b_qkv is None else self._b_qkv[layer, : H * dh]
+        q = F.linear(xq, self._W_qkv[layer, :, : H * dh].mT, bias).unflatten(-1, (H, dh))  # (B, Tq, H, dh)
+        k, v = self._keys_values(layer, x, P)  # (B, Tx, K, dh)
+        if prefix_kv is not None:
+            k, v = torch.cat([prefix_kv[0], k], dim=1), torch.cat([prefix_kv[1], v], dim=1)
         if s.qk_norm:
             q = self._rms(q, w.q_norm_w[layer])
-            k = self._rms(k, w.k_norm_w[layer])
+        idx = torch.arange(T, device=resid_pre.device)
+        qidx = idx[None, P:, None] if query_pos is None else query_pos[:, None, None]  # (1 or B, Tq, 1)
         if s.positional == "rotary":
             cos, sin = self._rope(T, s.rotary_base[layer])
-            if query_pos is None:
-                q = self._apply_rope(q, cos, sin)
-            else:
-                q = self._apply_rope(q, cos[query_pos][:, None], sin[query_pos][:, None])
-            k = self._apply_rope(k, cos, sin)
-        idx = torch.arange(T, device=resid_pre.device)
-        qidx = idx[None, :, None] if query_pos is None else query_pos[:, None, None]  # (1 or B, Tq, 1)
+            q = self._apply_rope(q, cos[P:], sin[P:]) if query_pos is None else \
+                self._apply_rope(q, cos[query_pos][:, None], sin[query_pos][:, None])
         allowed = idx[None, None, :] <= qidx  # causal: (1 or B, Tq, T)
         window = s.sliding_window[layer]
         if window is not None:
             allowed = allowed & (qidx - idx[None, None, :] < window)
         if not need_pattern:
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=allowed[:, None], scale=s.attn_scale, enable_gqa=H != K)
+                                               attn_mask=allowed[:, None], scale=s.attn_scale,
+                                               enable_gqa=H != s.n_kv_heads)
             return z.transpose(1, 2), None
-        group = H // K
+        group = H // s.n_kv_heads
         if group > 1:  # grouped KV heads: each KV head serves `group` consecutive query heads
             k = k.repeat_interleave(group, dim=2)
             v = v.repeat_interleave(group, dim=2)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, Tq, T)
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         pattern = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, T, H, dh)
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, Tq, H, dh)
         return z, pattern
 
     def heads_to_attn_pre(self, layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Tensor:
@@ -241,12 +267,17 @@ class Runner:
             out = self._normed(out, w.post2_w[layer])
         return out
 
-    def block(self, layer: int, resid_pre: Tensor, query_pos: Tensor | None = None) -> Tensor:
-        """One transformer block; with ``query_pos`` only that position per row, returned as (B, D)."""
-        z, _ = self.attention(layer, resid_pre, query_pos, need_pattern=False)
+    def block(self, layer: int, resid_pre: Tensor, query_pos: Tensor | None = None,
+              prefix_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """One transformer block; with ``query_pos`` only that position per row, returned as (B, D).
+
+        ``prefix_kv``: see :meth:`attention` (``resid_pre`` then starts at the first position after the prefix).
+        """
+        z, _ = self.attention(layer, resid_pre, query_pos, need_pattern=False, prefix_kv=prefix_kv)
         attn_out, _ = self.post_attention(layer, self.heads_to_attn_pre(layer, z))
         if query_pos is not None:
-            resid_pre = resid_pre[torch.arange(resid_pre.shape[0], device=resid_pre.device), query_pos][:, None]
+            P = 0 if prefix_kv is None else prefix_kv[0].shape[1]
+            resid_pre = resid_pre[torch.arange(resid_pre.shape[0], device=resid_pre.device), query_pos - P][:, None]
         mid = resid_pre + attn_out
         out = mid + self.mlp(layer, resid_pre if self.spec.parallel else mid)
         return out if query_pos is None else out[:, 0]
@@ -324,6 +355,19 @@ class Runner:
             x = self.block(l, x, final_pos if (final_pos is not None and l == L - 1) else None)
         return x
 
+    def trace_keys_values(self, layer: int, stage: str, x: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
+        """Run ``x`` (an entry point's residual stream, see :meth:`run_from`) to the last layer, returning the keys
+        and values of every layer whose attention it reaches: what items sharing these positions need."""
+        start = layer if stage == "pre" else layer + 1
+        if stage == "mid":
+            x = x + self.mlp(layer, x)
+        out = {}
+        for l in range(start, self.spec.n_layers):
+            out[l] = self.keys_values(l, x)
+            if l < self.spec.n_layers - 1:
+                x = self.block(l, x)
+        return out
+
     def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
         """Full logits at every position (for tests and small inputs; sweeps never call this)."""
         x = self.run_from(0, "pre", self.embed_sum(tokens))
@@ -373,7 +417,7 @@ class Runner:
                     torch.addmm(w.b_U[c:c + cols], x, w.W_U[:, c:c + cols], out=part)
                 else:
                     torch.mm(x, w.W_U[:, c:c + cols], out=part)
-                lse = torch.logaddexp(lse, torch.logsumexp(part.float(), dim=-1))
+                lse = torch.logaddexp(lse, _logsumexp_(part))
             out[r:r + rows] = lse
             if progress is not None:
                 progress(float(x.shape[0]))

@@ -137,7 +137,7 @@ class StaticExporter:
         self._kaleido: Any = None  # kaleido.Kaleido, created in the loop's thread
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None  # set in the loop by close()
         self._started = threading.Event()  # set once the browser is open or has failed
         self._open = False
         self._error: BaseException | None = None
@@ -187,21 +187,23 @@ class StaticExporter:
             self._started.set()
 
     async def _serve(self, kaleido: Any, kopts: dict[str, Any]) -> None:
-        """Open the browser, keep it open until this task is cancelled, then close it."""
+        """Open the browser, keep it open until :meth:`close` sets ``_stop``, then close it.
+
+        The startup itself is never cancelled: cancelling it between launching the
+        browser and recording its process would leave that process running.
+        """
+        stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        # close() sets _closing before it reads _task: one of the two sees the other
-        if self._closing.is_set():
-            return
+        self._stop = stop
         try:
             self._kaleido = kaleido.Kaleido(**kopts)
             await asyncio.wait_for(self._kaleido.open(), STARTUP_TIMEOUT_S)
             self._open = True
             self._started.set()
             logger.debug("kaleido browser started (%s)", self.browser or "choreographer's search")
-            await asyncio.Event().wait()  # until close() cancels this task
-        except asyncio.CancelledError:
-            pass
+            # close() sets _closing before it reads _stop: one of the two sees the other
+            if not self._closing.is_set():
+                await stop.wait()
         except Exception as exc:  # noqa: BLE001 - reported by export()
             self._error = exc
         finally:
@@ -259,7 +261,12 @@ class StaticExporter:
         return paths
 
     def close(self) -> None:
-        """Shut the browser down (idempotent; safe after any error; never blocks for long)."""
+        """Shut the browser down; idempotent and safe after any error.
+
+        Takes a fraction of a second once the browser is up; called while it is still
+        starting, it waits for the startup to end first. Everything is bounded by
+        the timeouts, after which the browser's process group is killed.
+        """
         if self._closed:
             return
         self._closed = True
@@ -268,13 +275,14 @@ class StaticExporter:
         if thread is None:
             return
         self._closing.set()
-        loop, task = self._loop, self._task
-        if loop is not None and task is not None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
             try:
-                loop.call_soon_threadsafe(task.cancel)
+                loop.call_soon_threadsafe(stop.set)
             except RuntimeError:  # the loop is closed: the thread has finished
                 pass
-        thread.join(CLOSE_TIMEOUT_S + 5)
+        # a browser still starting is let finish (≈2 s) so that it can be closed cleanly
+        thread.join((0 if self._started.is_set() else STARTUP_TIMEOUT_S) + CLOSE_TIMEOUT_S + 5)
         self._kill_leftovers()
 
     def _kill_leftovers(self) -> None:

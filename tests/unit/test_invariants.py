@@ -6,7 +6,7 @@ import torch
 from logitlab.analyses import (
     clean_run, dla, head_ablation, head_attribution, layer_attribution, logit_lens, predict, task_predictions,
 )
-from logitlab.analyses.ablation import ablate_heads_sweep, head_mean_values
+from logitlab.analyses.ablation import ablate_heads_sweep, head_mean_values, shared_prefix
 from logitlab.analyses.patching import activation_patching
 from logitlab.reference import hooked_metrics, loop_head_ablation, loop_patching
 from logitlab.sweep import Entry, SweepSettings, run_sweep
@@ -89,6 +89,7 @@ def test_empty_ablation_is_baseline(run) -> None:  # noqa: ANN001
 @pytest.mark.parametrize("kind", ["zero", "mean"])
 def test_ablation_sweep_equals_one_forward_per_head(run, kind) -> None:  # noqa: ANN001
     t = run.task
+    assert shared_prefix(run) >= 1, "the tiny task's prompts share their BOS: the shared-prefix path must run"
     res = head_ablation(run, kind, SweepSettings(chunk_size=5))
     means = head_mean_values(run) if kind == "mean" else None
     ref_d, ref_l = loop_head_ablation(run.model, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids, means)

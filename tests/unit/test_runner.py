@@ -37,6 +37,26 @@ def test_cache_matches_bridge_hooks(tiny_model, tiny_task_file) -> None:
             assert diff < 1e-4 * max(1.0, ref.abs().max().item()), f"{name} L{layer}: max diff {diff}"
 
 
+def test_blocks_with_cached_prefix_equal_full_blocks(tiny_model, tiny_task_file) -> None:
+    # Positions P… run with the keys/values of positions 0…P-1 from a cache give the same outputs as the whole
+    # sequence (rotary offsets, sliding windows and the final-position query included).
+    r = tiny_model.runner
+    tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
+    cache = r.run_with_cache(tt.tokens)
+    T = tt.tokens.shape[1]
+    last = torch.full((tt.n_prompts,), T - 1)
+    for layer in range(tiny_model.spec.n_layers):
+        x = cache.resid_pre[layer]
+        full = r.block(layer, x)
+        full_last = r.block(layer, x, query_pos=last)
+        k, v = r.keys_values(layer, x)
+        for P in (1, T // 2, T - 1):
+            got = r.block(layer, x[:, P:], prefix_kv=(k[:, :P], v[:, :P]))
+            assert (got - full[:, P:]).abs().max().item() < 1e-5, f"layer {layer}, prefix {P}"
+            got_last = r.block(layer, x[:, P:], query_pos=last, prefix_kv=(k[:, :P], v[:, :P]))
+            assert (got_last - full_last).abs().max().item() < 1e-5, f"layer {layer}, prefix {P}, last position"
+
+
 def test_processed_weights_cache_skips_the_bridge(tmp_path, monkeypatch) -> None:
     from logitlab.model.load import load_model
     from tests.tiny import make_model_folder
