@@ -72,3 +72,25 @@ def test_ablation_and_patching_match_hooked_loop(run) -> None:  # noqa: ANN001
     diff = (patch.resid[layers] - ref).abs().max().item()
     assert diff < 1e-3, f"resid patching engine vs loop max diff {diff}"
     assert torch.allclose(patch.normalise(patch.resid[0, 1]), torch.tensor(1.0), atol=1e-4)  # the name token
+
+
+def test_direct_tokenizer_load_equals_from_pretrained(builtin_model, monkeypatch) -> None:  # noqa: ANN001
+    import transformers
+    from logitlab.model.load import _load_tokenizer
+    ref = transformers.AutoTokenizer.from_pretrained(builtin_model.source)
+
+    def refuse(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the built-in tokenizer must load without from_pretrained")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    ours = _load_tokenizer(builtin_model.source, builtin=True, trust_remote_code=False)
+    monkeypatch.undo()
+    assert type(ours) is type(ref) and len(ours) == len(ref)
+    assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id) == (ref.bos_token_id, ref.eos_token_id,
+                                                                          ref.pad_token_id)
+    texts = ["Mary is a great friend, isn’t", " she", "  two  spaces\n\nnew lines\tand a tab", "<bos> inside",
+             "ünïcödé, 漢字 and 😀", "1234567890", "<start_of_turn>user\nhi<end_of_turn>", ""]
+    for text in texts:
+        for special in (True, False):
+            assert ours(text, add_special_tokens=special)["input_ids"] == ref(text, add_special_tokens=special)["input_ids"]
+    ids = ref("Mary is a great friend, isn’t 😀")["input_ids"]
+    assert ours.decode(ids) == ref.decode(ids) and ours.convert_ids_to_tokens(ids) == ref.convert_ids_to_tokens(ids)
