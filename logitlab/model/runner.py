@@ -13,6 +13,7 @@ Shapes: batch B, positions T, heads H, KV heads K, d_model D, d_head dh.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -53,7 +54,12 @@ def _logsumexp_(x: Tensor) -> Tensor:
 
 
 def _onednn_linear_works() -> bool:
-    """Whether oneDNN's float32 matrix product is available here and agrees with ``F.linear`` on a probe."""
+    """Whether oneDNN's float32 matrix product is available here and agrees with ``F.linear`` on a probe.
+
+    ``LOGITLAB_ONEDNN=0`` in the environment turns it off (e.g. to compare with the default BLAS).
+    """
+    if os.environ.get("LOGITLAB_ONEDNN", "1") == "0":
+        return False
     try:
         g = torch.Generator().manual_seed(0)
         x, W, b = (torch.randn(*shape, generator=g) for shape in ((3, 5, 64), (48, 64), (48,)))
