@@ -75,7 +75,7 @@ def run(
         m = _load(model, device, dtype, trust_remote_code)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
-            def step(desc: str, total: int) -> Callable[[float], None]:
+            def step(desc: str, total: int) -> Callable[[int], None]:
                 tid = progress.add_task(desc, total=total)
                 return lambda n: progress.advance(tid, n)
             results = run_battery(m, task_, config, step)

@@ -48,7 +48,7 @@ class SweepSettings:
 
     max_memory: int | None = None
     chunk_size: int | None = None  # items per chunk; overrides the memory estimate
-    progress: Callable[[float], None] | None = None  # called with the (fractional) number of items finished
+    progress: Callable[[int], None] | None = None  # called with the number of items finished
     stats: SweepStats | None = None  # if given, sweeps add their work to it
 
 
@@ -214,6 +214,25 @@ def _run_chunk(runner: Runner, parts: list[tuple[Entry, Tensor, tuple[int, int]]
     return x[:, 0]
 
 
+class _WholeItems:
+    """Turns fractional progress (an item's share of each layer) into whole items for the caller's callback."""
+
+    def __init__(self, callback: Callable[[float], None] | None) -> None:
+        self.callback, self.done, self.reported = callback, 0.0, 0
+
+    def __call__(self, n: float) -> None:
+        self.done += n
+        whole = int(self.done + 1e-6)
+        if whole > self.reported and self.callback is not None:
+            self.callback(whole - self.reported)
+        self.reported = max(self.reported, whole)
+
+    def finish(self, total: int) -> None:
+        if total > self.reported and self.callback is not None:
+            self.callback(total - self.reported)
+        self.reported = total
+
+
 def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
               settings: SweepSettings) -> list[tuple[Tensor, Tensor | None]]:
     """Score every item of every entry: logit difference and, if ``with_loss``, −log p(correct).
@@ -238,7 +257,7 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
     if n_total == 0:
         return [(torch.zeros(0), torch.zeros(0) if with_loss else None) for _ in entries]
     t0 = time.perf_counter()
-    advance = settings.progress or (lambda _n: None)
+    advance = _WholeItems(settings.progress)
     first = next(e for e in entries_sorted if e.n)
     seq_len = int(first.make(torch.arange(1, device=runner.device)).shape[1])
     chunk = auto_chunk(runner, seq_len, settings)
@@ -266,6 +285,7 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
         cat = lambda name: torch.cat([getattr(e, name).to(runner.device) for e in entries_sorted])  # noqa: E731
         diff, loss = runner.answer_metrics(final, cat("correct"), cat("incorrect"), with_loss,
                                            progress=(lambda n: advance(n * f)) if with_loss else None)
+    advance.finish(n_total)
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
     if settings.stats is not None:

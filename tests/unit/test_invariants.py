@@ -122,3 +122,15 @@ def test_patching_endpoints(tiny_model, tiny_task_file) -> None:
             assert abs(got - expected) < 1e-4, f"patching everything/nothing at layer {layer}: {got} != {expected}"
     # Patching the full residual stream at the first position of layer 0 touches only the BOS token.
     assert abs(float(res.normalise(res.resid[0, 0]))) < 1e-4
+
+
+def test_sweep_progress_counts_every_item_once(run, tiny_model, tiny_task_file) -> None:  # noqa: ANN001
+    steps: list[int] = []
+    head_ablation(run, "zero", SweepSettings(chunk_size=4, progress=steps.append))
+    assert all(isinstance(n, int) and n > 0 for n in steps) and len(steps) > 1
+    assert sum(steps) == run.model.spec.n_layers * run.model.spec.n_heads * run.task.n_prompts
+    tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
+    steps.clear()
+    activation_patching(tiny_model, tt, SweepSettings(chunk_size=7, progress=steps.append))
+    n_pairs, T = tt.clean_tokens.shape
+    assert sum(steps) == tiny_model.spec.n_layers * n_pairs * (3 * T + tiny_model.spec.n_heads)
