@@ -70,8 +70,9 @@ def _clear_summaries(out: Path) -> None:
 
 def formation_cmd(
     checkpoints: Annotated[Optional[Path], typer.Option("--checkpoints", "-c", help="Folder with one model sub-folder per step (step123, checkpoint-123 or 123).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Instead: a hub model with step revisions (EleutherAI/pythia-*, stanford-crfm/*); needs network.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Instead: a hub model with step revisions (EleutherAI/pythia-*, stanford-crfm/*), from the hub or the local Hugging Face cache.")] = None,
     steps: Annotated[Optional[str], typer.Option(help="With --model: comma-separated steps, e.g. 0,1000,143000 (default: ~16 log-spaced published checkpoints).")] = None,
+    revision_format: Annotated[Optional[str], typer.Option("--revision-format", help="With --model: how its revisions name steps, e.g. step{} (default: known for EleutherAI/pythia-*, stanford-crfm/*).")] = None,
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task name or YAML file (default: heldout-task.yaml in --checkpoints if present, else pronouns).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-running resumes; finished checkpoints are kept).")] = Path("formation-out"),
     force: Annotated[bool, typer.Option("--force", help="Recompute checkpoints already summarised in --out.")] = False,
@@ -85,14 +86,14 @@ def formation_cmd(
         raise LogitlabError("give exactly one of --checkpoints DIR and --model NAME",
                             "train local checkpoints with `logitlab train-toy --out DIR`")
     if checkpoints is not None:
-        if steps is not None:
-            raise LogitlabError("--steps goes with --model", "with --checkpoints every sub-folder is used")
+        if steps is not None or revision_format is not None:
+            raise LogitlabError("--steps and --revision-format go with --model", "with --checkpoints every sub-folder is used")
         ckpts = [(s, str(p)) for s, p in find_checkpoints(checkpoints)]
         name = checkpoints.resolve().name
         default_task = checkpoints / HELDOUT_TASK
         task_spec = task if task is not None else (str(default_task) if default_task.is_file() else "pronouns")
     else:
-        ckpts = hub_checkpoints(model, None if steps is None else parse_steps(steps))
+        ckpts = hub_checkpoints(model, None if steps is None else parse_steps(steps), revision_format)
         name = model
         task_spec = task or "pronouns"
     task_ = load_task(task_spec)

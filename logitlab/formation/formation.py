@@ -175,6 +175,7 @@ def _fetch_revision(name: str, revision: str) -> Path:
         config = AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
     except Exception:  # not in the local HF cache: the hub, if it answers (else fail now, not after retries)
         config = None
+    cached = config is not None
     if config is None and not hub_reachable():
         raise LogitlabError(f"cannot load revision {revision!r} of {name!r}: it is not in the local Hugging Face "
                             "cache and the hub cannot be reached", hint)
@@ -185,9 +186,21 @@ def _fetch_revision(name: str, revision: str) -> Path:
                             f"{type(e).__name__}: {str(e)[:300]}", hint) from e
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         read_spec(config)  # the clear unsupported-architecture error, before downloading any weights
+
+    def load(local_files_only: bool) -> tuple[Any, Any]:
+        return (AutoTokenizer.from_pretrained(name, revision=revision, local_files_only=local_files_only),
+                AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch.float32,
+                                                     use_safetensors=None, local_files_only=local_files_only))
+
     try:
-        tok = AutoTokenizer.from_pretrained(name, revision=revision)
-        hf = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch.float32, use_safetensors=None)
+        # A cached revision is read from the cache alone: otherwise, with the hub unreachable but HF_HUB_OFFLINE
+        # unset, the hub client retries every optional tokenizer file for minutes before using the cache.
+        try:
+            tok, hf = load(local_files_only=cached)
+        except Exception:
+            if not (cached and hub_reachable()):
+                raise
+            tok, hf = load(local_files_only=False)  # only part of the revision was cached: fetch the rest
     except Exception as e:
         raise LogitlabError(f"cannot load the weights of revision {revision!r} of {name!r}: {type(e).__name__}: "
                             f"{str(e)[:300]}", hint) from e
@@ -389,6 +402,8 @@ def run_formation(checkpoints: Sequence[tuple[int, str]], task: Task, out: Path,
             if want is not None:
                 torch.set_num_threads(want)
             model = load_checkpoint(spec, device=device, dtype=dtype)
+            if want is None and (want := _threads_for(model.source)) is not None:  # a hub revision, sized once fetched
+                torch.set_num_threads(want)
             summary = checkpoint_summary(model, task, top if isinstance(top, int) else [tuple(x) for x in top],
                                          settings)
         finally:
