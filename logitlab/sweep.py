@@ -246,8 +246,7 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
             raise ValueError(f"bad entry point ({e.layer}, {e.stage!r})")
         if e.stage == "mid" and runner.spec.parallel:
             raise ValueError("parallel blocks have no 'mid' entry; re-enter at 'post' (see Runner.after_attention)")
-    for e in entries:
-        if e.prefix and (e.prefix_kv is None or int(e.final_pos.min()) < e.prefix):
+        if e.prefix and e.n and (e.prefix_kv is None or int(e.final_pos.min()) < e.prefix):
             raise ValueError("an entry with a prefix needs prefix_kv and final positions after the prefix")
     # Chunks never mix prefixes; within one prefix, items are in entry order (the batch grows down the layers).
     order = sorted(range(len(entries)), key=lambda i: (entries[i].prefix, _entry_point(entries[i], L)))
