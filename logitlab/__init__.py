@@ -10,6 +10,7 @@ Example:
 
 __version__ = "0.1.0"
 
+from logitlab._alloc import keep_freed_memory  # noqa: E402
 from logitlab.errors import LogitlabError  # noqa: E402
 from logitlab.model.load import Model, load_model  # noqa: E402
 from logitlab.task import Task, load_task, tokenize_task  # noqa: E402
@@ -18,4 +19,4 @@ from logitlab.analyses import clean_run  # noqa: E402
 from logitlab.battery import RunConfig, run_battery, write_results  # noqa: E402
 
 __all__ = ["LogitlabError", "Model", "load_model", "Task", "load_task", "tokenize_task", "analyses", "clean_run",
-           "RunConfig", "run_battery", "write_results", "__version__"]
+           "RunConfig", "run_battery", "write_results", "keep_freed_memory", "__version__"]

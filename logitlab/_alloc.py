@@ -1,4 +1,4 @@
-"""Memory-allocator tuning for the command line: fewer page faults in sweeps.
+"""Memory-allocator tuning for the command line (and notebooks that opt in): fewer page faults in sweeps.
 
 Sweeps allocate and free activation blocks of several MiB many times a second. glibc serves blocks above its
 mmap threshold with fresh mappings and returns them to the system on free, so every reuse page-faults the

@@ -130,3 +130,10 @@ def test_pickled_weights_load_safely_and_refuse_code(tmp_path: Path) -> None:
     with pytest.raises(LogitlabError):
         load_model(str(folder), cache=False)
     assert not marker.exists(), "loading weights ran code from a pickle"
+
+
+def test_keep_freed_memory_applies_on_linux() -> None:
+    import sys
+
+    from logitlab import keep_freed_memory
+    assert keep_freed_memory() is sys.platform.startswith("linux")
