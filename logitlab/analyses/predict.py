@@ -44,11 +44,6 @@ def _prediction(model: Model, prompt: str, tokens: tuple[str, ...], logits: Tens
     return Prediction(prompt, tokens, rows, answer, rank, prob, logit)
 
 
-def _unembed(model: Model, final: Tensor) -> Tensor:
-    r = model.runner
-    return r.final_norm(final)[0] @ r.w.W_U + r.w.b_U
-
-
 def predict(model: Model, prompt: str, answer: str | None = None, k: int = 10, prepend_bos: bool = True) -> Prediction:
     """The model's top-k next tokens after ``prompt`` with logits and probabilities; the answer's rank."""
     ids = encode_prompt(model.tokenizer, prompt, prepend_bos)
@@ -56,7 +51,7 @@ def predict(model: Model, prompt: str, answer: str | None = None, k: int = 10, p
     with torch.no_grad():
         tokens = torch.tensor([ids], device=r.device)
         final = r.run_from(0, "pre", r.embed_sum(tokens), final_pos=torch.tensor([len(ids) - 1], device=r.device))
-        logits = _unembed(model, final)[0]  # the last position only
+        logits = r.unembed(final)[0]  # the last position only
     a = single_token_id(model.tokenizer, answer) if answer is not None else None
     return _prediction(model, prompt, tuple(model.to_str_tokens(ids)), logits, a, answer, k)
 
@@ -67,6 +62,6 @@ def task_predictions(run: CleanRun, n: int, k: int = 10) -> list[Prediction]:
     n = min(n, t.n_prompts)
     rows = torch.arange(n, device=run.cache.resid_final.device)
     with torch.no_grad():
-        logits = _unembed(run.model, run.cache.resid_final[rows, t.final_pos[:n].to(rows.device)])
+        logits = run.model.runner.unembed(run.cache.resid_final[rows, t.final_pos[:n].to(rows.device)])
     return [_prediction(run.model, t.task.prompts[i], t.str_tokens[i], logits[i], int(t.correct_ids[i]),
                         t.task.correct[i], k) for i in range(n)]

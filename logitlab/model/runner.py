@@ -80,8 +80,11 @@ class Runner:
         # and vocabulary chunks of W_U are then contiguous blocks (no copy per sweep chunk).
         self.w = replace(weights, W_U=weights.W_U.T.contiguous().T)
         self._rope_cache: dict[tuple[int, float, str], tuple[Tensor, Tensor]] = {}
-        self._has_b_U: bool | None = None  # whether the unembedding has a (non-zero) bias
         self._W_U = self.w.W_U.T  # (vocab, D), contiguous
+        self._b_U = self.w.b_U if bool(self.w.b_U.any()) else None  # skipped when all zero
+        # Fused norms (one kernel) where the scale is not needed; float32 only, so that other dtypes keep
+        # normalising in float32 as the reference implementations do.
+        self._fused_norm = self.dtype == torch.float32
         self._onednn = self.device.type == "cpu" and self.dtype == torch.float32 and _onednn_linear_works()
         if not self.hooked:
             self._fuse()
@@ -111,9 +114,6 @@ class Runner:
             w, W_Q=heads(0, nq, H), W_K=heads(nq, nq + nk, K), W_V=heads(nq + nk, nq + 2 * nk, K),
             W_O=self._W_O.transpose(1, 2).unflatten(1, (H, dh)), W_in=self._W_in.transpose(1, 2),
             W_gate=None if self._W_gate is None else self._W_gate.transpose(1, 2), W_out=self._W_out.transpose(1, 2))
-        # Fused norms (one kernel) where the scale is not needed; float32 only, so that other dtypes keep
-        # normalising in float32 as the reference implementations do.
-        self._fused_norm = w.W_U.dtype == torch.float32
 
     def _linear(self, x: Tensor, W: Tensor, b: Tensor | None = None) -> Tensor:
         """``x @ W.T + b`` for (out, in) rows ``W``.
@@ -151,7 +151,7 @@ class Runner:
 
     def _normed(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
         """The output of :meth:`_norm` alone, as one fused kernel where the dtype allows."""
-        if not getattr(self, "_fused_norm", False):
+        if not self._fused_norm:
             return self._norm(x, w, b)[0]
         if self.spec.normalization == "LN":
             return F.layer_norm(x, x.shape[-1:], w, b, self.spec.eps)
@@ -369,33 +369,31 @@ class Runner:
             stage: ``"pre"`` (x is resid_pre of ``layer``), ``"mid"`` (x is resid_mid of ``layer``: run its
                 MLP next) or ``"post"`` (x is resid_post of ``layer``: run ``layer + 1`` next).
             x: the residual stream at the entry point (B, T, D).
-            final_pos: if given, only each row's final position is returned, (B, D), and the last layer
+            final_pos: if given, only each row's final position is returned, (B, D), and the last block
                 computes nothing else (earlier layers still run every position: later queries read them).
         """
         L = self.spec.n_layers
-        rows = torch.arange(x.shape[0], device=x.device)
+        start, x = self._enter(layer, stage, x)
+        for l in range(start, L):
+            x = self.block(l, x, final_pos if (final_pos is not None and l == L - 1) else None)
+        if final_pos is not None and start >= L:
+            x = x[torch.arange(x.shape[0], device=x.device), final_pos]
+        return x
+
+    def _enter(self, layer: int, stage: str, x: Tensor) -> tuple[int, Tensor]:
+        """The first layer to run from an entry point, and the residual stream entering it."""
         if stage not in ("pre", "mid", "post"):
             raise ValueError(f"unknown stage {stage!r}")
         if stage == "mid" and self.spec.parallel:
             raise ValueError("parallel blocks have no 'mid' entry; re-enter at 'post' (see after_attention)")
         if stage == "mid":
-            if final_pos is not None and layer == L - 1:
-                x = x[rows, final_pos]
-                return x + self.mlp(layer, x[:, None])[:, 0]
             x = x + self.mlp(layer, x)
-        start = layer if stage == "pre" else layer + 1
-        if final_pos is not None and start >= L:
-            return x[rows, final_pos]
-        for l in range(start, L):
-            x = self.block(l, x, final_pos if (final_pos is not None and l == L - 1) else None)
-        return x
+        return (layer if stage == "pre" else layer + 1), x
 
     def trace_keys_values(self, layer: int, stage: str, x: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
         """Run ``x`` (an entry point's residual stream, see :meth:`run_from`) to the last layer, returning the keys
         and values of every layer whose attention it reaches: what items sharing these positions need."""
-        start = layer if stage == "pre" else layer + 1
-        if stage == "mid":
-            x = x + self.mlp(layer, x)
+        start, x = self._enter(layer, stage, x)
         out = {}
         for l in range(start, self.spec.n_layers):
             out[l] = self.keys_values(l, x)
@@ -405,9 +403,11 @@ class Runner:
 
     def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
         """Full logits at every position (for tests and small inputs; sweeps never call this)."""
-        x = self.run_from(0, "pre", self.embed_sum(tokens))
-        normed, _ = self.final_norm(x)
-        return normed @ self.w.W_U + self.w.b_U
+        return self.unembed(self.run_from(0, "pre", self.embed_sum(tokens)))
+
+    def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """Full-vocabulary logits of final residual streams."""
+        return self.final_norm(resid)[0] @ self.w.W_U + self.w.b_U
 
     def embed_sum(self, tokens: Tensor) -> Tensor:
         """The residual stream entering layer 0."""
@@ -439,14 +439,12 @@ class Runner:
         w = self.w
         n, V = normed.shape[0], w.W_U.shape[1]
         rows, cols = (4096, 32768) if normed.device.type == "cuda" else (512, 4096)
-        if self._has_b_U is None:
-            self._has_b_U = bool(w.b_U.any())
         out = torch.empty(n, dtype=torch.float32, device=normed.device)
         for r in range(0, n, rows):
             x = normed[r:r + rows]
             lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float32, device=normed.device)
             for c in range(0, V, cols):
-                part = self._linear(x, self._W_U[c:c + cols], w.b_U[c:c + cols] if self._has_b_U else None)
+                part = self._linear(x, self._W_U[c:c + cols], None if self._b_U is None else self._b_U[c:c + cols])
                 lse = torch.logaddexp(lse, _logsumexp_(part))
             out[r:r + rows] = lse
             if progress is not None:
