@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun, mean_stderr
+from logitlab.model.runner import CleanCache, Runner
 from logitlab.sweep import Entry, SweepSettings, run_sweep
 
 __all__ = ["AblationResult", "head_ablation", "head_mean_values", "ablation_entries", "shared_prefix"]
@@ -68,6 +69,15 @@ def head_delta(w_O: Tensor, heads: Tensor, dz: Tensor) -> Tensor:
     return out
 
 
+def with_head_change(runner: Runner, cache: CleanCache, layer: int, prompts: Tensor, heads: Tensor,
+                     dz: Tensor) -> Tensor:
+    """The residual stream at ``runner.attn_entry_stage`` of ``layer`` for ``cache``'s prompts ``prompts[i]`` when
+    head ``heads[i]``'s output z changes by ``dz[i]`` (n, pos, d_head); the entry of ablation and head patching."""
+    attn_pre = cache.attn_pre[layer, prompts] + head_delta(runner.w.W_O[layer], heads, dz)
+    attn_out, _ = runner.post_attention(layer, attn_pre)
+    return runner.after_attention(cache.resid_pre[layer, prompts], attn_out, cache.mlp_out[layer, prompts])
+
+
 def shared_prefix(run: CleanRun) -> int:
     """How many first positions every prompt shares (e.g. the BOS token), up to the earliest final position.
 
@@ -97,8 +107,7 @@ def ablation_entries(run: CleanRun, layer: int, heads: Tensor, replacement: Tens
         h = heads[hi]
         old = c.z[layer, b, :, h]  # (n, T, dh)
         new = replacement[hi] if replacement.dim() == 3 else replacement[hi, b]
-        attn_out, _ = r.post_attention(layer, c.attn_pre[layer, b] + head_delta(r.w.W_O[layer], h, new - old))
-        return r.after_attention(c.resid_pre[layer, b], attn_out, c.mlp_out[layer, b])
+        return with_head_change(r, c, layer, b, h, new - old)
 
     prefix_kv = None
     if prefix:  # the shared positions of every head's ablation, run once (prompt 0 stands for all)

@@ -19,7 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun
-from logitlab.analyses.ablation import head_delta
+from logitlab.analyses.ablation import with_head_change
 from logitlab.errors import LogitlabError
 from logitlab.model.load import Model
 from logitlab.model.runner import CleanCache
@@ -110,9 +110,7 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
 
         def make(idx: Tensor) -> Tensor:
             h, b = heads[idx // n_pairs], idx % n_pairs
-            dz = clean.z[layer, b, :, h] - corr.z[layer, b, :, h]
-            attn_out, _ = r.post_attention(layer, corr.attn_pre[layer, b] + head_delta(r.w.W_O[layer], h, dz))
-            return r.after_attention(corr.resid_pre[layer, b], attn_out, corr.mlp_out[layer, b])
+            return with_head_change(r, corr, layer, b, h, clean.z[layer, b, :, h] - corr.z[layer, b, :, h])
         return Entry(layer, r.attn_entry_stage, make, fp(H), rep(correct, H), rep(incorrect, H))
 
     H, L = spec.n_heads, spec.n_layers
