@@ -120,8 +120,8 @@ def available_memory(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
 
 
-#: Items per chunk on CPU beyond which larger chunks stop helping: the matrix products are already at full speed
-#: and bigger activations only fall out of the cache. On GPUs the memory budget alone decides.
+#: Rows (items × positions) per chunk on CPU beyond which larger chunks stop helping: the matrix products are
+#: already at full speed and bigger activations only fall out of the cache. On GPUs the memory budget decides.
 CPU_CHUNK_ROWS = 1024
 
 
