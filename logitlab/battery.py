@@ -1,7 +1,8 @@
 """The whole battery: task → model → clean run → analyses → results (dict) → files.
 
 The CLI and notebooks call :func:`run_battery`; every analysis is also callable on its own from
-``logitlab.analyses``.
+``logitlab.analyses``. The results dict's shape is :class:`logitlab.results.Results`; :func:`write_results`
+validates it against those types before writing anything (a fraction of a millisecond).
 """
 
 from __future__ import annotations
@@ -9,11 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,18 +19,21 @@ from typing import Any, Literal
 import torch
 
 from logitlab import __version__
+from logitlab._io import atomic_write
 from logitlab.analyses import (
     activation_patching, attention_patterns, clean_run, dla, head_ablation, head_attribution, layer_attribution,
     logit_diff, logit_lens, task_predictions, unembed_bias,
 )
 from logitlab.errors import LogitlabError
 from logitlab.model.load import Model
+from logitlab.results import SCHEMA_VERSION, Results, TaskSection, validate_results
 from logitlab.sweep import SweepSettings, SweepStats
 from logitlab.task import Task, tokenize_task
 
 __all__ = ["RunConfig", "run_battery", "write_results", "check_finite"]
 
 log = logging.getLogger(__name__)
+
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,8 @@ def _check_activations(cache: Any, n_layers: int) -> None:
 
 
 def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _no_progress,
-                stats: SweepStats | None = None) -> dict[str, Any]:
-    """Run every analysis and return the results dict (schema: docs/results.md).
+                stats: SweepStats | None = None) -> Results:
+    """Run every analysis and return the results dict (types: :class:`logitlab.results.Results`).
 
     ``stats``, if given, accumulates the sweeps' work (items, FLOPs, seconds) for benchmarks.
     """
@@ -110,53 +111,42 @@ def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _n
     run = clean_run(model, tt)
     _check_activations(run.cache, spec.n_layers)
     adv(1)
-    results: dict[str, Any] = {
-        "schema_version": 1, "logitlab_version": __version__, "config": asdict(config), "model": model.to_dict(),
-        "task": {**task.to_dict(), "prompt_tokens": [list(t) for t in tt.str_tokens]},
+    task_dict: TaskSection = {**task.to_dict(),  # type: ignore[typeddict-item]
+                              "prompt_tokens": [list(t) for t in tt.str_tokens]}
+    task_dict["answers"] = [[model.tokenizer.decode([int(c)]), " / ".join(model.to_str_tokens(i))]
+                            for c, i in zip(tt.correct_ids, tt.incorrect_ids)]
+    # Built in the analyses' order; their to_dict() are untyped, the types are checked by validate_results.
+    results: Results = {  # type: ignore[typeddict-item]
+        "schema_version": SCHEMA_VERSION, "logitlab_version": __version__, "config": asdict(config),
+        "model": model.to_dict(), "task": task_dict,
+        "predictions": [p.to_dict() for p in task_predictions(run, config.n_predictions, k=config.top_k)],
+        "logit_diff": logit_diff(run).to_dict(), "dla": dla(run).to_dict(), "logit_lens": logit_lens(run).to_dict(),
+        "layer_attribution": layer_attribution(run).to_dict(),
     }
-    results["task"]["answers"] = [[model.tokenizer.decode([int(c)]), " / ".join(model.to_str_tokens(i))]
-                                  for c, i in zip(tt.correct_ids, tt.incorrect_ids)]
-    results["predictions"] = [p.to_dict() for p in task_predictions(run, config.n_predictions, k=config.top_k)]
-    results["logit_diff"] = logit_diff(run).to_dict()
-    results["dla"] = dla(run).to_dict()
-    results["logit_lens"] = logit_lens(run).to_dict()
-    results["layer_attribution"] = layer_attribution(run).to_dict()
     heads = head_attribution(run)
     hd = heads.to_dict()
     results["head_attribution"] = hd.pop("values")
-    results["head_attribution_detail"] = hd
-    results["attention"] = attention_patterns(run, heads, k=min(config.n_attention_heads, spec.n_layers * spec.n_heads),
-                                              prompt_index=min(config.attention_prompt, tt.n_prompts - 1)).to_dict()
+    results["head_attribution_detail"] = hd  # type: ignore[typeddict-item]
+    results["attention"] = attention_patterns(  # type: ignore[typeddict-item]
+        run, heads, k=min(config.n_attention_heads, spec.n_layers * spec.n_heads),
+        prompt_index=min(config.attention_prompt, tt.n_prompts - 1)).to_dict()
     n_items = spec.n_layers * spec.n_heads * tt.n_prompts
-    ablation: dict[str, Any] = {}
-    for kind in ("zero", "mean"):
-        ablation[kind] = head_ablation(run, kind, settings(progress(f"{kind}-ablating heads", n_items))).to_dict()
-    ablation["baseline_logit_diff"] = float(run.logit_diff.mean())
-    ablation["baseline_loss"] = float(run.loss.mean())
-    results["head_ablation"] = ablation
+    zero, mean = (head_ablation(run, kind, settings(progress(f"{kind}-ablating heads", n_items))).to_dict()
+                  for kind in ("zero", "mean"))
+    results["head_ablation"] = {"zero": zero, "mean": mean,  # type: ignore[typeddict-item]
+                                "baseline_logit_diff": float(run.logit_diff.mean()),
+                                "baseline_loss": float(run.loss.mean())}
     if tt.clean_tokens is not None:
         n_pairs, T = tt.clean_tokens.shape
         total = spec.n_layers * n_pairs * (3 * T + spec.n_heads)
-        results.update(activation_patching(model, tt, settings(progress("activation patching", total))).to_dict())
-    results["unembed_bias"] = unembed_bias(model, tt).to_dict()
+        patching = activation_patching(model, tt, settings(progress("activation patching", total)))
+        results.update(patching.to_dict())  # type: ignore[typeddict-item]
+    results["unembed_bias"] = unembed_bias(model, tt).to_dict()  # type: ignore[typeddict-item]
     check_finite(results)
     return results
 
 
-@contextmanager
-def _atomic(path: Path, mode: str = "w") -> Iterator[Any]:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, encoding="utf-8") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def _tables(results: Results) -> dict[str, list[dict[str, Any]]]:
     """Long-format tables (one row per value) for pandas."""
     t: dict[str, list[dict[str, Any]]] = {}
     task = results["task"]
@@ -166,7 +156,7 @@ def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                        for i, (p, a, v, r, lo) in enumerate(zip(task["prompts"], task["answers"], ld["per_prompt"],
                                                                  ld["prob_ratio"], ld["loss_per_prompt"]))]
     for key in ("logit_lens", "layer_attribution"):
-        d = results[key]
+        d = results[key]  # type: ignore[literal-required]
         t[key] = [{"label": lab, "logit_diff": v, "stderr": s} for lab, v, s in zip(d["labels"], d["values"], d["stderr"])]
     ha, se = results["head_attribution"], results["head_attribution_detail"]["stderr"]
     t["head_attribution"] = [{"layer": l, "head": h, "logit_diff": v, "stderr": se[l][h]}
@@ -177,7 +167,7 @@ def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
                           for k in ("zero", "mean") for l, row in enumerate(ab[k]["logit_diff"]) for h, v in enumerate(row)]
     for key in ("resid_patching", "attn_patching", "mlp_patching"):
         if key in results:
-            d = results[key]
+            d = results[key]  # type: ignore[literal-required]
             t[key] = [{"layer": l, "position": p, "token": d["tokens"][p], "value": v}
                       for l, row in enumerate(d["values"]) for p, v in enumerate(row)]
     if "head_patching" in results:
@@ -186,19 +176,21 @@ def _tables(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return t
 
 
-def write_results(results: dict[str, Any], out: Path) -> Path:
-    """Write results.json, config.json and tables/*.csv atomically into ``out``."""
+def write_results(results: Results, out: Path) -> Path:
+    """Validate ``results`` (:func:`logitlab.results.validate_results`), then write results.json, config.json and
+    tables/*.csv atomically into ``out``."""
     import pandas as pd
+    validate_results(results)
     try:
         (out / "tables").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LogitlabError(f"cannot create output folder {out}: {e}", "choose a writable --out folder") from e
     for name, rows in _tables(results).items():
-        with _atomic(out / "tables" / f"{name}.csv") as f:
+        with atomic_write(out / "tables" / f"{name}.csv") as f:
             pd.DataFrame(rows).to_csv(f, index=False)
-    with _atomic(out / "config.json") as f:
+    with atomic_write(out / "config.json") as f:
         json.dump(results["config"], f, indent=2)
     path = out / "results.json"
-    with _atomic(path) as f:
+    with atomic_write(path) as f:
         json.dump(results, f, indent=1, ensure_ascii=False, allow_nan=False)
     return path

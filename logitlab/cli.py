@@ -1,14 +1,18 @@
-"""Command line: ``logitlab run``, ``logitlab predict``, ``logitlab report``. It only wires; the work is in the library."""
+"""Command line: ``logitlab run``, ``predict``, ``report``, ``schema`` (and formation's ``train-toy``, ``formation``).
+
+It only wires; the work is in the library.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.exceptions import TyperException
@@ -19,6 +23,9 @@ from rich.table import Table
 from logitlab._alloc import keep_freed_memory
 from logitlab._console import quiet_libraries
 from logitlab.errors import LogitlabError
+
+if TYPE_CHECKING:
+    from logitlab.results import Results
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="The mechanistic-interpretability battery for contrastive next-token tasks.")
@@ -54,7 +61,7 @@ def run(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     top_k: Annotated[int, typer.Option(help="Top-k predictions to show per example prompt.")] = 10,
-    max_memory: Annotated[Optional[float], typer.Option(help="Memory budget for sweeps, in GiB (default: half of the free memory).")] = None,
+    max_memory: Annotated[float | None, typer.Option(help="Memory budget for sweeps, in GiB (default: half of the free memory).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite results already in --out.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")] = True,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")] = False,
@@ -117,7 +124,7 @@ def _exporter(report: bool) -> contextlib.AbstractContextManager:
     return StaticExporter.start()
 
 
-def _write_report(out: Path, results: dict | None, exporter: object = None) -> None:
+def _write_report(out: Path, results: Results | None, exporter: object = None) -> None:
     try:
         from logitlab.report import write_report
     except ImportError:
@@ -131,7 +138,7 @@ def _write_report(out: Path, results: dict | None, exporter: object = None) -> N
 @app.command()
 def predict(
     prompt: Annotated[str, typer.Argument(help="The prompt.")],
-    answer: Annotated[Optional[str], typer.Option("--answer", "-a", help="An answer whose rank to show (one token, e.g. ' she').")] = None,
+    answer: Annotated[str | None, typer.Option("--answer", "-a", help="An answer whose rank to show (one token, e.g. ' she').")] = None,
     model: ModelOpt = "builtin",
     k: Annotated[int, typer.Option("-k", help="How many top tokens.")] = 10,
     no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not prepend the BOS token.")] = False,
@@ -163,6 +170,21 @@ def report(out: Annotated[Path, typer.Argument(help="A folder holding results.js
     if not (out / "results.json").is_file():
         raise LogitlabError(f"no results.json in {out}", "run `logitlab run --out DIR` first")
     _write_report(out, None)
+
+
+@app.command()
+def schema(
+    formation: Annotated[bool, typer.Option("--formation", help="The schema of a formation run's results.json.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="The key table of docs/results.md instead.")] = False,
+) -> None:
+    """Print the JSON Schema of results.json (indent 2) to stdout."""
+    from logitlab.results import Results, results_schema, results_table
+    kind: type = Results
+    if formation:
+        from logitlab.formation.schema import FormationResults
+        kind = FormationResults
+    text = results_table(kind) if markdown else json.dumps(results_schema(kind), indent=2, ensure_ascii=False) + "\n"
+    typer.echo(text, nl=False)
 
 
 def _register_formation() -> None:

@@ -7,16 +7,19 @@ enter at layer ``l`` join the ones already running there, so a whole sweep (ever
 every layer × position) is a few large matrix products per layer instead of many small ones. The last layer
 computes only each item's final position. Only the answer logits are computed, plus the log-partition
 function where the loss is needed, in one blocked pass over the vocabulary for all items at the end. Items are
-processed in memory-sized chunks. Tests check the engine against one TransformerLens hooked forward per
-intervention.
+processed in memory-sized chunks. What runs per layer is :meth:`Runner.layer`, the same block code as every
+other path; this module only schedules which items join where. Results come back keyed by each entry's
+``key`` (what the entry is, e.g. ``("resid_pre", layer, position)``). Tests check the engine against one
+TransformerLens hooked forward per intervention.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -24,7 +27,8 @@ from torch import Tensor
 from logitlab.errors import LogitlabError
 from logitlab.model.runner import Runner
 
-__all__ = ["Entry", "SweepSettings", "SweepStats", "run_sweep", "sweep_flops", "available_memory", "auto_chunk"]
+__all__ = ["Entry", "SweepResult", "SweepSettings", "SweepStats", "run_sweep", "sweep_flops", "available_memory",
+           "auto_chunk"]
 
 _STAGE_ORDER = {"pre": 0, "mid": 1}
 
@@ -42,6 +46,13 @@ class SweepStats:
         return self.flops / self.seconds if self.seconds > 0 else 0.0
 
 
+class SweepResult(NamedTuple):
+    """One entry's scores, per item: logit difference (n,) and −log p(correct) (n,) if the loss was asked for."""
+
+    logit_diff: Tensor
+    loss: Tensor | None
+
+
 @dataclass(frozen=True)
 class SweepSettings:
     """How sweeps are chunked: ``max_memory`` in bytes (None = half of the available memory)."""
@@ -52,11 +63,11 @@ class SweepSettings:
     stats: SweepStats | None = None  # if given, sweeps add their work to it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Entry:
     """A group of sweep items that enter the forward pass at one point.
 
-    ``make(idx)`` returns the residual streams (len(idx), pos, d_model) of items ``idx`` (indices into this
+    ``key`` names the group (unique within a sweep; results are returned under it). ``make(idx)`` returns the residual streams (len(idx), pos, d_model) of items ``idx`` (indices into this
     group) at the entry point: ``stage`` ``"pre"`` (resid_pre of ``layer``: the block runs next), ``"mid"``
     (resid_mid of ``layer``: its MLP runs next; sequential blocks only) or ``"post"`` (resid_post of ``layer``).
     ``final_pos``, ``correct`` (n,) and ``incorrect`` (n, k) say where and what each item is scored on.
@@ -66,6 +77,7 @@ class Entry:
     (n, prefix, K, d_head) at every layer after the entry point (see :meth:`Runner.keys_values`).
     """
 
+    key: Hashable
     layer: int
     stage: str
     make: Callable[[Tensor], Tensor]
@@ -82,27 +94,21 @@ class Entry:
 
 def sweep_flops(runner: Runner, layer: int, stage: str, seq_len: int, n_incorrect: int, with_loss: bool,
                 prefix: int = 0) -> float:
-    """Multiply-add FLOPs (×2) of one sweep item: the remaining layers, then the answer metrics.
+    """FLOPs of one sweep item: the remaining blocks (counted on :meth:`Runner.layer` itself), then the answers.
 
-    Positions before ``prefix`` are not computed (their keys and values come from a cache).
+    Positions before ``prefix`` are not computed (their keys and values come from a cache); the last block
+    computes the final query only.
     """
-    s, T = runner.spec, seq_len
-    L, D, dh = s.n_layers, s.d_model, s.d_head
-    n = T - prefix  # positions computed
-    d_mlp = runner.w.W_in.shape[-1]
-    mlp = 2 * D * d_mlp * (3 if runner.w.W_gate is not None else 2)  # per token
-    qo = 2 * D * s.n_heads * dh * 2  # query and output projections, per token
-    kv = 2 * D * 2 * s.n_kv_heads * dh  # key and value projections, per token
-    mix = 2 * 2 * s.n_heads * T * dh  # scores and weighted values, per query (every key, as computed)
-    start = layer if stage == "pre" else layer + 1
-    n_full = max(0, L - 1 - start)  # blocks run at every position; the last block runs one query
-    total = n_full * n * (qo + kv + mix + mlp)
-    if start <= L - 1:
-        total += n * kv + qo + mix + mlp
-    if stage == "mid":
-        total += mlp * (1 if layer == L - 1 else n)  # (parallel blocks never enter at "mid")
-    total += 2 * D * (1 + n_incorrect) + (2 * D * s.d_vocab if with_loss else 0)
-    return float(total)
+    L, D = runner.spec.n_layers, runner.spec.d_model
+    start = layer + 1 if stage == "post" else layer
+    total = 0.0
+    if stage == "mid":  # the rest of this layer: its MLP
+        total += runner.layer_flops("mid", seq_len, prefix, last_only=layer == L - 1)
+        start = layer + 1
+    for l in range(start, L):
+        total += runner.layer_flops("pre", seq_len, prefix, last_only=l == L - 1)
+    total += 2 * D * (1 + n_incorrect) + (2 * D * runner.spec.d_vocab if with_loss else 0)
+    return total
 
 
 def available_memory(device: torch.device) -> int:
@@ -160,56 +166,36 @@ def _run_chunk(runner: Runner, parts: list[tuple[Entry, Tensor, tuple[int, int]]
     (n, d_model), in the order of ``parts``.
     """
     L = runner.spec.n_layers
-    parallel = runner.spec.parallel
     dev = runner.device
     P = parts[0][0].prefix
-    x: Tensor | None = None  # (active items, pos ≥ P, d_model), or (active, 1, d_model) within the last layer
-    fp = torch.zeros(0, dtype=torch.long, device=dev)
     # Each item's unit of progress is spread over the layers it runs (at least one).
     share = [1.0 / max(1, L - pt[0]) for _, _, pt in parts]
 
-    def join(x: Tensor | None, fp: Tensor, point: tuple[int, int], last: bool) -> tuple[Tensor | None, Tensor]:
-        for e, idx, pt in parts:
-            if pt != point:
-                continue
-            new = e.make(idx)[:, P:]
-            efp = e.final_pos[idx].to(dev)
-            if last:  # inside the last layer only the final position is carried
-                new = new[torch.arange(len(idx), device=dev), efp - P][:, None]
-            x = new if x is None else torch.cat([x, new])
-            fp = torch.cat([fp, efp])
-        return x, fp
-
-    def prefix_kv(layer: int) -> tuple[Tensor, Tensor] | None:
-        # Keys and values of the skipped positions for the items running attention at ``layer`` (in order).
-        if not P:
+    def join(layer: int, point: str) -> tuple[Tensor, Tensor] | None:
+        # The items entering at (layer, point), positions ≥ P, in part order (the batch grows in that order).
+        at = (layer, _STAGE_ORDER[point])
+        new = [(e.make(idx)[:, P:], e.final_pos[idx].to(dev)) for e, idx, pt in parts if pt == at]
+        if not new:
             return None
+        return torch.cat([x for x, _ in new]), torch.cat([f for _, f in new])
+
+    def prefix_kv(layer: int) -> tuple[Tensor, Tensor]:
+        # Keys and values of the skipped positions for the items running attention at ``layer`` (in order).
         kvs = [e.prefix_kv(layer, idx) for e, idx, pt in parts if pt <= (layer, 0)]  # type: ignore[misc]
         return torch.cat([k for k, _ in kvs]), torch.cat([v for _, v in kvs])
 
-    first = parts[0][2][0]
-    for layer in range(first, L):
-        last = layer == L - 1
-        x, fp = join(x, fp, (layer, 0), False)
-        if x is not None:
-            z, _ = runner.attention(layer, x, fp if last else None, need_pattern=False, prefix_kv=prefix_kv(layer))
-            attn_out, _ = runner.post_attention(layer, runner.heads_to_attn_pre(layer, z))
-            if last:
-                x = x[torch.arange(x.shape[0], device=dev), fp - P][:, None]
-            if parallel:
-                x = x + attn_out + runner.mlp(layer, x)
-            else:
-                x = x + attn_out
-        if not parallel:
-            x, fp = join(x, fp, (layer, 1), last)
-            if x is not None:
-                x = x + runner.mlp(layer, x)
+    x: Tensor | None = None  # (active items, pos ≥ P, d_model), or (active, 1, d_model) after the last layer
+    fp: Tensor | None = None
+    for layer in range(parts[0][2][0], L):
+        x, fp = runner.layer(layer, x, fp, last_only=layer == L - 1, prefix=P, prefix_kv=prefix_kv if P else None,
+                             join=join)
         advance(sum(len(idx) * sh for (_, idx, pt), sh in zip(parts, share) if pt[0] <= layer))
-    # Items entering after the last layer: the final residual stream is their input.
-    x, fp = join(x, fp, (L, 0), True)
-    rest = sum(len(idx) for _, idx, pt in parts if pt[0] >= L)
-    if rest:
-        advance(float(rest))
+    # Items entering after the last layer: the final residual stream at their final position is their input.
+    late = join(L, "pre")
+    if late is not None:
+        tail = late[0][torch.arange(late[0].shape[0], device=dev), late[1] - P]  # (n, D)
+        advance(float(tail.shape[0]))
+        return tail if x is None else torch.cat([x[:, 0], tail])
     assert x is not None
     return x[:, 0]
 
@@ -234,18 +220,19 @@ class _WholeItems:
 
 
 def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
-              settings: SweepSettings) -> list[tuple[Tensor, Tensor | None]]:
+              settings: SweepSettings) -> dict[Hashable, SweepResult]:
     """Score every item of every entry: logit difference and, if ``with_loss``, −log p(correct).
 
     Items from all entries share forward passes (chunked to the memory budget); the answer metrics are
-    computed once for all items at the end. Returns, per entry, (logit diff (n,), loss (n,) or None).
+    computed once for all items at the end. Returns each entry's :class:`SweepResult` under its ``key``.
     """
     L = runner.spec.n_layers
+    keys = [e.key for e in entries]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"two sweep entries share the key {dup!r}")
     for e in entries:
-        if e.stage not in ("pre", "mid", "post") or not 0 <= e.layer < L:
-            raise ValueError(f"bad entry point ({e.layer}, {e.stage!r})")
-        if e.stage == "mid" and runner.spec.parallel:
-            raise ValueError("parallel blocks have no 'mid' entry; re-enter at 'post' (see Runner.after_attention)")
+        runner.check_entry(e.layer, e.stage)
         if e.prefix and e.n and (e.prefix_kv is None or int(e.final_pos.min()) < e.prefix):
             raise ValueError("an entry with a prefix needs prefix_kv and final positions after the prefix")
     # Chunks never mix prefixes; within one prefix, items are in entry order (the batch grows down the layers).
@@ -254,7 +241,7 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
     points = [_entry_point(e, L) for e in entries_sorted]
     n_total = sum(e.n for e in entries_sorted)
     if n_total == 0:
-        return [(torch.zeros(0), torch.zeros(0) if with_loss else None) for _ in entries]
+        return {e.key: SweepResult(torch.zeros(0), torch.zeros(0) if with_loss else None) for e in entries}
     t0 = time.perf_counter()
     advance = _WholeItems(settings.progress)
     first = next(e for e in entries_sorted if e.n)
@@ -294,10 +281,10 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
         st.flops += sum(e.n * sweep_flops(runner, e.layer, e.stage, seq_len, int(e.incorrect.shape[-1]), with_loss,
                                           e.prefix)
                         for e in entries_sorted)
-    out: list[tuple[Tensor, Tensor | None]] = [None] * len(entries)  # type: ignore[list-item]
+    out: dict[Hashable, SweepResult] = {}
     start = 0
-    for i, e in zip(order, entries_sorted):
+    for e in entries_sorted:
         sl = slice(start, start + e.n)
-        out[i] = (diff[sl].float(), None if loss is None else loss[sl].float())
+        out[e.key] = SweepResult(diff[sl].float(), None if loss is None else loss[sl].float())
         start += e.n
-    return out
+    return {k: out[k] for k in keys}  # in the caller's order

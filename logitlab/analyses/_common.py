@@ -9,7 +9,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.model.load import Model
-from logitlab.model.runner import CleanCache
+from logitlab.model.readout import CleanCache
 from logitlab.task import TokenizedTask
 
 __all__ = ["CleanRun", "clean_run", "mean_stderr"]

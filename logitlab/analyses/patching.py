@@ -3,7 +3,8 @@
 The metric is the logit difference of the *clean* prompt's answers, averaged over the task's patching
 pairs. Patched activations: ``resid_pre`` per (layer, position); each layer's attention output (after any
 post-attention norm) and MLP output per (layer, position); each head's ``hook_z`` output at every position.
-0 means the patch restores nothing, 1 that it restores the clean behaviour.
+0 means the patch restores nothing, 1 that it restores the clean behaviour. The edits are built in
+:mod:`logitlab.interventions`; results come back from the sweep keyed ``(what, layer[, position])``.
 
 Invariants (tested): patching the whole residual stream at a layer gives 1, patching nothing 0; every entry
 equals one hooked TransformerLens forward per patch.
@@ -18,12 +19,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from logitlab.analyses._common import CleanRun
-from logitlab.analyses.ablation import with_head_change
 from logitlab.errors import LogitlabError
+from logitlab.interventions import head_entry, position_entries
+from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
 from logitlab.model.load import Model
-from logitlab.model.runner import CleanCache
-from logitlab.sweep import Entry, SweepSettings, run_sweep
+from logitlab.model.readout import CleanCache
+from logitlab.sweep import SweepSettings, run_sweep
 from logitlab.task import TokenizedTask
 
 __all__ = ["PatchingResult", "activation_patching"]
@@ -79,55 +80,34 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
         raise LogitlabError("clean and corrupted prompts give the same logit difference; patching cannot be "
                             "normalised", "choose a corrupted prompt that changes the answer")
     tokens = tuple(model.to_str_tokens(task.clean_tokens[0]))
-    if r.hooked:  # architectures outside logitlab's forward pass: one hooked forward per patch
+    if not has(model, SWEEP):
+        require(model, HOOKED_LOOPS, "activation patching")
         from logitlab.reference import loop_patching
         args = (model, clean_t, corr_t, correct, incorrect)
         loops = [loop_patching(*args, what, progress=settings.progress) for what in ("resid_pre", "attn_out", "mlp_out", "z")]
         return PatchingResult(tokens, clean_ld, corr_ld, *loops)
-    fp = lambda k: torch.full((k * n_pairs,), T - 1, device=dev)  # noqa: E731  every item ends at T-1
-    rep = lambda t, k: t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731  item-major: (what, pair)
-
+    H, L = spec.n_heads, spec.n_layers
+    fp = torch.full((n_pairs,), T - 1, device=dev)  # every pair ends at T-1
     # Patching position p leaves positions < p as in the corrupted run: those items skip them, reading their
     # keys and values from the corrupted run.
-    corr_kv = [r.keys_values(layer, corr.resid_pre[layer]) for layer in range(spec.n_layers)]
-
-    def pos_entries(layer: int, stage: str, base: Tensor, delta: Tensor) -> list[Entry]:
-        # base: (pair, T, D) corrupted residual at the entry; delta: (pair, T, D) change at each position.
-        out = []
-        for p in range(T):
-            def make(b: Tensor, p: int = p) -> Tensor:  # items: the pairs
-                x = base[b].clone()
-                x[:, p] += delta[b, p]
-                return x
-
-            def kv(layer: int, b: Tensor, p: int = p) -> tuple[Tensor, Tensor]:
-                return corr_kv[layer][0][b, :p], corr_kv[layer][1][b, :p]
-            out.append(Entry(layer, stage, make, fp(1), correct, incorrect, prefix=p, prefix_kv=kv))
-        return out
-
-    def head_entry(layer: int) -> Entry:
-        heads = torch.arange(spec.n_heads, device=dev)
-
-        def make(idx: Tensor) -> Tensor:
-            h, b = heads[idx // n_pairs], idx % n_pairs
-            return with_head_change(r, corr, layer, b, h, clean.z[layer, b, :, h] - corr.z[layer, b, :, h])
-        return Entry(layer, r.attn_entry_stage, make, fp(H), rep(correct, H), rep(incorrect, H))
-
-    H, L = spec.n_heads, spec.n_layers
+    corr_kv = [r.keys_values(layer, corr.resid_pre[layer]) for layer in range(L)]
+    heads = torch.arange(H, device=dev)
     entries = []
     for layer in range(L):
-        entry = r.after_attention(corr.resid_pre[layer], corr.attn_out[layer], corr.mlp_out[layer])
+        after_attn = r.after_attention(layer, corr.resid_pre[layer], corr.attn_out[layer], corr.mlp_out[layer])
         post = corr.resid_mid[layer] + corr.mlp_out[layer]
-        entries += pos_entries(layer, "pre", corr.resid_pre[layer], clean.resid_pre[layer] - corr.resid_pre[layer])
-        entries += pos_entries(layer, r.attn_entry_stage, entry, clean.attn_out[layer] - corr.attn_out[layer])
-        entries += pos_entries(layer, "post", post, clean.mlp_out[layer] - corr.mlp_out[layer])
-        entries.append(head_entry(layer))
-    out = [d for d, _ in run_sweep(r, entries, False, settings)]  # all patches in a few growing batches
-    per_layer = 3 * T + 1
-    per_pos = lambda i: torch.stack([d.mean() for d in out[i:i + T]])  # noqa: E731  (T,): mean over pairs
-    resid = [per_pos(per_layer * l) for l in range(L)]
-    attn = [per_pos(per_layer * l + T) for l in range(L)]
-    mlp = [per_pos(per_layer * l + 2 * T) for l in range(L)]
-    heads = [out[per_layer * l + 3 * T].view(H, n_pairs).mean(-1) for l in range(L)]
-    return PatchingResult(tokens, clean_ld, corr_ld, torch.stack(resid).cpu(), torch.stack(attn).cpu(),
-                          torch.stack(mlp).cpu(), torch.stack(heads).cpu())
+        for what, stage, base, delta in (
+                ("resid_pre", "pre", corr.resid_pre[layer], clean.resid_pre[layer] - corr.resid_pre[layer]),
+                ("attn_out", r.attn_entry_stage, after_attn, clean.attn_out[layer] - corr.attn_out[layer]),
+                ("mlp_out", "post", post, clean.mlp_out[layer] - corr.mlp_out[layer])):
+            entries += position_entries((what, layer), r, layer, stage, base, delta, corr_kv, fp, correct, incorrect)
+        # Each head's z from the clean run, per pair, into the corrupted run.
+        clean_z = clean.z[layer][:, :, heads].permute(2, 0, 1, 3)  # (H, pair, T, dh)
+        entries.append(head_entry(("z", layer), r, corr, layer, heads, clean_z, fp, correct, incorrect))
+    out = run_sweep(r, entries, False, settings)  # all patches in a few growing batches
+    mean = lambda key: out[key].logit_diff.mean()  # noqa: E731  mean over pairs
+    per_pos = lambda what: torch.stack([torch.stack([mean((what, l, p)) for p in range(T)])  # noqa: E731
+                                        for l in range(L)])  # (L, T)
+    head = torch.stack([out[("z", l)].logit_diff.view(H, n_pairs).mean(-1) for l in range(L)])  # (L, H)
+    return PatchingResult(tokens, clean_ld, corr_ld, per_pos("resid_pre").cpu(), per_pos("attn_out").cpu(),
+                          per_pos("mlp_out").cpu(), head.cpu())

@@ -50,8 +50,7 @@ def predict(model: Model, prompt: str, answer: str | None = None, k: int = 10, p
     r = model.runner
     with torch.no_grad():
         tokens = torch.tensor([ids], device=r.device)
-        final = r.run_from(0, "pre", r.embed_sum(tokens), final_pos=torch.tensor([len(ids) - 1], device=r.device))
-        logits = r.unembed(final)[0]  # the last position only
+        logits = r.last_logits(tokens, torch.tensor([len(ids) - 1], device=r.device))[0]  # the last position only
     a = single_token_id(model.tokenizer, answer) if answer is not None else None
     return _prediction(model, prompt, tuple(model.to_str_tokens(ids)), logits, a, answer, k)
 

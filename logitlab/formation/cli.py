@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -69,11 +69,11 @@ def _clear_summaries(out: Path) -> None:
 
 
 def formation_cmd(
-    checkpoints: Annotated[Optional[Path], typer.Option("--checkpoints", "-c", help="Folder with one model sub-folder per step (step123, checkpoint-123 or 123).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Instead: a hub model with step revisions (EleutherAI/pythia-*, stanford-crfm/*), from the hub or the local Hugging Face cache.")] = None,
-    steps: Annotated[Optional[str], typer.Option(help="With --model: comma-separated steps, e.g. 0,1000,143000 (default: ~16 log-spaced published checkpoints).")] = None,
-    revision_format: Annotated[Optional[str], typer.Option("--revision-format", help="With --model: how its revisions name steps, e.g. step{} (default: known for EleutherAI/pythia-*, stanford-crfm/*).")] = None,
-    task: Annotated[Optional[str], typer.Option("--task", "-t", help="Task name or YAML file (default: heldout-task.yaml in --checkpoints if present, else pronouns).")] = None,
+    checkpoints: Annotated[Path | None, typer.Option("--checkpoints", "-c", help="Folder with one model sub-folder per step (step123, checkpoint-123 or 123).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Instead: a hub model with step revisions (EleutherAI/pythia-*, stanford-crfm/*), from the hub or the local Hugging Face cache.")] = None,
+    steps: Annotated[str | None, typer.Option(help="With --model: comma-separated steps, e.g. 0,1000,143000 (default: ~16 log-spaced published checkpoints).")] = None,
+    revision_format: Annotated[str | None, typer.Option("--revision-format", help="With --model: how its revisions name steps, e.g. step{} (default: known for EleutherAI/pythia-*, stanford-crfm/*).")] = None,
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Task name or YAML file (default: heldout-task.yaml in --checkpoints if present, else pronouns).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-running resumes; finished checkpoints are kept).")] = Path("formation-out"),
     force: Annotated[bool, typer.Option("--force", help="Recompute checkpoints already summarised in --out.")] = False,
     top_k: Annotated[int, typer.Option("--top-k", help="How many of the final checkpoint's top heads to follow.")] = 3,

@@ -31,9 +31,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,12 +40,17 @@ from typing import Any
 import torch
 
 from logitlab import __version__
+from logitlab._io import atomic_dir, atomic_write
 from logitlab.analyses import activation_patching, clean_run, head_ablation, head_attribution, layer_attribution
 from logitlab.analyses._common import mean_stderr
 from logitlab.battery import check_finite
 from logitlab.errors import LogitlabError
+from logitlab.formation.schema import (
+    SCHEMA_VERSION, FormationCheckpoint, FormationHead, FormationResults, ResidPatchingSummary, SwitchOn,
+)
 from logitlab.model.load import Model, cache_dir, hub_reachable, load_model
 from logitlab.model.spec import SUPPORTED_MODEL_TYPES, read_spec
+from logitlab.results import validate_results
 from logitlab.sweep import SweepSettings
 from logitlab.task import Task, TokenizedTask, tokenize_task
 
@@ -57,7 +60,6 @@ __all__ = ["run_formation", "find_checkpoints", "hub_checkpoints", "load_checkpo
 log = logging.getLogger(__name__)
 
 MIN_PATCH_GAP = 0.1  # logits; below it the patching normalisation divides noise by noise
-SCHEMA_VERSION = 1
 DEFINITIONS = {
     "logit_diff_mean": "mean over prompts of logit(correct) − mean logit(incorrect) at the final position",
     "accuracy": "share of prompts with logit difference > 0",
@@ -204,12 +206,12 @@ def _fetch_revision(name: str, revision: str) -> Path:
     except Exception as e:
         raise LogitlabError(f"cannot load the weights of revision {revision!r} of {name!r}: {type(e).__name__}: "
                             f"{str(e)[:300]}", hint) from e
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))  # same filesystem: atomic rename
-    hf.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    os.replace(tmp, folder)
-    return folder
+
+    def write(tmp: Path) -> None:
+        hf.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+
+    return atomic_dir(folder, write)
 
 
 def load_checkpoint(spec: str, device: str = "cpu", dtype: str = "float32") -> Model:
@@ -228,7 +230,7 @@ def load_checkpoint(spec: str, device: str = "cpu", dtype: str = "float32") -> M
 # One checkpoint
 
 
-def _resid_summary(model: Model, tt: TokenizedTask, settings: SweepSettings) -> dict[str, Any] | None:
+def _resid_summary(model: Model, tt: TokenizedTask, settings: SweepSettings) -> ResidPatchingSummary | None:
     """Per-layer resid_pre patching at the subject and final positions, and the max over positions."""
     if tt.clean_tokens is None:
         return None
@@ -251,7 +253,8 @@ def _resid_summary(model: Model, tt: TokenizedTask, settings: SweepSettings) -> 
 
 def checkpoint_summary(model: Model, task: Task, top_heads: Sequence[tuple[int, int]] | int,
                        settings: SweepSettings | None = None) -> dict[str, Any]:
-    """The battery summary of one model on ``task``.
+    """The battery summary of one model on ``task``: a :class:`~logitlab.formation.schema.FormationCheckpoint`
+    without its ``step`` and ``checkpoint``.
 
     Args:
         top_heads: (layer, head) pairs whose ablation effect to report, or k: this model's own top-k heads.
@@ -304,15 +307,9 @@ def switch_on_step(steps: Sequence[int], values: Sequence[float]) -> int | None:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``obj`` as JSON atomically (:func:`logitlab._io.atomic_write`)."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False, allow_nan=False)
 
 
 def _fingerprint(spec: str) -> dict[str, Any]:
@@ -349,7 +346,7 @@ def _no_progress(_: str, __: int) -> Callable[[int], None]:
 
 def run_formation(checkpoints: Sequence[tuple[int, str]], task: Task, out: Path, top_k_heads: int = 3,
                   progress: Progress | None = None, model_name: str | None = None, heldout: bool = False,
-                  device: str = "cpu", dtype: str = "float32", max_memory: int | None = None) -> dict[str, Any]:
+                  device: str = "cpu", dtype: str = "float32", max_memory: int | None = None) -> FormationResults:
     """Summarise every checkpoint, resumably, and write ``out/results.json``.
 
     Args:
@@ -361,7 +358,8 @@ def run_formation(checkpoints: Sequence[tuple[int, str]], task: Task, out: Path,
         model_name: Name recorded in the results (default: the final checkpoint's folder's parent).
         heldout: Whether ``task`` is a held-out split (the report then speaks of generalisation).
     Returns:
-        The results dict (also written to ``out/results.json``).
+        The results (also written to ``out/results.json``), validated against
+        :class:`~logitlab.formation.schema.FormationResults`.
     """
     if not checkpoints:
         raise LogitlabError("no checkpoints to analyse")
@@ -427,8 +425,8 @@ def run_formation(checkpoints: Sequence[tuple[int, str]], task: Task, out: Path,
         advance(1)
     rows = [summaries[s] for s, _ in ckpts]
     steps = [r["step"] for r in rows]
-    switch_on = []
-    top_heads = []
+    switch_on: list[SwitchOn] = []
+    top_heads: list[FormationHead] = []
     for l, h in top:
         series = [r["head_attribution"][l][h] for r in rows]
         top_heads.append({"layer": l, "head": h, "final_attribution": series[-1],
@@ -438,22 +436,27 @@ def run_formation(checkpoints: Sequence[tuple[int, str]], task: Task, out: Path,
     # gender to the final position for an MLP to read), so the heads that matter most by ablation are followed too.
     effect = torch.tensor(final["zero_ablation_effect"])  # (layer, head)
     H = effect.shape[1]
-    ablation_heads, ablation_switch_on = [], []
+    ablation_heads: list[FormationHead] = []
+    ablation_switch_on: list[SwitchOn] = []
     for i in effect.abs().flatten().argsort(descending=True)[:top_k_heads].tolist():
         l, h = i // H, i % H
         series = [r["zero_ablation_effect"][l][h] for r in rows]
         ablation_heads.append({"layer": l, "head": h, "final_ablation_effect": series[-1],
                                "final_attribution": final["head_attribution"][l][h]})
         ablation_switch_on.append({"layer": l, "head": h, "step": switch_on_step(steps, series)})
-    results = {
+    checkpoint_rows: list[FormationCheckpoint] = [
+        {k: v for k, v in r.items() if k not in ("key", "model", "top_heads")}  # type: ignore[misc]
+        for r in rows]
+    results: FormationResults = {
         "kind": "formation", "schema_version": SCHEMA_VERSION, "logitlab_version": __version__,
         "model": {**final["model"], "name": model_name or final["model"]["name"]},
         "task": {**task.to_dict(), "description": task.description}, "heldout": heldout,
         "top_k_heads": top_k_heads, "definitions": DEFINITIONS,
-        "checkpoints": [{k: v for k, v in r.items() if k not in ("key", "model", "top_heads")} for r in rows],
+        "checkpoints": checkpoint_rows,
         "top_heads": top_heads, "switch_on": switch_on,
         "ablation_heads": ablation_heads, "ablation_switch_on": ablation_switch_on,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    validate_results(results, FormationResults)
     _atomic_json(out / "results.json", results)
     return results

@@ -11,8 +11,6 @@ from the results escaped with :func:`html.escape`.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from logitlab._io import write_text_atomic
+from logitlab.formation.schema import FormationResults
 from logitlab.report._util import fmt
 
 __all__ = ["formation_figures", "formation_findings", "render_formation_report", "write_formation_report",
@@ -53,7 +53,7 @@ def _plot_text(x: Any) -> str:
     return html.escape(str(x), quote=False)
 
 
-def _steps(results: dict[str, Any]) -> list[int]:
+def _steps(results: FormationResults) -> list[int]:
     return [int(c["step"]) for c in results["checkpoints"]]
 
 
@@ -69,7 +69,7 @@ def _head_label(layer: int, head: int) -> str:
     return f"{int(layer)}.{int(head)}"
 
 
-def fig_logit_diff(results: dict[str, Any]) -> go.Figure:
+def fig_logit_diff(results: FormationResults) -> go.Figure:
     """Mean logit difference (± stderr) and accuracy against the step."""
     steps = _steps(results)
     cks = results["checkpoints"]
@@ -90,7 +90,7 @@ def fig_logit_diff(results: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def fig_heads(results: dict[str, Any]) -> go.Figure:
+def fig_heads(results: FormationResults) -> go.Figure:
     """The followed heads' direct attribution (solid) and zero-ablation effect (dotted) against the step."""
     steps = _steps(results)
     x = [s + 1 for s in steps]
@@ -117,7 +117,7 @@ def fig_heads(results: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def fig_head_heatmap(results: dict[str, Any]) -> go.Figure:
+def fig_head_heatmap(results: FormationResults) -> go.Figure:
     """Every head's attribution (rows "L.H") at every checkpoint (columns)."""
     cks = results["checkpoints"]
     L = len(cks[-1]["head_attribution"])
@@ -134,7 +134,7 @@ def fig_head_heatmap(results: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def fig_layers(results: dict[str, Any]) -> go.Figure:
+def fig_layers(results: FormationResults) -> go.Figure:
     """Each residual-stream component's attribution against the step."""
     steps = _steps(results)
     cks = results["checkpoints"]
@@ -149,13 +149,13 @@ def fig_layers(results: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def formation_figures(results: dict[str, Any]) -> dict[str, go.Figure]:
+def formation_figures(results: FormationResults) -> dict[str, go.Figure]:
     """All figures of the report, by id."""
     return {"logit_diff": fig_logit_diff(results), "heads": fig_heads(results),
             "head_heatmap": fig_head_heatmap(results), "layers": fig_layers(results)}
 
 
-def formation_findings(results: dict[str, Any]) -> list[str]:
+def formation_findings(results: FormationResults) -> list[str]:
     """Plain-text findings computed from the numbers (escape before putting them into HTML)."""
     cks = results["checkpoints"]
     steps = _steps(results)
@@ -234,7 +234,7 @@ def _figure_html(fig: go.Figure, fig_id: str) -> str:
     return f'<figure id="fig-{_esc(fig_id)}">{div}</figure>'
 
 
-def _table(results: dict[str, Any]) -> str:
+def _table(results: FormationResults) -> str:
     rows = []
     for c in results["checkpoints"]:
         rows.append(f"<tr><td class=num>{_esc(c['step'])}</td><td class=num>{fmt(c['logit_diff_mean'], True)}</td>"
@@ -243,7 +243,7 @@ def _table(results: dict[str, Any]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def render_formation_report(results: dict[str, Any]) -> str:
+def render_formation_report(results: FormationResults) -> str:
     """The whole report as one self-contained HTML document."""
     figs = formation_figures(results)
     task = results.get("task", {})
@@ -271,17 +271,7 @@ def render_formation_report(results: dict[str, Any]) -> str:
     )
 
 
-def write_formation_report(out: Path, results: dict[str, Any]) -> Path:
-    """Write ``out/report.html`` atomically (temporary file in the same folder, then rename)."""
+def write_formation_report(out: Path, results: FormationResults) -> Path:
+    """Write ``out/report.html`` atomically (:func:`logitlab._io.write_text_atomic`)."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / REPORT_NAME
-    text = render_formation_report(results)
-    fd, tmp = tempfile.mkstemp(prefix=f".{REPORT_NAME}.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(out / REPORT_NAME, render_formation_report(results))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import shutil
@@ -39,6 +38,7 @@ from typing import Any
 
 import torch
 
+from logitlab._io import atomic_dir, write_text_atomic
 from logitlab.errors import LogitlabError
 
 __all__ = ["ToyConfig", "Split", "SPLIT", "train_toy", "checkpoint_steps", "make_corpus", "HELDOUT_TASK",
@@ -218,22 +218,13 @@ def _task_yaml(name: str, description: str, names_f: tuple[str, ...], names_m: t
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _save_checkpoint(model: Any, tokenizer: Any, folder: Path) -> None:
     """Save an HF folder atomically: a half-written checkpoint never carries the final name."""
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+
+    atomic_dir(folder, write)
 
 
 @contextmanager
@@ -349,10 +340,10 @@ def _train(out: Path, config: ToyConfig, progress: Callable[[int], None] | None,
         if progress is not None:
             progress(1)
     train_s = time.perf_counter() - t_train
-    _write_text(out / HELDOUT_TASK, _task_yaml(
+    write_text_atomic(out / HELDOUT_TASK, _task_yaml(
         "toy-heldout", "Held-out names x held-out templates: none of these prompts occurs in training.",
         split.female_heldout, split.male_heldout, split.templates_heldout))
-    _write_text(out / TRAIN_TASK, _task_yaml(
+    write_text_atomic(out / TRAIN_TASK, _task_yaml(
         "toy-train", "Training names x training templates: these tag questions occur in training.",
         split.female_train, split.male_train, split.templates_train))
     info = {
@@ -370,6 +361,6 @@ def _train(out: Path, config: ToyConfig, progress: Callable[[int], None] | None,
         "vocab_size": len(tokenizer),
         "seconds": {"total": round(time.perf_counter() - t0, 2), "training": round(train_s, 2)},
     }
-    _write_text(out / TOY_JSON, json.dumps(info, indent=1, ensure_ascii=False))
+    write_text_atomic(out / TOY_JSON, json.dumps(info, indent=1, ensure_ascii=False))
     log.info("trained the toy model in %.1f s (%d checkpoints)", info["seconds"]["total"], len(saved))
     return saved

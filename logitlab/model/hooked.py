@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from logitlab.errors import LogitlabError
-from logitlab.model.runner import CleanCache, Runner
+from logitlab.model.backend import HOOKED_LOOPS
+from logitlab.model.readout import CleanCache, Readout
 from logitlab.model.spec import ArchSpec, Weights, _norm_params, _stack_or_zeros
 
 __all__ = ["HookRunner", "generic_spec", "read_output_weights"]
@@ -49,7 +50,10 @@ def generic_spec(bridge: Any, hf_config: Any) -> ArchSpec:
 
 
 def read_output_weights(bridge: Any, spec: ArchSpec) -> Weights:
-    """The weights the analyses read (unembedding, final norm, W_O/b_O, post-norms); the rest stays empty."""
+    """The weights the read-out and attributions use (unembedding, final norm, W_O/b_O, post-norms).
+
+    The rest stays empty: this backend never runs the blocks itself (the bridge does).
+    """
     L, D = spec.n_layers, spec.d_model
     offset = bool(getattr(bridge.cfg, "rmsnorm_uses_offset", False))
     lnf_w, lnf_b = _norm_params(bridge.ln_final, offset, D)
@@ -63,10 +67,13 @@ def read_output_weights(bridge: Any, spec: ArchSpec) -> Weights:
                    b_U=_stack_or_zeros(bridge, "b_U", (W_U.shape[1],)))
 
 
-class HookRunner(Runner):
-    """A :class:`Runner` whose activations come from TransformerBridge hooks; it cannot start mid-model."""
+class HookRunner(Readout):
+    """The hooked backend: activations from TransformerBridge hooks, interventions as hooked forward passes.
 
-    hooked = True
+    It shares the read-out (final norm, answer metrics) with the staged runner but cannot start mid-model.
+    """
+
+    capabilities = frozenset({HOOKED_LOOPS})
 
     def __init__(self, spec: ArchSpec, weights: Weights, bridge: Any) -> None:
         super().__init__(spec, weights)
@@ -105,8 +112,10 @@ class HookRunner(Runner):
         with torch.no_grad():
             return self.bridge(tokens)
 
-    def run_from(self, *args: Any, **kwargs: Any) -> Tensor:
-        raise NotImplementedError("the hook fallback runs interventions as hooked loops (logitlab.reference)")
+    def last_logits(self, tokens: Tensor, final_pos: Tensor) -> Tensor:
+        """Full logits at each row's final position, (B, vocab)."""
+        logits = self.logits(tokens)
+        return logits[torch.arange(tokens.shape[0], device=logits.device), final_pos.to(logits.device)]
 
     def check(self, tokens: Tensor) -> None:
         """Verify on ``tokens`` the additivity the attributions rest on; raise naming what fails."""

@@ -7,87 +7,49 @@ MLP → final norm) so a sweep can start at the layer an intervention touches, b
 together, and score only the answer logits. Its outputs are tested against the Hugging Face and bridge
 forward passes for every supported architecture.
 
+How a block's pieces connect is written once, in :meth:`Runner.layer`; every path runs it: the cached clean
+run, :meth:`Runner.run_from` (items entering at a layer's pre/mid/post point), the sweep engine's growing
+batch (``join``), the cached-prefix path (``prefix_kv``), FLOP counting (:meth:`Runner.layer_flops` runs it on
+meta tensors) and gradients (:meth:`Runner.grad_run`, autograd through it).
+
 Shapes: batch B, positions T, heads H, KV heads K, d_model D, d_head dh.
 """
 
 from __future__ import annotations
 
-import math
-import os
+import copy
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from logitlab.model.backend import GRAD, SWEEP
+from logitlab.model.readout import CleanCache, Readout, wide
 from logitlab.model.spec import ArchSpec, Weights
 
-__all__ = ["Runner", "CleanCache"]
+__all__ = ["Runner", "CleanCache", "Join", "STAGES"]
+
+#: Entry points of a layer: before its attention, before its MLP (sequential blocks only), after it.
+STAGES = ("pre", "mid", "post")
+
+Join = Callable[[int, str], "tuple[Tensor, Tensor] | None"]
+"""``join(layer, point)`` → the residual streams (n, pos, D) and final positions (n,) of the items entering the
+batch at ``point`` (``"pre"``: before the layer's attention; ``"mid"``: before its MLP), or None."""
 
 
-@dataclass(frozen=True)
-class CleanCache:
-    """Activations of one forward pass (all positions, all layers)."""
+class Runner(Readout):
+    """A decoder-only transformer forward pass split into stages (the staged backend)."""
 
-    embed: Float[Tensor, "batch pos d_model"]  # token embedding (scaled)
-    pos_embed: Float[Tensor, "batch pos d_model"] | None
-    resid_pre: Float[Tensor, "layer batch pos d_model"]
-    attn_pre: Float[Tensor, "layer batch pos d_model"]  # sum of heads + b_O, before any post-norm
-    attn_out: Float[Tensor, "layer batch pos d_model"]  # what attention adds to the residual stream
-    post_attn_scale: Float[Tensor, "layer batch pos"] | None
-    resid_mid: Float[Tensor, "layer batch pos d_model"]
-    mlp_out: Float[Tensor, "layer batch pos d_model"]
-    resid_final: Float[Tensor, "batch pos d_model"]
-    final_scale: Float[Tensor, "batch pos"]
-    z: Float[Tensor, "layer batch pos head d_head"]
-    pattern: Float[Tensor, "layer batch head pos pos"]
-
-
-def _logsumexp_(x: Tensor) -> Tensor:
-    """logsumexp over the last dim (float32), overwriting ``x`` (no temporary as large as ``x``)."""
-    if x.dtype != torch.float32:
-        return torch.logsumexp(x.float(), dim=-1)
-    m = x.amax(-1, keepdim=True).clamp_(min=torch.finfo(x.dtype).min)  # (an all -inf row stays finite)
-    return x.sub_(m).exp_().sum(-1).log_() + m.squeeze(-1)
-
-
-def _onednn_linear_works() -> bool:
-    """Whether oneDNN's float32 matrix product is available here and agrees with ``F.linear`` on a probe.
-
-    ``LOGITLAB_ONEDNN=0`` in the environment turns it off (e.g. to compare with the default BLAS).
-    """
-    if os.environ.get("LOGITLAB_ONEDNN", "1") == "0":
-        return False
-    try:
-        g = torch.Generator().manual_seed(0)
-        x, W, b = (torch.randn(*shape, generator=g) for shape in ((3, 5, 64), (48, 64), (48,)))
-        got = torch.ops.mkldnn._linear_pointwise(x, W, b, "none", [], "")
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return got.dtype == torch.float32 and bool(torch.allclose(got, F.linear(x, W, b), rtol=1e-5, atol=1e-5))
-
-
-class Runner:
-    """A decoder-only transformer forward pass split into stages."""
-
-    hooked = False  # True for the TransformerBridge-hook fallback (logitlab.model.hooked)
+    capabilities = frozenset({SWEEP, GRAD})
 
     def __init__(self, spec: ArchSpec, weights: Weights) -> None:
-        self.spec = spec
-        # Store the unembedding as contiguous (vocab, d_model) rows seen through a transpose: answer columns
-        # and vocabulary chunks of W_U are then contiguous blocks (no copy per sweep chunk).
-        self.w = replace(weights, W_U=weights.W_U.T.contiguous().T)
+        super().__init__(spec, weights)
         self._rope_cache: dict[tuple[int, float, str], tuple[Tensor, Tensor]] = {}
-        self._W_U = self.w.W_U.T  # (vocab, D), contiguous
-        self._b_U = self.w.b_U if bool(self.w.b_U.any()) else None  # skipped when all zero
-        # Fused norms (one kernel) where the scale is not needed; float32 only, so that other dtypes keep
-        # normalising in float32 as the reference implementations do.
-        self._fused_norm = self.dtype == torch.float32
-        self._onednn = self.device.type == "cpu" and self.dtype == torch.float32 and _onednn_linear_works()
-        if not self.hooked:
-            self._fuse()
+        self._flop_memo: dict[tuple, float] = {}
+        self._fuse()
 
     def _fuse(self) -> None:
         """Lay the weights out for few, large, fast matrix products.
@@ -114,53 +76,9 @@ class Runner:
             w, W_Q=heads(0, nq, H), W_K=heads(nq, nq + nk, K), W_V=heads(nq + nk, nq + 2 * nk, K),
             W_O=self._W_O.transpose(1, 2).unflatten(1, (H, dh)), W_in=self._W_in.transpose(1, 2),
             W_gate=None if self._W_gate is None else self._W_gate.transpose(1, 2), W_out=self._W_out.transpose(1, 2))
-
-    def _linear(self, x: Tensor, W: Tensor, b: Tensor | None = None) -> Tensor:
-        """``x @ W.T + b`` for (out, in) rows ``W``.
-
-        float32 on CPU goes through oneDNN's matrix product when it is available and exact on a probe: on
-        some CPUs it runs at more than twice the speed of the default BLAS (measured 460–480 vs 200–220
-        GFLOP/s on 2 AMD EPYC cores, benchmarks/bench_battery.py prints both), with float32 arithmetic
-        throughout.
-        """
-        if self._onednn:
-            return torch.ops.mkldnn._linear_pointwise(x, W, b, "none", [], "")
-        return F.linear(x, W, b)
-
-    @property
-    def device(self) -> torch.device:
-        return self.w.W_U.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.w.W_U.dtype
-
-    # ---- pieces -------------------------------------------------------------------------------------
-    def _norm(self, x: Tensor, w: Tensor | None = None, b: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Normalise over the last dim in float32; returns (output, scale) with scale (..., )."""
-        xf = x.float()
-        if self.spec.normalization == "LN":
-            xf = xf - xf.mean(-1, keepdim=True)
-        scale = (xf.pow(2).mean(-1, keepdim=True) + self.spec.eps).sqrt()
-        out = xf / scale
-        if w is not None:
-            out = out * w.float()
-        if b is not None:
-            out = out + b.float()
-        return out.to(x.dtype), scale.squeeze(-1)
-
-    def _normed(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-        """The output of :meth:`_norm` alone, as one fused kernel where the dtype allows."""
-        if not self._fused_norm:
-            return self._norm(x, w, b)[0]
-        if self.spec.normalization == "LN":
-            return F.layer_norm(x, x.shape[-1:], w, b, self.spec.eps)
-        out = F.rms_norm(x, x.shape[-1:], w, self.spec.eps)
-        return out if b is None else out + b
-
     def _rms(self, x: Tensor, w: Tensor) -> Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.spec.eps) * w.float()).to(x.dtype)
+        xf = wide(x)
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.spec.eps) * wide(w)).to(x.dtype)
 
     def _act(self, x: Tensor) -> Tensor:
         if self.spec.act_fn == "gelu_tanh":
@@ -273,7 +191,7 @@ class Runner:
             v = v.repeat_interleave(group, dim=2)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, Tq, T)
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        pattern = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        pattern = torch.softmax(wide(scores), dim=-1).to(q.dtype)
         z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, Tq, H, dh)
         return z, pattern
 
@@ -302,38 +220,85 @@ class Runner:
             out = self._normed(out, w.post2_w[layer])
         return out
 
-    def block(self, layer: int, resid_pre: Tensor, query_pos: Tensor | None = None,
-              prefix_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """One transformer block; with ``query_pos`` only that position per row, returned as (B, D).
+    def after_attention(self, layer: int, resid_pre: Tensor, attn_out: Tensor, mlp_out: Tensor | None = None) -> Tensor:
+        """The residual stream at :attr:`attn_entry_stage` of ``layer`` once attention has added ``attn_out``.
 
-        ``prefix_kv``: see :meth:`attention` (``resid_pre`` then starts at the first position after the prefix).
+        Sequential blocks: resid_mid (the MLP runs next, on it). Parallel blocks: the MLP reads resid_pre, so the
+        block is complete: resid_pre + attn_out + mlp_out, with ``mlp_out`` computed unless given (an
+        intervention on attention leaves the cached MLP output valid).
         """
-        z, _ = self.attention(layer, resid_pre, query_pos, need_pattern=False, prefix_kv=prefix_kv)
-        attn_out, _ = self.post_attention(layer, self.heads_to_attn_pre(layer, z))
-        if query_pos is not None:
-            P = 0 if prefix_kv is None else prefix_kv[0].shape[1]
-            resid_pre = resid_pre[torch.arange(resid_pre.shape[0], device=resid_pre.device), query_pos - P][:, None]
-        mid = resid_pre + attn_out
-        out = mid + self.mlp(layer, resid_pre if self.spec.parallel else mid)
-        return out if query_pos is None else out[:, 0]
+        if not self.spec.parallel:
+            return resid_pre + attn_out
+        return resid_pre + attn_out + (self.mlp(layer, resid_pre) if mlp_out is None else mlp_out)
 
     @property
     def attn_entry_stage(self) -> str:
-        """Where a sweep re-enters after changing a layer's attention output (see :meth:`after_attention`)."""
+        """Where a forward pass continues after a layer's attention output changed (see :meth:`after_attention`)."""
         return "post" if self.spec.parallel else "mid"
 
-    def after_attention(self, resid_pre: Tensor, attn_out: Tensor, mlp_out: Tensor) -> Tensor:
-        """The residual stream to re-enter at :attr:`attn_entry_stage` once attention's output is ``attn_out``.
+    # ---- the block ----------------------------------------------------------------------------------
+    def layer(self, layer: int, x: Tensor | None, final_pos: Tensor | None = None, *, last_only: bool = False,
+              prefix: int = 0, prefix_kv: Callable[[int], tuple[Tensor, Tensor] | None] | None = None,
+              join: Join | None = None, record: dict[str, Tensor | None] | None = None,
+              need_pattern: bool = False) -> tuple[Tensor | None, Tensor | None]:
+        """One transformer block: how attention, norms, MLP and the residual stream connect, written once.
 
-        Sequential blocks: resid_mid (the MLP runs next, on it). Parallel blocks: the MLP reads resid_pre, which
-        did not change, so its cached output ``mlp_out`` still holds and the block's output is complete.
+        Args:
+            layer: the block's index.
+            x: (B, T − prefix, D) residual stream entering the block, or None while no row runs yet.
+            final_pos: (B,) absolute final position of each row (needed with ``last_only``).
+            last_only: compute only each row's final query; the block then returns (B, 1, D).
+            prefix, prefix_kv: ``x`` omits the first ``prefix`` positions; ``prefix_kv(layer)`` gives their keys
+                and values (B, prefix, K, dh) (see :meth:`keys_values`).
+            join: rows entering at this block's ``"pre"`` point (appended before attention) or ``"mid"`` point
+                (appended before the MLP; in a ``last_only`` block reduced to their final position).
+            record: filled with the block's activations (resid_pre, z, pattern, attn_pre, attn_out,
+                post_scale, resid_mid, mlp_out).
+            need_pattern: materialise the attention pattern (otherwise a fused attention kernel runs).
+
+        Returns:
+            The residual stream after the block and the rows' final positions.
         """
-        if self.spec.parallel:
-            return resid_pre + attn_out + mlp_out
-        return resid_pre + attn_out
+        parallel = self.spec.parallel
+        if join is not None:
+            x, final_pos = _append(x, final_pos, join(layer, "pre"))
+        resid_pre = x
+        z = pattern = attn_pre = attn_out = post_scale = mlp_out = None
+        if x is not None:
+            kv = None if prefix_kv is None else prefix_kv(layer)
+            z, pattern = self.attention(layer, x, final_pos if last_only else None, need_pattern, kv)
+            attn_pre = self.heads_to_attn_pre(layer, z)
+            attn_out, post_scale = self.post_attention(layer, attn_pre)
+            if last_only:
+                x = _at(x, final_pos - prefix)  # (B, 1, D)
+            mlp_out = self.mlp(layer, x) if parallel else None  # parallel blocks: the MLP reads resid_pre too
+            x = self.after_attention(layer, x, attn_out, mlp_out)
+        resid_mid = x if not parallel else (None if x is None else resid_pre + attn_out)
+        if not parallel:
+            if join is not None:
+                new = join(layer, "mid")
+                if new is not None and last_only:
+                    new = (_at(new[0], new[1] - prefix), new[1])
+                x, final_pos = _append(x, final_pos, new)
+                resid_mid = x
+            if x is not None:
+                mlp_out = self.mlp(layer, x)
+                x = x + mlp_out
+        if record is not None:
+            record.update(resid_pre=resid_pre, z=z, pattern=pattern, attn_pre=attn_pre, attn_out=attn_out,
+                          post_scale=post_scale, resid_mid=resid_mid, mlp_out=mlp_out)
+        return x, final_pos
 
-    def final_norm(self, resid: Tensor) -> tuple[Tensor, Tensor]:
-        return self._norm(resid, self.w.lnf_w, self.w.lnf_b)
+    def block(self, layer: int, resid_pre: Tensor, query_pos: Tensor | None = None,
+              prefix_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """:meth:`layer` on a whole batch; with ``query_pos`` only that position per row, returned as (B, D).
+
+        ``prefix_kv``: keys and values of positions before ``resid_pre``'s first (see :meth:`keys_values`).
+        """
+        P = 0 if prefix_kv is None else prefix_kv[0].shape[1]
+        out, _ = self.layer(layer, resid_pre, query_pos, last_only=query_pos is not None, prefix=P,
+                            prefix_kv=None if prefix_kv is None else (lambda _l: prefix_kv))
+        return out if query_pos is None else out[:, 0]
 
     # ---- whole passes -------------------------------------------------------------------------------
     def run_with_cache(self, tokens: Int[Tensor, "batch pos"]) -> CleanCache:
@@ -343,25 +308,29 @@ class Runner:
         names = ("resid_pre", "attn_pre", "attn_out", "resid_mid", "mlp_out", "z", "pattern", "post_scale")
         acts: dict[str, list[Tensor]] = {n: [] for n in names}
         for layer in range(self.spec.n_layers):
-            resid_pre = x
-            z, pattern = self.attention(layer, x)
-            attn_pre = self.heads_to_attn_pre(layer, z)
-            attn_out, post_scale = self.post_attention(layer, attn_pre)
-            mid = x + attn_out  # for parallel blocks: resid_pre + attn_out (no norm reads it)
-            mlp_out = self.mlp(layer, x if self.spec.parallel else mid)
-            x = mid + mlp_out
-            for n, v in zip(names, (resid_pre, attn_pre, attn_out, mid, mlp_out, z, pattern, post_scale)):
-                acts[n].append(v)
+            rec: dict[str, Tensor | None] = {}
+            x, _ = self.layer(layer, x, record=rec, need_pattern=True)
+            for n in names:
+                acts[n].append(rec[n])  # type: ignore[arg-type]
+        assert x is not None
         _, final_scale = self.final_norm(x)
-        post = torch.stack(acts["post_scale"]) if self.spec.post_norms else None
+        stack = lambda n: torch.stack(acts[n])  # noqa: E731  (layer, ...)
         return CleanCache(
-            embed=emb, pos_embed=pos, resid_pre=torch.stack(acts["resid_pre"]), attn_pre=torch.stack(acts["attn_pre"]),
-            attn_out=torch.stack(acts["attn_out"]), post_attn_scale=post, resid_mid=torch.stack(acts["resid_mid"]),
-            mlp_out=torch.stack(acts["mlp_out"]), resid_final=x, final_scale=final_scale,
-            z=torch.stack(acts["z"]), pattern=torch.stack(acts["pattern"]),
+            embed=emb, pos_embed=pos, resid_pre=stack("resid_pre"), attn_pre=stack("attn_pre"),
+            attn_out=stack("attn_out"), post_attn_scale=stack("post_scale") if self.spec.post_norms else None,
+            resid_mid=stack("resid_mid"), mlp_out=stack("mlp_out"), resid_final=x, final_scale=final_scale,
+            z=stack("z"), pattern=stack("pattern"),
         )
 
-    def run_from(self, layer: int, stage: str, x: Tensor, final_pos: Tensor | None = None) -> Tensor:
+    def check_entry(self, layer: int, stage: str) -> None:
+        """Raise ``ValueError`` unless (``layer``, ``stage``) is an entry point of this model."""
+        if stage not in STAGES or not 0 <= layer < self.spec.n_layers:
+            raise ValueError(f"bad entry point ({layer}, {stage!r})")
+        if stage == "mid" and self.spec.parallel:
+            raise ValueError("parallel blocks have no 'mid' entry; re-enter at 'post' (see Runner.after_attention)")
+
+    def run_from(self, layer: int, stage: str, x: Tensor, final_pos: Tensor | None = None,
+                 record: list[dict[str, Tensor | None]] | None = None) -> Tensor:
         """Continue a forward pass from an entry point; returns the final residual stream.
 
         Args:
@@ -371,82 +340,125 @@ class Runner:
             x: the residual stream at the entry point (B, T, D).
             final_pos: if given, only each row's final position is returned, (B, D), and the last block
                 computes nothing else (earlier layers still run every position: later queries read them).
+            record: if given, one dict of activations per layer run is appended (see :meth:`layer`).
         """
+        self.check_entry(layer, stage)
         L = self.spec.n_layers
-        start, x = self._enter(layer, stage, x)
+        start = layer + 1 if stage == "post" else layer
+        join: Join | None = None
+        h, fp = x, final_pos
+        if stage == "mid":  # x joins the batch before the MLP of its layer
+            h = None
+            join = lambda l, point: (x, final_pos) if (l, point) == (layer, "mid") else None  # noqa: E731
         for l in range(start, L):
-            x = self.block(l, x, final_pos if (final_pos is not None and l == L - 1) else None)
-        if final_pos is not None and start >= L:
-            x = x[torch.arange(x.shape[0], device=x.device), final_pos]
-        return x
-
-    def _enter(self, layer: int, stage: str, x: Tensor) -> tuple[int, Tensor]:
-        """The first layer to run from an entry point, and the residual stream entering it."""
-        if stage not in ("pre", "mid", "post"):
-            raise ValueError(f"unknown stage {stage!r}")
-        if stage == "mid" and self.spec.parallel:
-            raise ValueError("parallel blocks have no 'mid' entry; re-enter at 'post' (see after_attention)")
-        if stage == "mid":
-            x = x + self.mlp(layer, x)
-        return (layer if stage == "pre" else layer + 1), x
+            rec: dict[str, Tensor | None] | None = None if record is None else {}
+            h, fp = self.layer(l, h, fp, last_only=final_pos is not None and l == L - 1,
+                               join=join if l == layer else None, record=rec)
+            if record is not None:
+                record.append(rec)  # type: ignore[arg-type]
+        assert h is not None
+        if final_pos is None:
+            return h
+        return h[:, 0] if start < L else h[torch.arange(h.shape[0], device=h.device), final_pos]
 
     def trace_keys_values(self, layer: int, stage: str, x: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
         """Run ``x`` (an entry point's residual stream, see :meth:`run_from`) to the last layer, returning the keys
         and values of every layer whose attention it reaches: what items sharing these positions need."""
-        start, x = self._enter(layer, stage, x)
-        out = {}
-        for l in range(start, self.spec.n_layers):
-            out[l] = self.keys_values(l, x)
-            if l < self.spec.n_layers - 1:
-                x = self.block(l, x)
-        return out
+        self.check_entry(layer, stage)
+        rec: list[dict[str, Tensor | None]] = []
+        self.run_from(layer, stage, x, record=rec)
+        start = layer + 1 if stage == "post" else layer
+        return {l: self.keys_values(l, r["resid_pre"]) for l, r in enumerate(rec, start)
+                if r["resid_pre"] is not None}
 
     def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
         """Full logits at every position (for tests and small inputs; sweeps never call this)."""
         return self.unembed(self.run_from(0, "pre", self.embed_sum(tokens)))
 
-    def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
-        """Full-vocabulary logits of final residual streams."""
-        return self.final_norm(resid)[0] @ self.w.W_U + self.w.b_U
+    def last_logits(self, tokens: Int[Tensor, "batch pos"], final_pos: Int[Tensor, " batch"]) -> Tensor:
+        """Full logits at each row's final position, (B, vocab); the last block computes nothing else."""
+        return self.unembed(self.run_from(0, "pre", self.embed_sum(tokens), final_pos=final_pos.to(self.device)))
 
     def embed_sum(self, tokens: Tensor) -> Tensor:
         """The residual stream entering layer 0."""
         emb, pos = self.embed(tokens)
         return emb if pos is None else emb + pos
 
-    def answer_metrics(
-        self, resid_final: Float[Tensor, "n d_model"], correct: Int[Tensor, " n"], incorrect: Int[Tensor, "n k"],
-        with_loss: bool, progress: Callable[[float], None] | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Logit difference (correct − mean incorrect) and, if asked, −log p(correct), from final residuals.
+    # ---- the same block, differentiated and counted -------------------------------------------------
+    def grad_run(self, tokens: Int[Tensor, "batch pos"], final_pos: Int[Tensor, " batch"],
+                 correct: Int[Tensor, " batch"], incorrect: Int[Tensor, "batch k"],
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logit difference (B,) and its gradients with respect to every layer's activations.
 
-        Only the answer columns of the unembedding are used for the logit difference; the loss needs the
-        log-partition function, computed in blocks of rows × vocabulary so no (n, vocab) matrix is held at once
-        (``progress`` is called with the rows finished).
+        The forward pass is :meth:`layer` with autograd on (float32 products through ``F.linear``). Returns
+        ``(logit_diff, grads)`` with ``grads[name]`` stacked over layers for ``resid_pre``, ``attn_out``,
+        ``mlp_out`` ((layer, B, T, D)) and ``z`` ((layer, B, T, H, dh)); each row's gradient is that of its
+        own logit difference (rows do not interact).
         """
-        w = self.w
-        normed, _ = self.final_norm(resid_final)  # (n, D)
-        lc = (normed * w.W_U[:, correct].T).sum(-1) + w.b_U[correct]
-        li = torch.einsum("nd,dnk->nk", normed, w.W_U[:, incorrect]) + w.b_U[incorrect]
-        diff = lc - li.mean(-1)
-        if not with_loss:
-            return diff, None
-        return diff, self.log_partition(normed, progress) - lc.float()
+        names = ("resid_pre", "attn_out", "mlp_out", "z")
+        with torch.enable_grad():
+            rec: list[dict[str, Tensor | None]] = []
+            # The weights need no gradient; the embedding, a leaf, carries autograd through every block.
+            x = self.embed_sum(tokens.to(self.device)).detach().requires_grad_(True)
+            final = self.run_from(0, "pre", x, record=rec)
+            final = final[torch.arange(final.shape[0], device=final.device), final_pos.to(self.device)]
+            diff, _ = self.answer_metrics(final, correct.to(self.device), incorrect.to(self.device), False)
+            acts = [r[n] for r in rec for n in names]
+            grads = torch.autograd.grad(diff.sum(), acts, allow_unused=True)
+        L = self.spec.n_layers
+        out = {n: torch.stack([_zeros_if_none(grads[l * len(names) + i], acts[l * len(names) + i])
+                               for l in range(L)]) for i, n in enumerate(names)}
+        return diff.detach(), out
 
-    def log_partition(self, normed: Float[Tensor, "n d_model"],
-                      progress: Callable[[float], None] | None = None) -> Float[Tensor, " n"]:
-        """logsumexp of the logits of final-normed residuals, float32, in cache-sized blocks."""
-        w = self.w
-        n, V = normed.shape[0], w.W_U.shape[1]
-        rows, cols = (4096, 32768) if normed.device.type == "cuda" else (512, 4096)
-        out = torch.empty(n, dtype=torch.float32, device=normed.device)
-        for r in range(0, n, rows):
-            x = normed[r:r + rows]
-            lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float32, device=normed.device)
-            for c in range(0, V, cols):
-                part = self._linear(x, self._W_U[c:c + cols], None if self._b_U is None else self._b_U[c:c + cols])
-                lse = torch.logaddexp(lse, _logsumexp_(part))
-            out[r:r + rows] = lse
-            if progress is not None:
-                progress(float(x.shape[0]))
-        return out
+    def layer_flops(self, point: str, seq_len: int, prefix: int = 0, last_only: bool = False) -> float:
+        """Floating-point operations of one row through one block entering at ``point`` (``"pre"`` or ``"mid"``).
+
+        Counted by running :meth:`layer` itself on meta tensors (shapes only, no arithmetic) under torch's FLOP
+        counter, so the count follows the code. ``prefix`` positions come from cached keys and values;
+        ``last_only`` computes the final query only (the last layer of a sweep).
+        """
+        key = (point, seq_len, prefix, last_only)
+        if key not in self._flop_memo:
+            from torch.utils.flop_counter import FlopCounterMode
+            meta = self._on_meta()
+            s, dev = self.spec, torch.device("meta")
+            x = torch.empty(1, seq_len - prefix, s.d_model, device=dev, dtype=self.dtype)
+            fp = torch.full((1,), seq_len - 1, dtype=torch.long, device=dev)
+            kv = torch.empty(1, prefix, s.n_kv_heads, s.d_head, device=dev, dtype=self.dtype)
+            layer = s.n_layers - 1 if last_only else 0
+            join = (lambda l, p: (x, fp) if p == "mid" else None) if point == "mid" else None  # noqa: E731
+            with FlopCounterMode(display=False) as counter:
+                meta.layer(layer, None if point == "mid" else x, fp, last_only=last_only, prefix=prefix,
+                           prefix_kv=(lambda _l: (kv, kv)) if prefix else None, join=join)
+            self._flop_memo[key] = float(counter.get_total_flops())
+        return self._flop_memo[key]
+
+    def _on_meta(self) -> Runner:
+        """A copy of this runner whose tensors are on the meta device (shapes without storage)."""
+        meta = copy.copy(self)
+        to_meta = lambda v: v.to("meta") if isinstance(v, Tensor) else v  # noqa: E731
+        for k, v in vars(self).items():
+            if isinstance(v, Tensor):
+                setattr(meta, k, to_meta(v))
+        meta.w = replace(self.w, **{k: to_meta(v) for k, v in vars(self.w).items()})
+        meta._onednn, meta._rope_cache = False, {}
+        return meta
+
+
+def _append(x: Tensor | None, fp: Tensor | None, new: tuple[Tensor, Tensor] | None) -> tuple[Tensor | None, Tensor | None]:
+    """Rows ``new`` = (residual streams, final positions) appended to the batch (x, fp)."""
+    if new is None:
+        return x, fp
+    if x is None:
+        return new
+    return torch.cat([x, new[0]]), (None if fp is None else torch.cat([fp, new[1]]))
+
+
+def _at(x: Tensor, pos: Tensor) -> Tensor:
+    """Each row's position ``pos[i]``: (B, T, D) → (B, 1, D)."""
+    return x[torch.arange(x.shape[0], device=x.device), pos][:, None]
+
+
+def _zeros_if_none(g: Tensor | None, like: Tensor | None) -> Tensor:
+    assert like is not None
+    return torch.zeros_like(like) if g is None else g

@@ -13,6 +13,8 @@ import json
 import math
 from typing import Any
 
+from logitlab.results import Results
+
 _JSON_ESCAPES = {
     "<": "\\u003c",
     ">": "\\u003e",
@@ -41,7 +43,7 @@ def json_for_script(data: Any) -> str:
     return text
 
 
-def attention_data(results: dict[str, Any]) -> dict[str, Any] | None:
+def attention_data(results: Results) -> dict[str, Any] | None:
     """The viewer's data (tokens and top heads) from ``results["attention"]``, or None."""
     att = results.get("attention")
     if not att or not att.get("heads"):
@@ -61,7 +63,7 @@ def attention_data(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def attention_viewer_html(results: dict[str, Any], viewer_id: str = "attn-viewer") -> str:
+def attention_viewer_html(results: Results, viewer_id: str = "attn-viewer") -> str:
     """Markup of the attention viewer for ``results["attention"]`` (empty string if absent).
 
     Args:

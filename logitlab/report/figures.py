@@ -1,6 +1,6 @@
 """Plotly figures of a ``results.json`` dict: one pure function per figure.
 
-Every function takes the whole results dict and returns a
+Every function takes the whole results dict (:class:`logitlab.results.Results`) and returns a
 :class:`plotly.graph_objects.Figure`; :func:`build_figures` assembles those whose
 input is present, keyed by stable ids (``logit_diff``, ``logit_lens``, …).
 Diverging heatmaps are centred at 0 (``zmid=0``, ``RdBu``); strings from the
@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
+
+from logitlab.results import Results
 
 from ._util import (
     fmt,
@@ -90,7 +92,7 @@ def _head_axes(z: Sequence[Sequence[float]]) -> tuple[list[str], list[str]]:
     return [f"H{h}" for h in range(n_heads)], layer_labels(len(z))
 
 
-def logit_diff_figure(results: dict[str, Any]) -> go.Figure:
+def logit_diff_figure(results: Results) -> go.Figure:
     """Per-prompt logit difference (bars) with the mean ± stderr as a line and band."""
     ld = results["logit_diff"]
     per = [float(v) for v in ld["per_prompt"]]
@@ -135,7 +137,7 @@ def logit_diff_figure(results: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def logit_lens_figure(results: dict[str, Any]) -> go.Figure:
+def logit_lens_figure(results: Results) -> go.Figure:
     """Mean logit difference of the accumulated residual stream, with a ±stderr band."""
     lens = results["logit_lens"]
     labels = [str(s) for s in lens["labels"]]
@@ -183,7 +185,7 @@ def _component_colour(label: str) -> str:
     return COMPONENT_COLOURS["embed"]
 
 
-def layer_attribution_figure(results: dict[str, Any]) -> go.Figure:
+def layer_attribution_figure(results: Results) -> go.Figure:
     """Direct logit attribution per component (bars with stderr error bars)."""
     la = results["layer_attribution"]
     labels = [str(s) for s in la["labels"]]
@@ -215,21 +217,21 @@ def _head_attr_fig(z: list[list[float]], err: Any, title: str, cbar: str) -> go.
     return _diverging_heatmap(z, x, y, title, cbar, "head", "%{y}%{x}: %{z:.3f}")
 
 
-def head_attribution_figure(results: dict[str, Any]) -> go.Figure:
+def head_attribution_figure(results: Results) -> go.Figure:
     """Direct logit attribution per head (layer × head, diverging, centred at 0)."""
     detail = results.get("head_attribution_detail") or {}
     return _head_attr_fig(results["head_attribution"], detail.get("stderr"),
                           "Direct logit attribution per head", "logit diff")
 
 
-def head_attribution_naive_figure(results: dict[str, Any]) -> go.Figure:
+def head_attribution_naive_figure(results: Results) -> go.Figure:
     """The naive (pre-post-norm) head attribution, for comparison only."""
     naive = results["head_attribution_detail"]["naive"]
     return _head_attr_fig(naive, None, "Naive head attribution (before the post-attention norm; "
                           "comparison only)", "logit diff")
 
 
-def _ablation_figure(results: dict[str, Any], kind: str, metric: str) -> go.Figure:
+def _ablation_figure(results: Results, kind: str, metric: str) -> go.Figure:
     """Head-ablation heatmap of ``metric`` minus its baseline (diverging, centred at 0)."""
     ab = results["head_ablation"]
     base = float(ab["baseline_logit_diff" if metric == "logit_diff" else "baseline_loss"])
@@ -245,27 +247,27 @@ def _ablation_figure(results: dict[str, Any], kind: str, metric: str) -> go.Figu
     return _diverging_heatmap(z, x, y, title, cbar, "head", "%{y}%{x}: Δ %{z:.3f}")
 
 
-def head_ablation_zero_logit_diff_figure(results: dict[str, Any]) -> go.Figure:
+def head_ablation_zero_logit_diff_figure(results: Results) -> go.Figure:
     """Zero-ablation: change of the logit difference per head."""
     return _ablation_figure(results, "zero", "logit_diff")
 
 
-def head_ablation_zero_loss_figure(results: dict[str, Any]) -> go.Figure:
+def head_ablation_zero_loss_figure(results: Results) -> go.Figure:
     """Zero-ablation: change of the loss per head."""
     return _ablation_figure(results, "zero", "loss")
 
 
-def head_ablation_mean_logit_diff_figure(results: dict[str, Any]) -> go.Figure:
+def head_ablation_mean_logit_diff_figure(results: Results) -> go.Figure:
     """Mean-ablation: change of the logit difference per head."""
     return _ablation_figure(results, "mean", "logit_diff")
 
 
-def head_ablation_mean_loss_figure(results: dict[str, Any]) -> go.Figure:
+def head_ablation_mean_loss_figure(results: Results) -> go.Figure:
     """Mean-ablation: change of the loss per head."""
     return _ablation_figure(results, "mean", "loss")
 
 
-def _position_patching(results: dict[str, Any], key: str, what: str) -> go.Figure:
+def _position_patching(results: Results, key: str, what: str) -> go.Figure:
     """Layer × position patching heatmap with unique token tick labels."""
     p = results[key]
     z = p["values"]
@@ -278,22 +280,22 @@ def _position_patching(results: dict[str, Any], key: str, what: str) -> go.Figur
                               "position: token (clean prompt)", "%{y}, %{x}: %{z:.3f}")
 
 
-def resid_patching_figure(results: dict[str, Any]) -> go.Figure:
+def resid_patching_figure(results: Results) -> go.Figure:
     """Residual-stream patching per layer and position."""
     return _position_patching(results, "resid_patching", "residual stream")
 
 
-def attn_patching_figure(results: dict[str, Any]) -> go.Figure:
+def attn_patching_figure(results: Results) -> go.Figure:
     """Attention-output patching per layer and position."""
     return _position_patching(results, "attn_patching", "attention output")
 
 
-def mlp_patching_figure(results: dict[str, Any]) -> go.Figure:
+def mlp_patching_figure(results: Results) -> go.Figure:
     """MLP-output patching per layer and position."""
     return _position_patching(results, "mlp_patching", "MLP output")
 
 
-def head_patching_figure(results: dict[str, Any]) -> go.Figure:
+def head_patching_figure(results: Results) -> go.Figure:
     """Head-output patching per layer and head (all positions)."""
     z = results["head_patching"]["values"]
     x, y = _head_axes(z)
@@ -301,7 +303,7 @@ def head_patching_figure(results: dict[str, Any]) -> go.Figure:
                               "restored<br>(1 = clean)", "head", "%{y}%{x}: %{z:.3f}")
 
 
-def unembed_bias_figure(results: dict[str, Any]) -> go.Figure:
+def unembed_bias_figure(results: Results) -> go.Figure:
     """The unembedding bias of the first prompt's two answers."""
     ub = results["unembed_bias"]
     c, i = str(ub.get("correct", "correct")), str(ub.get("incorrect", "incorrect"))
@@ -323,7 +325,7 @@ def unembed_bias_figure(results: dict[str, Any]) -> go.Figure:
 
 
 #: figure id → (results key that must be present, builder)
-FIGURES: dict[str, tuple[str, Callable[[dict[str, Any]], go.Figure]]] = {
+FIGURES: dict[str, tuple[str, Callable[[Results], go.Figure]]] = {
     "logit_diff": ("logit_diff", logit_diff_figure),
     "logit_lens": ("logit_lens", logit_lens_figure),
     "layer_attribution": ("layer_attribution", layer_attribution_figure),
@@ -341,7 +343,7 @@ FIGURES: dict[str, tuple[str, Callable[[dict[str, Any]], go.Figure]]] = {
 }
 
 
-def lookup(results: dict[str, Any], dotted: str) -> Any:
+def lookup(results: Results, dotted: str) -> Any:
     """``results["a"]["b"]`` for ``"a.b"``; None when any part is absent."""
     cur: Any = results
     for part in dotted.split("."):
@@ -351,7 +353,7 @@ def lookup(results: dict[str, Any], dotted: str) -> Any:
     return cur
 
 
-def build_figures(results: dict[str, Any]) -> dict[str, go.Figure]:
+def build_figures(results: Results) -> dict[str, go.Figure]:
     """Build every figure whose input is present in ``results``.
 
     Args:

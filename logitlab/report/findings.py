@@ -11,7 +11,8 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from logitlab.results import Results
 
 from ._util import finite, fmt, fmt_pct, fmt_ratio, head_name, is_matrix, quoted
 from .figures import FIGURES, lookup
@@ -52,7 +53,7 @@ def _layers_phrase(layers: Sequence[int]) -> str:
     return ("layer " if len(set(layers)) == 1 else "layers ") + _ranges(layers)
 
 
-def _logit_diff(results: dict[str, Any]) -> Finding | None:
+def _logit_diff(results: Results) -> Finding | None:
     """Mean logit difference, accuracy and probability ratio."""
     ld = results.get("logit_diff")
     if not ld or not finite(ld.get("mean")):
@@ -75,7 +76,7 @@ def _logit_diff(results: dict[str, Any]) -> Finding | None:
     return Finding(text, "logit_diff")
 
 
-def _logit_lens(results: dict[str, Any]) -> Finding | None:
+def _logit_lens(results: Results) -> Finding | None:
     """Where the accumulated residual stream first reaches half the final logit difference."""
     lens = results.get("logit_lens")
     if not lens or not lens.get("values"):
@@ -93,7 +94,7 @@ def _logit_lens(results: dict[str, Any]) -> Finding | None:
     )
 
 
-def _layer_attribution(results: dict[str, Any]) -> Finding | None:
+def _layer_attribution(results: Results) -> Finding | None:
     """Which components carry most of the direct logit difference, and their share."""
     la = results.get("layer_attribution")
     if not la or not la.get("values"):
@@ -131,7 +132,7 @@ def _layer_attribution(results: dict[str, Any]) -> Finding | None:
     return Finding(text, "layer_attribution")
 
 
-def _dla_check(results: dict[str, Any]) -> Finding | None:
+def _dla_check(results: Results) -> Finding | None:
     """Whether the direct logit attribution reconstructs the model's logit difference."""
     dla = results.get("dla")
     if not dla or not finite(dla.get("relative_error")):
@@ -146,7 +147,7 @@ def _dla_check(results: dict[str, Any]) -> Finding | None:
     )
 
 
-def _heads(results: dict[str, Any]) -> Finding | None:
+def _heads(results: Results) -> Finding | None:
     """The top heads by |attribution| and their share of the heads' total."""
     z = results.get("head_attribution")
     if not is_matrix(z):
@@ -169,7 +170,7 @@ def _heads(results: dict[str, Any]) -> Finding | None:
     return Finding(text, "head_attribution")
 
 
-def _resid_patching(results: dict[str, Any]) -> Finding | None:
+def _resid_patching(results: Results) -> Finding | None:
     """Where residual-stream patching shows the information sitting, and whether it moves."""
     rp = results.get("resid_patching")
     if not rp or not is_matrix(rp.get("values")):
@@ -217,7 +218,7 @@ def _resid_patching(results: dict[str, Any]) -> Finding | None:
     return Finding(text, "resid_patching")
 
 
-def _ablation(results: dict[str, Any]) -> Finding | None:
+def _ablation(results: Results) -> Finding | None:
     """The head ablation that lowers the logit difference (and raises the loss) most."""
     ab = results.get("head_ablation")
     if not ab or not finite(ab.get("baseline_logit_diff")):
@@ -262,7 +263,7 @@ def _ablation(results: dict[str, Any]) -> Finding | None:
     return Finding(text + ".", f"head_ablation_{kind}_logit_diff")
 
 
-def _unembed_bias(results: dict[str, Any]) -> Finding | None:
+def _unembed_bias(results: Results) -> Finding | None:
     """What the unembedding bias alone contributes, or that there is none."""
     ub = results.get("unembed_bias")
     if not ub:
@@ -285,7 +286,7 @@ def _unembed_bias(results: dict[str, Any]) -> Finding | None:
     return Finding(text, "unembed_bias")
 
 
-_RULES: tuple[Callable[[dict[str, Any]], Finding | None], ...] = (
+_RULES: tuple[Callable[[Results], Finding | None], ...] = (
     _logit_diff,
     _layer_attribution,
     _heads,
@@ -297,7 +298,7 @@ _RULES: tuple[Callable[[dict[str, Any]], Finding | None], ...] = (
 )
 
 
-def key_findings(results: dict[str, Any]) -> list[Finding]:
+def key_findings(results: Results) -> list[Finding]:
     """Generate 4–8 key-finding sentences from the numbers (fewer when analyses are missing).
 
     Args:

@@ -12,10 +12,11 @@ import html
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+
+from logitlab.results import Results
 
 from .attention import ATTENTION_JS
 from .figures import build_figures
@@ -103,7 +104,7 @@ footer { color: var(--muted); font-size: 12px; text-align: center; padding: 16px
 """
 
 
-def _title(results: Mapping[str, Any]) -> tuple[str, str]:
+def _title(results: Results) -> tuple[str, str]:
     """Plain-text title and subtitle of the report."""
     task = (results.get("task") or {}).get("name", "task")
     model = (results.get("model") or {}).get("name", "model")
@@ -116,7 +117,7 @@ def _section(anchor: str, heading: str, body: str) -> str:
 
 
 def render_report(
-    results: dict[str, Any],
+    results: Results,
     figures: Mapping[str, go.Figure],
     findings: Sequence[Finding],
 ) -> str:
@@ -178,7 +179,7 @@ class Report:
         )
 
 
-def build_report(results: dict[str, Any]) -> Report:
+def build_report(results: Results) -> Report:
     """Build figures, findings and HTML of ``results`` in one go."""
     figures = build_figures(results)
     findings = key_findings(results)

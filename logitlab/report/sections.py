@@ -15,6 +15,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from logitlab.results import Results
+
 from ._util import finite, fmt, fmt_pct, fmt_ratio, is_matrix, visible
 from .attention import attention_viewer_html
 from .findings import DLA_TOLERANCE, Finding
@@ -83,7 +85,7 @@ def missing(what: str) -> str:
     return note(f"No {esc(what)} in this results file (analysis not run).")
 
 
-def section_findings(results: dict[str, Any], figures: Figures, findings: Sequence[Finding]) -> str:
+def section_findings(results: Results, figures: Figures, findings: Sequence[Finding]) -> str:
     """Key findings: each sentence links to its figure."""
     if not findings:
         return note("No findings could be derived from this results file.")
@@ -96,7 +98,7 @@ def section_findings(results: dict[str, Any], figures: Figures, findings: Sequen
     )
 
 
-def section_setup(results: dict[str, Any], figures: Figures, findings: Sequence[Finding]) -> str:
+def section_setup(results: Results, figures: Figures, findings: Sequence[Finding]) -> str:
     """Model, task, prompts with their tokenisation, answers, patching pairs and config."""
     parts: list[str] = []
     model = results.get("model") or {}
@@ -139,7 +141,7 @@ def section_setup(results: dict[str, Any], figures: Figures, findings: Sequence[
     return "".join(parts)
 
 
-def section_predictions(results: dict[str, Any], figures: Figures,
+def section_predictions(results: Results, figures: Figures,
                         findings: Sequence[Finding]) -> str:
     """Top-k next-token table per example prompt."""
     preds = results.get("predictions")
@@ -167,7 +169,7 @@ def section_predictions(results: dict[str, Any], figures: Figures,
             + '<div class="preds">' + "".join(parts) + "</div>")
 
 
-def section_logit_diff(results: dict[str, Any], figures: Figures,
+def section_logit_diff(results: Results, figures: Figures,
                        findings: Sequence[Finding]) -> str:
     """Per-prompt logit difference and its summary."""
     ld = results.get("logit_diff")
@@ -188,7 +190,7 @@ def section_logit_diff(results: dict[str, Any], figures: Figures,
     )
 
 
-def section_dla_check(results: dict[str, Any], figures: Figures,
+def section_dla_check(results: Results, figures: Figures,
                       findings: Sequence[Finding]) -> str:
     """DLA reconstruction table with a pass/fail badge."""
     dla = results.get("dla")
@@ -217,7 +219,7 @@ def section_dla_check(results: dict[str, Any], figures: Figures,
     )
 
 
-def section_logit_lens(results: dict[str, Any], figures: Figures,
+def section_logit_lens(results: Results, figures: Figures,
                        findings: Sequence[Finding]) -> str:
     """Logit lens over the accumulated residual stream."""
     if "logit_lens" not in figures:
@@ -231,7 +233,7 @@ def section_logit_lens(results: dict[str, Any], figures: Figures,
     )
 
 
-def section_layer_attribution(results: dict[str, Any], figures: Figures,
+def section_layer_attribution(results: Results, figures: Figures,
                               findings: Sequence[Finding]) -> str:
     """Per-component direct logit attribution."""
     la = results.get("layer_attribution")
@@ -246,7 +248,7 @@ def section_layer_attribution(results: dict[str, Any], figures: Figures,
     )
 
 
-def _naive_comparison(results: dict[str, Any]) -> str:
+def _naive_comparison(results: Results) -> str:
     """How different the naive (pre-post-norm) head attributions are, or ''."""
     detail = results.get("head_attribution_detail") or {}
     naive, exact = detail.get("naive"), results.get("head_attribution")
@@ -274,7 +276,7 @@ def _naive_comparison(results: dict[str, Any]) -> str:
     )
 
 
-def section_head_attribution(results: dict[str, Any], figures: Figures,
+def section_head_attribution(results: Results, figures: Figures,
                              findings: Sequence[Finding]) -> str:
     """Per-head direct logit attribution (and the naive comparison if present)."""
     if "head_attribution" not in figures:
@@ -294,7 +296,7 @@ def section_head_attribution(results: dict[str, Any], figures: Figures,
     )
 
 
-def section_attention(results: dict[str, Any], figures: Figures,
+def section_attention(results: Results, figures: Figures,
                       findings: Sequence[Finding]) -> str:
     """Interactive attention patterns of the top heads."""
     viewer = attention_viewer_html(results)
@@ -310,7 +312,7 @@ def section_attention(results: dict[str, Any], figures: Figures,
     )
 
 
-def section_head_ablation(results: dict[str, Any], figures: Figures,
+def section_head_ablation(results: Results, figures: Figures,
                           findings: Sequence[Finding]) -> str:
     """Zero- and mean-ablation heatmaps for logit difference and loss."""
     ab = results.get("head_ablation")
@@ -329,7 +331,7 @@ def section_head_ablation(results: dict[str, Any], figures: Figures,
     )
 
 
-def section_patching(results: dict[str, Any], figures: Figures,
+def section_patching(results: Results, figures: Figures,
                      findings: Sequence[Finding]) -> str:
     """Residual, attention, MLP and head activation patching."""
     ids = ["resid_patching", "attn_patching", "mlp_patching", "head_patching"]
@@ -352,7 +354,7 @@ def section_patching(results: dict[str, Any], figures: Figures,
     )
 
 
-def section_unembed_bias(results: dict[str, Any], figures: Figures,
+def section_unembed_bias(results: Results, figures: Figures,
                          findings: Sequence[Finding]) -> str:
     """The unembedding bias of the first prompt's answers."""
     ub = results.get("unembed_bias")

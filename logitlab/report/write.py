@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +29,9 @@ from types import TracebackType
 from typing import Any
 
 import plotly.graph_objects as go
+
+from logitlab._io import write_text_atomic
+from logitlab.results import Results
 
 from .html import build_report
 
@@ -72,25 +74,6 @@ def find_browser() -> str | None:
         if found:
             return found
     return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _static_jobs(figures: Mapping[str, go.Figure], fig_dir: Path,
@@ -333,7 +316,7 @@ def export_static(figures: Mapping[str, go.Figure], fig_dir: Path) -> list[Path]
         return exporter.export(figures, fig_dir)
 
 
-def write_report(out_dir: Path, results: dict[str, Any] | None = None, static: bool = True,
+def write_report(out_dir: Path, results: Results | None = None, static: bool = True,
                  exporter: StaticExporter | None = None) -> Path:
     """Write ``out_dir/report.html`` and, if ``static``, ``out_dir/figures/<id>.{png,svg}``.
 
@@ -353,7 +336,8 @@ def write_report(out_dir: Path, results: dict[str, Any] | None = None, static: b
             results = json.load(fh)
     report = build_report(results)
     path = out_dir / REPORT_NAME
-    atomic_write_text(path, report.html)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, report.html)
     logger.info("Wrote %s (%d figures, %d findings)", path, len(report.figures),
                 len(report.findings))
     if static and report.figures:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from logitlab.analyses import clean_run, dla, head_ablation, head_attribution, layer_attribution, logit_lens
-from logitlab.analyses.ablation import head_mean_values
+from logitlab.interventions import head_mean_values
 from logitlab.analyses.patching import activation_patching
 from logitlab.reference import loop_head_ablation, loop_patching
 from logitlab.sweep import SweepSettings
@@ -61,7 +61,7 @@ def test_ablation_and_patching_match_hooked_loop(run) -> None:  # noqa: ANN001
     layers = [0, 9, 17]
     for kind in ("zero", "mean"):
         res = head_ablation(run, kind)
-        means = head_mean_values(run) if kind == "mean" else None
+        means = head_mean_values(run.cache, t.final_pos) if kind == "mean" else None
         ref_d, ref_l = loop_head_ablation(m, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids, means, layers)
         for got, ref, what in [(res.logit_diff[layers], ref_d, "logit diff"), (res.loss[layers], ref_l, "loss")]:
             diff = (got - ref).abs().max().item()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,8 +13,10 @@ if str(HERE) not in sys.path:  # helpers (synthetic.py, cdp.py) importable in an
 
 from synthetic import make_results  # noqa: E402
 
+from logitlab.results import Results  # noqa: E402
+
 
 @pytest.fixture
-def results() -> dict[str, Any]:
+def results() -> Results:
     """A fresh synthetic results dict (default sizes, seed 0)."""
     return make_results()

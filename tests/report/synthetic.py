@@ -1,4 +1,4 @@
-"""Synthetic, schema-valid ``results.json`` dicts for the report tests.
+"""Synthetic ``results.json`` dicts for the report tests, valid against :class:`logitlab.results.Results`.
 
 The numbers are random but internally consistent (the layer attribution sums to
 ``dla.reconstructed_mean``, heads plus the attention bias sum to each layer's
@@ -10,9 +10,10 @@ repeated tokens) so that escaping can be tested.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
+
+from logitlab.results import SCHEMA_VERSION, AblationScores, Results
 
 BOS = "<|endoftext|>"
 HOSTILE_PROMPT_PART = "<script>alert(1)</script>"
@@ -70,8 +71,8 @@ def make_results(
     post_norm: bool = True,
     unembed_bias: bool = True,
     learned_pos: bool = True,
-) -> dict[str, Any]:
-    """Build a random-but-consistent results dict following ``docs/results.md`` (schema 1).
+) -> Results:
+    """Build a random-but-consistent results dict of the current schema (``logitlab.results.Results``).
 
     Args:
         n_layers: Number of layers.
@@ -97,6 +98,7 @@ def make_results(
 
     per_prompt = rng.normal(2.5, 1.0, n_prompts)
     per_prompt[-1] = -abs(per_prompt[-1]) * 0.3  # at least one wrong prompt
+    loss = np.log1p(np.exp(-per_prompt))  # −log p(correct) if only the two answers had mass
     mean = float(per_prompt.mean())
     stderr = float(_stderr(per_prompt))
 
@@ -148,7 +150,7 @@ def make_results(
 
     baseline_loss = 0.9
 
-    def _ablation(shift: float) -> dict[str, Any]:
+    def _ablation(shift: float) -> AblationScores:
         """One ablation kind; ``shift`` moves the logit differences."""
         ld = mean + rng.normal(shift, 0.3, (L, H))
         ld[L - 1, H - 1] = mean - 1.8 * (1 + shift)
@@ -195,7 +197,7 @@ def make_results(
 
     model = {
         "name": "synthetic/<b>tiny</b>-model & co",
-        "architecture": "GPT2LMHeadModel",
+        "architecture": "gemma3_text" if post_norm else "gpt2",
         "n_layers": L,
         "n_heads": H,
         "n_kv_heads": H,
@@ -204,19 +206,24 @@ def make_results(
         "d_vocab": 1000,
         "normalization": "RMS" if post_norm else "LN",
         "post_attention_norm": post_norm,
+        "parallel_attn_mlp": False,
         "dtype": "float32",
         "device": "cpu",
     }
     task_name = "pronouns <i>synthetic</i>"
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "logitlab_version": "0.1.0",
         "config": {
-            "model": {"name": model["name"]},
-            "task": {"name": task_name},
+            "model": model["name"],
+            "task": task_name,
             "device": "cpu",
             "dtype": "float32",
             "top_k": top_k,
+            "n_attention_heads": len(attn_heads),
+            "attention_prompt": 0,
+            "n_predictions": len(predictions),
+            "max_memory": None,
         },
         "model": model,
         "task": {
@@ -241,12 +248,15 @@ def make_results(
             "prob_ratio": np.exp(per_prompt).tolist(),
             "prob_ratio_of_mean": math.exp(mean),
             "accuracy": float((per_prompt > 0).mean()),
+            "loss_per_prompt": loss.tolist(),
+            "loss_mean": float(loss.mean()),
         },
         "dla": {
             "reconstructed_mean": reconstructed,
             "bias_term": bias_term,
             "model_mean": mean,
             "relative_error": rel_err,
+            "reconstructed_per_prompt": (per_prompt - bias_term + 1e-7 * mean).tolist(),
         },
         "logit_lens": {"labels": lens_labels, "values": lens_values, "stderr": lens_err.tolist()},
         "layer_attribution": {"labels": labels, "values": values, "stderr": layer_err.tolist()},

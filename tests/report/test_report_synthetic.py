@@ -9,12 +9,7 @@ import pytest
 
 from synthetic import HOSTILE_PROMPT_PART, make_results
 
-TOP_KEYS = {
-    "schema_version", "logitlab_version", "config", "model", "task", "predictions", "logit_diff",
-    "dla", "logit_lens", "layer_attribution", "head_attribution", "head_attribution_detail",
-    "attention", "head_ablation", "resid_patching", "attn_patching", "mlp_patching",
-    "head_patching", "unembed_bias",
-}
+from logitlab.results import SCHEMA_VERSION, results_schema, validate_results
 
 
 @pytest.mark.parametrize("sizes", [(3, 4, 6, 7), (1, 1, 2, 3), (5, 2, 9, 12)])
@@ -22,8 +17,9 @@ def test_shapes_and_consistency(sizes: tuple[int, int, int, int]) -> None:
     """Sizes match the arguments and the documented sums hold."""
     L, H, n, P = sizes
     r = make_results(*sizes)
-    assert set(r) == TOP_KEYS
-    assert r["schema_version"] == 1
+    validate_results(r)  # exactly the schema's keys and types
+    assert set(r) == set(results_schema()["properties"]), "every section, the optional patching ones included"
+    assert r["schema_version"] == SCHEMA_VERSION
     json.dumps(r, allow_nan=False)  # plain JSON
     assert len(r["task"]["prompts"]) == len(r["task"]["answers"]) == n
     assert len(r["logit_diff"]["per_prompt"]) == n
@@ -65,6 +61,7 @@ def test_hostile_strings_present() -> None:
 def test_options() -> None:
     """Keyword options switch off naive attribution and the unembedding bias."""
     r = make_results(post_norm=False, unembed_bias=False, learned_pos=False)
+    validate_results(r)
     assert r["head_attribution_detail"]["naive"] is None
     assert r["unembed_bias"]["present"] is False
     assert r["dla"]["bias_term"] == 0.0

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+import logitlab._io as io_mod
 import logitlab.report.write as write_mod
+from logitlab.battery import write_results
 from logitlab.report import build_figures, write_report
 
 CHROMIUM = os.environ.get("LOGITLAB_CHROMIUM", "/usr/bin/chromium")
@@ -38,11 +40,25 @@ def test_atomic_replace(tmp_path: Path, results: dict[str, Any],
         """Simulate a failing rename."""
         raise OSError("disk full")
 
-    monkeypatch.setattr(write_mod.os, "replace", boom)
+    monkeypatch.setattr(io_mod.os, "replace", boom)
     with pytest.raises(OSError):
         write_report(tmp_path, results, static=False)
     assert (tmp_path / "report.html").read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_written_files_get_the_umask_permissions(tmp_path: Path, results: dict[str, Any]) -> None:
+    """results.json, config.json, tables and report.html get 0666 & ~umask (0644 under umask 022), as open() gives."""
+    old = os.umask(0o022)
+    try:
+        write_results(results, tmp_path)
+        write_report(tmp_path, results, static=False)
+    finally:
+        os.umask(old)
+    files = [tmp_path / "results.json", tmp_path / "config.json", tmp_path / "report.html",
+             *sorted((tmp_path / "tables").glob("*.csv"))]
+    modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in files}
+    assert len(files) > 3 and set(modes.values()) == {oct(0o644)}, modes
 
 
 def test_static_failure_only_warns(tmp_path: Path, results: dict[str, Any],

@@ -7,11 +7,8 @@ import pandas as pd
 import pytest
 
 from logitlab.cli import main
+from logitlab.results import results_schema, validate_results
 from tests.tiny import make_model_folder
-
-SCHEMA_KEYS = {"model", "task", "logit_diff", "dla", "logit_lens", "layer_attribution", "head_attribution",
-               "head_ablation", "resid_patching", "attn_patching", "mlp_patching", "head_patching", "unembed_bias",
-               "attention", "predictions"}
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +21,8 @@ def test_run_writes_results_tables_and_refuses_to_overwrite(gpt2_dir: Path, tiny
     args = ["run", "--model", str(gpt2_dir), "--task", str(tiny_task_file), "--out", str(out), "--no-report"]
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
-    assert SCHEMA_KEYS <= set(res)
+    validate_results(res)
+    assert set(res) == set(results_schema()["properties"]), "a task with pairs fills every section"
     L, H = res["model"]["n_layers"], res["model"]["n_heads"]
     assert len(res["head_attribution"]) == L and len(res["head_attribution"][0]) == H
     assert len(res["head_ablation"]["zero"]["loss"]) == L and len(res["head_ablation"]["mean"]["logit_diff"][0]) == H

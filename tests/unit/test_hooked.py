@@ -9,6 +9,7 @@ from logitlab.analyses import clean_run, dla, head_ablation, head_attribution, l
 from logitlab.analyses.patching import activation_patching
 from logitlab.battery import RunConfig, run_battery
 from logitlab.errors import LogitlabError
+from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has
 from logitlab.model.load import load_model
 from logitlab.task import load_task, tokenize_task
 from tests.tiny import make_model_folder
@@ -21,7 +22,7 @@ def opt(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 def test_fallback_matches_hf_and_keeps_the_invariants(opt, tiny_task_file: Path) -> None:  # noqa: ANN001
     from transformers import AutoModelForCausalLM
-    assert opt.runner.hooked
+    assert not has(opt, SWEEP) and has(opt, HOOKED_LOOPS)
     run = clean_run(opt, tokenize_task(load_task(tiny_task_file), opt.tokenizer))
     t = run.task
     hf = AutoModelForCausalLM.from_pretrained(opt.source, dtype=torch.float32)(t.tokens).logits

@@ -6,8 +6,8 @@ import torch
 from logitlab.analyses import (
     clean_run, dla, head_ablation, head_attribution, layer_attribution, logit_lens, predict, task_predictions,
 )
-from logitlab.analyses.ablation import ablate_heads_sweep, head_mean_values, shared_prefix
 from logitlab.analyses.patching import activation_patching
+from logitlab.interventions import head_entry, head_mean_values, shared_prefix
 from logitlab.reference import hooked_metrics, loop_head_ablation, loop_patching
 from logitlab.sweep import Entry, SweepSettings, run_sweep
 from logitlab.task import load_task, tokenize_task
@@ -78,20 +78,23 @@ def test_heads_sum_to_attn_out(run) -> None:  # noqa: ANN001
 def test_empty_ablation_is_baseline(run) -> None:  # noqa: ANN001
     # Replacing every head's output by its own clean value is an ablation that changes nothing.
     settings = SweepSettings(chunk_size=3)
-    H = run.model.spec.n_heads
+    H, B = run.model.spec.n_heads, run.task.n_prompts
+    r, t = run.model.runner, run.task
     for layer in range(run.model.spec.n_layers):
         own = run.cache.z[layer].permute(2, 0, 1, 3)  # (H, B, T, dh)
-        d, lo = ablate_heads_sweep(run, layer, torch.arange(H), own, settings)
-        _close(d, run.logit_diff.expand(H, -1), 1e-4, f"empty ablation logit diff, layer {layer}")
-        _close(lo, run.loss.expand(H, -1), 1e-4, f"empty ablation loss, layer {layer}")
+        entry = head_entry("own", r, run.cache, layer, torch.arange(H), own, t.final_pos, t.correct_ids,
+                           t.incorrect_ids)
+        d, lo = run_sweep(r, [entry], True, settings)["own"]
+        _close(d.view(H, B), run.logit_diff.expand(H, -1), 1e-4, f"empty ablation logit diff, layer {layer}")
+        _close(lo.view(H, B), run.loss.expand(H, -1), 1e-4, f"empty ablation loss, layer {layer}")
 
 
 @pytest.mark.parametrize("kind", ["zero", "mean"])
 def test_ablation_sweep_equals_one_forward_per_head(run, kind) -> None:  # noqa: ANN001
     t = run.task
-    assert shared_prefix(run) >= 1, "the tiny task's prompts share their BOS: the shared-prefix path must run"
+    assert shared_prefix(t.tokens, t.final_pos) >= 1, "the tiny task's prompts share their BOS: the shared-prefix path must run"
     res = head_ablation(run, kind, SweepSettings(chunk_size=5))
-    means = head_mean_values(run) if kind == "mean" else None
+    means = head_mean_values(run.cache, t.final_pos) if kind == "mean" else None
     ref_d, ref_l = loop_head_ablation(run.model, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids, means)
     _close(res.logit_diff, ref_d, 1e-4, f"{kind}-ablation logit diff: engine vs hooked loop")
     _close(res.loss, ref_l, 1e-4, f"{kind}-ablation loss: engine vs hooked loop")
@@ -115,9 +118,9 @@ def test_patching_endpoints(tiny_model, tiny_task_file) -> None:
     fp = torch.full((n,), T - 1)
     for layer in range(tiny_model.spec.n_layers):
         for source, expected in [(clean, 1.0), (corr, 0.0)]:
-            entry = Entry(layer, "pre", lambda idx, s=source, l=layer: s.resid_pre[l, idx], fp,
-                          tt.pair_correct_ids, tt.pair_incorrect_ids)
-            ((d, _),) = run_sweep(r, [entry], False, SweepSettings())
+            entry = Entry(key="all", layer=layer, stage="pre", make=lambda idx, s=source, l=layer: s.resid_pre[l, idx],
+                          final_pos=fp, correct=tt.pair_correct_ids, incorrect=tt.pair_incorrect_ids)
+            d, _ = run_sweep(r, [entry], False, SweepSettings())["all"]
             got = float(res.normalise(d.mean()))
             assert abs(got - expected) < 1e-4, f"patching everything/nothing at layer {layer}: {got} != {expected}"
     # Patching the full residual stream at the first position of layer 0 touches only the BOS token.

@@ -7,7 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logitlab.battery import _atomic, run_battery, RunConfig
+from logitlab._io import atomic_write
+from logitlab.battery import run_battery, RunConfig
 from logitlab.cli import main
 from logitlab.errors import LogitlabError
 from logitlab.model.load import load_model
@@ -70,7 +71,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "results.json"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with _atomic(target) as f:
+        with atomic_write(target) as f:
             f.write("half")
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"

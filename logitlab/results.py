@@ -1,0 +1,515 @@
+"""The types of ``results.json``, defined once: the battery writes them, the report reads them, tests check them.
+
+A run's results are a plain JSON object (numbers, strings, nested lists) so that any tool can read them. Its
+shape is spelled out here as :class:`typing.TypedDict` s, one per section, and nowhere else: the battery
+(``logitlab.battery``) annotates what it returns with :class:`Results`, the report and the formation code read
+through the same types, the JSON Schema (``logitlab schema``) and the key table of ``docs/results.md``
+(:func:`results_table`) are generated from them, and :func:`validate_results` checks a dict against them with
+pydantic in strict mode: an unknown key, a missing key, a wrong type or a non-finite number is refused with
+the path of the first offending value (``head_ablation.zero.loss[3][1]``). The battery validates every
+results dict it writes: 0.06 ms for the built-in model's results, after building the validator once per process
+(about 0.1 s).
+
+Every field's docstring is its documentation: it becomes the field's ``description`` in the JSON Schema and
+its row in ``docs/results.md``.
+
+Example:
+    >>> from logitlab.results import validate_results
+    >>> validate_results(json.loads(Path("logitlab-out/results.json").read_text()))
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Literal
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import NotRequired, TypedDict  # pydantic needs typing_extensions' TypedDict before 3.12
+
+from logitlab.errors import LogitlabError
+
+__all__ = [
+    "SCHEMA_VERSION", "Results", "TaskSection", "PatchingPair", "ModelSection",
+    "ConfigSection", "Prediction", "TopToken", "LogitDiff", "DLA", "LogitLens", "LayerAttribution",
+    "HeadAttributionDetail", "Attention", "AttentionHead", "HeadAblation", "AblationScores", "ResidPatching",
+    "AttnPatching", "MlpPatching", "HeadPatching", "UnembedBias", "results_schema", "validate_results",
+    "results_table",
+]
+
+SCHEMA_VERSION = 2  # of a battery's results.json; formation's is logitlab.formation.schema's
+
+# Strict: a string "1" is not an int and a bool is not a number; int is accepted where a float is expected.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
+section = with_config(_STRICT)  # the decorator every results TypedDict carries
+
+Matrix = list[list[float]]
+
+# ---------------------------------------------------------------------------------------------------------
+# The battery's results.json
+
+
+@section
+class PatchingPair(TypedDict):
+    """One clean/corrupted pair, scored with the clean prompt's answers."""
+
+    clean: str
+    """the clean prompt"""
+    corrupted: str
+    """the corrupted prompt (same token length)"""
+    correct: str
+    """the clean prompt's correct answer"""
+    incorrect: str
+    """the incorrect answers joined by `" / "`"""
+
+
+@section
+class TaskSection(TypedDict):
+    """The task as run: its prompts, answers and tokenisation."""
+
+    name: str
+    """the task's name"""
+    prompts: list[str]
+    """the prompts, in order (template-major)"""
+    answers: list[list[str]]
+    """`[correct, incorrect]` per prompt, as the model's token strings (several incorrect answers joined by `" / "`)"""
+    patching_pairs: list[PatchingPair]
+    """the clean/corrupted pairs of activation patching (empty without pairs)"""
+    prompt_tokens: list[list[str]]
+    """each prompt's token strings, BOS included"""
+
+
+@section
+class ModelSection(TypedDict):
+    """The model and how it was run."""
+
+    name: str
+    """what `--model` named (`builtin`, a hub name, a folder or a `.gguf` file)"""
+    architecture: str
+    """the Hugging Face `model_type`"""
+    n_layers: int
+    """L"""
+    n_heads: int
+    """H, query heads per layer"""
+    n_kv_heads: int
+    """key/value heads per layer (< H on grouped-KV models)"""
+    d_model: int
+    """residual stream width"""
+    d_head: int
+    """head dimension"""
+    d_vocab: int
+    """vocabulary size"""
+    normalization: Literal["LN", "RMS"]
+    """LayerNorm or RMSNorm"""
+    post_attention_norm: bool
+    """whether each attention output passes through its own norm (Gemma 2/3)"""
+    parallel_attn_mlp: bool
+    """whether attention and MLP read the same residual stream (GPT-NeoX)"""
+    dtype: str
+    """the dtype the model ran in"""
+    device: str
+    """the torch device it ran on"""
+
+
+@section
+class ConfigSection(TypedDict):
+    """The run's full configuration (`logitlab.RunConfig`), also written as `config.json`."""
+
+    model: str
+    """`--model`"""
+    task: str
+    """`--task`: a built-in task's name or a task file"""
+    device: str
+    """`--device`"""
+    dtype: Literal["float32", "bfloat16"]
+    """`--dtype`"""
+    top_k: int
+    """top-k next tokens per example prompt"""
+    n_attention_heads: int
+    """how many top heads the attention section shows"""
+    attention_prompt: int
+    """the prompt whose attention patterns are shown"""
+    n_predictions: int
+    """how many prompts get top-k predictions"""
+    max_memory: int | None
+    """the sweeps' memory budget in bytes (null: half of the free memory)"""
+
+
+@section
+class TopToken(TypedDict):
+    """One of the top-k next tokens."""
+
+    token: str
+    """the token string"""
+    logit: float
+    """its logit"""
+    prob: float
+    """its probability"""
+
+
+@section
+class Prediction(TypedDict):
+    """The model's top-k next tokens after one of the task's first prompts."""
+
+    prompt: str
+    """the prompt"""
+    tokens: list[str]
+    """its token strings, BOS included"""
+    top: list[TopToken]
+    """the top-k next tokens, most likely first"""
+    answer: str
+    """the correct answer"""
+    answer_rank: int
+    """the correct answer's rank (0 = top)"""
+    answer_prob: float
+    """the correct answer's probability"""
+
+
+@section
+class LogitDiff(TypedDict):
+    """The logit difference correct − incorrect at each prompt's own final position, and the answer loss."""
+
+    per_prompt: list[float]
+    """[n_prompts]"""
+    mean: float
+    """mean over prompts"""
+    stderr: float
+    """standard error across prompts (sample std / √n)"""
+    prob_ratio: list[float]
+    """[n_prompts] exp(logit diff) = p(correct)/p(incorrect)"""
+    prob_ratio_of_mean: float
+    """exp(mean)"""
+    accuracy: float
+    """share of prompts with logit diff > 0"""
+    loss_per_prompt: list[float]
+    """[n_prompts] −log p(correct) at the final position"""
+    loss_mean: float
+    """mean answer loss"""
+
+
+@section
+class DLA(TypedDict):
+    """Direct logit attribution check: the final residual stream reconstructs the model's logit difference."""
+
+    reconstructed_mean: float
+    """mean over prompts of the final residual stream, through the frozen final-norm scale, dotted with the answer
+    residual direction (excludes the unembedding bias, as TransformerLens's `apply_ln_to_stack` does)"""
+    bias_term: float
+    """mean b_U[correct] − b_U[incorrect] plus the final norm's bias (0 if none)"""
+    model_mean: float
+    """the model's own mean logit diff"""
+    relative_error: float
+    """|reconstructed + bias − model| / |model|"""
+    reconstructed_per_prompt: list[float]
+    """[n_prompts]"""
+
+
+@section
+class LogitLens(TypedDict):
+    """Mean logit diff of the accumulated residual stream through the frozen final norm. On parallel-block
+    models (GPT-NeoX) `L_mid` is resid_pre + attn_out."""
+
+    labels: list[str]
+    """`"0_pre"`, `"0_mid"`, `"1_pre"`, …, `"final_post"`, as TransformerLens's `accumulated_resid(incl_mid=True)`"""
+    values: list[float]
+    """[2·n_layers+1]"""
+    stderr: list[float]
+    """standard error across prompts"""
+
+
+@section
+class LayerAttribution(TypedDict):
+    """Logit diff of each component the residual stream is the sum of; the values sum to `dla.reconstructed_mean`."""
+
+    labels: list[str]
+    """`"embed"`, `"pos_embed"` (learned positions only), `"0_attn_out"`, `"0_mlp_out"`, …"""
+    values: list[float]
+    """mean over prompts, one per label"""
+    stderr: list[float]
+    """standard error across prompts"""
+
+
+@section
+class HeadAttributionDetail(TypedDict):
+    """What goes with `head_attribution`."""
+
+    stderr: Matrix
+    """[L][H]"""
+    attn_bias: list[float]
+    """[L] the attention output bias b_O's share (0 if none)"""
+    naive: Matrix | None
+    """[L][H] on post-norm models, what TransformerLens's `stack_head_results` gives (z·W_O before the
+    post-norm), for comparison, not used; null on other models"""
+
+
+@section
+class AttentionHead(TypedDict):
+    """One top head's attention pattern."""
+
+    layer: int
+    """layer index"""
+    head: int
+    """query head index"""
+    attribution: float
+    """the head's `head_attribution`"""
+    pattern: Matrix
+    """[query][key]"""
+
+
+@section
+class Attention(TypedDict):
+    """Attention patterns of the top-k heads by |attribution| on one prompt."""
+
+    prompt_index: int
+    """the prompt shown (`config.attention_prompt`)"""
+    tokens: list[str]
+    """the prompt's token strings"""
+    heads: list[AttentionHead]
+    """the top heads, largest |attribution| first"""
+
+
+@section
+class AblationScores(TypedDict):
+    """Mean over prompts with one head ablated."""
+
+    logit_diff: Matrix
+    """[L][H]"""
+    loss: Matrix
+    """[L][H]"""
+    logit_diff_stderr: Matrix
+    """[L][H]"""
+    loss_stderr: Matrix
+    """[L][H]"""
+
+
+@section
+class HeadAblation(TypedDict):
+    """Ablating each head at `hook_z`. Loss = −log p(correct answer) at the prompt's final position, averaged
+    over prompts."""
+
+    zero: AblationScores
+    """the head's output set to 0 at every position"""
+    mean: AblationScores
+    """the head's output set to its mean over the task's prompts at each position"""
+    baseline_logit_diff: float
+    """mean logit diff without ablation"""
+    baseline_loss: float
+    """mean loss without ablation"""
+
+
+@section
+class ResidPatching(TypedDict):
+    """Patching `resid_pre`, clean into corrupted, per layer and position (absent without patching pairs)."""
+
+    tokens: list[str]
+    """the clean prompt's token strings"""
+    values: Matrix
+    """[L][P] normalised: (patched − corrupted)/(clean − corrupted); 0 = no effect, 1 = fully restored"""
+    clean_logit_diff: float
+    """mean over patching pairs, the clean prompt's answers"""
+    corrupted_logit_diff: float
+    """the same on the corrupted prompts"""
+
+
+@section
+class AttnPatching(TypedDict):
+    """Patching one layer's attention output (after any post-attention norm) at one position."""
+
+    tokens: list[str]
+    """the clean prompt's token strings"""
+    values: Matrix
+    """[L][P] normalised as `resid_patching.values`"""
+
+
+@section
+class MlpPatching(TypedDict):
+    """Patching one layer's MLP output at one position."""
+
+    tokens: list[str]
+    """the clean prompt's token strings"""
+    values: Matrix
+    """[L][P] normalised as `resid_patching.values`"""
+
+
+@section
+class HeadPatching(TypedDict):
+    """Patching one head's `hook_z` output at every position."""
+
+    values: Matrix
+    """[L][H] normalised as `resid_patching.values`"""
+
+
+@section
+class UnembedBias(TypedDict):
+    """The unembedding bias that LayerNorm folding creates, for the first prompt's answers."""
+
+    present: bool
+    """whether the model has a nonzero b_U after processing"""
+    correct: str
+    """the first prompt's correct answer"""
+    incorrect: str
+    """its incorrect answer(s), joined by `" / "`"""
+    b_U_correct: float
+    """b_U of the correct answer"""
+    b_U_incorrect: float
+    """mean over the incorrect answers"""
+    difference: float
+    """b_U_correct − b_U_incorrect"""
+    prob_ratio: float
+    """exp(difference): the odds the bias alone gives the correct answer"""
+    note: str
+    """the same in words"""
+
+
+@section
+class Results(TypedDict):
+    """A battery run's `results.json`."""
+
+    schema_version: Literal[2]
+    """the version of this schema"""
+    logitlab_version: str
+    """the package version that wrote the file"""
+    config: ConfigSection
+    model: ModelSection
+    task: TaskSection
+    predictions: list[Prediction]
+    """one per example prompt (the first `config.n_predictions`)"""
+    logit_diff: LogitDiff
+    dla: DLA
+    logit_lens: LogitLens
+    layer_attribution: LayerAttribution
+    head_attribution: Matrix
+    """[L][H] each query head's direct logit difference (mean over prompts); exact under post-attention norms
+    (each head pushed through the post-norm with its scale frozen at the cached value); per layer the heads plus
+    `head_attribution_detail.attn_bias[L]` sum to that layer's `L_attn_out` attribution"""
+    head_attribution_detail: HeadAttributionDetail
+    attention: Attention
+    head_ablation: HeadAblation
+    resid_patching: NotRequired[ResidPatching]
+    attn_patching: NotRequired[AttnPatching]
+    mlp_patching: NotRequired[MlpPatching]
+    head_patching: NotRequired[HeadPatching]
+    unembed_bias: UnembedBias
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schema, validation and documentation
+
+
+@functools.cache
+def _adapter(kind: type) -> TypeAdapter[Any]:
+    return TypeAdapter(kind)
+
+
+def _strip_titles(node: Any) -> Any:
+    """The schema without pydantic's generated ``title`` s (names of properties are kept)."""
+    if isinstance(node, list):
+        return [_strip_titles(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k == "title" and isinstance(v, str):
+            continue
+        if k in ("properties", "$defs"):
+            out[k] = {name: _strip_titles(s) for name, s in v.items()}
+        else:
+            out[k] = _strip_titles(v)
+    return out
+
+
+def results_schema(kind: type = Results) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of ``results.json``, without titles and with ``$defs`` sorted by name.
+
+    Args:
+        kind: :class:`Results`, or :class:`logitlab.formation.schema.FormationResults`.
+    """
+    schema = _strip_titles(_adapter(kind).json_schema())
+    defs = schema.pop("$defs", {})
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema,
+            "$defs": {name: defs[name] for name in sorted(defs)}}
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def validate_results(obj: object, kind: type = Results) -> None:
+    """Check ``obj`` against the types of ``kind`` (default :class:`Results`).
+
+    Raises:
+        LogitlabError: naming the first offending path, e.g. ``logit_diff.per_prompt[2]: Input should be a
+            valid number``, and how many other problems there are.
+    """
+    try:
+        _adapter(kind).validate_python(obj)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise LogitlabError(f"results do not match the {kind.__name__} schema: {_path(first['loc'])}: "
+                            f"{first['msg']}{more}",
+                            "results.json written by another logitlab version? `logitlab schema` prints the "
+                            "schema") from None
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = {**defs[node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+_PIPE = "\\|"  # a literal | inside a markdown table cell
+
+
+def _type_name(node: dict[str, Any], defs: dict[str, Any]) -> str:
+    node = _resolve(node, defs)
+    if "const" in node:
+        return json.dumps(node["const"])
+    if "enum" in node:
+        return " | ".join(json.dumps(v) for v in node["enum"])
+    if "anyOf" in node:
+        return " | ".join(_type_name(n, defs) for n in node["anyOf"])
+    t = node.get("type")
+    if t == "array":
+        return f"list[{_type_name(node['items'], defs)}]"
+    if t == "object" and isinstance(node.get("additionalProperties"), dict):
+        return f"dict[str, {_type_name(node['additionalProperties'], defs)}]"
+    return {"number": "float", "integer": "int", "string": "str", "boolean": "bool", "null": "null"}.get(t, "object")
+
+
+def _objects(node: dict[str, Any], defs: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
+    """The object schemas under ``node`` (itself, its list items, its non-null alternatives), with their paths."""
+    node = _resolve(node, defs)
+    if "properties" in node:
+        return [(path, node)]
+    if node.get("type") == "array":
+        return _objects(node["items"], defs, path + "[]")
+    return [o for alt in node.get("anyOf", []) for o in _objects(alt, defs, path)]
+
+
+def _rows(obj: dict[str, Any], defs: dict[str, Any], path: str) -> list[str]:
+    rows = []
+    required = set(obj.get("required", []))
+    for name, prop in obj["properties"].items():
+        key = f"{path}.{name}" if path else name
+        resolved = _resolve(prop, defs)
+        text = " ".join(str(prop.get("description") or resolved.get("description") or "").split())
+        if name not in required:
+            text = f"*optional* — {text}" if text else "*optional*"
+        rows.append(f"| `{key}` | {_type_name(prop, defs).replace('|', _PIPE)} | {text.replace('|', _PIPE)} |")
+        for sub_path, sub in _objects(prop, defs, key):
+            rows += _rows(sub, defs, sub_path)
+    return rows
+
+
+def results_table(kind: type = Results) -> str:
+    """The key table of ``docs/results.md``, generated from the schema: one row per key, nested keys dotted
+    (``[]`` marks a list's items)."""
+    schema = results_schema(kind)
+    lines = ["| key | type | meaning |", "|---|---|---|", *_rows(schema, schema["$defs"], "")]
+    return "\n".join(lines) + "\n"
+
