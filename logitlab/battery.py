@@ -163,7 +163,12 @@ def _tables(results: Results) -> dict[str, list[dict[str, Any]]]:
                              for l, row in enumerate(ha) for h, v in enumerate(row)]
     ab = results["head_ablation"]
     t["head_ablation"] = [{"ablation": k, "layer": l, "head": h, "logit_diff": v, "loss": ab[k]["loss"][l][h],
-                           "logit_diff_stderr": ab[k]["logit_diff_stderr"][l][h], "loss_stderr": ab[k]["loss_stderr"][l][h]}
+                           "logit_diff_stderr": ab[k]["logit_diff_stderr"][l][h], "loss_stderr": ab[k]["loss_stderr"][l][h],
+                           **{f"delta_{m}{suffix}": value for m in ("logit_diff", "loss")
+                              for suffix, value in (("", ab[k][f"delta_{m}"][l][h]),  # type: ignore[literal-required]
+                                                    ("_stderr", ab[k][f"delta_{m}_stderr"][l][h]),  # type: ignore[literal-required]
+                                                    ("_ci_low", ab[k][f"delta_{m}_ci"][l][h][0]),  # type: ignore[literal-required]
+                                                    ("_ci_high", ab[k][f"delta_{m}_ci"][l][h][1]))}}  # type: ignore[literal-required]
                           for k in ("zero", "mean") for l, row in enumerate(ab[k]["logit_diff"]) for h, v in enumerate(row)]
     for key in ("resid_patching", "attn_patching", "mlp_patching"):
         if key in results:

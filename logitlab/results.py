@@ -32,18 +32,19 @@ from logitlab.errors import LogitlabError
 __all__ = [
     "SCHEMA_VERSION", "Results", "TaskSection", "PatchingPair", "ModelSection",
     "ConfigSection", "Prediction", "TopToken", "LogitDiff", "DLA", "LogitLens", "LayerAttribution",
-    "HeadAttributionDetail", "Attention", "AttentionHead", "HeadAblation", "AblationScores", "ResidPatching",
+    "HeadAttributionDetail", "Attention", "AttentionHead", "HeadAblation", "AblationScores", "AblationTop", "ResidPatching",
     "AttnPatching", "MlpPatching", "HeadPatching", "UnembedBias", "results_schema", "validate_results",
     "results_table",
 ]
 
-SCHEMA_VERSION = 2  # of a battery's results.json; formation's is logitlab.formation.schema's
+SCHEMA_VERSION = 3  # of a battery's results.json; formation's is logitlab.formation.schema's
 
 # Strict: a string "1" is not an int and a bool is not a number; int is accepted where a float is expected.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
 section = with_config(_STRICT)  # the decorator every results TypedDict carries
 
 Matrix = list[list[float]]
+Cube = list[list[list[float]]]
 
 # ---------------------------------------------------------------------------------------------------------
 # The battery's results.json
@@ -269,17 +270,60 @@ class Attention(TypedDict):
 
 
 @section
+class AblationTop(TypedDict):
+    """The head whose ablation lowers the logit difference most, with the paired test against the others."""
+
+    layer: int
+    """its layer"""
+    head: int
+    """its head"""
+    delta: float
+    """mean over prompts of (ablated − baseline) logit difference"""
+    ci: list[float]
+    """[2] 95% bootstrap CI of `delta` over prompts"""
+    runner_up: list[int]
+    """[layer, head] of the second-largest drop"""
+    difference: float
+    """mean per-prompt difference runner-up delta − top delta (≥ 0)"""
+    difference_ci: list[float]
+    """[2] its 95% bootstrap CI; includes 0 when the top head is not separated from the runner-up"""
+    tied: list[list[int]]
+    """[[layer, head], …] heads whose paired difference to the top head has a CI including 0"""
+
+
+@section
 class AblationScores(TypedDict):
-    """Mean over prompts with one head ablated."""
+    """Mean over prompts with one head ablated, and the paired effects (each prompt against its own baseline).
+
+    CIs are 95% percentile bootstrap intervals over prompts (2,000 resamples, seeded; the same resamples for
+    every head)."""
 
     logit_diff: Matrix
     """[L][H]"""
     loss: Matrix
     """[L][H]"""
     logit_diff_stderr: Matrix
-    """[L][H]"""
+    """[L][H] stderr of the ablated values across prompts (unpaired; see `delta_logit_diff_stderr`)"""
     loss_stderr: Matrix
-    """[L][H]"""
+    """[L][H] unpaired, as `logit_diff_stderr`"""
+    delta_logit_diff: Matrix
+    """[L][H] mean over prompts of (ablated − baseline) logit difference"""
+    delta_logit_diff_stderr: Matrix
+    """[L][H] paired standard error of `delta_logit_diff`"""
+    delta_logit_diff_ci: Cube
+    """[L][H][2] 95% bootstrap CI of `delta_logit_diff`"""
+    delta_logit_diff_per_prompt: Cube
+    """[L][H][prompt] ablated − baseline logit difference"""
+    delta_loss: Matrix
+    """[L][H] mean over prompts of (ablated − baseline) loss"""
+    delta_loss_stderr: Matrix
+    """[L][H] paired standard error of `delta_loss`"""
+    delta_loss_ci: Cube
+    """[L][H][2] 95% bootstrap CI of `delta_loss`"""
+    delta_loss_per_prompt: Cube
+    """[L][H][prompt] ablated − baseline loss"""
+    top_drop: AblationTop
+    """the head that lowers the logit difference most, and whether that is separated from the others"""
 
 
 @section
@@ -365,7 +409,7 @@ class UnembedBias(TypedDict):
 class Results(TypedDict):
     """A battery run's `results.json`."""
 
-    schema_version: Literal[2]
+    schema_version: Literal[3]
     """the version of this schema"""
     logitlab_version: str
     """the package version that wrote the file"""

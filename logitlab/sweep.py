@@ -200,6 +200,16 @@ def _run_chunk(runner: Runner, parts: list[tuple[Entry, Tensor, tuple[int, int]]
     return x[:, 0]
 
 
+def _vocab_share(runner: Runner, e: Entry, seq_len: int) -> float:
+    """Rough share of the vocabulary pass in one item's work: 2·d_model·vocab against 2·weights·positions per block."""
+    L = runner.spec.n_layers
+    per_block = sum(w[0].numel() for w in (runner._W_qkv, runner._W_O, runner._W_in, runner._W_gate, runner._W_out)
+                    if w is not None)
+    blocks = L - (e.layer + 1 if e.stage == "post" else e.layer)
+    vocab = runner.spec.d_model * runner.spec.d_vocab
+    return vocab / (vocab + per_block * max(0, blocks) * (seq_len - e.prefix))
+
+
 class _WholeItems:
     """Turns fractional progress (an item's share of each layer) into whole items for the caller's callback."""
 
@@ -247,11 +257,10 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
     first = next(e for e in entries_sorted if e.n)
     seq_len = int(first.make(torch.arange(1, device=runner.device)).shape[1])
     chunk = auto_chunk(runner, seq_len, settings)
-    # Layers take (1 − f) of each item's progress and the vocabulary pass f, by their share of the FLOPs.
-    f = 0.0
-    if with_loss:
-        f = 2 * runner.spec.d_model * runner.spec.d_vocab / sweep_flops(runner, first.layer, first.stage, seq_len,
-                                                                          first.incorrect.shape[-1], True)
+    # Layers take (1 − f) of each item's progress and the vocabulary pass f, by their rough share of the work
+    # (for the progress bar only: the exact count, sweep_flops, runs the block on meta tensors and its first
+    # call costs most of a second).
+    f = _vocab_share(runner, first, seq_len) if with_loss else 0.0
     finals = []
     with torch.no_grad():
         queue = [(e, pt, 0) for e, pt in zip(entries_sorted, points) if e.n]

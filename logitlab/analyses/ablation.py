@@ -7,6 +7,10 @@ are ablated per *query* head at ``hook_z``: on grouped-KV models ``hook_v`` is s
 heads, so zeroing it would ablate all of them. The loss is −log p(correct) at the prompt's final position,
 i.e. what the model pays for the answer token when reading prompt + answer; one pass serves both metrics.
 
+Effects are paired: each prompt's ablated value minus that prompt's own baseline, summarised by the mean, the
+paired standard error and a seeded 95% bootstrap CI over prompts (:mod:`logitlab.stats`); the head that hurts
+most is named alone only when the CI of its paired difference to every other head excludes 0.
+
 Invariant (tested): ablating nothing reproduces the baseline; every head equals one hooked TransformerLens
 forward per head.
 """
@@ -23,6 +27,7 @@ from torch import Tensor
 from logitlab.analyses._common import CleanRun, mean_stderr
 from logitlab.interventions import ablation_replacement, head_entry, shared_prefix
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
+from logitlab.stats import paired
 from logitlab.sweep import SweepSettings, run_sweep
 
 __all__ = ["AblationResult", "head_ablation"]
@@ -39,8 +44,36 @@ class AblationResult:
     def to_dict(self) -> dict[str, Any]:
         ld, ld_se = mean_stderr(self.logit_diff)
         lo, lo_se = mean_stderr(self.loss)
-        return {"logit_diff": ld.tolist(), "loss": lo.tolist(), "logit_diff_stderr": ld_se.tolist(),
-                "loss_stderr": lo_se.tolist()}
+        out: dict[str, Any] = {"logit_diff": ld.tolist(), "loss": lo.tolist(), "logit_diff_stderr": ld_se.tolist(),
+                               "loss_stderr": lo_se.tolist()}
+        # Paired effects: each prompt's change against its own baseline.
+        for name, values, base in (("logit_diff", self.logit_diff, self.baseline_logit_diff),
+                                   ("loss", self.loss, self.baseline_loss)):
+            delta = values - base  # (L, H, B)
+            p = paired(delta)
+            out[f"delta_{name}"], out[f"delta_{name}_stderr"] = p.mean.tolist(), p.stderr.tolist()
+            out[f"delta_{name}_ci"], out[f"delta_{name}_per_prompt"] = p.ci.tolist(), delta.tolist()
+        out["top_drop"] = self.top_drop()
+        return out
+
+    def top_drop(self) -> dict[str, Any]:
+        """The head whose ablation lowers the logit difference most, and the heads it is not separated from.
+
+        A head is *tied* with the top one when the 95% bootstrap CI of their paired difference (per prompt)
+        includes 0: "the largest" is then not supported by the data.
+        """
+        delta = (self.logit_diff - self.baseline_logit_diff).flatten(0, 1)  # (L·H, B)
+        H = self.logit_diff.shape[1]
+        mean = delta.mean(-1)
+        top = int(mean.argmin())
+        diff = paired(delta - delta[top])  # (L·H,): ≥ 0 on average
+        tied = [[i // H, i % H] for i in range(delta.shape[0]) if i != top and float(diff.ci[i, 0]) <= 0.0]
+        order = mean.argsort().tolist()
+        runner = order[1] if len(order) > 1 else top
+        p_top = paired(delta[top][None])
+        return {"layer": top // H, "head": top % H, "delta": float(mean[top]), "ci": p_top.ci[0].tolist(),
+                "runner_up": [runner // H, runner % H], "difference": float(diff.mean[runner]),
+                "difference_ci": diff.ci[runner].tolist(), "tied": tied}
 
     def to_frame(self) -> Any:
         import pandas as pd

@@ -5,6 +5,8 @@ Model specs:
   * a path to a ``.gguf`` file, dequantised once and cached as safetensors.
   * a path to a local Hugging Face model folder (``config.json`` + weights).
   * a Hugging Face hub name (e.g. ``gpt2``), from the local HF cache or the hub.
+  * a model object already loaded in a notebook: a TransformerLens ``TransformerBridge`` or a transformers
+    ``PreTrainedModel`` with its tokenizer (``logitlab.model.objects``).
 
 Weights are read from safetensors or GGUF files; a checkpoint that only has PyTorch ``.bin`` files (older
 hub revisions, e.g. Pythia's training steps) is read by transformers with ``torch.load(weights_only=True)``,
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from logitlab._io import atomic_dir, atomic_write
 from logitlab.errors import LogitlabError
 from logitlab.model.runner import Runner
 from logitlab.model.spec import SUPPORTED_MODEL_TYPES, ArchSpec, Weights, read_spec, read_weights
@@ -104,16 +107,6 @@ def _builtin_gguf() -> tuple[Path, str]:
     return Path(path), pkg.EXPECTED_SHA256
 
 
-def _atomic_dir_write(final: Path, write: Any) -> None:
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    write(tmp)
-    if final.exists():
-        import shutil
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
 def _gguf_to_folder(gguf: Path, digest: str | None = None) -> Path:
     """Dequantise a GGUF file once into a cached Hugging Face folder (float32 safetensors + tokenizer)."""
     if not gguf.is_file():
@@ -151,7 +144,7 @@ def _gguf_to_folder(gguf: Path, digest: str | None = None) -> Path:
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "logitlab.json").write_text(json.dumps({"source": gguf.name, "sha256": digest}))
 
-    _atomic_dir_write(folder, write)
+    atomic_dir(folder, write)
     return folder
 
 
@@ -245,12 +238,11 @@ def _processed_key(source: str) -> str | None:
 
 
 def _save_weights(path: Path, weights: Weights) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in vars(weights).items() if v is not None}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        f.write(save(state))
 
 
 def _load_weights(path: Path) -> Weights | None:
@@ -265,14 +257,23 @@ def _load_weights(path: Path) -> Weights | None:
     return Weights(**{n: state.get(n) for n in names})
 
 
-def _load_hooked(hf: Any, tok: Any, source: str, name: str, device: str, dtype: str, trust: bool) -> Model:
-    """An architecture outside logitlab's own forward pass: analyse it through the bridge's hooks."""
+def _check_hooked_dtype(hf_config: Any, dtype: str) -> None:
+    """The hook fallback runs the bridge's own forward pass, which logitlab keeps in float32."""
+    if getattr(hf_config, "model_type", None) not in SUPPORTED_MODEL_TYPES and dtype != "float32":
+        raise LogitlabError(f"{hf_config.model_type!r} runs through TransformerLens hooks, in float32 only",
+                            "drop --dtype")
+
+
+def _load_hooked(bridge: Any, hf_config: Any, tok: Any, source: str, name: str, device: str, dtype: str,
+                 trust: bool) -> Model:
+    """An architecture outside logitlab's own forward pass: analyse it through the bridge's hooks.
+
+    ``bridge`` is in compatibility mode, in eval mode, on ``device``.
+    """
     from logitlab.model.hooked import HookRunner, generic_spec, read_output_weights
-    model_type = getattr(hf.config, "model_type", None)
-    if dtype != "float32":
-        raise LogitlabError(f"{model_type!r} runs through TransformerLens hooks, in float32 only", "drop --dtype")
-    bridge = _boot_bridge(source, hf, tok, name, device)
-    spec_ = generic_spec(bridge, hf.config)
+    model_type = getattr(hf_config, "model_type", None)
+    _check_hooked_dtype(hf_config, dtype)
+    spec_ = generic_spec(bridge, hf_config)
     runner = HookRunner(spec_, read_output_weights(bridge, spec_).to(device, torch.float32), bridge)
     probe = (torch.arange(1, 9) % spec_.d_vocab)[None].to(device)
     runner.check(probe)
@@ -304,17 +305,56 @@ def _load_tokenizer(source: str, builtin: bool, trust_remote_code: bool) -> Any:
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
-def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "float32",
-               trust_remote_code: bool = False, cache: bool = True) -> Model:
-    """Load a model by spec (see module docstring) onto ``device`` in ``dtype``.
+def _from_bridge(bridge: Any, hf_config: Any, tok: Any, source: str, name: str, device: str, dtype: str,
+                trust: bool = False, cached: Path | None = None) -> Model:
+    """The Model of a bridge in compatibility mode (eval mode, on ``device``): its weights read, or its hooks.
 
-    With ``cache`` the bridge's processed weights of a local folder are kept in the user cache, so later
-    loads skip booting the bridge.
+    The weights are copied out of the bridge (``read_weights``) and moved to ``device`` in ``dtype``; the
+    bridge itself is kept for hooks and interop and is not changed.
+    """
+    if getattr(hf_config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return _load_hooked(bridge, hf_config, tok, source, name, device, dtype, trust)
+    spec_ = read_spec(hf_config)
+    weights = read_weights(bridge, spec_)
+    if cached is not None:
+        try:
+            _save_weights(cached, weights)
+        except OSError as e:
+            log.warning("could not cache processed weights at %s: %s", cached, e)
+    runner = Runner(spec_, weights.to(device, _DTYPES[dtype]))
+    return Model(name=name, source=source, tokenizer=tok, spec=spec_, runner=runner, device=device, dtype=dtype,
+                 bridge=bridge, trust_remote_code=trust)
+
+
+def load_model(spec: str | Any = BUILTIN_MODEL, device: str = "cpu", dtype: str = "float32",
+               trust_remote_code: bool = False, cache: bool = True, tokenizer: Any = None) -> Model:
+    """Load a model onto ``device`` in ``dtype``: by spec (see module docstring) or from a loaded object.
+
+    Args:
+        spec: ``builtin``, a hub name, a folder or a ``.gguf`` path; or a ``TransformerBridge``; or a
+            transformers ``PreTrainedModel`` (then ``tokenizer`` is required). Objects are never changed:
+            logitlab works on its own copy where it has to process weights (``logitlab.model.objects``).
+        device: Where the analyses run (``cpu``, ``cuda``, ``cuda:1``).
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
+        trust_remote_code: Let transformers run a hub model's own code (never by default).
+        cache: Keep the bridge's processed weights of a local folder in the user cache, so later loads skip
+            booting the bridge (not used for objects).
+        tokenizer: The tokenizer of a ``PreTrainedModel`` (or, for a bridge, one to use instead of its own).
     """
     if dtype not in _DTYPES:
         raise LogitlabError(f"unknown dtype {dtype!r}", f"choose one of {sorted(_DTYPES)}")
+    if not isinstance(device, str):
+        device = str(device)  # a torch.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LogitlabError(f"device {device!r} requested but CUDA is not available", "use --device cpu")
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        from logitlab.model.objects import load_object
+        return load_object(spec, device=device, dtype=dtype, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
+    if tokenizer is not None:
+        raise LogitlabError("tokenizer= is only used with a model object",
+                            "a model loaded by name or path brings its own tokenizer")
     if spec in _BUILTIN_ALIASES:
         gguf, digest = _builtin_gguf()
         source, name = str(_gguf_to_folder(gguf, digest)), "gemma-3-270m (Q4_K_M GGUF, dequantised)"
@@ -340,16 +380,8 @@ def load_model(spec: str = BUILTIN_MODEL, device: str = "cpu", dtype: str = "flo
         return Model(name=name, source=source, tokenizer=tok, spec=spec_, runner=runner, device=device, dtype=dtype,
                      bridge=None, trust_remote_code=trust_remote_code)
     hf, tok = _load_hf(source, trust_remote_code)
-    if getattr(hf.config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
-        return _load_hooked(hf, tok, source, name, device, dtype, trust_remote_code)
-    spec_ = read_spec(hf.config)
+    _check_hooked_dtype(hf.config, dtype)
+    if getattr(hf.config, "model_type", None) in SUPPORTED_MODEL_TYPES:
+        read_spec(hf.config)  # refuse an unsupported variant before the (slow) boot
     bridge = _boot_bridge(source, hf, tok, name, device)
-    weights = read_weights(bridge, spec_)
-    if cached is not None:
-        try:
-            _save_weights(cached, weights)
-        except OSError as e:
-            log.warning("could not cache processed weights at %s: %s", cached, e)
-    runner = Runner(spec_, weights.to(device, _DTYPES[dtype]))
-    return Model(name=name, source=source, tokenizer=tok, spec=spec_, runner=runner, device=device, dtype=dtype,
-                 bridge=bridge, trust_remote_code=trust_remote_code)
+    return _from_bridge(bridge, hf.config, tok, source, name, device, dtype, trust_remote_code, cached)

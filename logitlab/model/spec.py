@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -23,9 +24,9 @@ SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "
                          "qwen3": "llama", "gemma3_text": "gemma3", "gpt_neox": "neox"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArchSpec:
-    """Shape and wiring of a decoder-only transformer, as logitlab runs it."""
+    """Shape and wiring of a decoder-only transformer, as logitlab runs it (built by keyword only)."""
 
     model_type: str
     n_layers: int
@@ -119,6 +120,22 @@ def _rope_theta(hf_config: Any, layer_type: str | None) -> float:
     return float(theta if theta is not None else _cfg(hf_config, "rope_theta", default=10000.0))
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Shape:
+    """The shape facts every family reads the same way."""
+
+    model_type: str
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                "d_model": self.d_model, "d_head": self.d_head, "d_vocab": self.d_vocab}
+
+
 def read_spec(hf_config: Any) -> ArchSpec:
     """Read the architecture from a Hugging Face config; raise on anything not supported."""
     model_type = getattr(hf_config, "model_type", None)
@@ -131,54 +148,82 @@ def read_spec(hf_config: Any) -> ArchSpec:
     n_layers = int(_cfg(hf_config, "num_hidden_layers", "n_layer"))
     n_heads = int(_cfg(hf_config, "num_attention_heads", "n_head"))
     d_model = int(_cfg(hf_config, "hidden_size", "n_embd"))
-    d_head = int(_cfg(hf_config, "head_dim", default=d_model // n_heads))
-    n_kv = int(_cfg(hf_config, "num_key_value_heads", default=n_heads))
-    vocab = int(hf_config.vocab_size)
-    if family == "gpt2":
-        act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(hf_config.activation_function)
-        if act is None or getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) \
-                or getattr(hf_config, "reorder_and_upcast_attn", False) or not getattr(hf_config, "scale_attn_weights", True):
-            raise LogitlabError("this GPT-2 variant (activation or attention scaling options) is not supported")
-        return ArchSpec(model_type, n_layers, n_heads, n_heads, d_model, d_head, vocab, "LN",
-                        float(hf_config.layer_norm_epsilon), "learned", (), (None,) * n_layers, act, False,
-                        False, False, 1.0 / math.sqrt(d_head), 1.0)
-    if family == "neox":
-        params = getattr(hf_config, "rope_parameters", None) or {}
-        factor = float(params.get("partial_rotary_factor", getattr(hf_config, "rotary_pct", 1.0)))
-        act = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh"}.get(hf_config.hidden_act)
-        if act is None:
-            raise LogitlabError(f"activation {hf_config.hidden_act!r} is not supported")
-        base = _rope_theta(hf_config, None)
-        return ArchSpec(model_type, n_layers, n_heads, n_heads, d_model, d_head, vocab, "LN",
-                        float(hf_config.layer_norm_eps), "rotary", (base,) * n_layers, (None,) * n_layers, act,
-                        False, False, False, d_head ** -0.5, 1.0, rotary_dim=int(d_head * factor),
-                        parallel=bool(getattr(hf_config, "use_parallel_residual", True)))
-    act_name = _cfg(hf_config, "hidden_activation", "hidden_act")
-    act = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(act_name)
+    shape = _Shape(model_type=model_type, n_layers=n_layers, n_heads=n_heads, d_model=d_model,
+                   d_head=int(_cfg(hf_config, "head_dim", default=d_model // n_heads)),
+                   d_vocab=int(hf_config.vocab_size))
+    return _READERS[family](hf_config, shape)
+
+
+def _read_gpt2(cfg: Any, s: _Shape) -> ArchSpec:
+    """GPT-2: LayerNorm, learned positions, full multi-head attention, GELU MLP."""
+    act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(cfg.activation_function)
+    if act is None or getattr(cfg, "scale_attn_by_inverse_layer_idx", False) \
+            or getattr(cfg, "reorder_and_upcast_attn", False) or not getattr(cfg, "scale_attn_weights", True):
+        raise LogitlabError("this GPT-2 variant (activation or attention scaling options) is not supported")
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=s.n_heads, normalization="LN", eps=float(cfg.layer_norm_epsilon),
+                    positional="learned", rotary_base=(), sliding_window=(None,) * s.n_layers, act_fn=act,
+                    gated_mlp=False, post_norms=False, qk_norm=False, attn_scale=1.0 / math.sqrt(s.d_head),
+                    embed_scale=1.0)
+
+
+def _read_neox(cfg: Any, s: _Shape) -> ArchSpec:
+    """GPT-NeoX/Pythia: LayerNorm, partial rotary, attention and MLP in parallel (by default)."""
+    params = getattr(cfg, "rope_parameters", None) or {}
+    factor = float(params.get("partial_rotary_factor", getattr(cfg, "rotary_pct", 1.0)))
+    act = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh"}.get(cfg.hidden_act)
     if act is None:
-        raise LogitlabError(f"activation {act_name!r} is not supported")
-    layer_types = getattr(hf_config, "layer_types", None) or ["full_attention"] * n_layers
-    window = _cfg(hf_config, "sliding_window")
-    if family == "gemma3":
-        for cap in ("attn_logit_softcapping", "final_logit_softcapping"):
-            if getattr(hf_config, cap, None) is not None:
-                raise LogitlabError(f"{cap} is set: soft-capped logits are not supported (attributions would not sum)")
-        windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
-        bases = tuple(_rope_theta(hf_config, t) for t in layer_types)
-        scale = float(hf_config.query_pre_attn_scalar) ** -0.5
-        return ArchSpec(model_type, n_layers, n_heads, n_kv, d_model, d_head, vocab, "RMS",
-                        float(hf_config.rms_norm_eps), "rotary", bases, windows, act, True, True, True,
-                        scale, float(d_model) ** 0.5)
-    use_window = getattr(hf_config, "use_sliding_window", window is not None) and window is not None
-    if model_type == "qwen2" and use_window:
+        raise LogitlabError(f"activation {cfg.hidden_act!r} is not supported")
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=s.n_heads, normalization="LN", eps=float(cfg.layer_norm_eps),
+                    positional="rotary", rotary_base=(_rope_theta(cfg, None),) * s.n_layers,
+                    sliding_window=(None,) * s.n_layers, act_fn=act, gated_mlp=False, post_norms=False,
+                    qk_norm=False, attn_scale=s.d_head ** -0.5, embed_scale=1.0,
+                    rotary_dim=int(s.d_head * factor), parallel=bool(getattr(cfg, "use_parallel_residual", True)))
+
+
+def _gated_act(cfg: Any) -> str:
+    name = _cfg(cfg, "hidden_activation", "hidden_act")
+    act = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(name)
+    if act is None:
+        raise LogitlabError(f"activation {name!r} is not supported")
+    return act
+
+
+def _read_gemma3(cfg: Any, s: _Shape) -> ArchSpec:
+    """Gemma-3: RMSNorm (1 + w), sandwich norms, query/key norms, per-layer sliding windows and rotary bases."""
+    act = _gated_act(cfg)
+    for cap in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(cfg, cap, None) is not None:
+            raise LogitlabError(f"{cap} is set: soft-capped logits are not supported (attributions would not sum)")
+    layer_types = getattr(cfg, "layer_types", None) or ["full_attention"] * s.n_layers
+    window = _cfg(cfg, "sliding_window")
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                    normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                    rotary_base=tuple(_rope_theta(cfg, t) for t in layer_types),
+                    sliding_window=tuple(window if t == "sliding_attention" else None for t in layer_types),
+                    act_fn=act, gated_mlp=True, post_norms=True, qk_norm=True,
+                    attn_scale=float(cfg.query_pre_attn_scalar) ** -0.5, embed_scale=float(s.d_model) ** 0.5)
+
+
+def _read_llama(cfg: Any, s: _Shape) -> ArchSpec:
+    """Llama, Mistral, Qwen2, Qwen3: RMSNorm, rotary, grouped KV heads, gated MLP (Qwen3: query/key norms)."""
+    act = _gated_act(cfg)
+    window = _cfg(cfg, "sliding_window")
+    use_window = getattr(cfg, "use_sliding_window", window is not None) and window is not None
+    if s.model_type == "qwen2" and use_window:
         raise LogitlabError("Qwen2 with sliding-window attention is not supported")
-    windows = tuple(window if use_window else None for _ in range(n_layers))
-    if getattr(hf_config, "mlp_bias", False):
+    if getattr(cfg, "mlp_bias", False):
         raise LogitlabError("MLP biases on Llama-style models are not supported")
-    qk_norm = model_type == "qwen3"  # per-head RMSNorm on queries and keys, before the rotation
-    return ArchSpec(model_type, n_layers, n_heads, n_kv, d_model, d_head, vocab, "RMS",
-                    float(hf_config.rms_norm_eps), "rotary", tuple(_rope_theta(hf_config, None) for _ in range(n_layers)),
-                    windows, act, True, False, qk_norm, d_head ** -0.5, 1.0)
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                    normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                    rotary_base=tuple(_rope_theta(cfg, None) for _ in range(s.n_layers)),
+                    sliding_window=tuple(window if use_window else None for _ in range(s.n_layers)),
+                    act_fn=act, gated_mlp=True, post_norms=False,
+                    qk_norm=s.model_type == "qwen3",  # per-head RMSNorm on queries and keys, before the rotation
+                    attn_scale=s.d_head ** -0.5, embed_scale=1.0)
+
+
+_READERS: dict[str, Callable[[Any, _Shape], ArchSpec]] = {
+    "gpt2": _read_gpt2, "neox": _read_neox, "gemma3": _read_gemma3, "llama": _read_llama}
 
 
 def _norm_params(module: Any, offset: bool, d: int) -> tuple[Tensor, Tensor]:

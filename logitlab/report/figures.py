@@ -235,11 +235,23 @@ def _ablation_figure(results: Results, kind: str, metric: str) -> go.Figure:
     """Head-ablation heatmap of ``metric`` minus its baseline (diverging, centred at 0)."""
     ab = results["head_ablation"]
     base = float(ab["baseline_logit_diff" if metric == "logit_diff" else "baseline_loss"])
-    z = [[float(v) - base for v in row] for row in ab[kind][metric]]
-    err = ab[kind].get(f"{metric}_stderr")
-    x, y = _head_axes(z)
+    part = ab[kind]
     name = "logit diff" if metric == "logit_diff" else "loss"
-    cbar = f"Δ {name} vs baseline {fmt(base)}<br>(value − baseline)"
+    cbar = f"Δ {name} vs baseline {fmt(base)}<br>(mean of per-prompt changes)"
+    title = f"{kind.capitalize()}-ablation: {name} − baseline (paired)"
+    delta, ci = part.get(f"delta_{metric}"), part.get(f"delta_{metric}_ci")
+    if is_matrix(delta) and ci:  # paired effects: mean change, paired stderr and 95% CI on hover
+        z = [[float(v) for v in row] for row in delta]
+        se = part[f"delta_{metric}_stderr"]  # type: ignore[literal-required]
+        custom = [[[float(se[l][h]), float(ci[l][h][0]), float(ci[l][h][1])] for h in range(len(row))]
+                  for l, row in enumerate(z)]
+        x, y = _head_axes(z)
+        hover = ("%{y}%{x}: Δ %{z:.3f} ± %{customdata[0]:.3f} (paired stderr), "
+                 "95% CI [%{customdata[1]:.3f}, %{customdata[2]:.3f}]")
+        return _diverging_heatmap(z, x, y, title, cbar, "head", hover, custom)
+    z = [[float(v) - base for v in row] for row in part[metric]]  # type: ignore[literal-required]
+    err = part.get(f"{metric}_stderr")
+    x, y = _head_axes(z)
     title = f"{kind.capitalize()}-ablation: {name} − baseline"
     if is_matrix(err):
         hover = "%{y}%{x}: Δ %{z:.3f} ± %{customdata:.3f}"

@@ -248,10 +248,32 @@ def _ablation(results: Results) -> Finding | None:
             f"{fmt(base_ld)}: the task does not depend on any one head alone.",
             f"head_ablation_{drops[0][1]}_logit_diff",
         )
-    text = (
-        f"{kind.capitalize()}-ablating {head_name(layer, h)} hurts most: the logit difference "
-        f"falls from {fmt(base_ld)} to {fmt(base_ld - drop)} ({fmt(-drop, signed=True)})"
-    )
+    top = ab[kind].get("top_drop")  # type: ignore[literal-required]
+    if top and (top["layer"], top["head"]) == (layer, h):
+        lo, hi = top["ci"]
+        if hi >= 0:
+            return Finding(
+                f"No single head ablation lowers the logit difference beyond its 95% CI: the largest drop, "
+                f"{kind}-ablating {head_name(layer, h)}, is {fmt(top['delta'], signed=True)} "
+                f"[{fmt(lo, signed=True)}, {fmt(hi, signed=True)}] (paired over prompts).",
+                f"head_ablation_{kind}_logit_diff")
+        if top["tied"]:
+            tied = [head_name(int(a), int(b)) for a, b in top["tied"]]
+            verb = (f"gives the largest mean drop, but it is not separated at 95% from {', '.join(tied[:4])}"
+                    f"{f' and {len(tied) - 4} more' if len(tied) > 4 else ''}")
+        else:
+            ru = head_name(*top["runner_up"])
+            d_lo, d_hi = top["difference_ci"]
+            verb = (f"hurts most (by {fmt(top['difference'])} [{fmt(d_lo)}, {fmt(d_hi)}] more than the runner-up "
+                    f"{ru}, paired 95% CI)")
+        text = (f"{kind.capitalize()}-ablating {head_name(layer, h)} {verb}: the logit difference changes by "
+                f"{fmt(top['delta'], signed=True)} [{fmt(lo, signed=True)}, {fmt(hi, signed=True)}] "
+                f"from {fmt(base_ld)} (mean of per-prompt changes, 95% bootstrap CI)")
+    else:
+        text = (
+            f"{kind.capitalize()}-ablating {head_name(layer, h)} hurts most: the logit difference "
+            f"falls from {fmt(base_ld)} to {fmt(base_ld - drop)} ({fmt(-drop, signed=True)})"
+        )
     same = [r for r in rises if r[1:] == (kind, layer, h)]
     if same and math.isfinite(same[0][0]):
         text += f" and the loss changes by {fmt(same[0][0], signed=True)} nats"

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
+from logitlab.analyses.ablation import AblationResult
 from logitlab.results import SCHEMA_VERSION, AblationScores, Results
 
 BOS = "<|endoftext|>"
@@ -156,12 +158,14 @@ def make_results(
         ld[L - 1, H - 1] = mean - 1.8 * (1 + shift)
         loss = baseline_loss + rng.normal(0.05, 0.1, (L, H))
         loss[L - 1, H - 1] = baseline_loss + 0.7
-        return {
-            "logit_diff": ld.tolist(),
-            "loss": loss.tolist(),
-            "logit_diff_stderr": np.abs(rng.normal(0.1, 0.03, (L, H))).tolist(),
-            "loss_stderr": np.abs(rng.normal(0.05, 0.02, (L, H))).tolist(),
-        }
+        # Per-prompt values: each prompt's own baseline moved by the head's effect, plus a little noise; the
+        # summaries (means, paired stderr and CIs, the top head) come from the battery's own code.
+        ld_pp = per_prompt[None, None, :] + (ld - mean)[..., None] + rng.normal(0.0, 0.05, (L, H, n_prompts))
+        loss_pp = baseline_loss + (loss - baseline_loss)[..., None] + rng.normal(0.0, 0.02, (L, H, n_prompts))
+        res = AblationResult("zero", torch.tensor(ld_pp, dtype=torch.float32),
+                             torch.tensor(loss_pp, dtype=torch.float32), torch.tensor(per_prompt, dtype=torch.float32),
+                             torch.full((n_prompts,), baseline_loss))
+        return res.to_dict()  # type: ignore[return-value]
 
     resid = rng.normal(0.0, 0.05, (L, n_pos))
     for layer in range(L):

@@ -11,7 +11,7 @@ from logitlab.battery import RunConfig, run_battery
 from logitlab.errors import LogitlabError
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has
 from logitlab.model.load import load_model
-from logitlab.task import load_task, tokenize_task
+from logitlab.task import encode_prompt, load_task, tokenize_task
 from tests.tiny import make_model_folder
 
 
@@ -61,3 +61,33 @@ def test_fallback_refuses_soft_capped_logits(tmp_path: Path) -> None:
     folder = make_model_folder("gemma2", tmp_path / "g2")
     with pytest.raises(LogitlabError, match="not a linear read-out"):
         load_model(str(folder), cache=False)
+
+
+def test_fallback_on_the_command_line(opt, tiny_task_file: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`logitlab predict`, `run` and `formation` on a fallback model work end to end (no traceback)."""
+    import json
+
+    from logitlab.cli import main
+    from logitlab.results import validate_results
+    from transformers import AutoModelForCausalLM
+    assert main(["predict", "Mary is a great friend", "--model", opt.source, "-k", "3"]) == 0
+    shown = capsys.readouterr().out
+    ids = encode_prompt(opt.tokenizer, "Mary is a great friend", True)
+    hf = AutoModelForCausalLM.from_pretrained(opt.source, dtype=torch.float32)(torch.tensor([ids])).logits[0, -1]
+    # (logits differ from HF's by a constant: the unembedding is centred; probabilities do not)
+    assert f"{float(hf.softmax(-1).max()):.2%}" in shown, "predict's top probability differs from HF's"
+    out = tmp_path / "run"
+    assert main(["run", "--model", opt.source, "--task", str(tiny_task_file), "--out", str(out), "--no-report"]) == 0
+    validate_results(json.loads((out / "results.json").read_text()))
+    ckpts = tmp_path / "ckpts"
+    for step, seed in ((0, 1), (10, 0)):
+        make_model_folder("opt", ckpts / f"step{step}", seed=seed)
+    form = tmp_path / "formation"
+    assert main(["formation", "--checkpoints", str(ckpts), "--task", str(tiny_task_file), "--out", str(form)]) == 0
+    assert len(json.loads((form / "results.json").read_text())["checkpoints"]) == 2
+
+
+def test_fallback_refuses_what_it_cannot_do(opt) -> None:  # noqa: ANN001
+    from logitlab.model.backend import GRAD, require
+    with pytest.raises(LogitlabError, match=r"gradients needs a backend that can .*model '.*' \(opt\) runs on HookRunner"):
+        require(opt, GRAD, "gradients")
