@@ -177,7 +177,7 @@ class LogitDiff(TypedDict):
     stderr: float
     """standard error across prompts (sample std / √n)"""
     prob_ratio: list[float]
-    """[n_prompts] exp(logit diff) = p(correct)/p(incorrect)"""
+    """[n_prompts] exp(logit diff) = p(correct) / p(incorrect); with several incorrect answers, over their geometric mean (capped at float64's largest value)"""
     prob_ratio_of_mean: float
     """exp(mean)"""
     accuracy: float

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -30,9 +31,15 @@ class LogitDiffResult:
     def to_dict(self) -> dict[str, Any]:
         mean, se = mean_stderr(self.per_prompt)
         return {"per_prompt": self.per_prompt.tolist(), "mean": float(mean), "stderr": float(se),
-                "prob_ratio": self.per_prompt.exp().tolist(), "prob_ratio_of_mean": float(mean.exp()),
+                "prob_ratio": _ratio(self.per_prompt).tolist(), "prob_ratio_of_mean": float(_ratio(mean)),
                 "accuracy": float((self.per_prompt > 0).float().mean()),
                 "loss_per_prompt": self.loss.tolist(), "loss_mean": float(self.loss.mean())}
+
+
+def _ratio(x: Tensor) -> Tensor:
+    """exp(logit difference) in float64, capped at float64's largest value (a logit difference above ~709 would
+    overflow; float32's exp overflowed above ~88 and aborted the run)."""
+    return x.double().exp().clamp(max=torch.finfo(torch.float64).max)
 
 
 def logit_diff(run: CleanRun) -> LogitDiffResult:

@@ -71,7 +71,8 @@ def _logit_diff(results: Results) -> Finding | None:
     text = (
         f"Over {n} prompts the model {prefers}: mean logit difference {fmt(mean)} "
         f"± {fmt(ld.get('stderr'))} (stderr), {fmt_pct(acc)} of prompts correct, "
-        f"p(correct)/p(incorrect) = {fmt_ratio(ratio)} at the mean."
+        f"p(correct)/p(incorrect) = {fmt_ratio(ratio)} at the mean (over the geometric mean of the incorrect "
+        f"answers' probabilities where a prompt has several)."
     )
     return Finding(text, "logit_diff")
 

@@ -73,3 +73,15 @@ def test_finding_does_not_say_most_for_tied_heads() -> None:
     top["tied"] = [[0, 0]]
     text = next(f.text for f in key_findings(res) if "ablating" in f.text)
     assert "hurts most" not in text and "not separated at 95% from L0H0" in text, text
+
+
+def test_huge_logit_differences_do_not_overflow() -> None:
+    """exp(logit diff) used to overflow in float32 above ~88 and abort the run as 'NaN activations'."""
+    import math
+
+    from logitlab.analyses.logit_diff import LogitDiffResult
+    from logitlab.battery import check_finite
+    d = LogitDiffResult(per_prompt=torch.tensor([100.0, 800.0]), loss=torch.tensor([0.0, 0.0])).to_dict()
+    check_finite(d)
+    assert math.isclose(d["prob_ratio"][0], math.exp(100.0), rel_tol=1e-6)
+    assert d["prob_ratio"][1] == torch.finfo(torch.float64).max and math.isfinite(d["prob_ratio_of_mean"])
