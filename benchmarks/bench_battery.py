@@ -9,12 +9,13 @@ Prints each wall time, the ratio, the max abs difference between the two methods
 sweeps reach against this machine's fp32 matmul FLOP/s measured in the same run, the cached model-load time
 and the end-to-end time of ``logitlab run``.
 
-Usage: python benchmarks/bench_battery.py [--model builtin] [--task pronouns] [--skip-e2e]
+Usage: python benchmarks/bench_battery.py [--model builtin] [--task pronouns] [--skip-e2e] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import contextlib
 import os
 import subprocess
@@ -27,21 +28,26 @@ import torch
 torch.set_grad_enabled(False)
 
 
-def matmul_flops(n: int = 2048, reps: int = 6) -> dict[str, float]:
+def matmul_flops(n: int = 2048, reps: int = 6, device: str = "cpu") -> dict[str, float]:
     """Best fp32 matmul FLOP/s over a few square products: torch's default BLAS, and oneDNN (which logitlab's
-    runner uses for float32 on CPU when available)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    runner uses for float32 on CPU when available); on CUDA, torch.mm (n = 8192)."""
+    cuda = device.startswith("cuda")
+    n = 8192 if cuda else n
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     bt = b.T.contiguous()
-    fns = {"BLAS (torch.mm)": lambda: a @ b}
-    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    fns = {("cuBLAS (torch.mm)" if cuda else "BLAS (torch.mm)"): lambda: a @ b}
+    if not cuda and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         fns["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     rates = {}
     for name, fn in fns.items():
         fn()
+        sync()
         best = 0.0
         for _ in range(reps):
             t = time.perf_counter()
             fn()
+            sync()
             best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
         rates[name] = best
     return rates
@@ -53,9 +59,10 @@ def loop_method(model, tt) -> dict[str, torch.Tensor]:  # noqa: ANN001
 
     bridge = model.bridge
     spec = model.spec
-    tokens, fp = tt.tokens, tt.final_pos
-    rows = torch.arange(tokens.shape[0])
-    correct, incorrect = tt.correct_ids, tt.incorrect_ids[:, 0]
+    dev = model.runner.device
+    tokens, fp = tt.tokens.to(dev), tt.final_pos.to(dev)
+    rows = torch.arange(tokens.shape[0], device=dev)
+    correct, incorrect = tt.correct_ids.to(dev), tt.incorrect_ids[:, 0].to(dev)
     # Prompt + correct answer, for the loss at the answer token.
     with_answer = torch.cat([tokens, tokens[:, :1]], dim=1)
     with_answer[rows, fp + 1] = correct
@@ -90,9 +97,9 @@ def loop_method(model, tt) -> dict[str, torch.Tensor]:  # noqa: ANN001
                     logits = bridge.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
                     res[layer, h] = metric(logits)
             out[f"{kind}_{metric_name}"] = res
-    clean_t, corr_t = tt.clean_tokens, tt.corrupted_tokens
-    pc, pi = tt.pair_correct_ids, tt.pair_incorrect_ids[:, 0]
-    prow = torch.arange(clean_t.shape[0])
+    clean_t, corr_t = tt.clean_tokens.to(dev), tt.corrupted_tokens.to(dev)
+    pc, pi = tt.pair_correct_ids.to(dev), tt.pair_incorrect_ids[:, 0].to(dev)
+    prow = torch.arange(clean_t.shape[0], device=dev)
 
     def pair_metric(logits: torch.Tensor) -> torch.Tensor:
         return (logits[prow, -1, pc] - logits[prow, -1, pi]).mean()
@@ -116,16 +123,18 @@ def main() -> None:
     ap.add_argument("--model", default="builtin")
     ap.add_argument("--task", default="pronouns")
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = ap.parse_args()
-    print(f"torch threads: {torch.get_num_threads()}")
+    dev = args.device
+    print(f"torch threads: {torch.get_num_threads()}, device {dev}")
     keep_freed_memory()  # as the command line does (for both methods)
-    rates = matmul_flops()
+    rates = matmul_flops(device=dev)
     for name, rate in rates.items():
         print(f"fp32 matmul, {name}: {rate / 1e9:.0f} GFLOP/s")
     mm = max(rates.values())
 
     t = time.perf_counter()
-    model = logitlab.load_model(args.model)
+    model = logitlab.load_model(args.model, device=dev)
     load_s = time.perf_counter() - t
     print(f"model load (cache warm after the first run): {load_s:.1f} s")
     task = logitlab.load_task(args.task)
@@ -134,18 +143,20 @@ def main() -> None:
 
     stats = SweepStats()
     t = time.perf_counter()
-    results = run_battery(model, task, RunConfig(model=args.model, task=args.task), stats=stats)
+    results = run_battery(model, task, RunConfig(model=args.model, task=args.task, device=dev), stats=stats)
     ours_s = time.perf_counter() - t
     print(f"logitlab battery: {ours_s:.2f} s", flush=True)
-    # The same battery with the runner's products on torch's default BLAS: how much is the library, how much
-    # the method.
-    os.environ["LOGITLAB_ONEDNN"] = "0"
-    blas_model = logitlab.load_model(args.model)
-    t = time.perf_counter()
-    run_battery(blas_model, task, RunConfig(model=args.model, task=args.task))
-    blas_s = time.perf_counter() - t
-    del os.environ["LOGITLAB_ONEDNN"], blas_model
-    print(f"logitlab battery on the default BLAS: {blas_s:.2f} s", flush=True)
+    blas_s = math.nan
+    if dev == "cpu":
+        # The same battery with the runner's products on torch's default BLAS: how much is the library, how
+        # much the method.
+        os.environ["LOGITLAB_ONEDNN"] = "0"
+        blas_model = logitlab.load_model(args.model)
+        t = time.perf_counter()
+        run_battery(blas_model, task, RunConfig(model=args.model, task=args.task))
+        blas_s = time.perf_counter() - t
+        del os.environ["LOGITLAB_ONEDNN"], blas_model
+        print(f"logitlab battery on the default BLAS: {blas_s:.2f} s", flush=True)
     t = time.perf_counter()
     ref = loop_method(model, tt)
     loop_s = time.perf_counter() - t
@@ -154,11 +165,11 @@ def main() -> None:
     diffs = {}
     for kind in ("zero", "mean"):
         ab = head_ablation(run, kind)
-        diffs[f"{kind}-ablation logit diff"] = (ab.logit_diff.mean(-1) - ref[f"{kind}_logit_diff"]).abs().max()
+        diffs[f"{kind}-ablation logit diff"] = (ab.logit_diff.mean(-1) - ref[f"{kind}_logit_diff"].cpu()).abs().max()
         diffs[f"{kind}-ablation loss"] = (ab.loss.mean(-1) - ref[f"{kind}_loss"]).abs().max()
-    p = activation_patching(model, tt)
+    p = activation_patching(model, tt, generated=False)  # the reference pair, as the loop method patches
     for name, mine in (("resid", p.resid), ("attn", p.attn), ("mlp", p.mlp), ("heads", p.heads)):
-        diffs[f"{name} patching"] = (mine - ref[f"patch_{name}"]).abs().max()
+        diffs[f"{name} patching"] = (mine - ref[f"patch_{name}"].cpu()).abs().max()
 
     print("\nmethod                                   wall time")
     print(f"(a) one forward per intervention (TL)    {loop_s:8.2f} s")
@@ -175,7 +186,7 @@ def main() -> None:
     if not args.skip_e2e:
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, "-m", "logitlab", "run", "--model", args.model, "--task", args.task,
-                   "--out", out, "--force"]
+                   "--out", out, "--force", "--device", dev]
             t = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
             print(f"`logitlab run` end to end (load, battery, report): {time.perf_counter() - t:.1f} s")

@@ -22,13 +22,15 @@ from logitlab import __version__
 from logitlab._io import atomic_write
 from logitlab.analyses import (
     activation_patching, attention_patterns, clean_run, dla, head_ablation, head_attribution, layer_attribution,
-    logit_diff, logit_lens, task_predictions, unembed_bias,
+    logit_diff, logit_lens, robustness, task_predictions, unembed_bias,
 )
+from logitlab.analyses.patching import MIN_GAP, patching_items
+from logitlab.answers import PAD
 from logitlab.errors import LogitlabError
 from logitlab.model.load import Model
 from logitlab.results import SCHEMA_VERSION, Results, TaskSection, validate_results
 from logitlab.sweep import SweepSettings, SweepStats
-from logitlab.task import Task, tokenize_task
+from logitlab.task import MAX_PAIRS_PER_TEMPLATE, Task, tokenize_task
 
 __all__ = ["RunConfig", "run_battery", "write_results", "check_finite"]
 
@@ -49,8 +51,11 @@ class RunConfig:
     attention_prompt: int = 0
     n_predictions: int = 4
     max_memory: int | None = None
+    patching_pairs: int = MAX_PAIRS_PER_TEMPLATE  # generated patching pairs per template (0: explicit pairs only)
 
     def __post_init__(self) -> None:
+        if self.patching_pairs < 0:
+            raise LogitlabError("patching_pairs must be ≥ 0", "0 patches the task's explicit pairs only")
         if self.top_k < 1 or self.n_attention_heads < 1 or self.n_predictions < 0 or self.attention_prompt < 0:
             raise LogitlabError("top_k and n_attention_heads must be ≥ 1; n_predictions and attention_prompt ≥ 0")
         if self.max_memory is not None and self.max_memory <= 0:
@@ -113,8 +118,8 @@ def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _n
     adv(1)
     task_dict: TaskSection = {**task.to_dict(),  # type: ignore[typeddict-item]
                               "prompt_tokens": [list(t) for t in tt.str_tokens]}
-    task_dict["answers"] = [[model.tokenizer.decode([int(c)]), " / ".join(model.to_str_tokens(i))]
-                            for c, i in zip(tt.correct_ids, tt.incorrect_ids)]
+    task_dict["answers"] = [[model.tokenizer.decode([int(c)]), " / ".join(model.to_str_tokens([x for x in i if x != PAD]))]
+                            for c, i in zip(tt.correct_ids, tt.incorrect_ids.tolist())]
     # Built in the analyses' order; their to_dict() are untyped, the types are checked by validate_results.
     results: Results = {  # type: ignore[typeddict-item]
         "schema_version": SCHEMA_VERSION, "logitlab_version": __version__, "config": asdict(config),
@@ -131,17 +136,24 @@ def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _n
         run, heads, k=min(config.n_attention_heads, spec.n_layers * spec.n_heads),
         prompt_index=min(config.attention_prompt, tt.n_prompts - 1)).to_dict()
     n_items = spec.n_layers * spec.n_heads * tt.n_prompts
-    zero, mean = (head_ablation(run, kind, settings(progress(f"{kind}-ablating heads", n_items))).to_dict()
-                  for kind in ("zero", "mean"))
+    ablations = {kind: head_ablation(run, kind, settings(progress(f"{kind}-ablating heads", n_items)))
+                 for kind in ("zero", "mean")}
+    zero, mean = (ablations[kind].to_dict() for kind in ("zero", "mean"))
     results["head_ablation"] = {"zero": zero, "mean": mean,  # type: ignore[typeddict-item]
                                 "baseline_logit_diff": float(run.logit_diff.mean()),
                                 "baseline_loss": float(run.loss.mean())}
-    if tt.clean_tokens is not None:
-        n_pairs, T = tt.clean_tokens.shape
-        total = spec.n_layers * n_pairs * (3 * T + spec.n_heads)
-        patching = activation_patching(model, tt, settings(progress("activation patching", total)))
+    # The reference pairs and the pairs generated from the templates.
+    total = patching_items(model, tt, max_pairs=config.patching_pairs)
+    if total:
+        patching = activation_patching(model, tt, settings(progress("activation patching", total)),
+                                       max_pairs=config.patching_pairs)
+        if patching.main is not None and not patching.main.n_pairs:
+            log.warning("activation patching: no clean/corrupted pair has a gap of at least %g logits, so none "
+                        "is normalised (the sections hold no values)", MIN_GAP)
         results.update(patching.to_dict())  # type: ignore[typeddict-item]
     results["unembed_bias"] = unembed_bias(model, tt).to_dict()  # type: ignore[typeddict-item]
+    if len({t for t in task.prompt_template if t >= 0}) >= 2:  # robustness needs two templates or more
+        results["robustness"] = robustness(run, heads, ablations).to_dict()  # type: ignore[typeddict-item]
     check_finite(results)
     return results
 
@@ -157,10 +169,20 @@ def _tables(results: Results) -> dict[str, list[dict[str, Any]]]:
                                                                  ld["prob_ratio"], ld["loss_per_prompt"]))]
     for key in ("logit_lens", "layer_attribution"):
         d = results[key]  # type: ignore[literal-required]
-        t[key] = [{"label": lab, "logit_diff": v, "stderr": s} for lab, v, s in zip(d["labels"], d["values"], d["stderr"])]
-    ha, se = results["head_attribution"], results["head_attribution_detail"]["stderr"]
-    t["head_attribution"] = [{"layer": l, "head": h, "logit_diff": v, "stderr": se[l][h]}
+        t[key] = [{"label": lab, "logit_diff": v, "stderr": s, "ci_low": c[0], "ci_high": c[1]}
+                  for lab, v, s, c in zip(d["labels"], d["values"], d["stderr"], d["ci"])]
+    ha, hd = results["head_attribution"], results["head_attribution_detail"]
+    t["head_attribution"] = [{"layer": l, "head": h, "logit_diff": v, "stderr": hd["stderr"][l][h],
+                              "ci_low": hd["ci"][l][h][0], "ci_high": hd["ci"][l][h][1]}
                              for l, row in enumerate(ha) for h, v in enumerate(row)]
+    if "robustness" in results:
+        t["robustness"] = [{"template_index": r["index"], "template": r["template"], "n": r["n"],
+                            "logit_diff": r["mean"], "stderr": r["stderr"], "ci_low": r["ci"][0],
+                            "ci_high": r["ci"][1], "top_dla_layer": r["top_dla"]["head"][0],
+                            "top_dla_head": r["top_dla"]["head"][1],
+                            **{f"top_{k}_ablation_{part}": v["head"][j] for k, v in r["top_ablation"].items()
+                               for j, part in enumerate(("layer", "head"))}}
+                           for r in results["robustness"]["templates"]]
     ab = results["head_ablation"]
     t["head_ablation"] = [{"ablation": k, "layer": l, "head": h, "logit_diff": v, "loss": ab[k]["loss"][l][h],
                            "logit_diff_stderr": ab[k]["logit_diff_stderr"][l][h], "loss_stderr": ab[k]["loss_stderr"][l][h],
@@ -170,15 +192,27 @@ def _tables(results: Results) -> dict[str, list[dict[str, Any]]]:
                                                     ("_ci_low", ab[k][f"delta_{m}_ci"][l][h][0]),  # type: ignore[literal-required]
                                                     ("_ci_high", ab[k][f"delta_{m}_ci"][l][h][1]))}}  # type: ignore[literal-required]
                           for k in ("zero", "mean") for l, row in enumerate(ab[k]["logit_diff"]) for h, v in enumerate(row)]
-    for key in ("resid_patching", "attn_patching", "mlp_patching"):
+    for key in ("resid_patching", "attn_patching", "mlp_patching", "head_patching"):
         if key in results:
-            d = results[key]  # type: ignore[literal-required]
-            t[key] = [{"layer": l, "position": p, "token": d["tokens"][p], "value": v}
-                      for l, row in enumerate(d["values"]) for p, v in enumerate(row)]
-    if "head_patching" in results:
-        t["head_patching"] = [{"layer": l, "head": h, "value": v}
-                              for l, row in enumerate(results["head_patching"]["values"]) for h, v in enumerate(row)]
+            t[key] = _patching_rows(results[key], key != "head_patching")  # type: ignore[literal-required]
     return t
+
+
+def _patching_rows(d: Any, positions: bool) -> list[dict[str, Any]]:
+    """One row per (set, layer, position or head): the set `values` holds, then the pooled and per-template sets."""
+    sets = [(d["pairs"], None, d)]
+    if d.get("pooled"):
+        sets.append(("pooled", None, d["pooled"]))
+    sets += [("template", s["template"], s) for s in d.get("per_template", [])]
+    rows = []
+    for name, template, s in sets:
+        for l, row in enumerate(s["values"]):
+            for j, v in enumerate(row):
+                where = {"position": j, "token": s["tokens"][j]} if positions else {"head": j}
+                rows.append({"pairs": name, "template": template, "layer": l, **where, "value": v,
+                             "stderr": s["stderr"][l][j], "ci_low": s["ci"][l][j][0], "ci_high": s["ci"][l][j][1],
+                             "n_pairs": s["n_pairs"], "n_excluded": s["n_excluded"]})
+    return rows
 
 
 def write_results(results: Results, out: Path) -> Path:

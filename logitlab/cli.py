@@ -36,6 +36,19 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'builtin' (Gemma-3
                                        "such as gpt2, a local HF folder, or a .gguf file.")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option(help="float32 (default) or bfloat16.")]
+FiguresOpt = Annotated[str, typer.Option("--figures", help="Also export every figure to figures/ as png, svg or "
+                                         "png,svg (needs Chromium; off by default: the report's own toolbar "
+                                         "exports single plots).")]
+_FORMATS = ("png", "svg")
+
+
+def _formats(figures: str) -> tuple[str, ...]:
+    """``--figures`` as a tuple of formats (empty: no static export); unknown formats are an error."""
+    asked = tuple(f.strip().lower() for f in figures.split(",") if f.strip())
+    bad = [f for f in asked if f not in _FORMATS]
+    if bad:
+        raise LogitlabError(f"unknown --figures format {bad[0]!r}", "use png, svg or png,svg")
+    return tuple(dict.fromkeys(asked))
 
 
 @app.callback()
@@ -64,6 +77,10 @@ def run(
     max_memory: Annotated[float | None, typer.Option(help="Memory budget for sweeps, in GiB (default: half of the free memory).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite results already in --out.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")] = True,
+    figures: FiguresOpt = "",
+    patching_pairs: Annotated[int, typer.Option("--patching-pairs", help="Patching pairs generated per template "
+                                                "(each costs as much as the task's own pair; 0: the task's explicit "
+                                                "pairs only).")] = 12,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")] = False,
 ) -> None:
     """Run the whole battery and write results.json, tables/ and report.html to --out."""
@@ -74,11 +91,13 @@ def run(
     if max_memory is not None and not (math.isfinite(max_memory) and max_memory > 0):
         raise LogitlabError(f"--max-memory must be a positive number of GiB, got {max_memory}")
     config = RunConfig(model=model, task=task, device=device, dtype=dtype, top_k=top_k,  # type: ignore[arg-type]
-                       max_memory=None if max_memory is None else int(max_memory * 2**30))
+                       max_memory=None if max_memory is None else int(max_memory * 2**30),
+                       patching_pairs=patching_pairs)
+    formats = _formats(figures)
     task_ = load_task(task)
     _check_writable(out)
-    # The static-figure exporter's browser starts now, while the model loads, and waits for the report.
-    with _exporter(report) as exporter:
+    # A static-figure exporter's browser (--figures) starts now, while the model loads, and waits for the report.
+    with _exporter(report and bool(formats)) as exporter:
         m = _load(model, device, dtype, trust_remote_code)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
@@ -89,7 +108,7 @@ def run(
         path = write_results(results, out)
         console.print(f"[green]results:[/green] {path}")
         if report:
-            _write_report(out, results, exporter)
+            _write_report(out, results, exporter, formats)
     ld = results["logit_diff"]
     console.print(f"mean logit diff {ld['mean']:.3f} ± {ld['stderr']:.3f}, accuracy {ld['accuracy']:.0%}, "
                   f"DLA relative error {results['dla']['relative_error']:.1e}")
@@ -113,9 +132,9 @@ def _check_writable(out: Path) -> None:
                             "choose another --out") from e
 
 
-def _exporter(report: bool) -> contextlib.AbstractContextManager:
-    """A static-figure exporter started in the background, or nothing if no report is written."""
-    if not report:
+def _exporter(static: bool) -> contextlib.AbstractContextManager:
+    """A static-figure exporter started in the background, or nothing if no static figures are written."""
+    if not static:
         return contextlib.nullcontext()
     try:
         from logitlab.report import StaticExporter
@@ -124,14 +143,14 @@ def _exporter(report: bool) -> contextlib.AbstractContextManager:
     return StaticExporter.start()
 
 
-def _write_report(out: Path, results: Results | None, exporter: object = None) -> None:
+def _write_report(out: Path, results: Results | None, exporter: object = None, formats: tuple[str, ...] = ()) -> None:
     try:
         from logitlab.report import write_report
     except ImportError:
         console.print("[yellow]report module not available; skipped report.html[/yellow]")
         return
     with console.status("writing report…"):
-        path = write_report(out, results, exporter=exporter)
+        path = write_report(out, results, static=bool(formats), exporter=exporter, formats=formats or _FORMATS)
     console.print(f"[green]report:[/green] {path}")
 
 
@@ -165,11 +184,13 @@ def predict(
 
 
 @app.command()
-def report(out: Annotated[Path, typer.Argument(help="A folder holding results.json.")]) -> None:
-    """Rebuild report.html (and figures/) from results.json without rerunning the model."""
+def report(out: Annotated[Path, typer.Argument(help="A folder holding results.json.")],
+           figures: FiguresOpt = "") -> None:
+    """Rebuild report.html (and, with --figures, figures/) from results.json without rerunning the model."""
+    formats = _formats(figures)
     if not (out / "results.json").is_file():
         raise LogitlabError(f"no results.json in {out}", "run `logitlab run --out DIR` first")
-    _write_report(out, None)
+    _write_report(out, None, formats=formats)
 
 
 @app.command()

@@ -12,7 +12,8 @@ implementation of each edit:
   point moves by the clean − corrupted difference there. Positions before it keep the corrupted run's values,
   so the items skip them and read those positions' keys and values from the corrupted run.
 * **replacements** (:func:`ablation_replacement`): zero, or each head's mean output over the task's prompts at
-  each position.
+  each position counted back from the prompt's end (so a prompt's final position gets the mean of final
+  positions, whatever the prompts' lengths).
 
 Invariant (tested): every entry equals one hooked TransformerLens forward with the same edit.
 """
@@ -34,23 +35,41 @@ __all__ = ["head_mean_values", "ablation_replacement", "head_delta", "with_head_
            "head_entry", "position_entries"]
 
 
-def head_mean_values(cache: CleanCache, final_pos: Tensor) -> Float[Tensor, "layer pos head d_head"]:
-    """Each head's output averaged over prompts at each position (positions after a prompt's end excluded)."""
+def head_mean_values(cache: CleanCache, final_pos: Tensor) -> Tensor:
+    """Each head's output averaged over the prompts, position by position counted back from each prompt's end.
+
+    Returns (layer, pos, head, d_head) when every prompt has the same length (one replacement for all prompts,
+    the plain mean at each position), else (layer, batch, pos, head, d_head): at prompt ``b``'s position ``t``,
+    the mean over prompts ``b'`` of ``z[b', final_pos[b'] − (final_pos[b] − t)]`` (prompts too short for that
+    offset left out). So the replacement at every prompt's final position is the mean of final-position outputs,
+    not of other prompts' earlier tokens (names, " is") that share its absolute position. Positions after a
+    prompt's end get 0 (they never reach its final position).
+    """
     z = cache.z  # (L, B, T, H, dh)
-    T = z.shape[2]
-    valid = (torch.arange(T, device=z.device)[None, :] <= final_pos.to(z.device)[:, None]).to(z.dtype)  # (B, T)
-    num = torch.einsum("lbthe,bt->lthe", z, valid)
-    return num / valid.sum(0).clamp(min=1)[None, :, None, None]
+    L, B, T, H, dh = z.shape
+    fp = final_pos.to(z.device)
+    if bool((fp == fp[0]).all()):
+        valid = (torch.arange(T, device=z.device) <= fp[0]).to(z.dtype)  # (T,)
+        return z.mean(1) * valid[None, :, None, None]  # (L, T, H, dh)
+    off = fp[:, None] - torch.arange(T, device=z.device)[None, :]  # (B, T) offset from each prompt's end
+    real = off >= 0
+    sums = z.new_zeros(L, T, H, dh)  # by offset
+    sums.index_add_(1, off[real], z[:, real])  # z[:, real]: (L, n_real, H, dh)
+    counts = torch.zeros(T, dtype=z.dtype, device=z.device).index_add_(0, off[real], torch.ones_like(off[real], dtype=z.dtype))
+    by_offset = sums / counts.clamp(min=1)[None, :, None, None]  # (L, offset, H, dh)
+    out = by_offset[:, off.clamp(min=0)]  # (L, B, T, H, dh)
+    return out * real[None, :, :, None, None].to(z.dtype)
 
 
-def ablation_replacement(kind: Literal["zero", "mean"], cache: CleanCache, final_pos: Tensor,
-                         ) -> Float[Tensor, "layer head pos d_head"]:
-    """What ablation puts in place of each head's output: zeros, or :func:`head_mean_values`."""
+def ablation_replacement(kind: Literal["zero", "mean"], cache: CleanCache, final_pos: Tensor) -> Tensor:
+    """What ablation puts in place of each head's output, (layer, head, pos, d_head) shared by the prompts or
+    (layer, head, batch, pos, d_head) per prompt: zeros, or :func:`head_mean_values`."""
     if kind == "zero":
         L, _, T, H, dh = cache.z.shape
         return cache.z.new_zeros(L, H, T, dh)
     if kind == "mean":
-        return head_mean_values(cache, final_pos).permute(0, 2, 1, 3)  # (L, H, T, dh)
+        means = head_mean_values(cache, final_pos)
+        return means.permute(0, 2, 1, 3) if means.dim() == 4 else means.permute(0, 3, 1, 2, 4)
     raise ValueError(f"unknown ablation {kind!r}")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from logitlab import answers
 from logitlab.model.load import Model
 
 __all__ = ["hooked_metrics", "loop_head_ablation", "loop_patching"]
@@ -24,7 +25,7 @@ def hooked_metrics(model: Model, tokens: Tensor, final_pos: Tensor, correct: Ten
         logits = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks or [])
     rows = torch.arange(tokens.shape[0])
     final = logits[rows, final_pos].float()  # (B, vocab)
-    diff = final[rows, correct] - final.gather(1, incorrect).mean(-1)
+    diff = final[rows, correct] - answers.mean_incorrect(final.gather(1, answers.columns(incorrect)), incorrect)
     loss = -final.log_softmax(-1)[rows, correct]
     return diff, loss
 
@@ -32,7 +33,10 @@ def hooked_metrics(model: Model, tokens: Tensor, final_pos: Tensor, correct: Ten
 def loop_head_ablation(model: Model, tokens: Tensor, final_pos: Tensor, correct: Tensor, incorrect: Tensor,
                        means: Tensor | None = None, layers: list[int] | None = None,
                        progress: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
-    """Zero- (or, with ``means`` (L, T, H, dh), mean-) ablate each head at ``hook_z``: one forward per head."""
+    """Zero- (or, with ``means``, mean-) ablate each head at ``hook_z``: one forward per head.
+
+    ``means`` is (L, T, H, dh), shared by the prompts, or (L, B, T, H, dh), one per prompt.
+    """
     spec = model.spec
     layers = list(range(spec.n_layers)) if layers is None else layers
     out_d = torch.zeros(len(layers), spec.n_heads, tokens.shape[0])
@@ -41,7 +45,12 @@ def loop_head_ablation(model: Model, tokens: Tensor, final_pos: Tensor, correct:
         for h in range(spec.n_heads):
             def hook(z: Tensor, hook: object, h: int = h, layer: int = layer) -> Tensor:
                 z = z.clone()
-                z[:, :, h] = 0.0 if means is None else means[layer, : z.shape[1], h].to(z.dtype)
+                if means is None:
+                    z[:, :, h] = 0.0
+                elif means.dim() == 4:
+                    z[:, :, h] = means[layer, : z.shape[1], h].to(z.dtype)
+                else:
+                    z[:, :, h] = means[layer, :, : z.shape[1], h].to(z.dtype)
                 return z
             d, lo = hooked_metrics(model, tokens, final_pos, correct, incorrect, [(f"blocks.{layer}.attn.hook_z", hook)])
             out_d[i, h], out_l[i, h] = d, lo
@@ -51,11 +60,12 @@ def loop_head_ablation(model: Model, tokens: Tensor, final_pos: Tensor, correct:
 
 
 def loop_patching(model: Model, clean: Tensor, corrupted: Tensor, correct: Tensor, incorrect: Tensor,
-                  what: str, layers: list[int] | None = None, progress: Callable[[int], None] | None = None) -> Tensor:
+                  what: str, layers: list[int] | None = None, progress: Callable[[int], None] | None = None,
+                  per_pair: bool = False) -> Tensor:
     """Patch clean into corrupted one (layer, position) — or for ``what='z'`` one (layer, head) — at a time.
 
     ``what``: ``resid_pre``, ``attn_out``, ``mlp_out`` or ``z``. Returns the raw mean logit difference of
-    the patched runs, (layers, positions) or (layers, heads).
+    the patched runs, (layers, positions) or (layers, heads); with ``per_pair`` each pair's, (layers, width, pair).
     """
     spec = model.spec
     layers = list(range(spec.n_layers)) if layers is None else layers
@@ -66,7 +76,7 @@ def loop_patching(model: Model, clean: Tensor, corrupted: Tensor, correct: Tenso
     with torch.no_grad():
         _, cache = model.bridge.run_with_cache(clean)
     width = spec.n_heads if what == "z" else T
-    out = torch.zeros(len(layers), width)
+    out = torch.zeros(len(layers), width, n)
     for i, layer in enumerate(layers):
         name = names[what].format(layer)
         clean_act = cache[name]
@@ -79,7 +89,7 @@ def loop_patching(model: Model, clean: Tensor, corrupted: Tensor, correct: Tenso
                     act[:, j] = clean_act[:, j]
                 return act
             d, _ = hooked_metrics(model, corrupted, fp, correct, incorrect, [(name, hook)])
-            out[i, j] = d.mean()
+            out[i, j] = d.cpu()
             if progress is not None:
                 progress(n)
-    return out
+    return out if per_pair else out.mean(-1)

@@ -32,12 +32,14 @@ from logitlab.errors import LogitlabError
 __all__ = [
     "SCHEMA_VERSION", "Results", "TaskSection", "PatchingPair", "ModelSection",
     "ConfigSection", "Prediction", "TopToken", "LogitDiff", "DLA", "LogitLens", "LayerAttribution",
-    "HeadAttributionDetail", "Attention", "AttentionHead", "HeadAblation", "AblationScores", "AblationTop", "ResidPatching",
-    "AttnPatching", "MlpPatching", "HeadPatching", "UnembedBias", "results_schema", "validate_results",
+    "HeadAttributionDetail", "HeadAttributionTop", "Attention", "AttentionHead", "HeadAblation", "AblationScores", "AblationTop", "ResidPatching",
+    "AttnPatching", "MlpPatching", "HeadPatching", "PatchingSet", "HeadPatchingSet", "UnembedBias", "UnembedBiasPair",
+    "Robustness", "RobustnessTemplate", "RobustnessSubject", "RobustnessHead", "KeyHeads", "HeadAgreement",
+    "HeadTemplates", "results_schema", "validate_results",
     "results_table",
 ]
 
-SCHEMA_VERSION = 3  # of a battery's results.json; formation's is logitlab.formation.schema's
+SCHEMA_VERSION = 4  # of a battery's results.json; formation's is logitlab.formation.schema's
 
 # Strict: a string "1" is not an int and a bool is not a number; int is accepted where a float is expected.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
@@ -134,6 +136,8 @@ class ConfigSection(TypedDict):
     """how many prompts get top-k predictions"""
     max_memory: int | None
     """the sweeps' memory budget in bytes (null: half of the free memory)"""
+    patching_pairs: int
+    """patching pairs generated per template (0: the task's explicit pairs only)"""
 
 
 @section
@@ -176,12 +180,15 @@ class LogitDiff(TypedDict):
     """mean over prompts"""
     stderr: float
     """standard error across prompts (sample std / √n)"""
+    ci: list[float]
+    """[2] 95% percentile bootstrap CI of `mean` over prompts (2,000 resamples, seeded)"""
     prob_ratio: list[float]
     """[n_prompts] exp(logit diff) = p(correct) / p(incorrect); with several incorrect answers, over their geometric mean (capped at float64's largest value)"""
     prob_ratio_of_mean: float
     """exp(mean)"""
     accuracy: float
-    """share of prompts with logit diff > 0"""
+    """share of prompts with logit diff > 0: the correct answer's logit beats the (mean) incorrect one's; not
+    whether the correct answer is the top prediction"""
     loss_per_prompt: list[float]
     """[n_prompts] −log p(correct) at the final position"""
     loss_mean: float
@@ -200,7 +207,12 @@ class DLA(TypedDict):
     model_mean: float
     """the model's own mean logit diff"""
     relative_error: float
-    """|reconstructed + bias − model| / |model|"""
+    """the check: max over prompts of `relative_error_per_prompt` (per prompt, so errors cannot cancel and a
+    mean near 0 cannot blow it up)"""
+    max_abs_error: float
+    """max over prompts of |reconstructed + bias − logit diff|"""
+    relative_error_per_prompt: list[float]
+    """[n_prompts] |reconstructed + bias − logit diff| / max(1, |logit diff|)"""
     reconstructed_per_prompt: list[float]
     """[n_prompts]"""
 
@@ -216,6 +228,8 @@ class LogitLens(TypedDict):
     """[2·n_layers+1]"""
     stderr: list[float]
     """standard error across prompts"""
+    ci: Matrix
+    """[2·n_layers+1][2] 95% bootstrap CI over prompts"""
 
 
 @section
@@ -228,6 +242,34 @@ class LayerAttribution(TypedDict):
     """mean over prompts, one per label"""
     stderr: list[float]
     """standard error across prompts"""
+    ci: Matrix
+    """[component][2] 95% bootstrap CI over prompts"""
+
+
+@section
+class HeadAttributionTop(TypedDict):
+    """The head with the largest |direct effect|, with the paired test against the others: per prompt each
+    head's attribution is signed towards its own mean, so the difference top − other has mean
+    |mean_top| − |mean_other|."""
+
+    layer: int
+    """its layer"""
+    head: int
+    """its head"""
+    value: float
+    """its mean attribution over prompts"""
+    ci: list[float]
+    """[2] 95% bootstrap CI of `value` over prompts"""
+    runner_up: list[int]
+    """[layer, head] of the second-largest |mean|"""
+    runner_up_value: float
+    """the runner-up's mean attribution"""
+    difference: float
+    """|value| − |runner_up_value| (mean of the paired per-prompt differences, ≥ 0)"""
+    difference_ci: list[float]
+    """[2] its 95% bootstrap CI; includes 0 when the top head is not separated from the runner-up"""
+    tied: list[list[int]]
+    """[[layer, head], …] heads whose paired difference to the top head has a CI including 0"""
 
 
 @section
@@ -236,6 +278,10 @@ class HeadAttributionDetail(TypedDict):
 
     stderr: Matrix
     """[L][H]"""
+    ci: Cube
+    """[L][H][2] 95% bootstrap CI over prompts (2,000 resamples, seeded; the same resamples for every head)"""
+    top: HeadAttributionTop
+    """the head with the largest |direct effect| and whether that is separated from the others"""
     attn_bias: list[float]
     """[L] the attention output bias b_O's share (0 if none)"""
     naive: Matrix | None
@@ -342,17 +388,84 @@ class HeadAblation(TypedDict):
 
 
 @section
+class PatchingSet(TypedDict):
+    """Patching per layer and position over one set of pairs: one template's generated pairs (of one token
+    length) or all templates pooled. Pairs with |clean − corrupted| < 1 logit are left out and counted."""
+
+    template: str | None
+    """the template (`{}` = the subject); null for the pooled set"""
+    tokens: list[str]
+    """position labels: the subject's tokens as `{name}`, the other tokens as themselves (`[final]`: the final
+    position where the pooled templates' tokens differ)"""
+    values: Matrix
+    """[L][P] mean over the used pairs of each pair's (patched − corrupted)/(clean − corrupted)"""
+    stderr: Matrix
+    """[L][P] standard error over the used pairs"""
+    ci: Cube
+    """[L][P][2] 95% bootstrap CI over the used pairs (2,000 resamples, seeded)"""
+    n_pairs: int
+    """pairs used"""
+    n_excluded: int
+    """pairs left out: |clean − corrupted| < 1 logit"""
+    clean_logit_diff: NotRequired[float]
+    """(resid only) mean clean logit difference over the used pairs"""
+    corrupted_logit_diff: NotRequired[float]
+    """(resid only) the same on the corrupted prompts"""
+
+
+@section
+class HeadPatchingSet(TypedDict):
+    """Head patching over one set of pairs (one template, or all pooled)."""
+
+    template: str | None
+    """the template; null for the pooled set"""
+    values: Matrix
+    """[L][H] mean over the used pairs of the per-pair normalised value"""
+    stderr: Matrix
+    """[L][H]"""
+    ci: Cube
+    """[L][H][2] 95% bootstrap CI over the used pairs"""
+    n_pairs: int
+    """pairs used"""
+    n_excluded: int
+    """pairs left out (gap < 1 logit)"""
+
+
+@section
 class ResidPatching(TypedDict):
-    """Patching `resid_pre`, clean into corrupted, per layer and position (absent without patching pairs)."""
+    """Patching `resid_pre`, clean into corrupted, per layer and position (absent when the task yields no pair:
+    no explicit `patching:` pair and no two subjects of different classes with prompts of one token length).
+
+    `values` holds the task's explicit `patching:` pairs when one of them has a gap of at least 1 logit
+    (`pairs: "reference"`), else the pairs generated from the templates, pooled (`pairs: "pooled"`). Pairs whose
+    |clean − corrupted| is below 1 logit are left out of every normalised number and counted in `n_excluded`; when
+    no pair is left, `values`, `stderr` and `ci` are empty lists."""
 
     tokens: list[str]
-    """the clean prompt's token strings"""
+    """the clean prompt's token strings (reference pairs), or the pooled position labels"""
     values: Matrix
-    """[L][P] normalised: (patched − corrupted)/(clean − corrupted); 0 = no effect, 1 = fully restored"""
+    """[L][P] normalised: mean over the used pairs of each pair's (patched − corrupted)/(clean − corrupted), by its
+    own gap; 0 = no effect, 1 = fully restored"""
     clean_logit_diff: float
-    """mean over patching pairs, the clean prompt's answers"""
+    """mean over the used pairs (over all of them when none is used), the clean prompt's answers"""
     corrupted_logit_diff: float
     """the same on the corrupted prompts"""
+    stderr: Matrix
+    """[L][P] standard error of `values` over the used pairs (0 for one pair)"""
+    ci: Cube
+    """[L][P][2] 95% bootstrap CI of `values` over the used pairs ([v, v] for one pair)"""
+    n_pairs: int
+    """pairs used in `values`"""
+    n_excluded: int
+    """pairs of that set left out: |clean − corrupted| < 1 logit"""
+    pairs: Literal["reference", "pooled"]
+    """which pairs `values` holds"""
+    pooled: PatchingSet | None
+    """the generated pairs of every template, pooled on aligned positions: all positions when the templates'
+    position labels agree, else those shared from the start (`<bos>`, `{name}`, …) and from the end (…, final);
+    null when `values` already holds them or the task generates no pair"""
+    per_template: list[PatchingSet]
+    """the generated pairs, one set per template (and token length) with a pair of gap ≥ 1 logit"""
 
 
 @section
@@ -360,9 +473,23 @@ class AttnPatching(TypedDict):
     """Patching one layer's attention output (after any post-attention norm) at one position."""
 
     tokens: list[str]
-    """the clean prompt's token strings"""
+    """as `resid_patching.tokens`"""
     values: Matrix
     """[L][P] normalised as `resid_patching.values`"""
+    stderr: Matrix
+    """[L][P]"""
+    ci: Cube
+    """[L][P][2] 95% bootstrap CI"""
+    n_pairs: int
+    """pairs used"""
+    n_excluded: int
+    """pairs left out (gap < 1 logit)"""
+    pairs: Literal["reference", "pooled"]
+    """as `resid_patching.pairs`"""
+    pooled: PatchingSet | None
+    """as `resid_patching.pooled`"""
+    per_template: list[PatchingSet]
+    """as `resid_patching.per_template`"""
 
 
 @section
@@ -370,9 +497,23 @@ class MlpPatching(TypedDict):
     """Patching one layer's MLP output at one position."""
 
     tokens: list[str]
-    """the clean prompt's token strings"""
+    """as `resid_patching.tokens`"""
     values: Matrix
     """[L][P] normalised as `resid_patching.values`"""
+    stderr: Matrix
+    """[L][P]"""
+    ci: Cube
+    """[L][P][2] 95% bootstrap CI"""
+    n_pairs: int
+    """pairs used"""
+    n_excluded: int
+    """pairs left out (gap < 1 logit)"""
+    pairs: Literal["reference", "pooled"]
+    """as `resid_patching.pairs`"""
+    pooled: PatchingSet | None
+    """as `resid_patching.pooled`"""
+    per_template: list[PatchingSet]
+    """as `resid_patching.per_template`"""
 
 
 @section
@@ -381,11 +522,43 @@ class HeadPatching(TypedDict):
 
     values: Matrix
     """[L][H] normalised as `resid_patching.values`"""
+    stderr: Matrix
+    """[L][H]"""
+    ci: Cube
+    """[L][H][2] 95% bootstrap CI"""
+    n_pairs: int
+    """pairs used"""
+    n_excluded: int
+    """pairs left out (gap < 1 logit)"""
+    pairs: Literal["reference", "pooled"]
+    """as `resid_patching.pairs`"""
+    pooled: HeadPatchingSet | None
+    """every generated pair (heads pool over all templates); null as `resid_patching.pooled`"""
+    per_template: list[HeadPatchingSet]
+    """one set per template (and token length)"""
+
+
+@section
+class UnembedBiasPair(TypedDict):
+    """b_U of one distinct (correct, incorrect answers) pair of the task."""
+
+    correct: str
+    """the correct answer"""
+    incorrect: str
+    """its incorrect answer(s), joined by `" / "`"""
+    b_U_correct: float
+    """b_U of the correct answer"""
+    b_U_incorrect: float
+    """mean over the incorrect answers"""
+    difference: float
+    """b_U_correct − b_U_incorrect: the bias share of these prompts' logit difference"""
+    n_prompts: int
+    """how many prompts ask this pair"""
 
 
 @section
 class UnembedBias(TypedDict):
-    """The unembedding bias that LayerNorm folding creates, for the first prompt's answers."""
+    """The unembedding bias that LayerNorm folding creates; the top-level keys are the first prompt's answers."""
 
     present: bool
     """whether the model has a nonzero b_U after processing"""
@@ -403,13 +576,115 @@ class UnembedBias(TypedDict):
     """exp(difference): the odds the bias alone gives the correct answer"""
     note: str
     """the same in words"""
+    pairs: list[UnembedBiasPair]
+    """every distinct answer pair of the task, in order of first appearance (the first is the keys above)"""
+
+
+@section
+class RobustnessHead(TypedDict):
+    """A template's top head by one method."""
+
+    head: list[int]
+    """[layer, head]"""
+    value: float
+    """DLA: its mean attribution over the template's prompts; ablation: the mean per-prompt change of the logit
+    difference (ablated − baseline)"""
+
+
+@section
+class RobustnessTemplate(TypedDict):
+    """One template's logit difference and top heads."""
+
+    index: int
+    """the template's index in the task file's `templates`"""
+    template: str
+    """the template"""
+    n: int
+    """its prompts"""
+    mean: float
+    """mean logit difference over its prompts"""
+    stderr: float
+    """standard error over its prompts"""
+    ci: list[float]
+    """[2] 95% bootstrap CI over its prompts"""
+    top_dla: RobustnessHead
+    """the head with the largest |mean| direct logit attribution on its prompts"""
+    top_ablation: dict[str, RobustnessHead]
+    """by ablation kind (`zero`, `mean`): the head whose ablation lowers its mean logit difference most"""
+
+
+@section
+class RobustnessSubject(TypedDict):
+    """One subject's logit difference over the templates."""
+
+    subject: str
+    """the subject's name"""
+    subject_class: str
+    """its class"""
+    n: int
+    """its prompts (one per template)"""
+    mean: float
+    """mean logit difference"""
+    stderr: float
+    """standard error"""
+    ci: list[float]
+    """[2] 95% bootstrap CI"""
+
+
+@section
+class HeadTemplates(TypedDict):
+    """One head and the templates it is top in."""
+
+    head: list[int]
+    """[layer, head]"""
+    templates: list[int]
+    """template indices"""
+
+
+@section
+class HeadAgreement(TypedDict):
+    """Whether one method names the same top head in every template."""
+
+    head: list[int]
+    """[layer, head] the head that is top in the most templates (the earlier template's on a tie)"""
+    count: int
+    """in how many templates it is top"""
+    n_templates: int
+    """how many templates there are"""
+    agree: bool
+    """one head is top in every template"""
+    heads: list[HeadTemplates]
+    """every head that is top somewhere, most templates first"""
+
+
+@section
+class KeyHeads(TypedDict):
+    """The top heads' agreement across templates."""
+
+    dla: HeadAgreement
+    """by direct logit attribution"""
+    ablation: dict[str, HeadAgreement]
+    """by ablation kind"""
+
+
+@section
+class Robustness(TypedDict):
+    """The logit difference and the top heads per template and per subject (absent with fewer than two
+    templates; explicit prompts are left out). CIs as everywhere: 95% bootstrap over the group's prompts."""
+
+    templates: list[RobustnessTemplate]
+    """one per template, in the task's order"""
+    subjects: list[RobustnessSubject]
+    """one per subject, in the task's order"""
+    key_heads: KeyHeads
+    """how often each head is the top one across templates"""
 
 
 @section
 class Results(TypedDict):
     """A battery run's `results.json`."""
 
-    schema_version: Literal[3]
+    schema_version: Literal[4]
     """the version of this schema"""
     logitlab_version: str
     """the package version that wrote the file"""
@@ -434,6 +709,7 @@ class Results(TypedDict):
     mlp_patching: NotRequired[MlpPatching]
     head_patching: NotRequired[HeadPatching]
     unembed_bias: UnembedBias
+    robustness: NotRequired[Robustness]
 
 
 # ---------------------------------------------------------------------------------------------------------

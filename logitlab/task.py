@@ -13,7 +13,8 @@ answer(s), and clean/corrupted prompt pairs for activation patching::
     patching: [{clean: "Mary is a great friend, isn’t", corrupted: "John is a great friend, isn’t", class: she}]
 
 Prompts are ``template.format(subject)`` in template-major order (subjects inner). With several incorrect
-answers the logit difference is ``correct − mean(incorrect)`` (linear, so attributions stay exact).
+answers the logit difference is ``correct − mean(incorrect)`` (linear, so attributions stay exact); prompts may
+have different numbers of incorrect answers (``logitlab.answers``).
 
 Example:
     >>> task = load_task("pronouns")
@@ -33,9 +34,11 @@ import yaml
 from jaxtyping import Int
 from torch import Tensor
 
+from logitlab.answers import PAD
 from logitlab.errors import LogitlabError
 
-__all__ = ["Task", "TokenizedTask", "PatchPair", "load_task", "builtin_tasks", "tokenize_task"]
+__all__ = ["Task", "TokenizedTask", "PatchPair", "PairGroup", "load_task", "builtin_tasks", "tokenize_task",
+           "generated_pairs", "MAX_PAIRS_PER_TEMPLATE", "SUBJECT_ROLE"]
 
 _TOP_KEYS = {"name", "description", "prepend_bos", "templates", "classes", "subjects", "patching", "prompts"}
 _CLASS_KEYS = {"answer", "incorrect"}
@@ -65,8 +68,17 @@ class Task:
     patch_pairs: tuple[PatchPair, ...] = ()
     prepend_bos: bool = True
     description: str = ""
+    # Where each prompt came from (empty tuples: unknown). Template prompts: the template's index in
+    # ``templates``, the subject's name and class; explicit prompts: -1, "" and "".
+    templates: tuple[str, ...] = ()
+    prompt_template: tuple[int, ...] = ()
+    prompt_subject: tuple[str, ...] = ()
+    prompt_class: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("prompt_template", "prompt_subject", "prompt_class"):
+            if getattr(self, name) and len(getattr(self, name)) != len(self.prompts):
+                raise LogitlabError(f"task {self.name!r}: {name} and prompts differ in number")
         if not self.prompts:
             raise LogitlabError(f"task {self.name!r} has no prompts", "add templates and subjects (or prompts)")
         if not (len(self.prompts) == len(self.correct) == len(self.incorrect)):
@@ -100,7 +112,7 @@ class TokenizedTask:
     tokens: Int[Tensor, "batch pos"]
     final_pos: Int[Tensor, " batch"]
     correct_ids: Int[Tensor, " batch"]
-    incorrect_ids: Int[Tensor, "batch n_incorrect"]
+    incorrect_ids: Int[Tensor, "batch n_incorrect"]  # padded with answers.PAD (fewer incorrect answers)
     str_tokens: tuple[tuple[str, ...], ...]
     # Patching: clean and corrupted token ids (all pairs share one length), scored with clean answers.
     clean_tokens: Int[Tensor, "pair pos"] | None
@@ -192,6 +204,7 @@ def task_from_dict(data: Any, source: str = "task") -> Task:
     prompts: list[str] = []
     correct: list[str] = []
     incorrect: list[tuple[str, ...]] = []
+    origin: list[tuple[int, str, str]] = []  # (template index, subject, class) per prompt
     templates = data.get("templates")
     subjects = data.get("subjects")
     if templates is not None or subjects is not None:
@@ -203,12 +216,13 @@ def task_from_dict(data: Any, source: str = "task") -> Task:
             _require("name" in s and "class" in s, source, f"subjects[{i}] needs 'name' and 'class'")
             parsed.append((_str(str(s["name"]) if isinstance(s["name"], (int, float)) else s["name"],
                                 f"subjects[{i}].name", source), answers_of(s["class"], f"subjects[{i}]")))
-        for t in templates:
+        for ti, t in enumerate(templates):
             _require(t.count("{}") == 1, source, f"template {t!r} must contain exactly one '{{}}'")
-            for subj, (ans, inc) in parsed:
+            for (subj, (ans, inc)), s in zip(parsed, subjects):
                 prompts.append(t.replace("{}", subj))
                 correct.append(ans)
                 incorrect.append(inc)
+                origin.append((ti, subj, str(s["class"])))
     explicit = data.get("prompts")
     _require(explicit is None or isinstance(explicit, list), source,
              "prompts must be a list of {prompt, correct, incorrect}")
@@ -219,6 +233,7 @@ def task_from_dict(data: Any, source: str = "task") -> Task:
         prompts.append(_str(p["prompt"], f"prompts[{i}].prompt", source))
         correct.append(_str(p["correct"], f"prompts[{i}].correct", source))
         incorrect.append(_str_list(p["incorrect"], f"prompts[{i}].incorrect", source))
+        origin.append((-1, "", ""))
     _require(len(prompts) > 0, source, "has no prompts", "give templates + subjects, or a prompts list")
 
     pairs = []
@@ -240,7 +255,9 @@ def task_from_dict(data: Any, source: str = "task") -> Task:
         pairs.append(PatchPair(clean, corrupted, ans, inc))
     return Task(name=name, prompts=tuple(prompts), correct=tuple(correct), incorrect=tuple(incorrect),
                 patch_pairs=tuple(pairs), prepend_bos=prepend_bos,
-                description=str(data.get("description", "")))
+                description=str(data.get("description", "")), templates=tuple(templates or ()),
+                prompt_template=tuple(o[0] for o in origin), prompt_subject=tuple(o[1] for o in origin),
+                prompt_class=tuple(o[2] for o in origin))
 
 
 def single_token_id(tokenizer: Any, answer: str) -> int:
@@ -275,6 +292,12 @@ def _pad(rows: list[list[int]], pad_id: int) -> Tensor:
     return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
+def _answer_ids(rows: list[list[int]]) -> Tensor:
+    """Incorrect-answer ids (n, k_max), padded with ``answers.PAD`` where a prompt has fewer answers."""
+    k = max(len(r) for r in rows)
+    return torch.tensor([r + [PAD] * (k - len(r)) for r in rows], dtype=torch.long)
+
+
 def tokenize_task(task: Task, tokenizer: Any) -> TokenizedTask:
     """Tokenise and validate a task for one model's tokenizer."""
     rows = [encode_prompt(tokenizer, p, task.prepend_bos) for p in task.prompts]
@@ -286,11 +309,8 @@ def tokenize_task(task: Task, tokenizer: Any) -> TokenizedTask:
             cache[a] = single_token_id(tokenizer, a)
         return cache[a]
 
-    n_inc = max(len(i) for i in task.incorrect)
-    if any(len(i) != n_inc for i in task.incorrect):
-        raise LogitlabError(f"task {task.name!r}: every prompt needs the same number of incorrect answers")
     correct_ids = torch.tensor([tid(a) for a in task.correct])
-    incorrect_ids = torch.tensor([[tid(a) for a in inc] for inc in task.incorrect])
+    incorrect_ids = _answer_ids([[tid(a) for a in inc] for inc in task.incorrect])
     if bool((incorrect_ids == correct_ids[:, None]).any()):
         raise LogitlabError(f"task {task.name!r}: a prompt's incorrect answer equals its correct answer")
     str_tokens = tuple(tuple(tokenizer.decode([i]) for i in r) for r in rows)
@@ -307,13 +327,84 @@ def tokenize_task(task: Task, tokenizer: Any) -> TokenizedTask:
                 )
         if len({len(c) for c in c_rows}) != 1:
             raise LogitlabError("all patching pairs must share one token length (positions are compared across pairs)")
-        if len({len(p.incorrect) for p in task.patch_pairs}) != 1:
-            raise LogitlabError("all patching pairs need the same number of incorrect answers")
         clean, corrupted = torch.tensor(c_rows), torch.tensor(x_rows)
         pc = torch.tensor([tid(p.correct) for p in task.patch_pairs])
-        pi = torch.tensor([[tid(a) for a in p.incorrect] for p in task.patch_pairs])
+        pi = _answer_ids([[tid(a) for a in p.incorrect] for p in task.patch_pairs])
     return TokenizedTask(
         task=task, tokens=_pad(rows, pad_id), final_pos=torch.tensor([len(r) - 1 for r in rows]),
         correct_ids=correct_ids, incorrect_ids=incorrect_ids, str_tokens=str_tokens,
         clean_tokens=clean, corrupted_tokens=corrupted, pair_correct_ids=pc, pair_incorrect_ids=pi,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Patching pairs generated from the templates
+
+#: At most this many generated patching pairs per template. A template with more candidates keeps a seeded
+#: random sample of them (``torch.Generator`` seeded with the template's index, so the choice is the same on
+#: every machine), in enumeration order. Every pair costs L·(3·T + H) sweep items (about 25 times the work of
+#: one prompt's head ablation), so the cap bounds patching's cost by the number of templates: ``pronouns``
+#: yields 40 pairs (8 per template, under the cap), ``pronouns-large`` 120 (10 templates).
+MAX_PAIRS_PER_TEMPLATE = 12
+
+#: Position label of the subject's tokens in a generated group's role sequence.
+SUBJECT_ROLE = "{name}"
+
+
+@dataclass(frozen=True)
+class PairGroup:
+    """Generated clean/corrupted pairs of one template whose prompts share one token length.
+
+    Pair ``i`` is prompt ``clean_index[i]`` (clean) against prompt ``corrupted_index[i]`` (corrupted): the same
+    template, subjects of different classes, scored with the clean prompt's answers. ``roles`` labels each
+    position: :data:`SUBJECT_ROLE` where the token depends on the subject (it differs between the group's
+    prompts), the token string elsewhere.
+    """
+
+    template: int
+    template_text: str
+    clean_index: tuple[int, ...]
+    corrupted_index: tuple[int, ...]
+    clean_tokens: Int[Tensor, "pair pos"]
+    corrupted_tokens: Int[Tensor, "pair pos"]
+    correct_ids: Int[Tensor, " pair"]
+    incorrect_ids: Int[Tensor, "pair n_incorrect"]  # padded with answers.PAD
+    roles: tuple[str, ...]
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.clean_index)
+
+
+def generated_pairs(tt: TokenizedTask, max_per_template: int = MAX_PAIRS_PER_TEMPLATE) -> tuple[PairGroup, ...]:
+    """Every subject paired with every subject of another class whose prompt has the same token length.
+
+    Within each template (explicit prompts never take part), each ordered pair (clean i, corrupted j) with
+    ``prompt_class[i] != prompt_class[j]`` and equal token lengths is a candidate; above ``max_per_template``
+    candidates a seeded sample is kept (:data:`MAX_PAIRS_PER_TEMPLATE`). Returns one group per (template, token
+    length), in template order, then length; empty when the task records no template origins or no pairs.
+    """
+    task = tt.task
+    if not task.prompt_template or max_per_template < 1:
+        return ()
+    lengths = (tt.final_pos + 1).tolist()
+    groups: list[PairGroup] = []
+    for t, text in enumerate(task.templates):
+        idx = [i for i, ti in enumerate(task.prompt_template) if ti == t]
+        cands = [(i, j) for i in idx for j in idx
+                 if i != j and task.prompt_class[i] != task.prompt_class[j] and lengths[i] == lengths[j]]
+        if len(cands) > max_per_template:
+            keep = torch.randperm(len(cands), generator=torch.Generator().manual_seed(t))[:max_per_template]
+            cands = [cands[k] for k in sorted(keep.tolist())]
+        for n in sorted({lengths[i] for i, _ in cands}):
+            pairs = [(i, j) for i, j in cands if lengths[i] == n]
+            ci, xi = [i for i, _ in pairs], [j for _, j in pairs]
+            members = sorted(set(ci) | set(xi))
+            toks = tt.tokens[members, :n]  # (prompts of the group, n)
+            varies = (toks != toks[:1]).any(0)  # positions whose token depends on the subject
+            roles = tuple(SUBJECT_ROLE if bool(v) else tt.str_tokens[members[0]][p] for p, v in enumerate(varies))
+            groups.append(PairGroup(
+                template=t, template_text=text, clean_index=tuple(ci), corrupted_index=tuple(xi),
+                clean_tokens=tt.tokens[ci, :n].clone(), corrupted_tokens=tt.tokens[xi, :n].clone(),
+                correct_ids=tt.correct_ids[ci].clone(), incorrect_ids=tt.incorrect_ids[ci].clone(), roles=roles))
+    return tuple(groups)

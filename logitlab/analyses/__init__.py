@@ -7,11 +7,13 @@ from logitlab.analyses.heads import AttentionResult, HeadAttributionResult, atte
 from logitlab.analyses.logit_diff import LogitDiffResult, logit_diff
 from logitlab.analyses.patching import PatchingResult, activation_patching
 from logitlab.analyses.predict import Prediction, predict, task_predictions
-from logitlab.analyses.unembed_bias import UnembedBiasResult, unembed_bias
+from logitlab.analyses.robustness import RobustnessResult, robustness
+from logitlab.analyses.unembed_bias import UnembedBiasPair, UnembedBiasResult, unembed_bias
 
 __all__ = [
     "CleanRun", "clean_run", "AblationResult", "head_ablation", "ComponentResult", "DLAResult", "dla",
     "layer_attribution", "logit_lens", "AttentionResult", "HeadAttributionResult", "attention_patterns",
     "head_attribution", "LogitDiffResult", "logit_diff", "PatchingResult", "activation_patching", "Prediction",
-    "predict", "task_predictions", "UnembedBiasResult", "unembed_bias",
+    "predict", "task_predictions", "RobustnessResult", "robustness", "UnembedBiasPair", "UnembedBiasResult",
+    "unembed_bias",
 ]

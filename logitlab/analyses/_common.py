@@ -8,6 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from logitlab import answers
 from logitlab.model.load import Model
 from logitlab.model.readout import CleanCache
 from logitlab.task import TokenizedTask
@@ -62,8 +63,10 @@ def clean_run(model: Model, task: TokenizedTask) -> CleanRun:
         cache = r.run_with_cache(task.tokens.to(r.device))
         correct = task.correct_ids.to(r.device)
         incorrect = task.incorrect_ids.to(r.device)
-        direction = (w.W_U[:, correct].T - w.W_U[:, incorrect].mean(-1).T).float()  # (batch, d_model)
-        bias = (w.b_U[correct] - w.b_U[incorrect].mean(-1)).float() + (w.lnf_b.float() * direction).sum(-1)
+        cols, wts = answers.columns(incorrect), answers.weights(incorrect, torch.float32).to(r.device)
+        # W_U[:, correct] − (masked) mean of W_U[:, incorrect], per prompt: (batch, d_model)
+        direction = w.W_U[:, correct].T.float() - torch.einsum("dbk,bk->bd", w.W_U[:, cols].float(), wts)
+        bias = (w.b_U[correct].float() - (w.b_U[cols].float() * wts).sum(-1)) + (w.lnf_b.float() * direction).sum(-1)
         idx = task.final_pos.to(r.device)
         final = cache.resid_final[torch.arange(task.n_prompts, device=r.device), idx]
         diff, loss = r.answer_metrics(final, correct, incorrect, with_loss=True)

@@ -1,8 +1,10 @@
 """Head ablation: replace one query head's output and measure the logit difference and the answer loss.
 
 Zero-ablation sets the head's ``hook_z`` output to 0 at every position; mean-ablation sets it to its mean over
-the task's prompts at each position (prompts shorter than a position do not count towards its mean). The
-edits themselves are built in :mod:`logitlab.interventions`. Heads
+the task's prompts at each position, counted back from each prompt's own end: on a task whose prompts differ
+in length, a prompt's final position gets the mean of the prompts' final positions (an absolute-position mean
+would give it other prompts' earlier tokens). Same-length tasks: the plain mean at each position. The edits
+themselves are built in :mod:`logitlab.interventions`. Heads
 are ablated per *query* head at ``hook_z``: on grouped-KV models ``hook_v`` is shared by several query
 heads, so zeroing it would ablate all of them. The loss is −log p(correct) at the prompt's final position,
 i.e. what the model pays for the answer token when reading prompt + answer; one pass serves both metrics.
@@ -25,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun, mean_stderr
-from logitlab.interventions import ablation_replacement, head_entry, shared_prefix
+from logitlab.interventions import ablation_replacement, head_entry, head_mean_values, shared_prefix
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
 from logitlab.stats import paired
 from logitlab.sweep import SweepSettings, run_sweep
@@ -93,17 +95,18 @@ def head_ablation(run: CleanRun, kind: Literal["zero", "mean"] = "zero",
     settings = settings or SweepSettings()
     model, t, c = run.model, run.task, run.cache
     spec, r = model.spec, model.runner
-    replacement = ablation_replacement(kind, c, t.final_pos)  # (L, H, T, dh)
+    replacement = ablation_replacement(kind, c, t.final_pos)  # (L, H, T, dh) shared, or (L, H, B, T, dh)
     if not has(model, SWEEP):
         require(model, HOOKED_LOOPS, f"{kind}-ablation")
         from logitlab.reference import loop_head_ablation
-        means = replacement.permute(0, 2, 1, 3) if kind == "mean" else None  # (L, T, H, dh)
+        means = head_mean_values(c, t.final_pos) if kind == "mean" else None
         d, lo = loop_head_ablation(model, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids, means,
                                    progress=settings.progress)
         return AblationResult(kind, d, lo, run.logit_diff.cpu(), run.loss.cpu())
     H, B = spec.n_heads, t.n_prompts
     heads = torch.arange(H)
-    prefix = shared_prefix(t.tokens, t.final_pos)
+    # Shared positions (BOS) run once per head only when the replacement is the same for every prompt.
+    prefix = shared_prefix(t.tokens, t.final_pos) if replacement.dim() == 4 else 0
     entries = [head_entry(layer, r, c, layer, heads, replacement[layer].to(r.dtype), t.final_pos, t.correct_ids,
                           t.incorrect_ids, prefix) for layer in range(spec.n_layers)]
     out = run_sweep(r, entries, True, settings)  # every layer's heads in one growing batch

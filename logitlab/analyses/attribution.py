@@ -8,6 +8,14 @@ the clean run's value and dotted with the answer direction ``W_U[:, correct] −
 * the layer components (embed, pos_embed, each attn_out, each mlp_out) sum to that reconstruction;
 * the logit lens at ``final_post`` equals it.
 
+The reconstruction check is taken per prompt: ``|reconstructed + bias − logit diff| / max(1, |logit diff|)``,
+and the check reports its maximum over prompts. A relative error of the *means* hides per-prompt errors that
+cancel, and blows up when the mean logit difference is near 0 (she and he prompts pulling opposite ways); the
+floor of 1 logit keeps a prompt with a logit difference near 0 from doing the same.
+
+Every mean over prompts comes with its standard error and a seeded 95% bootstrap CI
+(:func:`logitlab.stats.paired`).
+
 Example:
     >>> res = layer_attribution(run); res.labels[:2], res.mean[:2]
 """
@@ -22,6 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun, mean_stderr
+from logitlab.stats import paired
 
 __all__ = ["DLAResult", "ComponentResult", "dla", "logit_lens", "layer_attribution"]
 
@@ -33,13 +42,29 @@ class DLAResult:
     model: Float[Tensor, " batch"]
 
     @property
+    def abs_error_per_prompt(self) -> Tensor:
+        """|reconstructed + bias − model| per prompt (float64)."""
+        return (self.reconstructed.double() + self.bias_term.double() - self.model.double()).abs()
+
+    @property
+    def relative_error_per_prompt(self) -> Tensor:
+        """Per-prompt error relative to max(1, |logit diff|): a prompt near 0 does not blow it up."""
+        return self.abs_error_per_prompt / self.model.double().abs().clamp(min=1.0)
+
+    @property
     def relative_error(self) -> float:
-        m = float(self.model.mean())
-        return abs(float(self.reconstructed.mean() + self.bias_term.mean()) - m) / max(abs(m), 1e-12)
+        """The check's number: the largest per-prompt relative error."""
+        return float(self.relative_error_per_prompt.max())
+
+    @property
+    def max_abs_error(self) -> float:
+        return float(self.abs_error_per_prompt.max())
 
     def to_dict(self) -> dict[str, Any]:
         return {"reconstructed_mean": float(self.reconstructed.mean()), "bias_term": float(self.bias_term.mean()),
                 "model_mean": float(self.model.mean()), "relative_error": self.relative_error,
+                "max_abs_error": self.max_abs_error,
+                "relative_error_per_prompt": self.relative_error_per_prompt.tolist(),
                 "reconstructed_per_prompt": self.reconstructed.tolist()}
 
 
@@ -56,12 +81,15 @@ class ComponentResult:
 
     def to_dict(self) -> dict[str, Any]:
         mean, se = mean_stderr(self.values)
-        return {"labels": list(self.labels), "values": mean.tolist(), "stderr": se.tolist()}
+        return {"labels": list(self.labels), "values": mean.tolist(), "stderr": se.tolist(),
+                "ci": paired(self.values).ci.tolist()}
 
     def to_frame(self) -> Any:
         import pandas as pd
         mean, se = mean_stderr(self.values)
-        return pd.DataFrame({"component": self.labels, "logit_diff": mean.numpy(), "stderr": se.numpy()})
+        ci = paired(self.values).ci
+        return pd.DataFrame({"component": self.labels, "logit_diff": mean.numpy(), "stderr": se.numpy(),
+                             "ci_low": ci[:, 0].numpy(), "ci_high": ci[:, 1].numpy()})
 
 
 def dla(run: CleanRun) -> DLAResult:

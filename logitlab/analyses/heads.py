@@ -7,6 +7,11 @@ run's value: ``x / rms(Σ heads + b_O) · w``. With that, the heads of a layer p
 exactly to the layer's ``attn_out`` attribution. TransformerLens's ``stack_head_results`` skips this step;
 its numbers are kept as ``naive`` for comparison.
 
+Uncertainty: each head's mean over prompts comes with a seeded 95% bootstrap CI (:func:`logitlab.stats.paired`).
+"The head with the largest direct effect" is a claim about |mean|; :meth:`HeadAttributionResult.top_separation`
+tests it on the same prompts: each head's per-prompt values are signed towards its own mean (so their mean is
+|mean|), and the top head is separated from another when the CI of the paired per-prompt difference excludes 0.
+
 Example:
     >>> res = head_attribution(run); res.top(3)
 """
@@ -21,6 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun, mean_stderr
+from logitlab.stats import paired
 
 __all__ = ["HeadAttributionResult", "AttentionResult", "head_attribution", "attention_patterns"]
 
@@ -42,10 +48,33 @@ class HeadAttributionResult:
         H = m.shape[1]
         return [(int(i) // H, int(i) % H, float(m.flatten()[i])) for i in flat]
 
+    def top_separation(self) -> dict[str, Any]:
+        """The head with the largest |mean| attribution, and the heads it is not separated from.
+
+        Per prompt, every head's value is multiplied by the sign of its own mean, so the paired difference
+        ``top − other`` has mean |mean_top| − |mean_other| ≥ 0. A head is *tied* with the top one when the 95%
+        bootstrap CI of that difference includes 0.
+        """
+        v = self.values.double().flatten(0, 1)  # (L·H, B)
+        H = self.values.shape[1]
+        mean = v.mean(-1)
+        sign = torch.where(mean < 0, -1.0, 1.0).to(v.dtype)
+        aligned = v * sign[:, None]  # (L·H, B): each head towards its own mean
+        top = int(mean.abs().argmax())
+        diff = paired(aligned[top] - aligned)  # (L·H,)
+        tied = [[i // H, i % H] for i in range(v.shape[0]) if i != top and float(diff.ci[i, 0]) <= 0.0]
+        order = mean.abs().argsort(descending=True).tolist()
+        runner = order[1] if len(order) > 1 else top
+        p_top = paired(v[top][None])
+        return {"layer": top // H, "head": top % H, "value": float(mean[top]), "ci": p_top.ci[0].tolist(),
+                "runner_up": [runner // H, runner % H], "runner_up_value": float(mean[runner]),
+                "difference": float(diff.mean[runner]), "difference_ci": diff.ci[runner].tolist(), "tied": tied}
+
     def to_dict(self) -> dict[str, Any]:
         mean, se = mean_stderr(self.values)
-        return {"values": mean.tolist(), "stderr": se.tolist(), "attn_bias": self.bias.mean(-1).tolist(),
-                "naive": None if self.naive is None else self.naive.mean(-1).tolist()}
+        return {"values": mean.tolist(), "stderr": se.tolist(), "ci": paired(self.values).ci.tolist(),
+                "attn_bias": self.bias.mean(-1).tolist(),
+                "naive": None if self.naive is None else self.naive.mean(-1).tolist(), "top": self.top_separation()}
 
     def to_frame(self) -> Any:
         import pandas as pd

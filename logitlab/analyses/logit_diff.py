@@ -3,6 +3,11 @@
 ``logit(correct) − mean(logit(incorrect))`` at each prompt's own final position; exp of it is the
 probability ratio p(correct)/p(incorrect). Invariant: computing from the answer columns only equals reading
 the full logits (tested).
+
+Uncertainty: the mean comes with its standard error and a seeded 95% percentile bootstrap CI over prompts
+(:func:`logitlab.stats.paired`, the resamples every other CI of the battery uses). ``accuracy`` is the share
+of prompts whose logit difference is > 0, i.e. on which the correct answer's logit beats the (mean) incorrect
+one's; it says nothing about whether the correct answer is the model's top prediction.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun, mean_stderr
+from logitlab.stats import paired
 
 __all__ = ["LogitDiffResult", "logit_diff"]
 
@@ -31,6 +37,7 @@ class LogitDiffResult:
     def to_dict(self) -> dict[str, Any]:
         mean, se = mean_stderr(self.per_prompt)
         return {"per_prompt": self.per_prompt.tolist(), "mean": float(mean), "stderr": float(se),
+                "ci": paired(self.per_prompt[None]).ci[0].tolist(),
                 "prob_ratio": _ratio(self.per_prompt).tolist(), "prob_ratio_of_mean": float(_ratio(mean)),
                 "accuracy": float((self.per_prompt > 0).float().mean()),
                 "loss_per_prompt": self.loss.tolist(), "loss_mean": float(self.loss.mean())}

@@ -1,13 +1,38 @@
-"""Activation patching, clean into corrupted, normalised to (patched − corrupted) / (clean − corrupted).
+"""Activation patching over many clean/corrupted pairs, per pair normalised, with paired uncertainty.
 
-The metric is the logit difference of the *clean* prompt's answers, averaged over the task's patching
-pairs. Patched activations: ``resid_pre`` per (layer, position); each layer's attention output (after any
-post-attention norm) and MLP output per (layer, position); each head's ``hook_z`` output at every position.
-0 means the patch restores nothing, 1 that it restores the clean behaviour. The edits are built in
-:mod:`logitlab.interventions`; results come back from the sweep keyed ``(what, layer[, position])``.
+Method: run the corrupted prompt, put one activation of the clean prompt in its place and score the clean
+prompt's answers (logit difference correct − mean incorrect at the final position). Patched activations:
+``resid_pre`` per (layer, position); each layer's attention output (after any post-attention norm) and MLP
+output per (layer, position); each head's ``hook_z`` output at every position. Each pair's value is
+normalised by *its own* gap, (patched − corrupted) / (clean − corrupted): 0 = the patch restores nothing, 1 =
+it restores the clean behaviour. The edits are built in :mod:`logitlab.interventions`; one sweep per set of
+pairs of one token length runs every patch of every pair (results keyed ``(what, layer[, position])``).
 
-Invariants (tested): patching the whole residual stream at a layer gives 1, patching nothing 0; every entry
-equals one hooked TransformerLens forward per patch.
+Pairs come from two places:
+
+* **reference pairs**: the task file's explicit ``patching:`` list (the built-in ``pronouns`` task: Mary → John);
+* **generated pairs** (:func:`logitlab.task.generated_pairs`): within each template, every subject against every
+  subject of another class whose prompt has the same token length, at most
+  :data:`~logitlab.task.MAX_PAIRS_PER_TEMPLATE` per template; one group per (template, token length).
+
+Gap threshold: a pair whose |clean − corrupted| is below :data:`MIN_GAP` (1 logit) is left out of every
+normalised number and counted (``n_excluded``): dividing by a gap of 0.05 multiplies the noise by 20.
+Summaries over the used pairs (:func:`logitlab.stats.paired`): mean, standard error and a seeded 95% bootstrap CI.
+
+Pooling across templates: a group's positions are labelled by role, the subject's tokens as ``{name}`` and the
+other tokens as themselves (``<bos>``, `` is``, …). When every group has the same role sequence, the groups pool
+position by position. Otherwise they pool on the positions all groups share at both ends: from the start while
+the roles agree (``<bos>``, ``{name}``, …) and from the end while they agree (final, final − 1, …; the final
+position, where the answer is read, is always kept, labelled ``[final]`` when its tokens differ). Heads pool
+over every pair.
+
+Invariants (tested): patching the whole residual stream at a layer gives 1 for every pair, patching nothing 0;
+every pair's entry equals one hooked TransformerLens forward per patch; pairs below the gap are excluded and
+counted.
+
+Example:
+    >>> res = activation_patching(model, tokenize_task(load_task("pronouns-large"), model.tokenizer))
+    >>> res.pooled.resid.ci[:, 1]             # (layer, 2): CI at the subject position
 """
 
 from __future__ import annotations
@@ -24,35 +49,259 @@ from logitlab.interventions import head_entry, position_entries
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
 from logitlab.model.load import Model
 from logitlab.model.readout import CleanCache
+from logitlab.stats import Paired, paired
 from logitlab.sweep import SweepSettings, run_sweep
-from logitlab.task import TokenizedTask
+from logitlab.task import MAX_PAIRS_PER_TEMPLATE, TokenizedTask, generated_pairs
 
-__all__ = ["PatchingResult", "activation_patching"]
+__all__ = ["MIN_GAP", "PairSet", "PatchingSummary", "PatchingResult", "activation_patching", "patching_items",
+           "pool_positions"]
+
+#: Pairs whose |clean − corrupted| logit difference is below this (logits) are not normalised, only counted.
+MIN_GAP = 1.0
+_WHATS = ("resid", "attn", "mlp", "heads")
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Raw patching of one set of pairs sharing one token length (not normalised), every pair kept.
+
+    ``label`` is ``"reference"`` or the template; ``tokens`` the first clean prompt's token strings, ``roles``
+    the position labels used for pooling.
+    """
+
+    label: str
+    template: int  # -1 for the reference pairs
+    tokens: tuple[str, ...]
+    roles: tuple[str, ...]
+    clean: Float[Tensor, " pair"]  # each pair's clean logit difference (clean answers)
+    corrupted: Float[Tensor, " pair"]  # the corrupted prompt's, on the clean answers
+    resid: Float[Tensor, "layer pos pair"]  # patched logit difference
+    attn: Float[Tensor, "layer pos pair"]
+    mlp: Float[Tensor, "layer pos pair"]
+    heads: Float[Tensor, "layer head pair"]
+    min_gap: float = MIN_GAP
+
+    @property
+    def n(self) -> int:
+        return int(self.clean.shape[0])
+
+    @property
+    def used(self) -> Tensor:
+        """(pair,) bool: pairs whose gap is at least ``min_gap``."""
+        return (self.clean - self.corrupted).abs() >= self.min_gap
+
+    @property
+    def n_used(self) -> int:
+        return int(self.used.sum())
+
+    def normalised(self, what: str) -> Float[Tensor, "layer width used_pair"]:
+        """(patched − corrupted) / (clean − corrupted) of the used pairs, each by its own gap."""
+        u = self.used
+        x = getattr(self, what)[..., u]
+        return (x - self.corrupted[u]) / (self.clean[u] - self.corrupted[u])
+
+
+@dataclass(frozen=True)
+class PatchingSummary:
+    """Normalised patching of one set of pairs (reference, one template, or pooled), over its used pairs."""
+
+    label: str  # "reference", the template, or "pooled"
+    tokens: tuple[str, ...]  # position labels
+    n_pairs: int  # pairs used
+    n_excluded: int  # pairs below the gap
+    clean_logit_diff: float  # mean over the used pairs
+    corrupted_logit_diff: float
+    # mean (layer, pos) or (layer, head), stderr, ci (..., 2); None when no pair is used
+    resid: Paired | None
+    attn: Paired | None
+    mlp: Paired | None
+    heads: Paired | None
+
+    def to_dict(self, what: str) -> dict[str, Any]:
+        """One results section's numbers; empty lists when no pair is used."""
+        s: Paired | None = getattr(self, what)
+        nums = ([], [], []) if s is None else (s.mean.tolist(), s.stderr.tolist(), s.ci.tolist())
+        out: dict[str, Any] = {"values": nums[0], "stderr": nums[1], "ci": nums[2],
+                               "n_pairs": self.n_pairs, "n_excluded": self.n_excluded}
+        if what != "heads":
+            out = {"tokens": list(self.tokens), **out}
+        if what == "resid":
+            out.update(clean_logit_diff=self.clean_logit_diff, corrupted_logit_diff=self.corrupted_logit_diff)
+        return out
+
+
+def pool_positions(roles: list[tuple[str, ...]]) -> list[tuple[str, list[int]]]:
+    """The pooled positions of groups with role sequences ``roles``: (label, the position in each group).
+
+    Identical sequences pool position by position; otherwise the positions shared from the start while the
+    roles agree, and from the end while they agree (the final position always).
+    """
+    if len(set(roles)) == 1:
+        return [(r, [p] * len(roles)) for p, r in enumerate(roles[0])]
+    shortest = min(len(r) for r in roles)
+    head = 0
+    while head < shortest and len({r[head] for r in roles}) == 1:
+        head += 1
+    out = [(roles[0][p], [p] * len(roles)) for p in range(head)]
+    tail: list[tuple[str, list[int]]] = []  # from the final position backwards
+    for back in range(1, shortest - head + 1):
+        labels = {r[-back] for r in roles}
+        if len(labels) > 1 and back > 1:
+            break
+        tail.append((labels.pop() if len(labels) == 1 else "[final]", [len(r) - back for r in roles]))
+        if tail[-1][0] == "[final]":
+            break
+    return out + tail[::-1]
+
+
+def _summary(label: str, tokens: tuple[str, ...], sets: list[PairSet], pos: list[list[int]] | None) -> PatchingSummary:
+    """Summarise ``sets`` pooled: positions ``pos[k]`` of each set (None: all, one set).
+
+    With no used pair the numbers are None and the logit differences are the means over all pairs.
+    """
+    used = torch.cat([s.used for s in sets])
+    clean, corr = torch.cat([s.clean for s in sets]), torch.cat([s.corrupted for s in sets])
+    n_used = int(used.sum())
+    norm: dict[str, Paired | None] = dict.fromkeys(_WHATS)
+    for what in _WHATS if n_used else ():
+        parts = []
+        for k, s in enumerate(sets):
+            x = s.normalised(what)  # (L, width, used)
+            if what != "heads" and pos is not None:
+                x = x[:, [p[k] for p in pos]]
+            parts.append(x)
+        norm[what] = paired(torch.cat(parts, -1))
+    if n_used:
+        clean, corr = clean[used], corr[used]
+    return PatchingSummary(label, tokens, n_used, len(used) - n_used, float(clean.mean()), float(corr.mean()),
+                           norm["resid"], norm["attn"], norm["mlp"], norm["heads"])
 
 
 @dataclass(frozen=True)
 class PatchingResult:
-    tokens: tuple[str, ...]
-    clean_logit_diff: float
-    corrupted_logit_diff: float
-    resid: Float[Tensor, "layer pos"]  # raw patched mean logit diff (not normalised)
-    attn: Float[Tensor, "layer pos"]
-    mlp: Float[Tensor, "layer pos"]
-    heads: Float[Tensor, "layer head"]
+    """Raw per-pair sets and their summaries.
+
+    ``reference``: the task's explicit pairs (None without); ``groups``: the generated pairs, one set per
+    (template, token length); ``per_template`` summarises each group with a used pair, ``pooled`` all groups
+    (None without groups; no numbers without a used pair); ``reference_summary`` the reference set (None
+    without reference pairs; no numbers if none of them is used).
+    """
+
+    reference: PairSet | None
+    groups: tuple[PairSet, ...]
+    reference_summary: PatchingSummary | None
+    per_template: tuple[PatchingSummary, ...]
+    pooled: PatchingSummary | None
+
+    # The reference pairs as one mean (the view of earlier versions; formation and benchmarks read it):
+    # raw patched logit differences averaged over the pairs, normalised by the mean gap.
+
+    def _ref(self) -> PairSet:
+        if self.reference is None:
+            raise LogitlabError("this task has no explicit patching pairs", "read .pooled and .per_template")
+        return self.reference
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return self._ref().tokens
+
+    @property
+    def clean_logit_diff(self) -> float:
+        return float(self._ref().clean.mean())
+
+    @property
+    def corrupted_logit_diff(self) -> float:
+        return float(self._ref().corrupted.mean())
+
+    @property
+    def resid(self) -> Float[Tensor, "layer pos"]:
+        return self._ref().resid.mean(-1)
+
+    @property
+    def attn(self) -> Float[Tensor, "layer pos"]:
+        return self._ref().attn.mean(-1)
+
+    @property
+    def mlp(self) -> Float[Tensor, "layer pos"]:
+        return self._ref().mlp.mean(-1)
+
+    @property
+    def heads(self) -> Float[Tensor, "layer head"]:
+        return self._ref().heads.mean(-1)
 
     def normalise(self, x: Tensor) -> Tensor:
+        """``(x − mean corrupted) / (mean clean − mean corrupted)`` over the reference pairs."""
         return (x - self.corrupted_logit_diff) / (self.clean_logit_diff - self.corrupted_logit_diff)
 
+    @property
+    def main(self) -> PatchingSummary | None:
+        """What ``values`` holds in the results: the reference pairs if one of them is used, else the pooled
+        groups if one of them is, else whichever set exists (then without numbers); None without pairs."""
+        ref, pooled = self.reference_summary, self.pooled
+        if ref is not None and (ref.n_pairs or pooled is None or not pooled.n_pairs):
+            return ref
+        return pooled
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        base = {"tokens": list(self.tokens)}
-        return {
-            "resid_patching": {**base, "values": self.normalise(self.resid).tolist(),
-                               "clean_logit_diff": self.clean_logit_diff,
-                               "corrupted_logit_diff": self.corrupted_logit_diff},
-            "attn_patching": {**base, "values": self.normalise(self.attn).tolist()},
-            "mlp_patching": {**base, "values": self.normalise(self.mlp).tolist()},
-            "head_patching": {"values": self.normalise(self.heads).tolist()},
-        }
+        """The four patching sections of ``results.json`` (empty without pairs)."""
+        main = self.main
+        if main is None:
+            return {}
+        source = "reference" if main is self.reference_summary else "pooled"
+        out = {}
+        for what, key in zip(_WHATS, ("resid_patching", "attn_patching", "mlp_patching", "head_patching")):
+            d = main.to_dict(what)
+            pooled = self.pooled.to_dict(what) if self.pooled is not None and source == "reference" else None
+            per = [{"template": t.label, **t.to_dict(what)} for t in self.per_template]
+            if pooled is not None:
+                pooled = {"template": None, **pooled}
+            out[key] = {**d, "pairs": source, "pooled": pooled, "per_template": per}
+        return out
+
+
+def patching_items(model: Model, tt: TokenizedTask, generated: bool = True,
+                   max_pairs: int = MAX_PAIRS_PER_TEMPLATE) -> int:
+    """How many sweep items :func:`activation_patching` runs (for a progress bar)."""
+    spec = model.spec
+    sets = [tt.clean_tokens] if tt.clean_tokens is not None else []
+    if generated and max_pairs > 0:
+        sets += [g.clean_tokens for g in generated_pairs(tt, max_pairs)]
+    return sum(spec.n_layers * n * (3 * T + spec.n_heads) for n, T in (s.shape for s in sets))
+
+
+def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettings | None = None,
+                        generated: bool = True, min_gap: float = MIN_GAP,
+                        max_pairs: int = MAX_PAIRS_PER_TEMPLATE) -> PatchingResult:
+    """Patch clean activations into the corrupted run for the reference pairs and, if ``generated``, the
+    pairs built from the task's templates (at most ``max_pairs`` per template), one (layer, position) or
+    (layer, head) at a time. Each generated pair costs as much as a reference pair.
+
+    Pairs with |clean − corrupted| < ``min_gap`` are excluded from the normalised numbers and counted.
+    """
+    settings = settings or SweepSettings()
+    ref = None
+    if task.clean_tokens is not None:
+        assert task.corrupted_tokens is not None and task.pair_correct_ids is not None
+        assert task.pair_incorrect_ids is not None
+        tokens = tuple(model.to_str_tokens(task.clean_tokens[0]))
+        ref = _patch_set(model, "reference", -1, tokens, tokens, task.clean_tokens, task.corrupted_tokens,
+                         task.pair_correct_ids, task.pair_incorrect_ids, settings, min_gap)
+    groups = []
+    for g in generated_pairs(task, max_pairs) if generated and max_pairs > 0 else ():
+        groups.append(_patch_set(model, g.template_text, g.template, tuple(model.to_str_tokens(g.clean_tokens[0])),
+                                 g.roles, g.clean_tokens, g.corrupted_tokens, g.correct_ids, g.incorrect_ids,
+                                 settings, min_gap))
+    ref_summary = _summary("reference", ref.tokens, [ref], None) if ref is not None else None
+    live = [g for g in groups if g.n_used]
+    per_template = tuple(_summary(g.label, g.roles, [g], None) for g in live)
+    pooled = None
+    if groups:
+        pos = pool_positions([g.roles for g in live or groups])
+        pooled = _summary("pooled", tuple(lab for lab, _ in pos), live or list(groups), [p for _, p in pos])
+        # Pairs of groups without a used pair count as excluded in the pooled set.
+        dead = sum(g.n for g in groups if not g.n_used) if live else 0
+        pooled = PatchingSummary(**{**pooled.__dict__, "n_excluded": pooled.n_excluded + dead})
+    return PatchingResult(ref, tuple(groups), ref_summary, per_template, pooled)
 
 
 def _score(model: Model, cache: CleanCache, T: int, correct: Tensor, incorrect: Tensor) -> Tensor:
@@ -61,31 +310,28 @@ def _score(model: Model, cache: CleanCache, T: int, correct: Tensor, incorrect: 
     return d.float()
 
 
-def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettings | None = None) -> PatchingResult:
-    """Patch clean activations into the corrupted run, one (layer, position) or (layer, head) at a time."""
-    if task.clean_tokens is None:
-        raise LogitlabError(f"task {task.task.name!r} has no clean/corrupted pairs, so it cannot be patched",
-                            "add a 'patching' list to the task file")
-    settings = settings or SweepSettings()
+def _patch_set(model: Model, label: str, template: int, tokens: tuple[str, ...], roles: tuple[str, ...],
+               clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor, incorrect: Tensor,
+               settings: SweepSettings, min_gap: float) -> PairSet:
+    """Every patch of every pair of one token length: one sweep (or, on the fallback, hooked loops)."""
     r, spec = model.runner, model.spec
     dev = r.device
-    clean_t, corr_t = task.clean_tokens.to(dev), task.corrupted_tokens.to(dev)
-    correct, incorrect = task.pair_correct_ids.to(dev), task.pair_incorrect_ids.to(dev)
+    clean_t, corr_t = clean_tokens.to(dev), corrupted_tokens.to(dev)
+    correct, incorrect = correct.to(dev), incorrect.to(dev)
     n_pairs, T = clean_t.shape
     with torch.no_grad():
         clean, corr = r.run_with_cache(clean_t), r.run_with_cache(corr_t)
-    clean_ld = float(_score(model, clean, T, correct, incorrect).mean())
-    corr_ld = float(_score(model, corr, T, correct, incorrect).mean())
-    if abs(clean_ld - corr_ld) < 1e-6:
-        raise LogitlabError("clean and corrupted prompts give the same logit difference; patching cannot be "
-                            "normalised", "choose a corrupted prompt that changes the answer")
-    tokens = tuple(model.to_str_tokens(task.clean_tokens[0]))
+    clean_ld = _score(model, clean, T, correct, incorrect).cpu()
+    corr_ld = _score(model, corr, T, correct, incorrect).cpu()
+    common = dict(label=label, template=template, tokens=tokens, roles=roles, clean=clean_ld, corrupted=corr_ld,
+                  min_gap=min_gap)
     if not has(model, SWEEP):
         require(model, HOOKED_LOOPS, "activation patching")
         from logitlab.reference import loop_patching
         args = (model, clean_t, corr_t, correct, incorrect)
-        loops = [loop_patching(*args, what, progress=settings.progress) for what in ("resid_pre", "attn_out", "mlp_out", "z")]
-        return PatchingResult(tokens, clean_ld, corr_ld, *loops)
+        loops = [loop_patching(*args, what, progress=settings.progress, per_pair=True)
+                 for what in ("resid_pre", "attn_out", "mlp_out", "z")]
+        return PairSet(**common, resid=loops[0], attn=loops[1], mlp=loops[2], heads=loops[3])
     H, L = spec.n_heads, spec.n_layers
     fp = torch.full((n_pairs,), T - 1, device=dev)  # every pair ends at T-1
     # Patching position p leaves positions < p as in the corrupted run: those items skip them, reading their
@@ -100,14 +346,23 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
                 ("resid_pre", "pre", corr.resid_pre[layer], clean.resid_pre[layer] - corr.resid_pre[layer]),
                 ("attn_out", r.attn_entry_stage, after_attn, clean.attn_out[layer] - corr.attn_out[layer]),
                 ("mlp_out", "post", post, clean.mlp_out[layer] - corr.mlp_out[layer])):
-            entries += position_entries((what, layer), r, layer, stage, base, delta, corr_kv, fp, correct, incorrect)
+            # A position where no pair's clean and corrupted activations differ (those before the subject, such
+            # as BOS) cannot change anything: its patched score is the corrupted run's, and it is not swept.
+            same = (delta == 0).flatten(2).all(-1).all(0).tolist()  # (T,)
+            entries += [e for e, skip in zip(position_entries((what, layer), r, layer, stage, base, delta, corr_kv,
+                                                              fp, correct, incorrect), same) if not skip]
         # Each head's z from the clean run, per pair, into the corrupted run.
         clean_z = clean.z[layer][:, :, heads].permute(2, 0, 1, 3)  # (H, pair, T, dh)
         entries.append(head_entry(("z", layer), r, corr, layer, heads, clean_z, fp, correct, incorrect))
-    out = run_sweep(r, entries, False, settings)  # all patches in a few growing batches
-    mean = lambda key: out[key].logit_diff.mean()  # noqa: E731  mean over pairs
-    per_pos = lambda what: torch.stack([torch.stack([mean((what, l, p)) for p in range(T)])  # noqa: E731
-                                        for l in range(L)])  # (L, T)
-    head = torch.stack([out[("z", l)].logit_diff.view(H, n_pairs).mean(-1) for l in range(L)])  # (L, H)
-    return PatchingResult(tokens, clean_ld, corr_ld, per_pos("resid_pre").cpu(), per_pos("attn_out").cpu(),
-                          per_pos("mlp_out").cpu(), head.cpu())
+    out = run_sweep(r, entries, False, settings)  # all patches of all pairs in a few growing batches
+    if settings.progress is not None:  # the skipped items count as done
+        skipped = n_pairs * (L * (3 * T + H)) - sum(e.n for e in entries)
+        if skipped:
+            settings.progress(skipped)
+    unchanged = corr_ld.to(dev)
+    per_pos = lambda what: torch.stack([torch.stack([out[(what, l, p)].logit_diff if (what, l, p) in out  # noqa: E731
+                                                     else unchanged for p in range(T)])
+                                        for l in range(L)]).cpu()  # (L, T, pair)
+    head = torch.stack([out[("z", l)].logit_diff.view(H, n_pairs) for l in range(L)]).cpu()  # (L, H, pair)
+    return PairSet(**common, resid=per_pos("resid_pre"), attn=per_pos("attn_out"), mlp=per_pos("mlp_out"),
+                   heads=head)

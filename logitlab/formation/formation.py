@@ -236,17 +236,19 @@ def _resid_summary(model: Model, tt: TokenizedTask, settings: SweepSettings) -> 
         return None
     diff = (tt.clean_tokens != tt.corrupted_tokens).any(0).nonzero()
     subject = int(diff[0]) if len(diff) else 0
-    try:
-        p = activation_patching(model, tt, settings)
-    except LogitlabError as e:  # clean and corrupted indistinguishable (e.g. at initialisation)
+    try:  # the reference pairs only: one summary per checkpoint, normalised by the mean gap as before
+        p = activation_patching(model, tt, settings, generated=False).reference
+    except LogitlabError as e:
         log.info("patching skipped: %s", e)
         return {"subject_position": subject, "clean_logit_diff": None, "corrupted_logit_diff": None,
                 "normalised": False, "max_per_layer": None, "subject": None, "final": None}
+    assert p is not None
+    clean_ld, corr_ld = float(p.clean.mean()), float(p.corrupted.mean())
     out: dict[str, Any] = {"tokens": list(p.tokens), "subject_position": subject,
-                           "clean_logit_diff": p.clean_logit_diff, "corrupted_logit_diff": p.corrupted_logit_diff}
-    if abs(p.clean_logit_diff - p.corrupted_logit_diff) < MIN_PATCH_GAP:
+                           "clean_logit_diff": clean_ld, "corrupted_logit_diff": corr_ld}
+    if abs(clean_ld - corr_ld) < MIN_PATCH_GAP:  # clean and corrupted indistinguishable (e.g. at initialisation)
         return {**out, "normalised": False, "max_per_layer": None, "subject": None, "final": None}
-    v = p.normalise(p.resid)  # (layer, pos)
+    v = (p.resid.mean(-1) - corr_ld) / (clean_ld - corr_ld)  # (layer, pos)
     return {**out, "normalised": True, "max_per_layer": v.max(-1).values.tolist(), "subject": v[:, subject].tolist(),
             "final": v[:, -1].tolist()}
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from logitlab import answers
 from logitlab.model.spec import ArchSpec, Weights
 
 __all__ = ["CleanCache", "Readout", "wide"]
@@ -85,6 +86,8 @@ class Readout:
         self.w = replace(weights, W_U=weights.W_U.T.contiguous().T)
         self._W_U = self.w.W_U.T  # (vocab, D), contiguous
         self._b_U = self.w.b_U if bool(self.w.b_U.any()) else None  # skipped when all zero
+        self._W_U32: Tensor | None = None  # float32 copy for the log-partition of a lower-precision model
+        self._b_U32: Tensor | None = None
         # Fused norms (one kernel) where the scale is not needed; float32 only, so that other dtypes keep
         # normalising in float32 as the reference implementations do.
         self._fused_norm = self.dtype == torch.float32
@@ -146,30 +149,49 @@ class Readout:
     ) -> tuple[Tensor, Tensor | None]:
         """Logit difference (correct − mean incorrect) and, if asked, −log p(correct), from final residuals.
 
+        ``incorrect`` may be padded with :data:`logitlab.answers.PAD` (prompts with fewer incorrect answers).
+
         Only the answer columns of the unembedding are used for the logit difference; the loss needs the
         log-partition function, computed in blocks of rows × vocabulary so no (n, vocab) matrix is held at once
         (``progress`` is called with the rows finished).
         """
         w = self.w
-        normed, _ = self.final_norm(resid_final)  # (n, D)
-        lc = (normed * w.W_U[:, correct].T).sum(-1) + w.b_U[correct]
-        li = torch.einsum("nd,dnk->nk", normed, w.W_U[:, incorrect]) + w.b_U[incorrect]
-        diff = lc - li.mean(-1)
+        # Read out in float32 whatever the model's dtype: in bfloat16 each answer logit (~20–30) would be
+        # rounded to steps of 0.125 before the subtraction.
+        normed = wide(self.final_norm(resid_final)[0])  # (n, D)
+        lc = (normed * wide(w.W_U[:, correct].T)).sum(-1) + wide(w.b_U[correct])
+        cols = answers.columns(incorrect)  # (n, k); padding (fewer incorrect answers) masked below
+        li = torch.einsum("nd,dnk->nk", normed, wide(w.W_U[:, cols])) + wide(w.b_U[cols])
+        diff = lc - answers.mean_incorrect(li, incorrect)
         if not with_loss:
             return diff, None
-        return diff, self.log_partition(normed, progress) - lc.float()
+        return diff, self.log_partition(normed, progress) - lc
+
+    def _float32_unembed(self) -> tuple[Tensor, Tensor | None]:
+        """The (vocab, D) unembedding rows and bias in at least float32."""
+        if self._W_U.dtype in (torch.float32, torch.float64):
+            return self._W_U, self._b_U
+        if self._W_U32 is None:
+            self._W_U32 = self._W_U.float()
+            self._b_U32 = None if self._b_U is None else self._b_U.float()
+        return self._W_U32, self._b_U32
 
     def log_partition(self, normed: Float[Tensor, "n d_model"],
                       progress: Callable[[float], None] | None = None) -> Float[Tensor, " n"]:
-        """logsumexp of the logits of final-normed residuals, float32, in cache-sized blocks."""
+        """logsumexp of the logits of final-normed residuals, float32, in cache-sized blocks.
+
+        For a model in another dtype the unembedding is read in float32 (a float32 copy is made on first use).
+        """
         n, V = normed.shape[0], self.w.W_U.shape[1]
+        W_U, b_U = self._float32_unembed()
+        normed = normed.to(W_U.dtype)
         rows, cols = (4096, 32768) if normed.device.type == "cuda" else (512, 4096)
         out = torch.empty(n, dtype=torch.float32, device=normed.device)
         for r in range(0, n, rows):
             x = normed[r:r + rows]
             lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float32, device=normed.device)
             for c in range(0, V, cols):
-                part = self._linear(x, self._W_U[c:c + cols], None if self._b_U is None else self._b_U[c:c + cols])
+                part = self._linear(x, W_U[c:c + cols], None if b_U is None else b_U[c:c + cols])
                 lse = torch.logaddexp(lse, _logsumexp_(part))
             out[r:r + rows] = lse
             if progress is not None:

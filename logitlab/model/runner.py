@@ -180,19 +180,19 @@ class Runner(Readout):
         window = s.sliding_window[layer]
         if window is not None:
             allowed = allowed & (qidx - idx[None, None, :] < window)
+        # z always comes from the fused kernel, so the clean run and every sweep share one attention path (in
+        # bfloat16 two paths would round differently, and "ablating nothing" would not reproduce the baseline).
+        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=allowed[:, None], scale=s.attn_scale,
+                                           enable_gqa=H != s.n_kv_heads).transpose(1, 2)  # (B, Tq, H, dh)
         if not need_pattern:
-            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               attn_mask=allowed[:, None], scale=s.attn_scale,
-                                               enable_gqa=H != s.n_kv_heads)
-            return z.transpose(1, 2), None
+            return z, None
         group = H // s.n_kv_heads
         if group > 1:  # grouped KV heads: each KV head serves `group` consecutive query heads
             k = k.repeat_interleave(group, dim=2)
-            v = v.repeat_interleave(group, dim=2)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, Tq, T)
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        pattern = torch.softmax(wide(scores), dim=-1).to(q.dtype)
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, Tq, H, dh)
+        pattern = torch.softmax(wide(scores), dim=-1).to(q.dtype)  # for the analyses; z does not use it
         return z, pattern
 
     def heads_to_attn_pre(self, layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Tensor:

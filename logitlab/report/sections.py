@@ -17,9 +17,9 @@ import plotly.graph_objects as go
 
 from logitlab.results import Results
 
-from ._util import finite, fmt, fmt_pct, fmt_ratio, is_matrix, visible
+from ._util import finite, fmt, fmt_pct, fmt_ratio, head_name, is_matrix, visible
 from .attention import attention_viewer_html
-from .findings import DLA_TOLERANCE, Finding
+from .findings import Finding, dla_tolerance
 
 Figures = Mapping[str, go.Figure]
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "displayModeBar": "hover"}
@@ -175,17 +175,21 @@ def section_logit_diff(results: Results, figures: Figures,
     ld = results.get("logit_diff")
     if not ld:
         return missing("logit difference")
+    ci = ld.get("ci") or []
+    ci_txt = (f", 95% CI [{fmt(ci[0])}, {fmt(ci[1])}]" if len(ci) == 2 and finite(ci[0]) and finite(ci[1])
+              else "")
     summary = (
-        f"Mean {fmt(ld.get('mean'))} ± {fmt(ld.get('stderr'))} (stderr) over "
-        f"{len(ld.get('per_prompt') or [])} prompts; accuracy "
-        f"{fmt_pct(float(ld.get('accuracy', math.nan)))}; exp(mean) = "
+        f"Mean {fmt(ld.get('mean'))} ± {fmt(ld.get('stderr'))} (stderr){ci_txt} over "
+        f"{len(ld.get('per_prompt') or [])} prompts; the correct answer's logit beats the (mean) incorrect "
+        f"one's on {fmt_pct(float(ld.get('accuracy', math.nan)))} of prompts; exp(mean) = "
         f"{fmt_ratio(ld.get('prob_ratio_of_mean'))} (odds of correct over incorrect)."
     )
     return (
-        f"<p>{summary}</p>"
+        f"<p>{esc(summary)}</p>"
         + note("Each bar is one prompt's logit(correct) − logit(incorrect) at its own final "
                "position (blue: correct preferred, red: not). The dashed line and grey band are "
-               "the mean ± stderr.")
+               "the mean ± stderr; the lighter band is the 95% bootstrap CI of the mean over prompts "
+               "(2,000 seeded resamples).")
         + figure_html(figures, "logit_diff")
     )
 
@@ -197,24 +201,31 @@ def section_dla_check(results: Results, figures: Figures,
     if not dla:
         return missing("DLA reconstruction check")
     err = dla.get("relative_error")
-    ok = finite(err) and float(err) <= DLA_TOLERANCE
+    tol = dla_tolerance(results)
+    ok = finite(err) and float(err) <= tol
     badge = (f'<span class="badge {"pass" if ok else "fail"}">'
              f'{"PASS" if ok else "FAIL"}</span>')
     recon = dla.get("reconstructed_mean")
     bias = dla.get("bias_term")
     total = float(recon) + float(bias) if finite(recon) and finite(bias) else math.nan
+    max_abs = dla.get("max_abs_error")
     rows = [
         ["reconstructed mean (components)", fmt(recon)],
         ["bias term (b_U + final-norm bias)", fmt(bias)],
         ["reconstructed + bias", fmt(total)],
         ["model's mean logit diff", fmt(dla.get("model_mean"))],
-        ["relative error", f"{float(err):.2e}" if finite(err) else "n/a"],
-        [f"check (relative error ≤ {DLA_TOLERANCE:.0e})", badge],
+        ["max over prompts of |reconstructed + bias − logit diff|",
+         f"{float(max_abs):.2e}" if finite(max_abs) else "n/a"],
+        ["relative error (max over prompts, relative to max(1, |logit diff|))",
+         f"{float(err):.2e}" if finite(err) else "n/a"],
+        [f"check (relative error ≤ {tol:.0e})", badge],
     ]
     return (
         note("Direct logit attribution decomposes the final residual stream (final-norm scale "
              "frozen) into per-component terms. If the decomposition is right, the components "
-             "plus the bias term reproduce the model's own mean logit difference.")
+             "plus the bias term reproduce every prompt's own logit difference; the check takes the "
+             "largest per-prompt error, so errors cannot cancel across prompts and a mean near 0 "
+             "does not inflate it.")
         + table(["quantity", "value"], rows, "kv")
     )
 
@@ -228,7 +239,7 @@ def section_logit_lens(results: Results, figures: Figures,
         note("The residual stream accumulated up to each point (before each layer, after its "
              "attention, and at the end), read out through the frozen final norm and the "
              "answer direction. Where the line rises is where the answer becomes linearly "
-             "available; the band is ± stderr over prompts.")
+             "available; the band is ± stderr over prompts, the lighter band the 95% bootstrap CI.")
         + figure_html(figures, "logit_lens")
     )
 
@@ -242,7 +253,7 @@ def section_layer_attribution(results: Results, figures: Figures,
     total = sum(float(v) for v in la.get("values") or [])
     return (
         note("Each component's direct contribution to the final logit difference (mean over "
-             f"prompts, ± stderr). The bars sum to {esc(fmt(total))}, the reconstructed mean of "
+             f"prompts; dark error bars ± stderr, grey whiskers the 95% bootstrap CI). The bars sum to {esc(fmt(total))}, the reconstructed mean of "
              "the DLA check. Positive bars push towards the correct answer.")
         + figure_html(figures, "layer_attribution")
     )
@@ -287,7 +298,7 @@ def section_head_attribution(results: Results, figures: Figures,
                 "(not shown per head)." if any(abs(v) > 0 for v in bias) else "")
     return (
         note("Each query head's direct contribution to the logit difference (mean over prompts; "
-             "hover for stderr). Blue pushes towards the correct answer, red against it; the "
+             "hover for stderr and the 95% bootstrap CI). Blue pushes towards the correct answer, red against it; the "
              "colour scale is centred at 0. Per layer, the heads plus the attention bias sum "
              "to that layer's attention bar above." + bias_txt)
         + figure_html(figures, "head_attribution")
@@ -331,6 +342,29 @@ def section_head_ablation(results: Results, figures: Figures,
     )
 
 
+def _pairs_sentence(rp: dict) -> str:
+    """How many pairs the patching numbers rest on, and how many were left out."""
+    n, x = rp.get("n_pairs"), rp.get("n_excluded")
+    if not isinstance(n, int):
+        return ""
+    which = ("the task's explicit patching pairs" if rp.get("pairs") == "reference"
+             else "pairs generated from the templates, pooled")
+    text = f" The heatmaps show {which}: {n} pair{'' if n == 1 else 's'} used"
+    if isinstance(x, int) and x:
+        text += f", {x} left out (|clean − corrupted| below 1 logit, where the ratio is mostly noise)"
+    text += "."
+    pooled = rp.get("pooled")
+    if isinstance(pooled, dict) and isinstance(pooled.get("n_pairs"), int):
+        text += (f" Generated pairs (every subject against every subject of another class with the same token "
+                 f"length, within each template): {pooled['n_pairs']} used"
+                 + (f", {pooled['n_excluded']} left out" if pooled.get("n_excluded") else "") + ".")
+    per = rp.get("per_template") or []
+    if per:
+        text += (f" The menu at the top right of each heatmap switches to the pooled templates and to each of the "
+                 f"{len(per)} template sets; hover shows the standard error and 95% bootstrap CI over pairs.")
+    return text
+
+
 def section_patching(results: Results, figures: Figures,
                      findings: Sequence[Finding]) -> str:
     """Residual, attention, MLP and head activation patching."""
@@ -341,12 +375,13 @@ def section_patching(results: Results, figures: Figures,
     base = ""
     if finite(rp.get("clean_logit_diff")) and finite(rp.get("corrupted_logit_diff")):
         base = (f" Clean logit difference {esc(fmt(rp['clean_logit_diff']))}, corrupted "
-                f"{esc(fmt(rp['corrupted_logit_diff']))}.")
+                f"{esc(fmt(rp['corrupted_logit_diff']))} (means over the pairs used).")
     return (
         note("Run the corrupted prompt, restore one activation from the clean run, and measure "
-             "(patched − corrupted) / (clean − corrupted): 1 = that activation alone fully "
-             "restores the clean answer, 0 = no effect. x-axis: the clean prompt's tokens with "
-             "their position index." + base)
+             "(patched − corrupted) / (clean − corrupted) for each pair, by its own gap: 1 = that activation "
+             "alone fully restores the clean answer, 0 = no effect; the heatmaps show the mean over pairs. "
+             "x-axis: the clean prompt's tokens with their position index ({name} = the subject's tokens where "
+             "templates are pooled)." + base + esc(_pairs_sentence(rp)))  # type: ignore[arg-type]
         + figure_html(figures, "resid_patching")
         + figure_html(figures, "attn_patching")
         + figure_html(figures, "mlp_patching")
@@ -368,10 +403,49 @@ def section_unembed_bias(results: Results, figures: Figures,
     else:
         txt = "The model has no unembedding bias."
     extra = f" {esc(ub['note'])}" if ub.get("note") else ""
+    pairs = ub.get("pairs") or []
+    pair_table = ""
+    if ub.get("present") and len(pairs) > 1:
+        rows = [[chip(p.get("correct", "?")), chip(p.get("incorrect", "?")), esc(fmt(p.get("b_U_correct"))),
+                 esc(fmt(p.get("b_U_incorrect"))), esc(fmt(p.get("difference"), signed=True)),
+                 esc(p.get("n_prompts", "?"))] for p in pairs]
+        pair_table = ("<p>Every answer pair of the task:</p>" + table(
+            ["correct", "incorrect", "b_U correct", "b_U incorrect (mean)", "difference", "prompts"], rows, "kv"))
     return (f"<p>{txt}{extra}</p>"
+            + pair_table
             + note("A constant offset per vocabulary entry, independent of the prompt; it is "
                    "part of the DLA check's bias term.")
             + figure_html(figures, "unembed_bias"))
+
+
+def section_robustness(results: Results, figures: Figures,
+                       findings: Sequence[Finding]) -> str:
+    """Per-template logit difference and top heads; per-subject logit difference."""
+    rob = results.get("robustness")
+    if not rob:
+        return note("No robustness analysis: the task's prompts come from fewer than two templates.")
+    kinds = sorted({k for r in rob["templates"] for k in r["top_ablation"]}, key=lambda k: k != "zero")
+
+    def ci(r: Mapping[str, Any]) -> str:
+        return esc(f"{fmt(r['mean'])} [{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]")
+
+    rows = [[esc(r["index"]), f'<span class="prompt">{esc(r["template"])}</span>', esc(r["n"]), ci(r),
+             esc(f"{head_name(*r['top_dla']['head'])} ({fmt(r['top_dla']['value'], signed=True)})"),
+             *[esc(f"{head_name(*r['top_ablation'][k]['head'])} ({fmt(r['top_ablation'][k]['value'], signed=True)})")
+               if k in r["top_ablation"] else "" for k in kinds]] for r in rob["templates"]]
+    header = ["#", "template", "prompts", "logit diff [95% CI]", "top DLA head",
+              *[f"top {k}-ablation head (Δ)" for k in kinds]]
+    srows = [[esc(s["subject"]), esc(s["subject_class"]), esc(s["n"]), ci(s)] for s in rob["subjects"]]
+    return (
+        note("The logit difference and the key heads, template by template: the mean over each template's "
+             "prompts with its 95% bootstrap CI, the head with the largest |mean| direct logit attribution "
+             "on those prompts, and the head whose ablation lowers their mean logit difference most "
+             "(mean of the per-prompt changes). Explicit prompts are not counted.")
+        + figure_html(figures, "robustness")
+        + '<div class="scroll">' + table(header, rows, "prompts") + "</div>"
+        + "<details><summary>Per subject</summary>"
+        + table(["subject", "class", "prompts", "logit diff [95% CI]"], srows, "kv") + "</details>"
+    )
 
 
 SECTIONS = (
@@ -386,5 +460,6 @@ SECTIONS = (
     ("attention", "Attention patterns", section_attention),
     ("head-ablation", "Head ablation", section_head_ablation),
     ("patching", "Activation patching", section_patching),
+    ("robustness", "Robustness across templates", section_robustness),
     ("unembed-bias", "Unembedding bias", section_unembed_bias),
 )

@@ -23,7 +23,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -76,9 +76,9 @@ def find_browser() -> str | None:
     return None
 
 
-def _static_jobs(figures: Mapping[str, go.Figure], fig_dir: Path,
+def _static_jobs(figures: Mapping[str, go.Figure], fig_dir: Path, formats: Sequence[str] = STATIC_FORMATS,
                  ) -> tuple[list[dict[str, Any]], list[Path]]:
-    """kaleido jobs writing every figure as ``<id>.png`` (2x) and ``<id>.svg`` into ``fig_dir``.
+    """kaleido jobs writing every figure as ``<id>.png`` (2x) and/or ``<id>.svg`` into ``fig_dir``.
 
     Returns:
         The jobs for ``Kaleido.write_fig_from_object`` and the paths they write.
@@ -87,7 +87,7 @@ def _static_jobs(figures: Mapping[str, go.Figure], fig_dir: Path,
     paths: list[Path] = []
     for fig_id, fig in figures.items():
         height = int(fig.layout.height or 500)
-        for fmt in STATIC_FORMATS:
+        for fmt in formats:
             path = fig_dir / f"{fig_id}.{fmt}"
             opts = {"format": fmt, "width": STATIC_WIDTH, "height": height,
                     "scale": 2 if fmt == "png" else 1}
@@ -199,7 +199,7 @@ class StaticExporter:
                     logger.debug("kaleido close failed: %s: %s", type(exc).__name__, exc)
 
     def export(self, figures: Mapping[str, go.Figure], fig_dir: Path,
-               timeout_s: float | None = None) -> list[Path]:
+               timeout_s: float | None = None, formats: Sequence[str] = STATIC_FORMATS) -> list[Path]:
         """Write every figure as ``<id>.png`` and ``<id>.svg`` into ``fig_dir``; block until done.
 
         Args:
@@ -226,7 +226,7 @@ class StaticExporter:
         if not self._open or loop is None or self._thread is None or not self._thread.is_alive():
             raise RuntimeError("kaleido's browser is no longer running")
         fig_dir.mkdir(parents=True, exist_ok=True)
-        jobs, paths = _static_jobs(figures, fig_dir)
+        jobs, paths = _static_jobs(figures, fig_dir, formats)
         if timeout_s is None:
             timeout_s = RENDER_TIMEOUT_S + _EXPORT_BUDGET_PER_IMAGE_S * len(jobs)
         logger.info("Exporting %d static images with kaleido (browser: %s)", len(jobs),
@@ -296,8 +296,9 @@ class StaticExporter:
         self.close()
 
 
-def export_static(figures: Mapping[str, go.Figure], fig_dir: Path) -> list[Path]:
-    """Write every figure as ``<id>.png`` and ``<id>.svg`` into ``fig_dir`` with kaleido.
+def export_static(figures: Mapping[str, go.Figure], fig_dir: Path,
+                  formats: Sequence[str] = STATIC_FORMATS) -> list[Path]:
+    """Write every figure as ``<id>.<format>`` (``png``, ``svg``) into ``fig_dir`` with kaleido.
 
     Starts a browser, exports and closes it; see :class:`StaticExporter` to start
     the browser ahead of time instead.
@@ -313,12 +314,12 @@ def export_static(figures: Mapping[str, go.Figure], fig_dir: Path) -> list[Path]
         Exception: Whatever kaleido/choreographer raise (no browser, render timeout, …).
     """
     with StaticExporter.start() as exporter:
-        return exporter.export(figures, fig_dir)
+        return exporter.export(figures, fig_dir, formats=formats)
 
 
 def write_report(out_dir: Path, results: Results | None = None, static: bool = True,
-                 exporter: StaticExporter | None = None) -> Path:
-    """Write ``out_dir/report.html`` and, if ``static``, ``out_dir/figures/<id>.{png,svg}``.
+                 exporter: StaticExporter | None = None, formats: Sequence[str] = STATIC_FORMATS) -> Path:
+    """Write ``out_dir/report.html`` and, if ``static``, ``out_dir/figures/<id>.<format>`` for ``formats``.
 
     Args:
         out_dir: The run's output folder.
@@ -343,8 +344,8 @@ def write_report(out_dir: Path, results: Results | None = None, static: bool = T
     if static and report.figures:
         try:
             fig_dir = out_dir / FIGURES_DIR
-            written = (exporter.export(report.figures, fig_dir) if exporter is not None
-                       else export_static(report.figures, fig_dir))
+            written = (exporter.export(report.figures, fig_dir, formats=formats) if exporter is not None
+                       else export_static(report.figures, fig_dir, formats))
             logger.info("Wrote %d static figures to %s", len(written), out_dir / FIGURES_DIR)
         except Exception as exc:  # noqa: BLE001 - static images must never break the report
             logger.warning(

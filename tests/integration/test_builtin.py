@@ -66,7 +66,7 @@ def test_ablation_and_patching_match_hooked_loop(run) -> None:  # noqa: ANN001
         for got, ref, what in [(res.logit_diff[layers], ref_d, "logit diff"), (res.loss[layers], ref_l, "loss")]:
             diff = (got - ref).abs().max().item()
             assert diff < 1e-3, f"{kind}-ablation {what}: engine vs loop max diff {diff}"
-    patch = activation_patching(m, t, SweepSettings())
+    patch = activation_patching(m, t, SweepSettings(), generated=False)
     ref = loop_patching(m, t.clean_tokens, t.corrupted_tokens, t.pair_correct_ids, t.pair_incorrect_ids,
                         "resid_pre", layers)
     diff = (patch.resid[layers] - ref).abs().max().item()

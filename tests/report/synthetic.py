@@ -10,12 +10,17 @@ repeated tokens) so that escaping can be tested.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
 from logitlab.analyses.ablation import AblationResult
+from logitlab.analyses.attribution import DLAResult
+from logitlab.analyses.heads import HeadAttributionResult
+from logitlab.analyses.robustness import GroupLogitDiff, RobustnessResult, TemplateRobustness
 from logitlab.results import SCHEMA_VERSION, AblationScores, Results
+from logitlab.stats import paired
 
 BOS = "<|endoftext|>"
 HOSTILE_PROMPT_PART = "<script>alert(1)</script>"
@@ -42,6 +47,29 @@ def _stderr(x: np.ndarray, axis: int = 0) -> np.ndarray:
     if n < 2:
         return np.zeros(np.delete(np.array(x.shape), axis))
     return x.std(axis=axis, ddof=1) / math.sqrt(n)
+
+
+def _per_prompt(rng: np.random.Generator, means: np.ndarray, n: int, scale: float) -> np.ndarray:
+    """Per-prompt values (..., n) whose mean over prompts is exactly ``means``: noise centred per row."""
+    noise = rng.normal(0.0, scale, (*means.shape, n))
+    return means[..., None] + noise - noise.mean(-1, keepdims=True)
+
+
+def _ci(x: np.ndarray) -> list:
+    """The battery's 95% bootstrap CI over the last dimension (:func:`logitlab.stats.paired`)."""
+    return paired(torch.tensor(x, dtype=torch.float64)).ci.tolist()
+
+
+def _group(label: str, idx: list[int], per_prompt: np.ndarray) -> GroupLogitDiff:
+    p = paired(torch.tensor(per_prompt[idx], dtype=torch.float64)[None])
+    return GroupLogitDiff(label, tuple(idx), float(p.mean[0]), float(p.stderr[0]),
+                          (float(p.ci[0, 0]), float(p.ci[0, 1])))
+
+
+def _one_pair(values: np.ndarray) -> dict[str, Any]:
+    """The uncertainty fields of a patching section computed from one reference pair."""
+    return {"stderr": np.zeros_like(values).tolist(), "ci": np.stack([values, values], -1).tolist(),
+            "n_pairs": 1, "n_excluded": 0, "pairs": "reference", "pooled": None, "per_template": []}
 
 
 def _tokens(i: int, n_pos: int) -> list[str]:
@@ -107,7 +135,10 @@ def make_results(
     b_u_c, b_u_i = (0.31, 0.19) if unembed_bias else (0.0, 0.0)
     bias_term = b_u_c - b_u_i
     reconstructed = mean - bias_term + 1e-7 * mean
-    rel_err = abs(reconstructed + bias_term - mean) / abs(mean)
+    # The DLA check of the battery, on per-prompt values off by 1e-7·mean each.
+    dla = DLAResult(torch.tensor(per_prompt - bias_term + 1e-7 * mean, dtype=torch.float64),
+                    torch.full((n_prompts,), bias_term, dtype=torch.float64),
+                    torch.tensor(per_prompt, dtype=torch.float64)).to_dict()
 
     heads = rng.normal(0.0, 0.3, (L, H))
     heads[L - 1, H - 1] += 1.5  # one strong head
@@ -122,6 +153,7 @@ def make_results(
         values += [float(heads[layer].sum() + attn_bias[layer]), float(mlp[layer])]
     values[0] = reconstructed - sum(values[1:])  # embed closes the sum exactly
     layer_err = np.abs(rng.normal(0.1, 0.03, len(values)))
+    layer_ci = _ci(_per_prompt(rng, np.array(values), n_prompts, 0.2))
 
     lens_labels: list[str] = []
     lens_values: list[float] = []
@@ -137,6 +169,12 @@ def make_results(
     lens_labels.append("final_post")
     lens_values.append(acc)
     lens_err = np.abs(rng.normal(0.15, 0.05, len(lens_values)))
+    lens_ci = _ci(_per_prompt(rng, np.array(lens_values), n_prompts, 0.3))
+    # Per-prompt head attributions around the means; the CI and the separation test are the battery's code.
+    heads_pp = _per_prompt(rng, heads, n_prompts, 0.1)
+    head_res = HeadAttributionResult(torch.tensor(heads_pp, dtype=torch.float64),
+                                     torch.zeros(L, n_prompts, dtype=torch.float64), None)
+    head_ci, head_top = _ci(heads_pp), head_res.top_separation()
 
     order = np.argsort(-np.abs(heads), axis=None)[: min(3, L * H)]
     attn_tokens = prompt_tokens[0]
@@ -166,6 +204,26 @@ def make_results(
                              torch.tensor(loss_pp, dtype=torch.float32), torch.tensor(per_prompt, dtype=torch.float32),
                              torch.full((n_prompts,), baseline_loss))
         return res.to_dict()  # type: ignore[return-value]
+
+    zero, mean_ab = _ablation(0.0), _ablation(-0.5)
+    robustness = None
+    if n_prompts >= 2:  # two templates: the first half of the prompts and the second
+        origin = [2 * i // n_prompts for i in range(n_prompts)]
+        rows = []
+        for t in (0, 1):
+            idx = [i for i in range(n_prompts) if origin[i] == t]
+            m = heads_pp[..., idx].mean(-1).flatten()
+            d = int(np.abs(m).argmax())
+            tops = []
+            for kind, ab in (("zero", zero), ("mean", mean_ab)):
+                a_m = np.array(ab["delta_logit_diff_per_prompt"])[..., idx].mean(-1).flatten()
+                a = int(a_m.argmin())
+                tops.append((kind, (a // H, a % H, float(a_m[a]))))
+            rows.append(TemplateRobustness(t, _group(f"{{}} template <b>{t}</b>, isn’t", idx, per_prompt),
+                                           (d // H, d % H, float(m[d])), tuple(tops)))
+        subj = tuple((_group(NAMES[k % len(NAMES)], [i for i in range(n_prompts) if i % 2 == k], per_prompt),
+                      "she" if k == 0 else "he") for k in (0, 1))
+        robustness = RobustnessResult(tuple(rows), subj).to_dict()
 
     resid = rng.normal(0.0, 0.05, (L, n_pos))
     for layer in range(L):
@@ -215,7 +273,7 @@ def make_results(
         "device": "cpu",
     }
     task_name = "pronouns <i>synthetic</i>"
-    return {
+    out: Results = {
         "schema_version": SCHEMA_VERSION,
         "logitlab_version": "0.1.0",
         "config": {
@@ -228,6 +286,7 @@ def make_results(
             "attention_prompt": 0,
             "n_predictions": len(predictions),
             "max_memory": None,
+            "patching_pairs": 12,
         },
         "model": model,
         "task": {
@@ -249,43 +308,43 @@ def make_results(
             "per_prompt": per_prompt.tolist(),
             "mean": mean,
             "stderr": stderr,
+            "ci": _ci(per_prompt[None])[0],
             "prob_ratio": np.exp(per_prompt).tolist(),
             "prob_ratio_of_mean": math.exp(mean),
             "accuracy": float((per_prompt > 0).mean()),
             "loss_per_prompt": loss.tolist(),
             "loss_mean": float(loss.mean()),
         },
-        "dla": {
-            "reconstructed_mean": reconstructed,
-            "bias_term": bias_term,
-            "model_mean": mean,
-            "relative_error": rel_err,
-            "reconstructed_per_prompt": (per_prompt - bias_term + 1e-7 * mean).tolist(),
-        },
-        "logit_lens": {"labels": lens_labels, "values": lens_values, "stderr": lens_err.tolist()},
-        "layer_attribution": {"labels": labels, "values": values, "stderr": layer_err.tolist()},
+        "dla": {**dla, "reconstructed_mean": reconstructed, "bias_term": bias_term, "model_mean": mean},
+        "logit_lens": {"labels": lens_labels, "values": lens_values, "stderr": lens_err.tolist(), "ci": lens_ci},
+        "layer_attribution": {"labels": labels, "values": values, "stderr": layer_err.tolist(), "ci": layer_ci},
         "head_attribution": heads.tolist(),
         "head_attribution_detail": {
             "stderr": head_err.tolist(),
+            "ci": head_ci,
+            "top": head_top,  # type: ignore[typeddict-item]
             "attn_bias": attn_bias.tolist(),
             "naive": (heads * rng.normal(1.3, 0.2, (L, H))).tolist() if post_norm else None,
         },
         "attention": {"prompt_index": 0, "tokens": attn_tokens, "heads": attn_heads},
         "head_ablation": {
-            "zero": _ablation(0.0),
-            "mean": _ablation(-0.5),
+            "zero": zero,
+            "mean": mean_ab,
             "baseline_logit_diff": mean,
             "baseline_loss": baseline_loss,
         },
+        # One explicit patching pair (templates that generate no pair): `values` are the reference pair's,
+        # with a degenerate CI [v, v]; nothing pooled.
         "resid_patching": {
             "tokens": prompt_tokens[0],
             "values": resid.tolist(),
             "clean_logit_diff": mean,
             "corrupted_logit_diff": -0.8 * mean,
+            **_one_pair(resid),
         },
-        "attn_patching": {"tokens": prompt_tokens[0], "values": attn_p.tolist()},
-        "mlp_patching": {"tokens": prompt_tokens[0], "values": mlp_p.tolist()},
-        "head_patching": {"values": rng.normal(0.0, 0.2, (L, H)).tolist()},
+        "attn_patching": {"tokens": prompt_tokens[0], "values": attn_p.tolist(), **_one_pair(attn_p)},
+        "mlp_patching": {"tokens": prompt_tokens[0], "values": mlp_p.tolist(), **_one_pair(mlp_p)},
+        "head_patching": {"values": (head_p := rng.normal(0.0, 0.2, (L, H))).tolist(), **_one_pair(head_p)},
         "unembed_bias": {
             "present": unembed_bias,
             "correct": answers[0][0],
@@ -297,5 +356,12 @@ def make_results(
             "note": "b_U[correct] − b_U[incorrect] <alone>"
             if unembed_bias
             else "This model has no unembedding bias.",
+            # the task's two answer pairs (even prompts: " she" vs " he", odd: " he" vs "</div>")
+            "pairs": [{"correct": a[0], "incorrect": a[1], "b_U_correct": c, "b_U_incorrect": i, "difference": c - i,
+                       "n_prompts": sum(1 for b in answers if b == a)}
+                      for a, (c, i) in zip(answers[:2], [(b_u_c, b_u_i), (b_u_i, -0.05 if unembed_bias else 0.0)])],
         },
     }
+    if robustness is not None:
+        out["robustness"] = robustness  # type: ignore[typeddict-item]
+    return out

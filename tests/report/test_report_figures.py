@@ -16,9 +16,9 @@ EXPECTED = {
     "logit_diff", "logit_lens", "layer_attribution", "head_attribution", "head_attribution_naive",
     "head_ablation_zero_logit_diff", "head_ablation_zero_loss", "head_ablation_mean_logit_diff",
     "head_ablation_mean_loss", "resid_patching", "attn_patching", "mlp_patching",
-    "head_patching", "unembed_bias",
+    "head_patching", "unembed_bias", "robustness",
 }
-HEATMAPS = EXPECTED - {"logit_diff", "logit_lens", "layer_attribution", "unembed_bias"}
+HEATMAPS = EXPECTED - {"logit_diff", "logit_lens", "layer_attribution", "unembed_bias", "robustness"}
 
 
 def test_every_figure_built(results: dict[str, Any]) -> None:

@@ -20,9 +20,9 @@ def _by_figure(findings: list[Finding], fig_id: str) -> list[str]:
 
 
 def test_findings_basic(results: dict[str, Any]) -> None:
-    """4–8 findings, frozen, each linked to a figure that exists."""
+    """4–9 findings, frozen, each linked to a figure that exists."""
     findings = key_findings(results)
-    assert 4 <= len(findings) <= 8
+    assert 4 <= len(findings) <= 9
     figs = build_figures(results)
     for f in findings:
         assert isinstance(f, Finding) and f.text.strip()
@@ -34,10 +34,10 @@ def test_findings_basic(results: dict[str, Any]) -> None:
 def test_logit_diff_numbers_from_results(results: dict[str, Any]) -> None:
     """The headline sentence reports the actual mean, accuracy and ratio."""
     results["logit_diff"].update(mean=3.14159, stderr=0.2718, accuracy=0.5,
-                                 prob_ratio_of_mean=23.14)
+                                 prob_ratio_of_mean=23.14, ci=[2.61, 3.67])
     text = _by_figure(key_findings(results), "logit_diff")[0]
-    assert "3.14" in text and "0.27" in text and "50%" in text and "23.1" in text
-    results["logit_diff"].update(mean=-1.5)
+    assert "3.14" in text and "0.27" in text and "50%" in text and "23.1" in text and "[2.61, 3.67]" in text
+    results["logit_diff"].update(mean=-1.5, ci=[-2.0, -1.0])
     assert "prefers the incorrect answer" in _by_figure(key_findings(results), "logit_diff")[0]
 
 
@@ -136,7 +136,7 @@ def test_findings_any_shape(n_layers: int, n_heads: int, n_prompts: int, n_pos: 
                      unembed_bias=bias)
     findings = key_findings(r)
     figs = build_figures(r)
-    assert 4 <= len(findings) <= 8
+    assert 4 <= len(findings) <= 9
     assert all(f.figure_id in figs for f in findings)
     assert not any(re.search(r"\bnan\b|n/a", f.text.lower()) for f in findings)
 
@@ -145,10 +145,15 @@ def test_preference_claimed_only_beyond_two_standard_errors() -> None:
     from logitlab.report import key_findings
     from tests.report.synthetic import make_results
     res = make_results()
-    res["logit_diff"].update(mean=0.2, stderr=0.6)
+    res["logit_diff"].update(mean=0.2, stderr=0.6, ci=[-0.9, 1.3])
     text = key_findings(res)[0].text
     assert "no clear preference" in text and "prefers the correct" not in text
-    res["logit_diff"].update(mean=3.0, stderr=0.4)
+    res["logit_diff"].update(mean=3.0, stderr=0.4, ci=[2.2, 3.8])
     assert "prefers the correct answer" in key_findings(res)[0].text
-    res["logit_diff"].update(mean=-3.0, stderr=0.4)
+    res["logit_diff"].update(mean=-3.0, stderr=0.4, ci=[-3.8, -2.2])
     assert "prefers the incorrect answer" in key_findings(res)[0].text
+    # Two standard errors from 0 but a CI that touches 0 (a skewed sample): no claim.
+    res["logit_diff"].update(mean=1.0, stderr=0.4, ci=[-0.05, 1.9])
+    assert "no clear preference" in key_findings(res)[0].text
+    del res["logit_diff"]["ci"]  # without a CI: two standard errors
+    assert "prefers the correct answer" in key_findings(res)[0].text

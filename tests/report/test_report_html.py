@@ -19,7 +19,7 @@ from synthetic import make_results
 SECTIONS = [
     "Key findings", "Setup", "Predictions", "Logit difference", "DLA reconstruction check",
     "Logit lens", "Layer attribution", "Head attribution", "Attention patterns", "Head ablation",
-    "Activation patching", "Unembedding bias",
+    "Activation patching", "Robustness across templates", "Unembedding bias",
 ]
 ALERT = "<script>alert(1)</script>"
 

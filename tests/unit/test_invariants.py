@@ -103,28 +103,32 @@ def test_ablation_sweep_equals_one_forward_per_head(run, kind) -> None:  # noqa:
 
 def test_patching_equals_one_forward_per_patch(tiny_model, tiny_task_file) -> None:
     tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
-    res = activation_patching(tiny_model, tt, SweepSettings(chunk_size=7))
+    ref = activation_patching(tiny_model, tt, SweepSettings(chunk_size=7), generated=False).reference
     args = (tiny_model, tt.clean_tokens, tt.corrupted_tokens, tt.pair_correct_ids, tt.pair_incorrect_ids)
-    for what, mine in [("resid_pre", res.resid), ("attn_out", res.attn), ("mlp_out", res.mlp), ("z", res.heads)]:
-        _close(mine, loop_patching(*args, what), 1e-4, f"{what} patching: engine vs hooked loop")
+    for what, mine in [("resid_pre", ref.resid), ("attn_out", ref.attn), ("mlp_out", ref.mlp), ("z", ref.heads)]:
+        _close(mine, loop_patching(*args, what, per_pair=True), 1e-4, f"{what} patching: engine vs hooked loop")
+        _close(mine.mean(-1), loop_patching(*args, what), 1e-4, f"{what} patching, mean over pairs")
 
 
 def test_patching_endpoints(tiny_model, tiny_task_file) -> None:
     tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
-    res = activation_patching(tiny_model, tt)
+    ref = activation_patching(tiny_model, tt, generated=False).reference
     r = tiny_model.runner
     clean, corr = r.run_with_cache(tt.clean_tokens), r.run_with_cache(tt.corrupted_tokens)
     n, T = tt.clean_tokens.shape
     fp = torch.full((n,), T - 1)
+    gap = ref.clean - ref.corrupted
     for layer in range(tiny_model.spec.n_layers):
-        for source, expected in [(clean, 1.0), (corr, 0.0)]:
+        for source, expected, raw in [(clean, 1.0, ref.clean), (corr, 0.0, ref.corrupted)]:
             entry = Entry(key="all", layer=layer, stage="pre", make=lambda idx, s=source, l=layer: s.resid_pre[l, idx],
                           final_pos=fp, correct=tt.pair_correct_ids, incorrect=tt.pair_incorrect_ids)
             d, _ = run_sweep(r, [entry], False, SweepSettings())["all"]
-            got = float(res.normalise(d.mean()))
-            assert abs(got - expected) < 1e-4, f"patching everything/nothing at layer {layer}: {got} != {expected}"
+            _close(d, raw, 1e-4, f"patching everything/nothing at layer {layer}, per pair (raw)")
+            got = ((d - ref.corrupted) / gap)[gap.abs() > 0.1]  # each pair by its own gap
+            assert not got.numel() or (got - expected).abs().max() < 1e-3, \
+                f"patching everything/nothing at layer {layer}: {got} != {expected}"
     # Patching the full residual stream at the first position of layer 0 touches only the BOS token.
-    assert abs(float(res.normalise(res.resid[0, 0]))) < 1e-4
+    assert float((ref.resid[0, 0] - ref.corrupted).abs().max()) < 1e-4
 
 
 def test_sweep_progress_counts_every_item_once(run, tiny_model, tiny_task_file) -> None:  # noqa: ANN001
@@ -134,6 +138,6 @@ def test_sweep_progress_counts_every_item_once(run, tiny_model, tiny_task_file) 
     assert sum(steps) == run.model.spec.n_layers * run.model.spec.n_heads * run.task.n_prompts
     tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
     steps.clear()
-    activation_patching(tiny_model, tt, SweepSettings(chunk_size=7, progress=steps.append))
+    activation_patching(tiny_model, tt, SweepSettings(chunk_size=7, progress=steps.append), generated=False)
     n_pairs, T = tt.clean_tokens.shape
     assert sum(steps) == tiny_model.spec.n_layers * n_pairs * (3 * T + tiny_model.spec.n_heads)

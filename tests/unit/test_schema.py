@@ -41,15 +41,19 @@ def test_battery_output_validates_on_every_kind(tiny_model: Model, tiny_task_fil
     validate_results(results)
     validate_results(json.loads(json.dumps(results)))  # as read back from results.json
     assert set(results) == set(results_schema()["properties"]), "a task with pairs fills every section"
-    assert results["schema_version"] == SCHEMA_VERSION == 3
+    assert results["schema_version"] == SCHEMA_VERSION == 4
 
 
 def test_without_patching_pairs_the_patching_sections_are_absent(gpt2: Model, tmp_path: Path) -> None:
     path = tmp_path / "no-pairs.yaml"
     path.write_text(TASK_YAML.split("patching:")[0], encoding="utf-8")
+    # Without explicit pairs the templates still yield pairs (generated), unless generation is off.
     results = run_battery(gpt2, load_task(str(path)), RunConfig())
     validate_results(results)
-    assert PATCHING.isdisjoint(results) and results["task"]["patching_pairs"] == []
+    assert results["task"]["patching_pairs"] == [] and results["resid_patching"]["pairs"] == "pooled"
+    results = run_battery(gpt2, load_task(str(path)), RunConfig(patching_pairs=0))
+    validate_results(results)
+    assert PATCHING.isdisjoint(results), "no explicit and no generated pairs: no patching sections"
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -133,7 +137,8 @@ def test_schema_required_and_optional_sections() -> None:
     schema = results_schema()
     assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
     optional = set(schema["properties"]) - set(schema["required"])
-    assert optional == PATCHING, f"only the patching sections may be absent, not {optional - PATCHING}"
+    allowed = PATCHING | {"robustness"}  # robustness: absent with fewer than two templates
+    assert optional == allowed, f"only the patching and robustness sections may be absent, not {optional - allowed}"
 
 
 def test_config_section_is_the_run_config() -> None:

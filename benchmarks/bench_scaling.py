@@ -1,0 +1,96 @@
+"""Benchmark: how the battery's time, FLOPs and peak memory grow with the number of prompts and their length.
+
+Each configuration runs in its own process (so its peak resident memory is its own) and prints one row:
+prompts, tokens per prompt, battery seconds, sweep TFLOP and the rate they ran at, peak RSS and what the
+battery added to the RSS after loading the model.
+
+* prompt count: the first N prompts of ``pronouns-large`` (template-major), N = 20 … 520;
+* prompt length: the built-in ``pronouns`` prompts behind a neutral filler text, 10 … 200 tokens.
+
+Usage: python benchmarks/bench_scaling.py [--model builtin] [--counts 20,65,130,260,520]
+       [--lengths 10,25,50,100,200] [--device cpu]
+Run it alone: two torch processes on two cores slow each other many times over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+FILLER = "The weather was calm that morning, and the streets of the old town were still quiet. "
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def child(model_name: str, kind: str, size: int, device: str) -> None:
+    """One configuration, in this process; prints its row as JSON."""
+    import torch
+
+    import logitlab
+    from logitlab.battery import RunConfig, run_battery
+    from logitlab.sweep import SweepStats
+    from logitlab.task import Task, tokenize_task
+    torch.set_grad_enabled(False)
+    logitlab.keep_freed_memory()
+    m = logitlab.load_model(model_name, device=device)
+    after_load = _rss_gb()
+    if kind == "count":
+        big = logitlab.load_task("pronouns-large")
+        n = min(size, len(big.prompts))
+        task = Task(name=f"pronouns-large[:{n}]", prompts=big.prompts[:n], correct=big.correct[:n],
+                    incorrect=big.incorrect[:n], patch_pairs=big.patch_pairs, prepend_bos=big.prepend_bos,
+                    templates=big.templates, prompt_template=big.prompt_template[:n],
+                    prompt_subject=big.prompt_subject[:n], prompt_class=big.prompt_class[:n])
+    else:
+        base = logitlab.load_task("pronouns")
+        base_len = len(tokenize_task(base, m.tokenizer).tokens[0])
+        filler_len = len(m.tokenizer(FILLER, add_special_tokens=False)["input_ids"])
+        prefix = FILLER * max(0, round((size - base_len) / filler_len))
+        pairs = tuple(type(p)(prefix + p.clean, prefix + p.corrupted, p.correct, p.incorrect) for p in base.patch_pairs)
+        task = Task(name=f"pronouns+filler({size})", prompts=tuple(prefix + p for p in base.prompts),
+                    correct=base.correct, incorrect=base.incorrect, patch_pairs=pairs, prepend_bos=base.prepend_bos,
+                    templates=tuple(prefix + t for t in base.templates), prompt_template=base.prompt_template,
+                    prompt_subject=base.prompt_subject, prompt_class=base.prompt_class)
+    tt = tokenize_task(task, m.tokenizer)
+    stats = SweepStats()
+    t0 = time.perf_counter()
+    run_battery(m, task, RunConfig(model=model_name, device=device), stats=stats)
+    secs = time.perf_counter() - t0
+    print(json.dumps({"prompts": tt.n_prompts, "tokens": int(tt.final_pos.max()) + 1, "battery_s": secs,
+                      "tflop": stats.flops / 1e12, "gflops": stats.flops_per_second / 1e9,
+                      "peak_rss_gb": _rss_gb(), "battery_rss_gb": _rss_gb() - after_load}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="builtin")
+    ap.add_argument("--counts", default="20,65,130,260,520")
+    ap.add_argument("--lengths", default="10,25,50,100,200")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--child", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.model, args.child[0], int(args.child[1]), args.device)
+        return
+    print(f"{'prompts':>8} {'tokens':>7} {'battery s':>10} {'TFLOP':>7} {'GFLOP/s':>8} {'peak RSS GiB':>13} "
+          f"{'battery RSS GiB':>16}")
+    for kind, sizes in (("count", args.counts), ("length", args.lengths)):
+        for size in (int(s) for s in sizes.split(",") if s):
+            cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--child", kind, str(size)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{kind} {size}: failed: {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{r['prompts']:>8} {r['tokens']:>7} {r['battery_s']:>10.1f} {r['tflop']:>7.2f} {r['gflops']:>8.0f} "
+                  f"{r['peak_rss_gb']:>13.2f} {r['battery_rss_gb']:>16.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
