@@ -24,18 +24,48 @@ from logitlab.analyses import (
     activation_patching, attention_patterns, clean_run, dla, head_ablation, head_attribution, layer_attribution,
     logit_diff, logit_lens, robustness, task_predictions, unembed_bias,
 )
+from logitlab.analyses.atp import attribution_patching
+from logitlab.analyses.circuit import CIRCUIT_PAIRS, IG_STEPS, N_RANDOM, THRESHOLD, eap_ig_circuit
 from logitlab.analyses.patching import MIN_GAP, patching_items
+from logitlab.analyses.path_patching import path_items, path_patching
 from logitlab.answers import PAD
 from logitlab.errors import LogitlabError
+from logitlab.model.backend import GRAD, SWEEP, has
 from logitlab.model.load import Model
 from logitlab.results import SCHEMA_VERSION, Results, TaskSection, validate_results
 from logitlab.sweep import SweepSettings, SweepStats
 from logitlab.task import MAX_PAIRS_PER_TEMPLATE, Task, tokenize_task
 
-__all__ = ["RunConfig", "run_battery", "write_results", "check_finite"]
+__all__ = ["ANALYSES", "DEFAULT_ANALYSES", "CircuitConfig", "RunConfig", "run_battery", "write_results", "check_finite",
+           "top_senders"]
 
 log = logging.getLogger(__name__)
 
+
+
+#: Analyses ``RunConfig.analyses`` can select (the clean run, logit difference, DLA, logit lens, layer and head
+#: attribution, predictions and the unembedding bias always run: they cost one forward pass).
+ANALYSES = ("attention", "ablation", "patching", "atp", "path_patching", "robustness", "circuit")
+#: What ``logitlab run`` runs unless told otherwise: everything but circuit discovery (``--circuit``).
+DEFAULT_ANALYSES = tuple(a for a in ANALYSES if a != "circuit")
+
+
+@dataclass(frozen=True)
+class CircuitConfig:
+    """Settings of path patching and EAP-IG circuit discovery."""
+
+    pairs: int = CIRCUIT_PAIRS  # clean/corrupted pairs (the task's own first, then generated ones)
+    ig_steps: int = IG_STEPS
+    n_random: int = N_RANDOM  # random circuits per size (the faithfulness baseline)
+    threshold: float = THRESHOLD  # recovery that defines "the circuit"
+    n_senders: int = 4  # path patching: top heads by zero-ablation and by DLA, this many in all
+    path_pairs: int = 8  # path patching's pairs (it runs in every `logitlab run`: fewer than discovery)
+
+    def __post_init__(self) -> None:
+        if min(self.pairs, self.ig_steps, self.n_random, self.n_senders, self.path_pairs) < 1:
+            raise LogitlabError("circuit settings: pairs, ig_steps, n_random, n_senders and path_pairs must be ≥ 1")
+        if not 0 < self.threshold <= 1:
+            raise LogitlabError(f"circuit threshold must be in (0, 1], got {self.threshold}")
 
 
 @dataclass(frozen=True)
@@ -52,8 +82,13 @@ class RunConfig:
     n_predictions: int = 4
     max_memory: int | None = None
     patching_pairs: int = MAX_PAIRS_PER_TEMPLATE  # generated patching pairs per template (0: explicit pairs only)
+    analyses: tuple[str, ...] = DEFAULT_ANALYSES
+    circuit: CircuitConfig = CircuitConfig()
 
     def __post_init__(self) -> None:
+        unknown = [a for a in self.analyses if a not in ANALYSES]
+        if unknown:
+            raise LogitlabError(f"unknown analysis {unknown[0]!r}", f"choose from {', '.join(ANALYSES)}")
         if self.patching_pairs < 0:
             raise LogitlabError("patching_pairs must be ≥ 0", "0 patches the task's explicit pairs only")
         if self.top_k < 1 or self.n_attention_heads < 1 or self.n_predictions < 0 or self.attention_prompt < 0:
@@ -122,7 +157,7 @@ def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _n
                             for c, i in zip(tt.correct_ids, tt.incorrect_ids.tolist())]
     # Built in the analyses' order; their to_dict() are untyped, the types are checked by validate_results.
     results: Results = {  # type: ignore[typeddict-item]
-        "schema_version": SCHEMA_VERSION, "logitlab_version": __version__, "config": asdict(config),
+        "schema_version": SCHEMA_VERSION, "logitlab_version": __version__, "config": _config_dict(config),
         "model": model.to_dict(), "task": task_dict,
         "predictions": [p.to_dict() for p in task_predictions(run, config.n_predictions, k=config.top_k)],
         "logit_diff": logit_diff(run).to_dict(), "dla": dla(run).to_dict(), "logit_lens": logit_lens(run).to_dict(),
@@ -132,30 +167,76 @@ def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _n
     hd = heads.to_dict()
     results["head_attribution"] = hd.pop("values")
     results["head_attribution_detail"] = hd  # type: ignore[typeddict-item]
-    results["attention"] = attention_patterns(  # type: ignore[typeddict-item]
-        run, heads, k=min(config.n_attention_heads, spec.n_layers * spec.n_heads),
-        prompt_index=min(config.attention_prompt, tt.n_prompts - 1)).to_dict()
+    todo = set(config.analyses)
+    if "attention" in todo:
+        results["attention"] = attention_patterns(  # type: ignore[typeddict-item]
+            run, heads, k=min(config.n_attention_heads, spec.n_layers * spec.n_heads),
+            prompt_index=min(config.attention_prompt, tt.n_prompts - 1)).to_dict()
     n_items = spec.n_layers * spec.n_heads * tt.n_prompts
-    ablations = {kind: head_ablation(run, kind, settings(progress(f"{kind}-ablating heads", n_items)))
-                 for kind in ("zero", "mean")}
-    zero, mean = (ablations[kind].to_dict() for kind in ("zero", "mean"))
-    results["head_ablation"] = {"zero": zero, "mean": mean,  # type: ignore[typeddict-item]
-                                "baseline_logit_diff": float(run.logit_diff.mean()),
-                                "baseline_loss": float(run.loss.mean())}
+    ablations = {}
+    if "ablation" in todo:
+        ablations = {kind: head_ablation(run, kind, settings(progress(f"{kind}-ablating heads", n_items)))
+                     for kind in ("zero", "mean")}
+        zero, mean = (ablations[kind].to_dict() for kind in ("zero", "mean"))
+        results["head_ablation"] = {"zero": zero, "mean": mean,  # type: ignore[typeddict-item]
+                                    "baseline_logit_diff": float(run.logit_diff.mean()),
+                                    "baseline_loss": float(run.loss.mean())}
     # The reference pairs and the pairs generated from the templates.
     total = patching_items(model, tt, max_pairs=config.patching_pairs)
-    if total:
+    patching = None
+    if total and "patching" in todo:
         patching = activation_patching(model, tt, settings(progress("activation patching", total)),
                                        max_pairs=config.patching_pairs)
         if patching.main is not None and not patching.main.n_pairs:
             log.warning("activation patching: no clean/corrupted pair has a gap of at least %g logits, so none "
                         "is normalised (the sections hold no values)", MIN_GAP)
         results.update(patching.to_dict())  # type: ignore[typeddict-item]
+    has_pairs = total > 0
+    if has_pairs and "atp" in todo and has(model, GRAD):
+        adv = progress("attribution patching", 1)
+        results["attribution_patching"] = attribution_patching(  # type: ignore[typeddict-item]
+            model, tt, exact=patching, max_pairs=config.patching_pairs).to_dict()
+        adv(1)
+    cc = config.circuit
+    if has_pairs and "path_patching" in todo and has(model, SWEEP):
+        senders = top_senders(heads, ablations.get("zero"), cc.n_senders)
+        adv = progress("path patching", path_items(model, tt, len(senders), cc.path_pairs))
+        results["path_patching"] = path_patching(model, tt, senders, max_pairs=cc.path_pairs,  # type: ignore[typeddict-item]
+                                                 progress=adv).to_dict()
+    if "circuit" in todo:
+        try:
+            results["circuit"] = eap_ig_circuit(  # type: ignore[typeddict-item]
+                model, tt, steps=cc.ig_steps, max_pairs=cc.pairs, n_random=cc.n_random, threshold=cc.threshold,
+                progress=progress).to_dict()
+        except LogitlabError as e:  # no pairs, or none the model tells apart: the rest of the battery stands
+            log.warning("circuit discovery skipped: %s", e)
     results["unembed_bias"] = unembed_bias(model, tt).to_dict()  # type: ignore[typeddict-item]
-    if len({t for t in task.prompt_template if t >= 0}) >= 2:  # robustness needs two templates or more
+    # Robustness needs two templates or more (and ablation for its ablation rankings).
+    if "robustness" in todo and len({t for t in task.prompt_template if t >= 0}) >= 2:
         results["robustness"] = robustness(run, heads, ablations).to_dict()  # type: ignore[typeddict-item]
     check_finite(results)
     return results
+
+
+def top_senders(heads: Any, zero: Any, n: int) -> list[tuple[int, int]]:
+    """Path patching's senders: the heads with the largest |zero-ablation effect| and |direct logit attribution|,
+    alternately (duplicates skipped), ``n`` in all; DLA alone without ablation."""
+    rank = lambda x: [divmod(int(i), x.shape[1]) for i in x.abs().flatten().argsort(descending=True)]  # noqa: E731
+    lists = [rank(heads.mean)]
+    if zero is not None:
+        lists.insert(0, rank((zero.logit_diff - zero.baseline_logit_diff[None, None]).mean(-1)))
+    out: list[tuple[int, int]] = []
+    for i in range(max(len(x) for x in lists)):
+        for x in lists:
+            if i < len(x) and x[i] not in out and len(out) < n:
+                out.append(x[i])
+    return out
+
+
+def _config_dict(config: RunConfig) -> dict[str, Any]:
+    d = asdict(config)
+    d["analyses"] = list(config.analyses)
+    return d
 
 
 def _tables(results: Results) -> dict[str, list[dict[str, Any]]]:

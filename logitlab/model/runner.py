@@ -130,12 +130,17 @@ class Runner(Readout):
         bias = self._b_qkv
         kv = self._linear(x, self._W_qkv[layer, s.n_heads * dh:], None if bias is None else bias[layer, s.n_heads * dh:])
         k, v = kv[..., : K * dh].unflatten(-1, (K, dh)), kv[..., K * dh:].unflatten(-1, (K, dh))  # (B, T, K, dh)
+        return self._finish_keys(layer, k, start), v
+
+    def _finish_keys(self, layer: int, k: Tensor, start: int) -> Tensor:
+        """Key norm and rotary embedding of projected keys (B, T, K, dh) at positions start…"""
+        s = self.spec
         if s.qk_norm:
             k = self._rms(k, self.w.k_norm_w[layer])
         if s.positional == "rotary":
-            cos, sin = self._rope(start + x.shape[1], s.rotary_base[layer])
+            cos, sin = self._rope(start + k.shape[1], s.rotary_base[layer])
             k = self._apply_rope(k, cos[start:], sin[start:])
-        return k, v
+        return k
 
     def keys_values(self, layer: int, resid_pre: Float[Tensor, "batch pos d_model"]) -> tuple[Tensor, Tensor]:
         """The keys and values (B, T, K, dh) layer ``layer`` computes from ``resid_pre`` (positions 0…T-1).
@@ -159,7 +164,6 @@ class Runner(Readout):
         B, Tx, _ = resid_pre.shape
         H, dh = s.n_heads, s.d_head
         P = 0 if prefix_kv is None else prefix_kv[0].shape[1]
-        T = P + Tx
         x = self._normed(resid_pre, w.ln1_w[layer], w.ln1_b[layer])
         rows = torch.arange(B, device=x.device)
         xq = x if query_pos is None else x[rows, query_pos - P][:, None]  # (B, Tq, D)
@@ -168,9 +172,17 @@ class Runner(Readout):
         k, v = self._keys_values(layer, x, P)  # (B, Tx, K, dh)
         if prefix_kv is not None:
             k, v = torch.cat([prefix_kv[0], k], dim=1), torch.cat([prefix_kv[1], v], dim=1)
+        return self._attend(layer, q, k, v, P, query_pos, need_pattern)
+
+    def _attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, P: int, query_pos: Tensor | None,
+                need_pattern: bool) -> tuple[Tensor, Tensor | None]:
+        """Attention of projected queries q (B, Tq, H, dh) (before query norm and rotary embedding) over final
+        keys and values (B, T, K, dh); queries at positions P… (or ``query_pos``). Returns z and the pattern."""
+        w, s = self.w, self.spec
+        H, T = s.n_heads, k.shape[1]
         if s.qk_norm:
             q = self._rms(q, w.q_norm_w[layer])
-        idx = torch.arange(T, device=resid_pre.device)
+        idx = torch.arange(T, device=q.device)
         qidx = idx[None, P:, None] if query_pos is None else query_pos[:, None, None]  # (1 or B, Tq, 1)
         if s.positional == "rotary":
             cos, sin = self._rope(T, s.rotary_base[layer])
@@ -194,6 +206,23 @@ class Runner(Readout):
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         pattern = torch.softmax(wide(scores), dim=-1).to(q.dtype)  # for the analyses; z does not use it
         return z, pattern
+
+    def split_attention(self, layer: int, xq: Float[Tensor, "batch pos head d_model"],
+                        xk: Float[Tensor, "batch pos kv_head d_model"],
+                        xv: Float[Tensor, "batch pos kv_head d_model"]) -> Tensor:
+        """Per-head outputs z (B, T, H, dh) when every head's query and every KV head's key and value read their
+        own copy of the residual stream (before the layer's norm): the edge-level forward of
+        :mod:`logitlab.model.graph`. With every copy equal to resid_pre it is :meth:`attention`."""
+        w, s = self.w, self.spec
+        ln_w, ln_b = w.ln1_w[layer], w.ln1_b[layer]
+        nq, nk = self._normed(xq, ln_w, ln_b), self._normed(xk, ln_w, ln_b)
+        nv = nk if xv is xk else self._normed(xv, ln_w, ln_b)
+        # One product per head: (B, T, heads, D) · (heads, D, dh) -> (B, T, heads, dh)
+        q = torch.einsum("bthd,hde->bthe", nq, w.W_Q[layer]) + w.b_Q[layer]
+        k = torch.einsum("bthd,hde->bthe", nk, w.W_K[layer]) + w.b_K[layer]
+        v = torch.einsum("bthd,hde->bthe", nv, w.W_V[layer]) + w.b_V[layer]
+        z, _ = self._attend(layer, q, self._finish_keys(layer, k, 0), v, 0, None, False)
+        return z
 
     def heads_to_attn_pre(self, layer: int, z: Float[Tensor, "batch pos head d_head"]) -> Tensor:
         """Sum of the heads' outputs plus the output bias (before any post-attention norm)."""

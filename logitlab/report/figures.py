@@ -29,6 +29,7 @@ from ._util import (
     plotly_text,
     unique_token_labels,
 )
+from .circuit import CIRCUIT_FIGURES
 
 logger = logging.getLogger(__name__)
 
@@ -482,6 +483,7 @@ FIGURES: dict[str, tuple[str, Callable[[Results], go.Figure]]] = {
     "attn_patching": ("attn_patching", attn_patching_figure),
     "mlp_patching": ("mlp_patching", mlp_patching_figure),
     "head_patching": ("head_patching", head_patching_figure),
+    **CIRCUIT_FIGURES,  # attribution patching, path patching, the EAP-IG circuit
     "unembed_bias": ("unembed_bias", unembed_bias_figure),
     "robustness": ("robustness", robustness_figure),
 }

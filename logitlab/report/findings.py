@@ -15,7 +15,8 @@ claims more than they do:
   answer's logit beats the (mean) incorrect one's;
 * patching as a fraction of the clean − corrupted gap with its 95% CI; "the information
   moves from X to Y between layer a and layer b" only when both ends restore more than
-  half of the gap with the CI's lower bound above it, over layer ranges that do not overlap.
+  half of the gap with the CI's lower bound above it, over layer ranges that do not overlap;
+* attribution patching, path patching and the circuit: see :mod:`logitlab.report.circuit`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from logitlab.results import Results
 
 from ._util import finite, fmt, fmt_pct, fmt_ratio, head_name, is_matrix, quoted
+from .circuit import CIRCUIT_RULES
 from .figures import FIGURES, lookup
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,8 @@ def dla_tolerance(results: Results) -> float:
     return DLA_TOLERANCE_BF16 if results.get("config", {}).get("dtype") == "bfloat16" else DLA_TOLERANCE
 #: Share of the summed |attribution| above which named components "carry" the logit difference.
 CARRY_SHARE = 0.5
-MAX_FINDINGS = 9
+#: Nine rules of the core analyses, four of the circuit sections (circuit.py).
+MAX_FINDINGS = 13
 
 
 @dataclass(frozen=True)
@@ -461,6 +464,7 @@ _RULES: tuple[Callable[[Results], Finding | None], ...] = (
     _heads,
     _resid_patching,
     _ablation,
+    *CIRCUIT_RULES,
     _robustness,
     _logit_lens,
     _unembed_bias,
@@ -469,7 +473,7 @@ _RULES: tuple[Callable[[Results], Finding | None], ...] = (
 
 
 def key_findings(results: Results) -> list[Finding]:
-    """Generate 4–9 key-finding sentences from the numbers (fewer when analyses are missing).
+    """Generate 4–13 key-finding sentences from the numbers (fewer when analyses are missing).
 
     Args:
         results: A ``results.json`` dict (schema version 1).

@@ -136,6 +136,8 @@ def render_report(
     for anchor, heading, render in SECTIONS:
         try:
             body = render(results, figures, findings)
+            if body is None:  # a section whose results key is absent (the circuit sections)
+                continue
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             logger.warning("Section %r could not be rendered: %s", heading, exc)
             body = f'<p class="note">This section could not be rendered ({esc(type(exc).__name__)}).</p>'

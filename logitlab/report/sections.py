@@ -1,7 +1,8 @@
 """HTML sections of the report, one function per section.
 
 Each function takes the results dict, the figures and the findings and returns an
-HTML fragment. Every string that comes from the results (prompts, tokens, names,
+HTML fragment, or None to leave its section out (the circuit sections when their
+results key is absent). Every string that comes from the results (prompts, tokens, names,
 notes, findings) goes through :func:`html.escape`.
 """
 
@@ -19,6 +20,7 @@ from logitlab.results import Results
 
 from ._util import finite, fmt, fmt_pct, fmt_ratio, head_name, is_matrix, visible
 from .attention import attention_viewer_html
+from .circuit import CIRCUIT_SECTIONS
 from .findings import Finding, dla_tolerance
 
 Figures = Mapping[str, go.Figure]
@@ -460,6 +462,7 @@ SECTIONS = (
     ("attention", "Attention patterns", section_attention),
     ("head-ablation", "Head ablation", section_head_ablation),
     ("patching", "Activation patching", section_patching),
+    *CIRCUIT_SECTIONS,  # each left out when its results key is absent
     ("robustness", "Robustness across templates", section_robustness),
     ("unembed-bias", "Unembedding bias", section_unembed_bias),
 )

@@ -287,6 +287,8 @@ def make_results(
             "n_predictions": len(predictions),
             "max_memory": None,
             "patching_pairs": 12,
+            "analyses": ["attention", "ablation", "patching", "atp", "path_patching", "robustness"],
+            "circuit": {"pairs": 16, "ig_steps": 5, "n_random": 20, "threshold": 0.8, "n_senders": 4, "path_pairs": 8},
         },
         "model": model,
         "task": {
@@ -364,4 +366,203 @@ def make_results(
     }
     if robustness is not None:
         out["robustness"] = robustness  # type: ignore[typeddict-item]
+    return out
+
+
+# ---- the circuit sections (attribution_patching, path_patching, circuit) ----------------------------------
+# Not yet types of logitlab.results: these dicts follow the layouts of logitlab.analyses.atp.AtPResult.to_dict()
+# and of the path-patching and EAP-IG analyses, and are not validated here.
+
+CIRCUIT_KEYS = ("attribution_patching", "path_patching", "circuit")
+#: A hostile label: a sender name and an edge's node name that must be shown as text.
+HOSTILE_LABEL = "L0H1<img src=x onerror=alert(1)>"
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.clip((a * b).sum() / den, -1, 1)) if den > 0 else None
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x))
+    return r
+
+
+def _atp_part(atp: np.ndarray, exact: np.ndarray, labels: list[str], **extra: Any) -> dict[str, Any]:
+    """One AtP kind with its comparison to exact patching (the analysis's statistics, in numpy)."""
+    a, e = atp.flatten(), exact.flatten()
+    k = min(10, a.size)
+    top = lambda x: set(np.argsort(-np.abs(x), kind="stable")[:k].tolist())  # noqa: E731
+    worst = np.argsort(-np.abs(a - e), kind="stable")[:5]
+    return {**extra, "atp": atp.tolist(), "exact": exact.tolist(), "pearson": _pearson(a, e),
+            "spearman": _pearson(_ranks(a), _ranks(e)), "top_k": k, "top_k_overlap": len(top(a) & top(e)) / k,
+            "worst": [{"label": labels[i], "atp": float(a[i]), "exact": float(e[i])} for i in worst]}
+
+
+def _attribution_patching(r: Results, rng: np.random.Generator, n_pairs: int) -> dict[str, Any]:
+    """AtP next to the results' exact patching: close on heads and the residual stream, poor on MLP outputs."""
+    out: dict[str, Any] = {"method": "atp", "n_pairs": n_pairs, "n_excluded": 2, "min_gap": 1.0}
+    exact = np.array(r["head_patching"]["values"])
+    L, H = exact.shape
+    out["heads"] = _atp_part(exact + rng.normal(0, 0.02, exact.shape), exact,
+                             [f"L{l}H{h}" for l in range(L) for h in range(H)], pairs="all", n_pairs=n_pairs)
+    for kind, noise in (("resid", 0.03), ("attn", 0.05), ("mlp", 0.6)):
+        ex = np.array(r[f"{kind}_patching"]["values"])  # type: ignore[literal-required]
+        tokens = list(r[f"{kind}_patching"]["tokens"])  # type: ignore[literal-required]
+        labels = [f"L{l} pos {p} {tokens[p]!r}" for l in range(L) for p in range(ex.shape[1])]
+        out[kind] = _atp_part(ex + rng.normal(0, noise, ex.shape), ex, labels, pairs="reference", tokens=tokens,
+                              n_pairs=n_pairs)
+    return out
+
+
+def _ci_around(v: np.ndarray, half: np.ndarray) -> np.ndarray:
+    return np.stack([v - half, v + half], -1)
+
+
+def _with_nulls(x: np.ndarray, valid: np.ndarray) -> list:
+    """``x`` as nested lists with None where ``valid`` is False (``valid`` broadcast over x's leading dims)."""
+    def conv(a: Any, m: Any) -> Any:
+        if isinstance(m, (bool, np.bool_)):
+            return a if m else None
+        return [conv(ai, mi) for ai, mi in zip(a, m)]
+    return conv(x.tolist(), valid.tolist())
+
+
+def _path_patching(L: int, H: int, K: int, rng: np.random.Generator, n_pairs: int, n_senders: int,
+                   hostile: bool) -> dict[str, Any]:
+    """Path patching from ``n_senders`` heads of the earlier layers; sender 0 has one clearly largest path
+    (the value input of a last-layer head), sender 1 two paths that are not separated."""
+    g = H // K
+    heads = [(l, h) for l in range(max(L - 1, 1)) for h in range(H)]
+    senders = [heads[int(i)] for i in rng.choice(len(heads), min(n_senders, len(heads)), replace=False)]
+    senders.sort()
+    S = len(senders)
+    lay = np.arange(L)
+    after = np.array([lay > l for l, _ in senders])  # (S, L): receivers of q/k/v
+    mlp_ok = np.array([lay >= l for l, _ in senders])  # the sender's own layer's MLP comes after it
+    q = rng.normal(0, 0.02, (S, L, H))
+    k = rng.normal(0, 0.02, (S, L, K))
+    v = rng.normal(0, 0.02, (S, L, K))
+    mlp = rng.normal(0, 0.02, (S, L))
+    direct = rng.normal(0.05, 0.03, S)
+    half = 0.03
+    if L > 1:
+        v[0, L - 1, 0] = 0.45  # sender 0: clearly through the last layer's value input
+        if S > 1:
+            q[1, L - 1, H - 1], direct[1] = 0.20, 0.18  # sender 1: two tied paths
+    q_ci, k_ci, v_ci = (_ci_around(x, np.full(x.shape, half)) for x in (q, k, v))
+    node = np.array([max(q[s][after[s]].max(initial=0), v[s][after[s]].max(initial=0), direct[s]) + 0.1
+                     for s in range(S)])  # the whole head: a little more than its largest path
+    labels = [f"L{l}H{h}" for l, h in senders]
+    if hostile and S > 2:
+        labels[2] = HOSTILE_LABEL
+    return {
+        "n_pairs": n_pairs, "n_excluded": 2, "senders": labels, "sender_heads": [[l, h] for l, h in senders],
+        "q": _with_nulls(q, np.broadcast_to(after[:, :, None], q.shape)),
+        "q_ci": _with_nulls(q_ci, np.broadcast_to(after[:, :, None], q_ci.shape[:-1])),  # a null CI, not [null, null]
+        "k": _with_nulls(k, np.broadcast_to(after[:, :, None], k.shape)),
+        "k_ci": _with_nulls(k_ci, np.broadcast_to(after[:, :, None], k_ci.shape[:-1])),  # a null CI, not [null, null]
+        "v": _with_nulls(v, np.broadcast_to(after[:, :, None], v.shape)),
+        "v_ci": _with_nulls(v_ci, np.broadcast_to(after[:, :, None], v_ci.shape[:-1])),  # a null CI, not [null, null]
+        "mlp": _with_nulls(mlp, mlp_ok), "mlp_ci": _with_nulls(_ci_around(mlp, np.full(mlp.shape, half)),
+                                                              mlp_ok),
+        "direct": direct.tolist(), "direct_ci": _ci_around(direct, np.full(S, half)).tolist(),
+        "node": node.tolist(), "node_ci": _ci_around(node, np.full(S, 0.05)).tolist(), "kv_groups": g,
+    }
+
+
+def _circuit(L: int, H: int, K: int, rng: np.random.Generator, n_pairs: int, chosen: bool,
+             hostile: bool) -> dict[str, Any]:
+    """EAP-IG edges of the full graph (top 1000 kept) with a planted path input → L0H0 → L{L-1}H0 (value) → logits,
+    and a faithfulness curve that reaches the threshold (``chosen``) or stays below it."""
+    g = H // K
+    nodes = ["input"] + [n for l in range(L) for n in [*(f"L{l}H{h}" for h in range(H)), f"M{l}"]] + ["logits"]
+    kv = lambda l, h: f"L{l}G{h // g}" if g > 1 else f"L{l}H{h}"  # noqa: E731
+    edges = []
+
+    def add(s: str, r: str, inp: str) -> None:
+        edges.append({"sender": s, "receiver": r, "input": inp})
+
+    senders = [("input", -1, False)] + [(n, int(n[1:].split("H")[0]), n.startswith("M")) for n in nodes[1:-1]]
+    for s, sl, is_mlp in senders:  # a head's output reaches the later heads, its own layer's MLP on, the logits
+        for l in range(sl + 1, L):
+            for h in range(H):
+                add(s, f"L{l}H{h}", "q")
+            for kh in range(K):
+                for inp in ("k", "v"):
+                    add(s, kv(l, kh * g), inp)
+        for l in range(sl + 1 if is_mlp or s == "input" else sl, L):
+            add(s, f"M{l}", "mlp")
+        add(s, "logits", "logits")
+    for e in edges:
+        e["score"] = float(rng.normal(0, 0.01))
+    planted = {("input", "L0H0", "q"): 0.12, ("L0H0", kv(L - 1, 0), "v"): 0.25, (f"L{L - 1}H0", "logits", "logits"): 0.31}
+    if L == 1:
+        planted = {("input", "L0H0", "q"): 0.12, ("L0H0", "logits", "logits"): 0.31}
+    for e in edges:
+        e["score"] = planted.get((e["sender"], e["receiver"], e["input"]), e["score"])
+        half = 0.02 if (e["sender"], e["receiver"], e["input"]) in planted else 0.015
+        e["score_ci"] = [e["score"] - half, e["score"] + half]
+    if hostile:
+        edges.append({"sender": HOSTILE_LABEL, "receiver": "logits", "input": "logits", "score": 0.001,
+                      "score_ci": [-0.01, 0.012]})
+    total = len(edges)
+    edges.sort(key=lambda e: -abs(e["score"]))
+    edges = edges[:1000]
+    grid = sorted({n for n in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if n < total} | {total})
+    top = 0.95 if chosen else 0.7
+    rec = np.array([top * (1 - math.exp(-n / 8)) for n in grid])
+    rec[-1] = 1.0 if chosen else 0.75
+    rnd = np.array([0.9 * n / total for n in grid])
+    rec_ci, rnd_ci = _ci_around(rec, np.full(len(grid), 0.05)), _ci_around(rnd, np.full(len(grid), 0.04))
+    i = next((j for j, x in enumerate(rec) if x >= 0.8), None) if chosen else None
+    return {
+        "method": "eap-ig", "ig_steps": 5, "n_pairs": n_pairs, "n_excluded": 2, "n_edges_total": total,
+        "nodes": nodes, "edges": edges,
+        "faithfulness": {"n_edges": grid, "recovered": rec.tolist(), "recovered_ci": rec_ci.tolist(),
+                         "random_mean": rnd.tolist(), "random_ci": rnd_ci.tolist(), "n_random": 20, "random_pairs": 8},
+        "chosen": {"n_edges": grid[i] if i is not None else None,
+                   "recovered": float(rec[i]) if i is not None else None,
+                   "recovered_ci": rec_ci[i].tolist() if i is not None else None, "threshold": 0.8,
+                   "random_mean": float(rnd[i]) if i is not None else None,
+                   "random_ci": rnd_ci[i].tolist() if i is not None else None},
+        "full": 1.0, "empty": 0.0,
+    }
+
+
+def with_circuit(results: Results, *, seed: int = 0, keys: tuple[str, ...] = CIRCUIT_KEYS, n_kv_heads: int | None = None,
+                 n_senders: int = 5, chosen: bool = True, hostile: bool = True) -> dict[str, Any]:
+    """A copy of ``results`` with the circuit sections added (sized from ``results["model"]``).
+
+    Args:
+        results: From :func:`make_results`.
+        seed: RNG seed.
+        keys: Which of :data:`CIRCUIT_KEYS` to add.
+        n_kv_heads: Key/value heads (grouped-query attention when below ``n_heads``; must divide it).
+        n_senders: Path-patching senders.
+        chosen: Whether a circuit reaches the faithfulness threshold.
+        hostile: Put :data:`HOSTILE_LABEL` into a sender name and an edge.
+
+    Returns:
+        The new dict (``results`` is not changed).
+    """
+    import copy  # noqa: PLC0415
+
+    out: dict[str, Any] = copy.deepcopy(dict(results))
+    rng = np.random.default_rng(seed)
+    L, H = results["model"]["n_layers"], results["model"]["n_heads"]
+    K = n_kv_heads or H
+    if H % K:
+        raise ValueError(f"n_kv_heads={K} does not divide n_heads={H}")
+    out["model"]["n_kv_heads"] = K
+    n_pairs = 12
+    if "attribution_patching" in keys:
+        out["attribution_patching"] = _attribution_patching(results, rng, n_pairs)
+    if "path_patching" in keys:
+        out["path_patching"] = _path_patching(L, H, K, rng, n_pairs, n_senders, hostile)
+    if "circuit" in keys:
+        out["circuit"] = _circuit(L, H, K, rng, n_pairs, chosen, hostile)
     return out

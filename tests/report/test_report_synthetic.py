@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from synthetic import HOSTILE_PROMPT_PART, make_results
+from synthetic import HOSTILE_PROMPT_PART, make_results, with_circuit
 
 from logitlab.results import SCHEMA_VERSION, results_schema, validate_results
 
@@ -16,9 +16,9 @@ from logitlab.results import SCHEMA_VERSION, results_schema, validate_results
 def test_shapes_and_consistency(sizes: tuple[int, int, int, int]) -> None:
     """Sizes match the arguments and the documented sums hold."""
     L, H, n, P = sizes
-    r = make_results(*sizes)
+    r = with_circuit(make_results(*sizes))
     validate_results(r)  # exactly the schema's keys and types
-    assert set(r) == set(results_schema()["properties"]), "every section, the optional patching ones included"
+    assert set(r) == set(results_schema()["properties"]), "every section, the optional ones included"
     assert r["schema_version"] == SCHEMA_VERSION
     json.dumps(r, allow_nan=False)  # plain JSON
     assert len(r["task"]["prompts"]) == len(r["task"]["answers"]) == n

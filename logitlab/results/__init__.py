@@ -28,6 +28,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import NotRequired, TypedDict  # pydantic needs typing_extensions' TypedDict before 3.12
 
 from logitlab.errors import LogitlabError
+from logitlab.results.circuit import AttributionPatching, Circuit, PathPatching
 
 __all__ = [
     "SCHEMA_VERSION", "Results", "TaskSection", "PatchingPair", "ModelSection",
@@ -39,7 +40,7 @@ __all__ = [
     "results_table",
 ]
 
-SCHEMA_VERSION = 4  # of a battery's results.json; formation's is logitlab.formation.schema's
+SCHEMA_VERSION = 5  # of a battery's results.json; formation's is logitlab.formation.schema's
 
 # Strict: a string "1" is not an int and a bool is not a number; int is accepted where a float is expected.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
@@ -138,6 +139,27 @@ class ConfigSection(TypedDict):
     """the sweeps' memory budget in bytes (null: half of the free memory)"""
     patching_pairs: int
     """patching pairs generated per template (0: the task's explicit pairs only)"""
+    analyses: list[Literal["attention", "ablation", "patching", "atp", "path_patching", "robustness", "circuit"]]
+    """the analyses run besides the always-run ones (`--analyses`, `--circuit`)"""
+    circuit: CircuitSettings
+
+
+@section
+class CircuitSettings(TypedDict):
+    """Settings of path patching and circuit discovery (`logitlab.battery.CircuitConfig`)."""
+
+    pairs: int
+    """clean/corrupted pairs used (the task's own first, then generated ones)"""
+    ig_steps: int
+    """integrated-gradient steps of the edge scores"""
+    n_random: int
+    """random circuits per size in the faithfulness baseline"""
+    threshold: float
+    """recovered fraction that defines the circuit"""
+    n_senders: int
+    """path patching: how many top heads send"""
+    path_pairs: int
+    """path patching: clean/corrupted pairs used"""
 
 
 @section
@@ -684,7 +706,7 @@ class Robustness(TypedDict):
 class Results(TypedDict):
     """A battery run's `results.json`."""
 
-    schema_version: Literal[4]
+    schema_version: Literal[5]
     """the version of this schema"""
     logitlab_version: str
     """the package version that wrote the file"""
@@ -702,12 +724,15 @@ class Results(TypedDict):
     (each head pushed through the post-norm with its scale frozen at the cached value); per layer the heads plus
     `head_attribution_detail.attn_bias[L]` sum to that layer's `L_attn_out` attribution"""
     head_attribution_detail: HeadAttributionDetail
-    attention: Attention
-    head_ablation: HeadAblation
+    attention: NotRequired[Attention]
+    head_ablation: NotRequired[HeadAblation]
     resid_patching: NotRequired[ResidPatching]
     attn_patching: NotRequired[AttnPatching]
     mlp_patching: NotRequired[MlpPatching]
     head_patching: NotRequired[HeadPatching]
+    attribution_patching: NotRequired[AttributionPatching]
+    path_patching: NotRequired[PathPatching]
+    circuit: NotRequired[Circuit]
     unembed_bias: UnembedBias
     robustness: NotRequired[Robustness]
 

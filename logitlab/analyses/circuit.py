@@ -1,0 +1,371 @@
+"""Circuit discovery with EAP-IG (edge attribution patching with integrated gradients), and its faithfulness.
+
+Method (Hanna, Pezzelle & Belinkov 2024, "Have Faith in Faithfulness"; edges as in
+:mod:`logitlab.model.graph`): the graph's nodes are the embedding, every head and every MLP; an edge joins a
+writer to a later reader's query, key or value input, MLP input or the logits. An edge's score is the change
+of the metric m (clean prompt's logit difference, correct − mean incorrect) expected when the edge alone
+carries the clean instead of the corrupted value, estimated with integrated gradients over the input:
+
+    score(u → r) = Σ_pos (a_u^clean − a_u^corr) · (1/N) Σ_{k=1..N} ∂m/∂(input of r) at x_k,
+    x_k = corrupted embedding + (k/N)(clean − corrupted embedding),
+
+averaged over the task's clean/corrupted pairs (``ig_steps`` = N). Where a layer's heads pass a post-attention
+norm, the head's write reaches the reader through that norm, and the gradient is taken through it (the norm's
+Jacobian at x_k; :func:`_post_norm_vjp`).
+
+Faithfulness: keep the top-n edges by |score|, give every other edge the corrupted run's value (the clean
+prompt runs; each reader's input mixes current writes on kept edges and corrupted writes on the others, see
+:func:`logitlab.model.graph.graph_forward`), and report the recovered fraction of each pair's gap,
+(m − m_corr) / (m_clean − m_corr), for n on a log grid, with the same for ``n_random`` circuits of n random edges
+as a baseline band. "The circuit" is the smallest n whose mean recovery is at least ``threshold`` (0.8).
+
+Invariants (tested): the full graph recovers exactly 1 and the empty graph 0 for every pair; IG completeness —
+the embedding's edges (a cut every path crosses) sum to m_clean − m_corr as the steps grow (the Riemann sum of
+the input-level integrated gradient); edge patching equals TransformerLens's direct path patching where that
+is defined; batched equals one item at a time.
+
+Example:
+    >>> tt = tokenize_task(load_task("pronouns"), model.tokenizer)
+    >>> res = eap_ig_circuit(model, tt)
+    >>> res.chosen_n, res.recovered.mean[res.sizes.index(res.chosen_n)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from logitlab.analyses.patching import MIN_GAP
+from logitlab.errors import LogitlabError
+from logitlab.model.backend import GRAD, SWEEP, require
+from logitlab.model.graph import EdgeGraph, graph_forward
+from logitlab.model.load import Model
+from logitlab.stats import Paired, paired
+from logitlab.task import TokenizedTask, generated_pairs
+
+__all__ = ["PairBatch", "CircuitResult", "pair_batches", "edge_scores", "edge_patch_metric", "eap_ig_circuit",
+           "CIRCUIT_PAIRS", "IG_STEPS", "N_RANDOM", "RANDOM_PAIRS", "THRESHOLD"]
+
+#: Defaults: clean/corrupted pairs used, integration steps, random circuits per size, recovery defining "the circuit".
+CIRCUIT_PAIRS = 16
+IG_STEPS = 5
+N_RANDOM = 20
+THRESHOLD = 0.8
+#: Pairs the random circuits of the faithfulness baseline run on.
+RANDOM_PAIRS = 8
+#: Items per batch of the edge-level forward (each holds its senders' outputs: S × T × D floats, twice).
+_ITEM_BUDGET = 2**30
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """Clean/corrupted pairs of one token length, scored with the clean prompt's answers."""
+
+    label: str
+    clean_tokens: Tensor  # (pair, pos)
+    corrupted_tokens: Tensor
+    correct: Tensor  # (pair,)
+    incorrect: Tensor  # (pair, k), padded with answers.PAD
+
+    @property
+    def n(self) -> int:
+        return int(self.clean_tokens.shape[0])
+
+
+def pair_batches(tt: TokenizedTask, max_pairs: int = CIRCUIT_PAIRS) -> list[PairBatch]:
+    """The task's explicit (reference) pairs first, then pairs generated from its templates, ``max_pairs`` in all."""
+    out: list[PairBatch] = []
+    left = max_pairs
+    if tt.clean_tokens is not None and left > 0:
+        assert tt.corrupted_tokens is not None and tt.pair_correct_ids is not None and tt.pair_incorrect_ids is not None
+        n = min(left, int(tt.clean_tokens.shape[0]))
+        out.append(PairBatch("reference", tt.clean_tokens[:n], tt.corrupted_tokens[:n], tt.pair_correct_ids[:n],
+                             tt.pair_incorrect_ids[:n]))
+        left -= n
+    for g in generated_pairs(tt) if left > 0 else ():
+        n = min(left, g.n_pairs)
+        out.append(PairBatch(g.template_text, g.clean_tokens[:n], g.corrupted_tokens[:n], g.correct_ids[:n],
+                             g.incorrect_ids[:n]))
+        left -= n
+        if left <= 0:
+            break
+    return out
+
+
+def _metric(model: Model, final: Tensor, b: PairBatch, rows: Tensor | None = None) -> Tensor:
+    dev = final.device
+    correct, incorrect = b.correct.to(dev), b.incorrect.to(dev)
+    if rows is not None:
+        correct, incorrect = correct[rows], incorrect[rows]
+    d, _ = model.runner.answer_metrics(final, correct, incorrect, with_loss=False)
+    return d.float()
+
+
+def _runs(model: Model, graph: EdgeGraph, b: PairBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Embeddings and recorded sender outputs (pair, S, T, D) of the clean and corrupted prompts."""
+    r = model.runner
+    T = b.clean_tokens.shape[1]
+    fp = torch.full((b.n,), T - 1, device=r.device)
+    ce, xe = r.embed_sum(b.clean_tokens.to(r.device)), r.embed_sum(b.corrupted_tokens.to(r.device))
+    with torch.no_grad():
+        clean = graph_forward(r, graph, ce, fp, record=True).senders
+        corr = graph_forward(r, graph, xe, fp, record=True).senders
+    assert clean is not None and corr is not None
+    return ce, xe, clean, corr
+
+
+def _post_norm_vjp(model: Model, layer: int, x: Tensor, g: Tensor) -> Tensor:
+    """Jᵀg of layer ``layer``'s post-attention RMSNorm y = w ⊙ x / rms(x) at x (B, T, D), for cotangents g (B, r, T, D).
+
+    Jᵀg = (w ⊙ g) / rms − x · ((w ⊙ g) · x) / (D · rms³).
+    """
+    spec, w = model.spec, model.runner.w
+    if spec.normalization != "RMS":
+        raise LogitlabError("edge scores through a post-attention LayerNorm are not implemented",
+                            f"{spec.model_type} has post-attention norms of type {spec.normalization}")
+    xf = x.double() if x.dtype == torch.float64 else x.float()
+    rms = (xf.pow(2).mean(-1, keepdim=True) + spec.eps).sqrt()[:, None]  # (B, 1, T, 1)
+    u = g.to(xf.dtype) * w.post1_w[layer].to(xf.dtype)
+    xr = xf[:, None]
+    return (u / rms - xr * (u * xr).sum(-1, keepdim=True) / (spec.d_model * rms**3)).to(g.dtype)
+
+
+def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_STEPS) -> Float[Tensor, "pair receiver sender"]:
+    """Per-pair EAP-IG score of every edge (0 on non-edges), in logit-difference units (module docstring)."""
+    if steps < 1:
+        raise LogitlabError("ig_steps must be ≥ 1")
+    r, spec = model.runner, model.spec
+    H, L = spec.n_heads, spec.n_layers
+    Rl = graph.receivers_per_layer
+    T = b.clean_tokens.shape[1]
+    fp = torch.full((b.n,), T - 1, device=r.device)
+    ce, xe, clean, corr = _runs(model, graph, b)
+    delta = clean - corr  # (pair, S, T, D): each sender's clean − corrupted write
+    scores = torch.zeros(b.n, graph.n_receivers, graph.n_senders, dtype=torch.float32, device=r.device)
+    linear = [0] + [graph.mlp_sender(l) for l in range(L)]
+    for k in range(1, steps + 1):
+        with torch.enable_grad():
+            x = (xe + (k / steps) * (ce - xe)).detach().requires_grad_(True)
+            run = graph_forward(r, graph, x, fp, keep_inputs=True)
+            m = _metric(model, run.final, b)
+            assert run.inputs is not None
+            grads = torch.autograd.grad(m.sum(), run.inputs)
+        # Receivers per layer: (attention inputs (B, Rl−1, T, D), MLP input (B, T, D)); then the logits.
+        blocks = [(l * Rl, grads[2 * l], graph.head_sender(l, 0)) for l in range(L)]
+        blocks += [(l * Rl + Rl - 1, grads[2 * l + 1][:, None],
+                    graph.head_sender(l, 0) + (0 if spec.parallel else H)) for l in range(L)]
+        blocks.append((graph.n_receivers - 1, grads[-1][:, None], graph.n_senders))
+        for row, g, n_read in blocks:
+            rows = slice(row, row + g.shape[1])
+            if not spec.post_norms:
+                scores[:, rows, :n_read] += torch.einsum("brtd,bstd->brs", g, delta[:, :n_read]).float() / steps
+                continue
+            lin = [s for s in linear if s < n_read]
+            scores[:, rows, lin] += torch.einsum("brtd,bstd->brs", g, delta[:, lin]).float() / steps
+            assert run.attn_pre is not None
+            for l2 in range(L):
+                h0 = graph.head_sender(l2, 0)
+                if h0 >= n_read:
+                    break
+                gj = _post_norm_vjp(model, l2, run.attn_pre[l2].detach(), g)  # through the norm at x_k
+                scores[:, rows, h0:h0 + H] += torch.einsum("brtd,bhtd->brh", gj, delta[:, h0:h0 + H]).float() / steps
+    return scores * graph.allowed.to(scores.device)
+
+
+def edge_patch_metric(model: Model, graph: EdgeGraph, b: PairBatch, patches: Tensor, base: str = "clean",
+                      start: int = 0, progress: Callable[[int], None] | None = None) -> Float[Tensor, "mask pair"]:
+    """The metric with edges patched: ``patches`` (M, R, S) float, 1 where an edge carries the *other* run's
+    value; ``base`` names the prompt that runs (``"clean"``: other = corrupted; ``"corrupted"``: other = clean).
+
+    Every (mask, pair) is one item of the edge-level forward, batched; ``start`` as in :func:`graph_forward`.
+    """
+    r = model.runner
+    ce, xe, clean, corr = _runs(model, graph, b)
+    emb, own, other = (ce, clean, corr) if base == "clean" else (xe, corr, clean)
+    M, n = patches.shape[0], b.n
+    T, D = emb.shape[1], emb.shape[2]
+    per_item = 4 * graph.n_senders * T * D * emb.element_size() + 1
+    chunk = max(1, min(M * n, _ITEM_BUDGET // per_item))
+    out = torch.empty(M * n, dtype=torch.float32)
+    patches = patches.to(device=r.device, dtype=emb.dtype)
+    with torch.no_grad():
+        for a in range(0, M * n, chunk):
+            items = torch.arange(a, min(a + chunk, M * n), device=r.device)
+            mi, pi = items // n, items % n
+            fp = torch.full((len(items),), T - 1, device=r.device)
+            run = graph_forward(r, graph, emb[pi], fp, patches[mi], other[pi], start=start,
+                                base=own[pi] if start else None)
+            out[a:a + len(items)] = _metric(model, run.final, b, pi).cpu()
+            if progress is not None:
+                progress(len(items))
+    return out.view(M, n)
+
+
+def _sizes(n_edges: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, … below ``n_edges``, then ``n_edges`` itself."""
+    sizes, k = [], 0
+    while True:
+        n = (1, 2, 5)[k % 3] * 10 ** (k // 3)
+        if n >= n_edges:
+            break
+        sizes.append(n)
+        k += 1
+    return sizes + [n_edges]
+
+
+@dataclass(frozen=True)
+class CircuitResult:
+    """EAP-IG edge scores and the faithfulness curve (module docstring)."""
+
+    graph: EdgeGraph
+    ig_steps: int
+    edge_index: Tensor  # (edge, 2): (receiver, sender), ranked by |mean score|
+    scores: Paired  # per edge, over used pairs (logit-difference units), ranked
+    sizes: list[int]
+    recovered: Paired  # (size,) over used pairs
+    random_mean: Tensor  # (size,) mean over random circuits of their mean recovery
+    random_ci: Tensor  # (size, 2): 2.5% and 97.5% of the random circuits' mean recovery
+    n_random: int
+    random_pairs: int
+    full: float
+    empty: float
+    threshold: float
+    n_pairs: int
+    n_excluded: int
+
+    @property
+    def chosen_n(self) -> int | None:
+        """The smallest size whose mean recovery reaches the threshold."""
+        for i, n in enumerate(self.sizes):
+            if float(self.recovered.mean[i]) >= self.threshold:
+                return n
+        return None
+
+    def edges(self, top: int = 1000) -> list[dict[str, Any]]:
+        out = []
+        for i in range(min(top, len(self.edge_index))):
+            rcv, snd = (int(v) for v in self.edge_index[i])
+            s, node, inp = self.graph.edge_label(rcv, snd)
+            out.append({"sender": s, "receiver": node, "input": inp, "score": float(self.scores.mean[i]),
+                        "score_ci": [float(v) for v in self.scores.ci[i]]})
+        return out
+
+    def to_dict(self, top: int = 1000) -> dict[str, Any]:
+        ci = lambda t: [[float(a), float(b)] for a, b in t.tolist()]  # noqa: E731
+        n = self.chosen_n
+        i = None if n is None else self.sizes.index(n)
+        g = self.graph
+        return {
+            "method": "eap-ig", "ig_steps": self.ig_steps, "n_pairs": self.n_pairs, "n_excluded": self.n_excluded,
+            "n_edges_total": g.n_edges, "nodes": ["input", *g.sender_names[1:], "logits"],
+            "edges": self.edges(max(top, n or 0)),
+            "faithfulness": {"n_edges": list(self.sizes), "recovered": self.recovered.mean.tolist(),
+                             "recovered_ci": ci(self.recovered.ci), "random_mean": self.random_mean.tolist(),
+                             "random_ci": ci(self.random_ci), "n_random": self.n_random,
+                             "random_pairs": self.random_pairs},
+            "chosen": {"n_edges": n, "threshold": self.threshold,
+                       "recovered": None if i is None else float(self.recovered.mean[i]),
+                       "recovered_ci": None if i is None else [float(v) for v in self.recovered.ci[i]],
+                       "random_mean": None if i is None else float(self.random_mean[i]),
+                       "random_ci": None if i is None else [float(v) for v in self.random_ci[i]]},
+            "full": self.full, "empty": self.empty,
+        }
+
+
+def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, max_pairs: int = CIRCUIT_PAIRS,
+                   n_random: int = N_RANDOM, threshold: float = THRESHOLD, min_gap: float = MIN_GAP,
+                   random_pairs: int = RANDOM_PAIRS,
+                   progress: Callable[[str, int], Callable[[int], None]] | None = None) -> CircuitResult:
+    """Score every edge with EAP-IG over the task's pairs and measure the faithfulness curve (module docstring).
+
+    ``progress(description, total)`` returns a callback advanced by finished items. The random circuits run on
+    the first ``random_pairs`` used pairs (their band spans circuits, which differ far more than pairs do).
+    """
+    require(model, SWEEP, "circuit discovery")
+    require(model, GRAD, "circuit discovery")
+    if n_random < 1 or random_pairs < 1:
+        raise LogitlabError("the faithfulness baseline needs n_random ≥ 1 random circuits on random_pairs ≥ 1 pairs")
+    batches = pair_batches(tt, max_pairs)
+    if not batches:
+        raise LogitlabError("circuit discovery needs clean/corrupted pairs",
+                            "give the task a patching: list, or templates with subjects of two classes")
+    graph = EdgeGraph(model.spec)
+    allowed = graph.allowed
+    adv = progress("circuit: edge scores", sum(b.n for b in batches) * steps) if progress else None
+    per_pair, clean_ld, corr_ld, full_ld, empty_ld = [], [], [], [], []
+    for b in batches:
+        per_pair.append(edge_scores(model, graph, b, steps).cpu())
+        # The references come from the ordinary forward pass; the full and empty graphs from the edge-level one.
+        clean_ld.append(_plain_metric(model, b, b.clean_tokens))
+        corr_ld.append(_plain_metric(model, b, b.corrupted_tokens))
+        full_ld.append(edge_patch_metric(model, graph, b, torch.zeros(1, *allowed.shape))[0])
+        empty_ld.append(edge_patch_metric(model, graph, b, allowed.float()[None])[0])
+        if adv:
+            adv(b.n * steps)
+    clean, corr = torch.cat(clean_ld), torch.cat(corr_ld)
+    used = (clean - corr).abs() >= min_gap
+    if not bool(used.any()):
+        raise LogitlabError(f"no clean/corrupted pair has a logit-difference gap of at least {min_gap}",
+                            "circuit discovery normalises by the gap; use pairs the model tells apart")
+    scores = torch.cat(per_pair)[used]  # (used pair, R, S)
+    edge_index = graph.edge_index
+    flat = scores[:, edge_index[:, 0], edge_index[:, 1]]  # (used pair, edge)
+    order = flat.mean(0).abs().argsort(descending=True)
+    edge_index, flat = edge_index[order], flat[:, order]
+    sizes = _sizes(graph.n_edges)
+    gen = torch.Generator().manual_seed(0)
+    top = [edge_index[:n] for n in sizes]
+    # Random circuits of each size (the whole graph is one circuit only), on the first random_pairs used pairs.
+    rand = [edge_index[torch.randperm(len(edge_index), generator=gen)[:n]] for n in sizes[:-1] for _ in range(n_random)]
+    r_batches = _first_used(batches, [u for u in used.split([b.n for b in batches])], random_pairs)
+    n_items = len(top) * sum(b.n for b in batches) + len(rand) * sum(b.n for b in r_batches)
+    adv = progress("circuit: faithfulness", n_items) if progress else None
+
+    def recovery(masks: list[Tensor], bs: list[PairBatch], refs: list[tuple[Tensor, Tensor]]) -> Tensor:
+        """(mask, pair) recovered fraction of each pair's own gap."""
+        rec = []
+        for b, (c, x) in zip(bs, refs):
+            patches = allowed.float()[None].repeat(len(masks), 1, 1)
+            for i, kept in enumerate(masks):
+                patches[i, kept[:, 0], kept[:, 1]] = 0.0  # kept edges carry the clean run's own values
+            rec.append((edge_patch_metric(model, graph, b, patches, progress=adv) - x) / (c - x))
+        return torch.cat(rec, dim=1)
+
+    recovered = paired(recovery(top, batches, list(zip(clean_ld, corr_ld)))[:, used])  # (size,) over used pairs
+    refs = [(_plain_metric(model, b, b.clean_tokens), _plain_metric(model, b, b.corrupted_tokens)) for b in r_batches]
+    rand_means = recovery(rand, r_batches, refs).mean(-1).view(len(sizes) - 1, n_random)  # (size, circuit)
+    full_row = torch.full((1, n_random), float(recovered.mean[-1]))  # every circuit of all edges is the graph
+    rand_means = torch.cat([rand_means, full_row])
+    random_mean = rand_means.mean(-1)
+    random_ci = torch.quantile(rand_means, torch.tensor([0.025, 0.975]), dim=-1).T
+    gap = clean - corr
+    fraction = lambda x: float(((torch.cat(x) - corr) / gap)[used].mean())  # noqa: E731
+    return CircuitResult(graph=graph, ig_steps=steps, edge_index=edge_index, scores=paired(flat.T), sizes=sizes,
+                         recovered=recovered, random_mean=random_mean, random_ci=random_ci, n_random=n_random,
+                         random_pairs=sum(b.n for b in r_batches),
+                         full=fraction(full_ld), empty=fraction(empty_ld), threshold=threshold,
+                         n_pairs=int(used.sum()), n_excluded=int((~used).sum()))
+
+
+def _first_used(batches: list[PairBatch], used: list[Tensor], n: int) -> list[PairBatch]:
+    """The first ``n`` used pairs, as batches."""
+    out = []
+    for b, u in zip(batches, used):
+        idx = u.nonzero()[:, 0][: max(0, n - sum(x.n for x in out))]
+        if len(idx):
+            out.append(PairBatch(b.label, b.clean_tokens[idx], b.corrupted_tokens[idx], b.correct[idx], b.incorrect[idx]))
+    return out
+
+
+def _plain_metric(model: Model, b: PairBatch, tokens: Tensor) -> Tensor:
+    """The metric from the ordinary forward pass (:meth:`Runner.run_from`), independent of the edge graph."""
+    r = model.runner
+    T = tokens.shape[1]
+    with torch.no_grad():
+        final = r.run_from(0, "pre", r.embed_sum(tokens.to(r.device)), final_pos=torch.full((b.n,), T - 1, device=r.device))
+    return _metric(model, final, b).cpu()

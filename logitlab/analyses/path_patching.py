@@ -1,0 +1,160 @@
+"""Path patching, exact and batched: how much of a head's effect travels through each later reader.
+
+Method (Wang et al. 2022, "Interpretability in the Wild"; edge convention of TransformerLens's
+``get_act_patch_direct_path``): the corrupted prompt runs; one edge — a sender head's write into one later
+reader's input — carries the clean run's value instead, and everything downstream of that reader is recomputed.
+Readers: each later head's query input, each later KV head's key and value inputs, each MLP that reads the
+sender (its own layer's MLP in sequential blocks) and the logits (the *direct* path). Each value is a fraction
+of the pair's clean − corrupted gap, (patched − corrupted) / (clean − corrupted), averaged over the pairs with
+a seeded bootstrap CI; ``node`` patches every path of the sender at once.
+
+Where this differs from TransformerLens (which refuses both cases): on models with post-attention norms the
+sender's write is its contribution to the norm's input and each reader sees the norm of its own mixture (exact,
+see :mod:`logitlab.model.graph`); with grouped KV heads a key/value reader is the KV head (``L{l}G{k}``), read by
+all query heads of its group, so ``k``/``v`` have one column per KV head.
+
+Invariants (tested): one edge equals TransformerLens's direct path patching on models it supports; all paths
+of a sender together equal patching the head itself (activation patching of its z); batched = one at a time.
+
+Example:
+    >>> res = path_patching(model, tt, senders=[(9, 2), (14, 3)])
+    >>> res.v.mean[0]   # (layer, kv_head): L9H2's effect through each later value input
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from logitlab.analyses.circuit import CIRCUIT_PAIRS, PairBatch, _plain_metric, edge_patch_metric, pair_batches
+from logitlab.analyses.patching import MIN_GAP
+from logitlab.errors import LogitlabError
+from logitlab.model.backend import SWEEP, require
+from logitlab.model.graph import EdgeGraph
+from logitlab.model.load import Model
+from logitlab.stats import Paired, paired
+from logitlab.task import TokenizedTask
+
+__all__ = ["PathPatchingResult", "path_patching", "path_items"]
+
+_KINDS = ("q", "k", "v", "mlp", "direct", "node")
+
+
+@dataclass(frozen=True)
+class PathPatchingResult:
+    """Per sender head: fractions of the gap through each reader; NaN where the reader is not after the sender."""
+
+    senders: list[tuple[int, int]]
+    q: Paired  # (sender, layer, head)
+    k: Paired  # (sender, layer, kv_head)
+    v: Paired  # (sender, layer, kv_head)
+    mlp: Paired  # (sender, layer)
+    direct: Paired  # (sender,)
+    node: Paired  # (sender,)
+    kv_groups: int
+    n_pairs: int
+    n_excluded: int
+
+    def to_dict(self) -> dict[str, Any]:
+        def vals(t: Tensor) -> Any:
+            return [None if v != v else float(v) for v in t.tolist()] if t.dim() == 1 else [vals(x) for x in t]
+
+        def cis(t: Tensor) -> Any:
+            if t.dim() == 1:
+                return None if bool(t.isnan().any()) else [float(v) for v in t.tolist()]
+            return [cis(x) for x in t]
+
+        out: dict[str, Any] = {"n_pairs": self.n_pairs, "n_excluded": self.n_excluded,
+                               "senders": [f"L{l}H{h}" for l, h in self.senders],
+                               "sender_heads": [list(s) for s in self.senders], "kv_groups": self.kv_groups}
+        for kind in _KINDS:
+            p: Paired = getattr(self, kind)
+            out[kind], out[f"{kind}_ci"] = vals(p.mean), cis(p.ci)
+        return out
+
+
+def _masks(graph: EdgeGraph, layer: int, head: int) -> list[tuple[str, tuple[int, ...], int, Tensor]]:
+    """(kind, index, start layer, patch (R, S)) for every path of sender (layer, head), then the whole node."""
+    spec = graph.spec
+    s = graph.head_sender(layer, head)
+    out = []
+
+    def one(kind: str, idx: tuple[int, ...], start: int, rows: list[int]) -> None:
+        p = torch.zeros(graph.n_receivers, graph.n_senders)
+        p[rows, s] = 1.0
+        out.append((kind, idx, start, p))
+
+    for l in range(layer + 1, spec.n_layers):
+        for h in range(spec.n_heads):
+            one("q", (l, h), l, [graph.receiver(l, "q", h)])
+        for k in range(spec.n_kv_heads):
+            one("k", (l, k), l, [graph.receiver(l, "k", k)])
+            one("v", (l, k), l, [graph.receiver(l, "v", k)])
+    for l in range(layer if not spec.parallel else layer + 1, spec.n_layers):
+        one("mlp", (l,), l, [graph.receiver(l, "mlp")])
+    one("direct", (), spec.n_layers, [graph.receiver(0, "logits")])
+    node = graph.allowed[:, s].nonzero()[:, 0].tolist()
+    one("node", (), layer, node)
+    return out
+
+
+def path_items(model: Model, tt: TokenizedTask, n_senders: int, max_pairs: int = CIRCUIT_PAIRS) -> int:
+    """How many edge-level forward items :func:`path_patching` runs for ``n_senders`` senders (an upper bound)."""
+    spec = model.spec
+    per_sender = (spec.n_layers - 1) * (spec.n_heads + 2 * spec.n_kv_heads) + spec.n_layers + 2
+    return n_senders * per_sender * sum(b.n for b in pair_batches(tt, max_pairs))
+
+
+def path_patching(model: Model, tt: TokenizedTask, senders: list[tuple[int, int]], *,
+                  max_pairs: int = CIRCUIT_PAIRS, min_gap: float = MIN_GAP,
+                  progress: Callable[[int], None] | None = None) -> PathPatchingResult:
+    """Every path of every sender head, over the task's pairs (module docstring); batched by the reader's layer."""
+    require(model, SWEEP, "path patching")
+    spec = model.spec
+    for l, h in senders:
+        if not (0 <= l < spec.n_layers and 0 <= h < spec.n_heads):
+            raise LogitlabError(f"no head L{l}H{h} in a model with {spec.n_layers} layers × {spec.n_heads} heads")
+    batches = pair_batches(tt, max_pairs)
+    if not batches:
+        raise LogitlabError("path patching needs clean/corrupted pairs",
+                            "give the task a patching: list, or templates with subjects of two classes")
+    graph = EdgeGraph(spec)
+    L, H, K, S = spec.n_layers, spec.n_heads, spec.n_kv_heads, len(senders)
+    plan = [(si, m) for si, (l, h) in enumerate(senders) for m in _masks(graph, l, h)]
+    fracs = []  # per batch: (item, pair) fractions of the gap
+    gaps = []
+    for b in batches:
+        clean, corr = _plain_metric(model, b, b.clean_tokens), _plain_metric(model, b, b.corrupted_tokens)
+        gaps.append(clean - corr)
+        vals = torch.empty(len(plan), b.n)
+        for start in sorted({m[2] for _, m in plan}):  # one batch per reader layer: earlier layers are unchanged
+            idx = [i for i, (_, m) in enumerate(plan) if m[2] == start]
+            patches = torch.stack([plan[i][1][3] for i in idx])
+            vals[idx] = edge_patch_metric(model, graph, b, patches, base="corrupted", start=start, progress=progress)
+        fracs.append((vals - corr) / (clean - corr))
+    gap = torch.cat(gaps)
+    used = gap.abs() >= min_gap  # without a used pair every value is NaN (null in the results), n_pairs 0
+    frac = torch.cat(fracs, dim=1)[:, used]  # (item, used pair)
+    n = frac.shape[1]
+    if not n:
+        frac = torch.full((frac.shape[0], 1), float("nan"))
+    shapes = {"q": (S, L, H), "k": (S, L, K), "v": (S, L, K), "mlp": (S, L), "direct": (S,), "node": (S,)}
+    full = {kind: torch.full((*shape, frac.shape[1]), float("nan")) for kind, shape in shapes.items()}
+    for i, (si, (kind, idx, _, _)) in enumerate(plan):
+        full[kind][(si, *idx)] = frac[i]
+    summaries = {kind: _paired_nan(x) for kind, x in full.items()}
+    return PathPatchingResult(senders=list(senders), **summaries, kv_groups=H // K, n_pairs=n,
+                              n_excluded=int((~used).sum()))
+
+
+def _paired_nan(x: Tensor) -> Paired:
+    """:func:`paired` over the last dim, NaN (mean, stderr, CI) where the reader is not after the sender."""
+    missing = x.isnan().any(-1)
+    p = paired(torch.nan_to_num(x))
+    nan = torch.tensor(float("nan"))
+    return Paired(torch.where(missing, nan, p.mean), torch.where(missing, nan, p.stderr),
+                  torch.where(missing[..., None], nan, p.ci))

@@ -1,0 +1,301 @@
+"""The computational graph at edge level: a forward pass in which every reader has its own input.
+
+Nodes that write to the residual stream (*senders*): the embedding (``input``), every attention head
+(``L{l}H{h}``: its ``z @ W_O``) and every MLP (``M{l}``). Nodes that read it (*receivers*): every head's query
+input, every KV head's key and value inputs (``L{l}H{k}`` when each head has its own keys and values, ``L{l}G{k}``
+for a grouped KV head serving query heads k·g … (k+1)·g − 1), every MLP's input and the logits. An *edge* joins a
+sender to a later receiver: a head reads everything written before its layer; an MLP also reads its own layer's
+heads (not in parallel blocks, where attention and MLP both read resid_pre); the logits read every sender.
+
+:func:`graph_forward` runs the model with each receiver's input assembled from the senders' outputs, where the
+``patch`` mask says, per item, which edges carry another run's sender output instead of the current one:
+
+    input of receiver r = Σ over senders u of (patch[r, u] ? other_u : current_u)   (+ constant biases)
+
+An edge is thereby an intervention on one reader's view of one writer, with everything downstream recomputed
+(the convention of TransformerLens's direct path patching, ``get_act_patch_direct_path``: the sender's write
+into that one reader's own pre-norm copy of the residual stream). Where a layer's heads pass through a
+post-attention norm (Gemma 2/3), a head's write is its contribution to that norm's input, and each reader's view
+of the layer is the norm of its own mixture: the norm really runs per reader, so edges stay exact there
+(TransformerLens refuses such models). With no patch the forward equals :meth:`Runner.layer`'s (tested on every
+architecture kind).
+
+Shapes: items B, positions T, senders S, receivers R, heads H, KV heads K, d_model D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from logitlab.model.runner import Runner
+from logitlab.model.spec import ArchSpec
+
+__all__ = ["EdgeGraph", "GraphRun", "graph_forward"]
+
+
+@dataclass(frozen=True)
+class EdgeGraph:
+    """Senders, receivers and allowed edges of one architecture (see the module docstring for names)."""
+
+    spec: ArchSpec = field(repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return self.spec.n_layers
+
+    @property
+    def receivers_per_layer(self) -> int:
+        """H queries, K keys, K values and one MLP input."""
+        return self.spec.n_heads + 2 * self.spec.n_kv_heads + 1
+
+    @property
+    def n_senders(self) -> int:
+        return 1 + self.spec.n_layers * (self.spec.n_heads + 1)
+
+    @property
+    def n_receivers(self) -> int:
+        return self.spec.n_layers * self.receivers_per_layer + 1
+
+    def head_sender(self, layer: int, head: int) -> int:
+        return 1 + layer * (self.spec.n_heads + 1) + head
+
+    def mlp_sender(self, layer: int) -> int:
+        return 1 + layer * (self.spec.n_heads + 1) + self.spec.n_heads
+
+    def receiver(self, layer: int, kind: str, index: int = 0) -> int:
+        """Index of receiver ``kind`` ∈ {q, k, v, mlp} (head / KV head ``index``) of ``layer``; ``logits``."""
+        H, K = self.spec.n_heads, self.spec.n_kv_heads
+        if kind == "logits":
+            return self.n_receivers - 1
+        offset = {"q": 0, "k": H, "v": H + K, "mlp": H + 2 * K}[kind]
+        return layer * self.receivers_per_layer + offset + index
+
+    @cached_property
+    def sender_names(self) -> tuple[str, ...]:
+        names = ["input"]
+        for l in range(self.n_layers):
+            names += [f"L{l}H{h}" for h in range(self.spec.n_heads)] + [f"M{l}"]
+        return tuple(names)
+
+    @cached_property
+    def receiver_names(self) -> tuple[tuple[str, str], ...]:
+        """(node, input) per receiver, e.g. ("L3H1", "q"), ("L3G0", "k"), ("M3", "mlp"), ("logits", "logits")."""
+        H, K = self.spec.n_heads, self.spec.n_kv_heads
+        kv = "H" if K == H else "G"
+        out: list[tuple[str, str]] = []
+        for l in range(self.n_layers):
+            out += [(f"L{l}H{h}", "q") for h in range(H)]
+            out += [(f"L{l}{kv}{k}", "k") for k in range(K)] + [(f"L{l}{kv}{k}", "v") for k in range(K)]
+            out.append((f"M{l}", "mlp"))
+        out.append(("logits", "logits"))
+        return tuple(out)
+
+    @cached_property
+    def allowed(self) -> Bool[Tensor, "receiver sender"]:
+        """Which (receiver, sender) pairs are edges: the sender is written before the receiver reads."""
+        s = self.spec
+        first_of_layer = lambda l: 1 + l * (s.n_heads + 1)  # noqa: E731  senders before layer l's heads
+        reads = torch.empty(self.n_receivers, dtype=torch.long)  # senders [0, reads[r]) are visible to r
+        for l in range(self.n_layers):
+            a, b = l * self.receivers_per_layer, (l + 1) * self.receivers_per_layer
+            reads[a:b - 1] = first_of_layer(l)
+            reads[b - 1] = first_of_layer(l) + (0 if s.parallel else s.n_heads)  # the MLP
+        reads[-1] = self.n_senders
+        return torch.arange(self.n_senders)[None, :] < reads[:, None]
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.allowed.sum())
+
+    @cached_property
+    def edge_index(self) -> Int[Tensor, "edge 2"]:
+        """(receiver, sender) of every edge, in a fixed order (receiver-major)."""
+        return self.allowed.nonzero()
+
+    def edge_label(self, receiver: int, sender: int) -> tuple[str, str, str]:
+        """(sender name, receiver node, receiver input) of one edge."""
+        node, inp = self.receiver_names[receiver]
+        return self.sender_names[sender], node, inp
+
+
+@dataclass(frozen=True)
+class GraphRun:
+    """What one :func:`graph_forward` returns: each item's final residual stream at its final position, and the
+    sender outputs (B, S, T, D) if recorded. ``inputs``: receivers' inputs per layer when ``keep_inputs``
+    (list over layers of (B, R_l, T, D), then the logits' (B, T, D)); ``attn_pre``: each layer's pre-norm head
+    sum (B, T, D) (post-norm models, for the norm's Jacobian)."""
+
+    final: Float[Tensor, "batch d_model"]
+    senders: Float[Tensor, "batch sender pos d_model"] | None
+    inputs: list[Tensor] | None
+    attn_pre: list[Tensor] | None
+
+
+def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch pos d_model"],
+                  final_pos: Int[Tensor, " batch"], patch: Float[Tensor, "batch receiver sender"] | None = None,
+                  other: Float[Tensor, "batch sender pos d_model"] | None = None, *, record: bool = False,
+                  keep_inputs: bool = False, start: int = 0,
+                  base: Float[Tensor, "batch sender pos d_model"] | None = None) -> GraphRun:
+    """Run the edge-level forward pass (module docstring).
+
+    Args:
+        embed: the residual stream entering layer 0 (embedding plus any position embedding).
+        final_pos: each item's final position (the logits receiver is read there).
+        patch: 1 where an edge carries ``other``'s sender output (0 elsewhere, and on non-edges); None: no patch.
+        other: the other run's sender outputs (as recorded by ``record``), per item.
+        record: return the sender outputs of this run (B, S, T, D).
+        keep_inputs: keep every receiver's input tensor (for gradients with respect to them).
+        start, base: begin at layer ``start`` with the senders of earlier layers taken from ``base`` (this
+            run's own sender outputs, recorded unpatched): exact when no patched edge reaches a receiver
+            before ``start`` (the caller's promise); receivers before it are not run.
+    """
+    s, w = runner.spec, runner.w
+    B, T, D = embed.shape
+    H, K, L = s.n_heads, s.n_kv_heads, s.n_layers
+    Rl = graph.receivers_per_layer
+    patched = patch is not None
+    if patched and other is None:
+        raise ValueError("a patch needs the other run's sender outputs")
+    keep_senders = record or patched
+    senders = embed.new_zeros(B, graph.n_senders, T, D) if keep_senders else None
+    diff = None  # (B, S, T, D): other − current, filled as senders run
+    if patched:
+        assert other is not None
+        diff = other.new_zeros(B, graph.n_senders, T, D)
+    if senders is not None:
+        senders[:, 0] = embed
+    if diff is not None:
+        diff[:, 0] = other[:, 0] - embed  # type: ignore[index]
+    resid = embed
+    attn_pre_cur: list[Tensor] = []  # per layer (B, T, D), post-norm models
+    attn_out_cur: list[Tensor] = []
+    inputs: list[Tensor] | None = [] if keep_inputs else None
+
+    other_state: list[tuple[list[Tensor], list[Tensor], list[Tensor]]] = []  # built on first use
+
+    def others() -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The other run's per-layer attention sums (pre-norm), attention outputs and residual streams
+        (resid_pre of each layer, then the final one), rebuilt from its recorded writes."""
+        if not other_state:
+            pre, out, res = [], [], [other[:, 0]]  # type: ignore[index]
+            for l in range(L):
+                h0 = graph.head_sender(l, 0)
+                pre.append(other[:, h0:h0 + H].sum(1) + w.b_O[l])  # type: ignore[index]
+                out.append(runner.post_attention(l, pre[-1])[0])
+                res.append(res[-1] + out[-1] + other[:, graph.mlp_sender(l)])  # type: ignore[index]
+            other_state.append((pre, out, res))
+        return other_state[0]
+
+    def mixed_input(rows: Tensor, n_read: int, layer: int, cur_base: Tensor, kind: str) -> Tensor:
+        """Inputs (B, r, T, D) of receivers whose ``rows`` (B, r, S) say which senders [0, n_read) they read
+        from the other run; ``cur_base`` (B, T, D) is their input with no patch. ``kind``: "att", "mlp" or
+        "logits" (which of the other run's streams is their unpatched input there).
+
+        Written relative to whichever run the receivers mostly read, so a sparse patch (path patching) or a
+        sparse circuit (faithfulness: most edges patched) costs little; with post-norms only the (item,
+        receiver, layer) triples whose mixture differs from that run's are normalised.
+        """
+        rows = rows[:, :, :n_read]
+        keep = allowed_rows(rows.shape[1], n_read, layer, kind) - rows  # 1 where the current value is read
+        from_other = bool(keep.sum() < rows.sum())
+        m_all = -keep if from_other else rows  # weights on diff = other − current, relative to the chosen run
+        if from_other:
+            o_pre, o_out, o_res = others()
+            base = o_res[layer] if kind == "att" or (kind == "mlp" and s.parallel) else \
+                (o_res[layer] + o_out[layer] if kind == "mlp" else o_res[L])
+            pre_ref, out_ref = o_pre, o_out
+        else:
+            base, pre_ref, out_ref = cur_base, attn_pre_cur, attn_out_cur
+        r = rows.shape[1]
+        x = base[:, None].expand(B, r, T, D)
+        if not s.post_norms:  # every write is linear in the residual stream: one product
+            return x + torch.einsum("brs,bstd->brtd", m_all, diff[:, :n_read])  # type: ignore[index]
+        # Post-norms: the input and MLP writes are linear; each earlier layer's heads pass the layer's norm,
+        # which runs on this reader's own mixture of current and other head outputs.
+        idx = [0] + [graph.mlp_sender(l) for l in range(L) if graph.mlp_sender(l) < n_read]
+        x = x + torch.einsum("brs,bstd->brtd", m_all[:, :, idx], diff[:, idx])  # type: ignore[index]
+        for l2 in range(layer + (1 if n_read > graph.head_sender(layer, 0) else 0)):
+            h0 = graph.head_sender(l2, 0)
+            m = m_all[:, :, h0:h0 + H]  # (B, r, H)
+            act = m.ne(0).any(-1)  # (B, r): whose view of layer l2 differs from the chosen run's
+            if not bool(act.any()):
+                continue
+            bi, ri = act.nonzero(as_tuple=True)
+            mixed = pre_ref[l2][bi] + torch.einsum("nh,nhtd->ntd", m[bi, ri], diff[bi, h0:h0 + H])  # type: ignore[index]
+            out, _ = runner.post_attention(l2, mixed)
+            x = x.index_put((bi, ri), out - out_ref[l2][bi], accumulate=True)
+        return x
+
+    allowed_cache: dict[tuple[int, int, int, str], Tensor] = {}
+
+    def allowed_rows(r: int, n_read: int, layer: int, kind: str) -> Tensor:
+        """(1, r, n_read) 1 on edges: every sender below n_read is an edge of these receivers."""
+        key = (r, n_read, layer, kind)
+        if key not in allowed_cache:
+            allowed_cache[key] = torch.ones(1, r, n_read, dtype=embed.dtype, device=embed.device)
+        return allowed_cache[key]
+
+    if start:
+        if base is None:
+            raise ValueError("starting after layer 0 needs the run's own recorded sender outputs (base)")
+        n0 = graph.head_sender(start, 0)
+        for l in range(start):  # the earlier layers' state, rebuilt from their recorded writes
+            h0 = graph.head_sender(l, 0)
+            attn_pre_cur.append(base[:, h0:h0 + H].sum(1) + w.b_O[l])
+            attn_out_cur.append(runner.post_attention(l, attn_pre_cur[-1])[0])
+            resid = resid + attn_out_cur[-1] + base[:, graph.mlp_sender(l)]
+        if senders is not None:
+            senders[:, :n0] = base[:, :n0]
+        if diff is not None:
+            diff[:, :n0] = other[:, :n0] - base[:, :n0]  # type: ignore[index]
+    for layer in range(start, L):
+        first = graph.head_sender(layer, 0)
+        x_att = mixed_input(patch[:, layer * Rl: (layer + 1) * Rl - 1], first, layer, resid, "att") if patched \
+            else resid[:, None].expand(B, Rl - 1, T, D).clone()  # type: ignore[index]
+        if inputs is not None:
+            inputs.append(x_att)
+        xq, xk, xv = x_att[:, :H], x_att[:, H:H + K], x_att[:, H + K:]
+        z = runner.split_attention(layer, xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2))  # (B, T, H, dh)
+        heads = torch.einsum("bthe,hed->bhtd", z, w.W_O[layer])  # (B, H, T, D): each head's write
+        attn_pre = heads.sum(1) + w.b_O[layer]
+        attn_out, _ = runner.post_attention(layer, attn_pre)
+        attn_pre_cur.append(attn_pre)
+        attn_out_cur.append(attn_out)
+        mlp_row = (layer + 1) * Rl - 1
+        if s.parallel:
+            x_mlp = resid
+            n_read = first
+        else:
+            x_mlp = resid + attn_out
+            n_read = first + H
+        if senders is not None:
+            senders[:, first:first + H] = heads
+        if diff is not None:
+            diff[:, first:first + H] = other[:, first:first + H] - heads  # type: ignore[index]
+        if patched:
+            x_mlp = mixed_input(patch[:, mlp_row:mlp_row + 1], n_read, layer, x_mlp, "mlp")[:, 0]  # type: ignore[index]
+        elif inputs is not None:
+            x_mlp = x_mlp.clone()
+        if inputs is not None:
+            inputs.append(x_mlp)
+        mlp_out = runner.mlp(layer, x_mlp)
+        if senders is not None:
+            senders[:, graph.mlp_sender(layer)] = mlp_out
+        if diff is not None:
+            diff[:, graph.mlp_sender(layer)] = other[:, graph.mlp_sender(layer)] - mlp_out  # type: ignore[index]
+        resid = resid + attn_out + mlp_out
+    x_fin = resid
+    if patched:
+        x_fin = mixed_input(patch[:, -1:], graph.n_senders, L, resid, "logits")[:, 0]  # type: ignore[index]
+    elif inputs is not None:
+        x_fin = resid.clone()
+    if inputs is not None:
+        inputs.append(x_fin)
+    final = x_fin[torch.arange(B, device=x_fin.device), final_pos]
+    return GraphRun(final=final, senders=senders if record else None, inputs=inputs,
+                    attn_pre=attn_pre_cur if s.post_norms else None)

@@ -1,0 +1,162 @@
+"""Edge-level forward, EAP-IG, faithfulness and path patching on tiny random models of every kind."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from logitlab.analyses import circuit as circuit_mod
+from logitlab.analyses.circuit import (
+    _plain_metric, eap_ig_circuit, edge_patch_metric, edge_scores, pair_batches,
+)
+from logitlab.analyses.patching import activation_patching
+from logitlab.analyses.path_patching import path_patching
+from logitlab.model.graph import EdgeGraph, graph_forward
+from logitlab.model.runner import Runner
+from logitlab.results import validate_results
+from logitlab.results.circuit import Circuit, PathPatching
+from logitlab.task import load_task, tokenize_task
+
+
+@pytest.fixture
+def tt(tiny_model, tiny_task_file):  # noqa: ANN001, ANN201
+    return tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
+
+
+def _float64(model):  # noqa: ANN001, ANN202
+    m = copy.copy(model)
+    m.runner = Runner(model.spec, model.runner.w.to(model.runner.device, torch.float64))
+    return m
+
+
+def test_graph_forward_unpatched_and_fully_patched(tiny_model) -> None:  # noqa: ANN001
+    """No patch = the ordinary forward; every edge patched = the other prompt's ordinary forward."""
+    r, g = tiny_model.runner, EdgeGraph(tiny_model.spec)
+    a, b = torch.randint(2, 200, (3, 9)), torch.randint(2, 200, (3, 9))
+    fp = torch.full((3,), 8)
+    ref_a, ref_b = (r.run_from(0, "pre", r.embed_sum(t))[:, 8] for t in (a, b))
+    run_a = graph_forward(r, g, r.embed_sum(a), fp, record=True)
+    run_b = graph_forward(r, g, r.embed_sum(b), fp, record=True)
+    scale = ref_a.abs().max()
+    assert (run_a.final - ref_a).abs().max() < 2e-6 * scale, f"unpatched: {(run_a.final - ref_a).abs().max():.2e}"
+    allp = g.allowed.float()[None].expand(3, -1, -1)
+    full = graph_forward(r, g, r.embed_sum(a), fp, allp, run_b.senders)
+    assert (full.final - ref_b).abs().max() < 2e-6 * scale, f"all patched: {(full.final - ref_b).abs().max():.2e}"
+    none = graph_forward(r, g, r.embed_sum(a), fp, allp * 0, run_b.senders)
+    assert (none.final - ref_a).abs().max() < 2e-6 * scale
+
+
+def test_graph_edges(tiny_model) -> None:  # noqa: ANN001
+    """Heads read only earlier layers; an MLP reads its own layer's heads unless the block is parallel."""
+    s, g = tiny_model.spec, EdgeGraph(tiny_model.spec)
+    assert g.allowed[g.receiver(1, "q", 0), g.head_sender(0, s.n_heads - 1)]
+    assert not g.allowed[g.receiver(1, "q", 0), g.head_sender(1, 0)]
+    assert bool(g.allowed[g.receiver(1, "mlp"), g.head_sender(1, 0)]) == (not s.parallel)
+    assert not g.allowed[g.receiver(1, "mlp"), g.mlp_sender(1)]
+    assert g.allowed[g.receiver(0, "logits")].all()
+    assert len(g.receiver_names) == g.n_receivers and len(g.sender_names) == g.n_senders
+
+
+def test_full_graph_recovers_one_and_empty_zero(tiny_model, tt) -> None:  # noqa: ANN001
+    """Against the ordinary forward's clean and corrupted metrics (computed independently of the graph)."""
+    res = eap_ig_circuit(tiny_model, tt, steps=2, max_pairs=4, n_random=2, min_gap=0.0)
+    assert abs(res.full - 1) < 1e-3 and abs(res.empty) < 1e-3, (res.full, res.empty)
+    assert res.sizes[-1] == res.graph.n_edges
+    assert abs(float(res.recovered.mean[-1]) - 1) < 1e-3  # the largest "circuit" is the full graph
+    d = res.to_dict()
+    validate_results(json.loads(json.dumps(d)), Circuit)
+    assert d["n_edges_total"] == res.graph.n_edges and len(d["faithfulness"]["recovered"]) == len(res.sizes)
+    scores = [abs(e["score"]) for e in d["edges"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_ig_completeness(tiny_model, tt) -> None:  # noqa: ANN001
+    """The embedding's edges are a cut: their scores sum to the clean − corrupted gap as the steps grow."""
+    m, g = tiny_model, EdgeGraph(tiny_model.spec)
+    b = pair_batches(tt, 2)[0]
+    gap = _plain_metric(m, b, b.clean_tokens) - _plain_metric(m, b, b.corrupted_tokens)
+    err = {n: (edge_scores(m, g, b, n)[:, :, 0].sum(1) - gap).abs().max().item() for n in (8, 32, 128)}
+    # A right Riemann sum: the error falls like 1/steps.
+    assert err[128] < 0.5 * err[32] + 1e-4 and err[32] < err[8] + 1e-4, f"completeness error by steps: {err}"
+    assert err[128] < 0.05 * (gap.abs().max().item() + 0.1), f"completeness error {err} for gaps {gap.tolist()}"
+
+
+def test_edge_scores_are_the_edge_derivative(tiny_model, tt) -> None:  # noqa: ANN001
+    """With one step (the gradient at the clean run), score(u → r) = −d m / dε where edge u → r carries
+    ε of the way to the corrupted value (central differences in float64, every edge; through post-norms too)."""
+    m = _float64(tiny_model)
+    g = EdgeGraph(m.spec)
+    b = pair_batches(tt, 1)[0]
+    b = circuit_mod.PairBatch(b.label, b.clean_tokens[:1], b.corrupted_tokens[:1], b.correct[:1], b.incorrect[:1])
+    scores = edge_scores(m, g, b, steps=1)[0]  # (R, S)
+    edges = g.edge_index
+    eps = 1e-5
+    patches = torch.zeros(2 * len(edges), g.n_receivers, g.n_senders, dtype=torch.float64)
+    for i, (rcv, snd) in enumerate(edges.tolist()):
+        patches[2 * i, rcv, snd], patches[2 * i + 1, rcv, snd] = eps, -eps
+    vals = edge_patch_metric(m, g, b, patches).double().view(-1, 2)  # metrics come back in float32
+    fd = -(vals[:, 0] - vals[:, 1]) / (2 * eps)
+    got = scores[edges[:, 0], edges[:, 1]].double()
+    err = (fd - got).abs().max().item()
+    # float32 metric read-out: differences of ~1e-7 over 2e-5 → ~1e-2 absolute noise floor on fd.
+    assert err < 2e-2 * max(1.0, got.abs().max().item()), f"max |fd − score| = {err:.2e}"
+
+
+def test_batched_equals_one_at_a_time(tiny_model, tt, monkeypatch) -> None:  # noqa: ANN001
+    g = EdgeGraph(tiny_model.spec)
+    b = pair_batches(tt, 3)[0]
+    gen = torch.Generator().manual_seed(1)
+    patches = (torch.rand(5, g.n_receivers, g.n_senders, generator=gen) < 0.3).float() * g.allowed
+    batched = edge_patch_metric(tiny_model, g, b, patches)
+    monkeypatch.setattr(circuit_mod, "_ITEM_BUDGET", 1)  # one item per forward
+    single = edge_patch_metric(tiny_model, g, b, patches)
+    assert (batched - single).abs().max() < 1e-4, f"{(batched - single).abs().max():.2e}"
+
+
+def test_all_paths_of_a_sender_equal_patching_the_head(tiny_model, tt) -> None:  # noqa: ANN001
+    """Every out-edge of a head at once = activation patching of its z (an independent sweep)."""
+    spec = tiny_model.spec
+    ap = activation_patching(tiny_model, tt, generated=False, min_gap=0.0)
+    senders = [(0, 1), (spec.n_layers - 2, spec.n_heads - 1)]
+    res = path_patching(tiny_model, tt, senders, max_pairs=ap.reference.n, min_gap=0.0)  # the reference pairs
+    ref = ap.reference
+    frac = (ref.heads - ref.corrupted) / (ref.clean - ref.corrupted)  # (L, H, pair)
+    for i, (l, h) in enumerate(senders):
+        assert abs(float(res.node.mean[i]) - float(frac[l, h].mean())) < 1e-3 * max(1, float(frac[l, h].abs().max()))
+    # Readers not after the sender hold no value; readers after it do.
+    assert res.q.mean[0, 0].isnan().all() and not res.q.mean[0, 1:].isnan().any()
+    assert not res.direct.mean.isnan().any()
+    d = res.to_dict()
+    validate_results(json.loads(json.dumps(d)), PathPatching)
+    assert d["q"][0][0][0] is None and isinstance(d["direct"][0], float)
+
+
+@pytest.mark.parametrize("component", ["q", "k", "v"])
+def test_edge_equals_transformerlens_direct_path_patching(tiny_dir, component) -> None:  # noqa: ANN001
+    """Oracle: TransformerLens 4.3's get_act_patch_direct_path (multi-head attention, no post-norms)."""
+    from transformer_lens import patching as tlp
+
+    from logitlab.model.load import load_model
+    from tests.tiny import TASK_YAML, make_model_folder
+    for kind in ("gpt2", "llama_mha"):
+        m = load_model(str(make_model_folder(kind, tiny_dir / f"tl-{kind}")), cache=False)
+        (tiny_dir / "tl-task.yaml").write_text(TASK_YAML, encoding="utf-8")
+        b = pair_batches(tokenize_task(load_task(tiny_dir / "tl-task.yaml"), m.tokenizer), 1)[0]
+        br = m.bridge
+        _, clean_cache = br.run_with_cache(b.clean_tokens)
+        _, corr_cache = br.run_with_cache(b.corrupted_tokens)
+        c, inc = int(b.correct[0]), [int(x) for x in b.incorrect[0] if x >= 0]
+        metric = lambda lg: lg[0, -1, c] - lg[0, -1, inc].mean()  # noqa: E731
+        tl = tlp.get_act_patch_direct_path(br, b.corrupted_tokens, clean_cache, corr_cache, metric, 0, 1, component,
+                                           verbose=False)
+        g = EdgeGraph(m.spec)
+        L, H = m.spec.n_layers, m.spec.n_heads
+        patches = torch.zeros((L - 1) * H, g.n_receivers, g.n_senders)
+        for i, (l, h) in enumerate((l, h) for l in range(1, L) for h in range(H)):
+            patches[i, g.receiver(l, component, h), g.head_sender(0, 1)] = 1.0
+        ours = edge_patch_metric(m, g, b, patches, base="corrupted")[:, 0].view(L - 1, H)
+        err = (ours - tl[1:].cpu()).abs().max().item()
+        assert err < 1e-4, f"{kind} {component}: max |logitlab − TransformerLens| = {err:.2e}"
