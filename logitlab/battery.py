@@ -200,7 +200,7 @@ def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _n
     cc = config.circuit
     if has_pairs and "path_patching" in todo and has(model, SWEEP):
         senders = top_senders(heads, ablations.get("zero"), cc.n_senders)
-        adv = progress("path patching", path_items(model, tt, len(senders), cc.path_pairs))
+        adv = progress("path patching", path_items(model, tt, senders, cc.path_pairs))
         results["path_patching"] = path_patching(model, tt, senders, max_pairs=cc.path_pairs,  # type: ignore[typeddict-item]
                                                  progress=adv).to_dict()
     if "circuit" in todo:
@@ -264,8 +264,16 @@ def _tables(results: Results) -> dict[str, list[dict[str, Any]]]:
                             **{f"top_{k}_ablation_{part}": v["head"][j] for k, v in r["top_ablation"].items()
                                for j, part in enumerate(("layer", "head"))}}
                            for r in results["robustness"]["templates"]]
-    ab = results["head_ablation"]
-    t["head_ablation"] = [{"ablation": k, "layer": l, "head": h, "logit_diff": v, "loss": ab[k]["loss"][l][h],
+    if "head_ablation" in results:
+        t["head_ablation"] = _ablation_rows(results["head_ablation"])
+    for key in ("resid_patching", "attn_patching", "mlp_patching", "head_patching"):
+        if key in results:
+            t[key] = _patching_rows(results[key], key != "head_patching")  # type: ignore[literal-required]
+    return t
+
+
+def _ablation_rows(ab: Any) -> list[dict[str, Any]]:
+    return [{"ablation": k, "layer": l, "head": h, "logit_diff": v, "loss": ab[k]["loss"][l][h],
                            "logit_diff_stderr": ab[k]["logit_diff_stderr"][l][h], "loss_stderr": ab[k]["loss_stderr"][l][h],
                            **{f"delta_{m}{suffix}": value for m in ("logit_diff", "loss")
                               for suffix, value in (("", ab[k][f"delta_{m}"][l][h]),  # type: ignore[literal-required]
@@ -273,10 +281,6 @@ def _tables(results: Results) -> dict[str, list[dict[str, Any]]]:
                                                     ("_ci_low", ab[k][f"delta_{m}_ci"][l][h][0]),  # type: ignore[literal-required]
                                                     ("_ci_high", ab[k][f"delta_{m}_ci"][l][h][1]))}}  # type: ignore[literal-required]
                           for k in ("zero", "mean") for l, row in enumerate(ab[k]["logit_diff"]) for h, v in enumerate(row)]
-    for key in ("resid_patching", "attn_patching", "mlp_patching", "head_patching"):
-        if key in results:
-            t[key] = _patching_rows(results[key], key != "head_patching")  # type: ignore[literal-required]
-    return t
 
 
 def _patching_rows(d: Any, positions: bool) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Command line: ``logitlab run``, ``predict``, ``report``, ``schema`` (and formation's ``train-toy``, ``formation``).
+"""Command line: ``logitlab run``, ``circuit``, ``predict``, ``report``, ``schema`` (and formation's ``train-toy``, ``formation``).
 
 It only wires; the work is in the library.
 """
@@ -81,10 +81,39 @@ def run(
     patching_pairs: Annotated[int, typer.Option("--patching-pairs", help="Patching pairs generated per template "
                                                 "(each costs as much as the task's own pair; 0: the task's explicit "
                                                 "pairs only).")] = 12,
+    analyses: Annotated[str, typer.Option("--analyses", help="Comma-separated analyses to run besides the always-run "
+                                          "ones (logit difference, DLA, logit lens, attributions, unembedding bias): "
+                                          "attention, ablation, patching, atp, path_patching, robustness, circuit; "
+                                          "'default' = all but circuit, 'all' = all.")] = "default",
+    circuit: Annotated[bool, typer.Option("--circuit", help="Also discover the circuit (EAP-IG edge scores and the "
+                                          "faithfulness curve); same as adding circuit to --analyses.")] = False,
+    ig_steps: Annotated[int, typer.Option("--ig-steps", help="Integrated-gradient steps of the circuit's edge scores.")] = 5,
+    circuit_pairs: Annotated[int, typer.Option("--circuit-pairs", help="Clean/corrupted pairs for circuit discovery.")] = 16,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")] = False,
 ) -> None:
     """Run the whole battery and write results.json, tables/ and report.html to --out."""
-    from logitlab.battery import RunConfig, run_battery, write_results
+    _run(model, task, out, device, dtype, top_k, max_memory, force, report, figures, patching_pairs,
+         _analyses(analyses, circuit), ig_steps, circuit_pairs, trust_remote_code)
+
+
+def _analyses(text: str, circuit: bool) -> tuple[str, ...]:
+    """``--analyses`` (plus ``--circuit``) as RunConfig.analyses; unknown names are an error."""
+    from logitlab.battery import ANALYSES, DEFAULT_ANALYSES
+    asked: list[str] = []
+    for name in (a.strip().lower() for a in text.split(",") if a.strip()):
+        asked += list(DEFAULT_ANALYSES if name == "default" else ANALYSES if name == "all" else (name,))
+    bad = [a for a in asked if a not in ANALYSES]
+    if bad:
+        raise LogitlabError(f"unknown analysis {bad[0]!r}", f"choose from {', '.join(ANALYSES)}, default or all")
+    if circuit:
+        asked.append("circuit")
+    return tuple(a for a in ANALYSES if a in asked)
+
+
+def _run(model: str, task: str, out: Path, device: str, dtype: str, top_k: int, max_memory: float | None,
+         force: bool, report: bool, figures: str, patching_pairs: int, analyses: tuple[str, ...], ig_steps: int,
+         circuit_pairs: int, trust_remote_code: bool) -> None:
+    from logitlab.battery import CircuitConfig, RunConfig, run_battery, write_results
     from logitlab.task import load_task
     if (out / "results.json").exists() and not force:
         raise LogitlabError(f"{out} already holds results", "pass --force to overwrite, or choose another --out")
@@ -92,7 +121,8 @@ def run(
         raise LogitlabError(f"--max-memory must be a positive number of GiB, got {max_memory}")
     config = RunConfig(model=model, task=task, device=device, dtype=dtype, top_k=top_k,  # type: ignore[arg-type]
                        max_memory=None if max_memory is None else int(max_memory * 2**30),
-                       patching_pairs=patching_pairs)
+                       patching_pairs=patching_pairs, analyses=analyses,
+                       circuit=CircuitConfig(pairs=circuit_pairs, ig_steps=ig_steps))
     formats = _formats(figures)
     task_ = load_task(task)
     _check_writable(out)
@@ -119,6 +149,27 @@ def run(
     console.print("[bold]key findings[/bold]")
     for f in key_findings(results):
         console.print(f" • {f.text}", highlight=False, markup=False)
+
+
+@app.command()
+def circuit(
+    model: ModelOpt = "builtin",
+    task: Annotated[str, typer.Option("--task", "-t", help="Built-in task name or a task YAML file.")] = "pronouns",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("logitlab-circuit"),
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    ig_steps: Annotated[int, typer.Option("--ig-steps", help="Integrated-gradient steps of the edge scores.")] = 5,
+    circuit_pairs: Annotated[int, typer.Option("--circuit-pairs", help="Clean/corrupted pairs for circuit discovery.")] = 16,
+    patching_pairs: Annotated[int, typer.Option("--patching-pairs", help="Exact patching pairs generated per template (AtP is compared with them).")] = 12,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite results already in --out.")] = False,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")] = True,
+    figures: FiguresOpt = "",
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")] = False,
+) -> None:
+    """From important heads to the circuit: ablation, exact patching, attribution patching, path patching from the
+    top heads and EAP-IG circuit discovery with its faithfulness curve (results.json, report.html)."""
+    _run(model, task, out, device, dtype, 10, None, force, report, figures, patching_pairs,
+         ("ablation", "patching", "atp", "path_patching", "circuit"), ig_steps, circuit_pairs, trust_remote_code)
 
 
 def _check_writable(out: Path) -> None:
@@ -215,6 +266,15 @@ def _register_formation() -> None:
 
 
 _register_formation()
+
+
+def _register_grid() -> None:
+    from logitlab.grid.cli import compare_cmd, grid_cmd
+    app.command("grid", help="Run a grid of models × tasks (× checkpoints) as independent, resumable jobs, optionally on Ray.")(grid_cmd)
+    app.command("compare", help="Compare runs side by side (run, formation or grid folders) in compare.html.")(compare_cmd)
+
+
+_register_grid()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -193,14 +193,20 @@ def edge_patch_metric(model: Model, graph: EdgeGraph, b: PairBatch, patches: Ten
     chunk = max(1, min(M * n, _ITEM_BUDGET // per_item))
     out = torch.empty(M * n, dtype=torch.float32)
     patches = patches.to(device=r.device, dtype=emb.dtype)
+    # Patches reaching only receivers of layer `start`: the edge-level pass runs that layer alone, and the
+    # ordinary (faster) forward pass continues, exact since no later reader is patched.
+    Rl = graph.receivers_per_layer
+    touched = patches.ne(0).any(-1).any(0).nonzero()[:, 0]
+    one_layer = start < graph.n_layers and bool(((touched >= start * Rl) & (touched < (start + 1) * Rl)).all())
     with torch.no_grad():
         for a in range(0, M * n, chunk):
             items = torch.arange(a, min(a + chunk, M * n), device=r.device)
             mi, pi = items // n, items % n
             fp = torch.full((len(items),), T - 1, device=r.device)
             run = graph_forward(r, graph, emb[pi], fp, patches[mi], other[pi], start=start,
-                                base=own[pi] if start else None)
-            out[a:a + len(items)] = _metric(model, run.final, b, pi).cpu()
+                                base=own[pi] if start else None, stop=start if one_layer else None)
+            final = run.final if not one_layer else r.run_from(start, "post", run.resid, final_pos=fp)
+            out[a:a + len(items)] = _metric(model, final, b, pi).cpu()
             if progress is not None:
                 progress(len(items))
     return out.view(M, n)

@@ -102,11 +102,10 @@ def _masks(graph: EdgeGraph, layer: int, head: int) -> list[tuple[str, tuple[int
     return out
 
 
-def path_items(model: Model, tt: TokenizedTask, n_senders: int, max_pairs: int = CIRCUIT_PAIRS) -> int:
-    """How many edge-level forward items :func:`path_patching` runs for ``n_senders`` senders (an upper bound)."""
-    spec = model.spec
-    per_sender = (spec.n_layers - 1) * (spec.n_heads + 2 * spec.n_kv_heads) + spec.n_layers + 2
-    return n_senders * per_sender * sum(b.n for b in pair_batches(tt, max_pairs))
+def path_items(model: Model, tt: TokenizedTask, senders: list[tuple[int, int]], max_pairs: int = CIRCUIT_PAIRS) -> int:
+    """How many edge-level forward items :func:`path_patching` runs (for a progress bar)."""
+    graph = EdgeGraph(model.spec)
+    return sum(len(_masks(graph, l, h)) for l, h in senders) * sum(b.n for b in pair_batches(tt, max_pairs))
 
 
 def path_patching(model: Model, tt: TokenizedTask, senders: list[tuple[int, int]], *,

@@ -128,19 +128,20 @@ class GraphRun:
     """What one :func:`graph_forward` returns: each item's final residual stream at its final position, and the
     sender outputs (B, S, T, D) if recorded. ``inputs``: receivers' inputs per layer when ``keep_inputs``
     (list over layers of (B, R_l, T, D), then the logits' (B, T, D)); ``attn_pre``: each layer's pre-norm head
-    sum (B, T, D) (post-norm models, for the norm's Jacobian)."""
+    sum (B, T, D) (post-norm models, for the norm's Jacobian); ``resid``: the residual stream after ``stop``."""
 
-    final: Float[Tensor, "batch d_model"]
+    final: Float[Tensor, "batch d_model"] | None
     senders: Float[Tensor, "batch sender pos d_model"] | None
     inputs: list[Tensor] | None
     attn_pre: list[Tensor] | None
+    resid: Float[Tensor, "batch pos d_model"] | None = None
 
 
 def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch pos d_model"],
                   final_pos: Int[Tensor, " batch"], patch: Float[Tensor, "batch receiver sender"] | None = None,
                   other: Float[Tensor, "batch sender pos d_model"] | None = None, *, record: bool = False,
                   keep_inputs: bool = False, start: int = 0,
-                  base: Float[Tensor, "batch sender pos d_model"] | None = None) -> GraphRun:
+                  base: Float[Tensor, "batch sender pos d_model"] | None = None, stop: int | None = None) -> GraphRun:
     """Run the edge-level forward pass (module docstring).
 
     Args:
@@ -153,6 +154,8 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         start, base: begin at layer ``start`` with the senders of earlier layers taken from ``base`` (this
             run's own sender outputs, recorded unpatched): exact when no patched edge reaches a receiver
             before ``start`` (the caller's promise); receivers before it are not run.
+        stop: end after layer ``stop``: ``GraphRun.resid`` holds the residual stream there (B, T, D) and ``final``
+            is None (when no later receiver is patched, the ordinary forward pass can continue from it).
     """
     s, w = runner.spec, runner.w
     B, T, D = embed.shape
@@ -289,6 +292,8 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         if diff is not None:
             diff[:, graph.mlp_sender(layer)] = other[:, graph.mlp_sender(layer)] - mlp_out  # type: ignore[index]
         resid = resid + attn_out + mlp_out
+        if layer == stop:
+            return GraphRun(final=None, senders=senders if record else None, inputs=inputs, attn_pre=None, resid=resid)
     x_fin = resid
     if patched:
         x_fin = mixed_input(patch[:, -1:], graph.n_senders, L, resid, "logits")[:, 0]  # type: ignore[index]

@@ -137,6 +137,11 @@ def section_setup(results: Results, figures: Figures, findings: Sequence[Finding
         parts.append("<h3>Patching pairs</h3>" + '<div class="scroll">' + table(
             ["clean", "corrupted", "correct", "incorrect"], prow, "prompts") + "</div>")
     if results.get("config") is not None:
+        ran = results["config"].get("analyses")
+        if ran is not None:
+            always = "logit difference, DLA, logit lens, layer and head attribution, predictions, unembedding bias"
+            parts.append(f"<p>Analyses run: {esc(always)}; {esc(', '.join(ran) or 'nothing else')} "
+                         "(<code>--analyses</code>).</p>")
         cfg = json.dumps(results["config"], indent=2, ensure_ascii=False, default=str)
         parts.append(f"<details><summary>Full run configuration</summary><pre>{esc(cfg)}</pre>"
                      "</details>")

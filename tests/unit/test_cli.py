@@ -59,3 +59,31 @@ def test_predict(gpt2_dir: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", "Mary is a great friend, isn’t", "--answer", " she", "--model", str(gpt2_dir), "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert "answer ' she': rank" in out
+
+
+def test_analyses_selects_what_runs(gpt2_dir: Path, tiny_task_file: Path, tmp_path: Path) -> None:
+    """--analyses runs only the named analyses (besides the always-run ones); the report says what ran."""
+    out = tmp_path / "sel"
+    assert main(["run", "--model", str(gpt2_dir), "--task", str(tiny_task_file), "--out", str(out),
+                 "--analyses", "ablation, patching"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    validate_results(res)
+    assert res["config"]["analyses"] == ["ablation", "patching"]
+    assert "head_ablation" in res and "resid_patching" in res
+    assert not {"attention", "attribution_patching", "path_patching", "circuit", "robustness"} & set(res)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Analyses run:" in html and "ablation, patching" in html
+    assert main(["run", "--model", str(gpt2_dir), "--task", str(tiny_task_file), "--out", str(tmp_path / "x"),
+                 "--analyses", "ablation,nonsense"]) == 2
+
+
+def test_circuit_command(gpt2_dir: Path, tiny_task_file: Path, tmp_path: Path) -> None:
+    """`logitlab circuit` writes AtP next to exact patching, path patching and (when a pair's gap allows) the circuit."""
+    out = tmp_path / "circ"
+    assert main(["circuit", "--model", str(gpt2_dir), "--task", str(tiny_task_file), "--out", str(out),
+                 "--ig-steps", "2", "--circuit-pairs", "6", "--no-report"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    validate_results(res)
+    assert {"attribution_patching", "path_patching", "head_ablation", "resid_patching"} <= set(res)
+    assert "exact" in res["attribution_patching"]["heads"]
+    assert res["config"]["circuit"]["ig_steps"] == 2 and "circuit" in res["config"]["analyses"]
