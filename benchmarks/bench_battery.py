@@ -112,6 +112,11 @@ def loop_method(model, tt) -> dict[str, torch.Tensor]:  # noqa: ANN001
     return out
 
 
+#: What the loop method (a) computes besides the clean run: zero- and mean-ablation (logit difference and loss),
+#: resid/attn/mlp/head patching of the task's own pair.
+SAME_AS_LOOPS = ("ablation", "patching")
+
+
 def main() -> None:
     import logitlab
     from logitlab._alloc import keep_freed_memory
@@ -143,7 +148,9 @@ def main() -> None:
 
     stats = SweepStats()
     t = time.perf_counter()
-    results = run_battery(model, task, RunConfig(model=args.model, task=args.task, device=dev), stats=stats)
+    # The analyses the loop method (a) runs, on the task's own pair, plus the cheap always-run ones.
+    config = RunConfig(model=args.model, task=args.task, device=dev, patching_pairs=0, analyses=SAME_AS_LOOPS)
+    results = run_battery(model, task, config, stats=stats)
     ours_s = time.perf_counter() - t
     print(f"logitlab battery: {ours_s:.2f} s", flush=True)
     blas_s = math.nan
@@ -153,7 +160,7 @@ def main() -> None:
         os.environ["LOGITLAB_ONEDNN"] = "0"
         blas_model = logitlab.load_model(args.model)
         t = time.perf_counter()
-        run_battery(blas_model, task, RunConfig(model=args.model, task=args.task))
+        run_battery(blas_model, task, RunConfig(model=args.model, task=args.task, patching_pairs=0, analyses=SAME_AS_LOOPS))
         blas_s = time.perf_counter() - t
         del os.environ["LOGITLAB_ONEDNN"], blas_model
         print(f"logitlab battery on the default BLAS: {blas_s:.2f} s", flush=True)
@@ -184,12 +191,17 @@ def main() -> None:
           f"{stats.flops_per_second / 1e9:.0f} GFLOP/s = {stats.flops_per_second / mm:.0%} of the best fp32 matmul")
     print(f"battery mean logit diff {results['logit_diff']['mean']:.4f}")
     if not args.skip_e2e:
-        with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, "-m", "logitlab", "run", "--model", args.model, "--task", args.task,
-                   "--out", out, "--force", "--device", dev]
-            t = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True)
-            print(f"`logitlab run` end to end (load, battery, report): {time.perf_counter() - t:.1f} s")
+        for label, extra in (("the loops' analyses (--analyses ablation,patching --patching-pairs 0)",
+                              ["--analyses", "ablation,patching", "--patching-pairs", "0"]),
+                             ("the default battery", [])):
+            with tempfile.TemporaryDirectory() as out:
+                cmd = [sys.executable, "-m", "logitlab", "run", "--model", args.model, "--task", args.task,
+                       "--out", out, "--force", "--device", dev, *extra]
+                t = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                e2e = time.perf_counter() - t
+                print(f"`logitlab run` end to end, {label} (interpreter, load, battery, results, report): {e2e:.1f} s"
+                      f" = (a) / {loop_s / e2e:.1f}")
 
 
 if __name__ == "__main__":

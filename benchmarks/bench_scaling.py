@@ -1,5 +1,7 @@
 """Benchmark: how the battery's time, FLOPs and peak memory grow with the number of prompts and their length.
 
+The battery here is zero- and mean-ablation of every head (logit difference and loss) and all patching of the
+task's own pair, plus the always-run analyses (``--analyses ablation,patching --patching-pairs 0``).
 Each configuration runs in its own process (so its peak resident memory is its own) and prints one row:
 prompts, tokens per prompt, battery seconds, sweep TFLOP and the rate they ran at, peak RSS and what the
 battery added to the RSS after loading the model.
@@ -60,7 +62,10 @@ def child(model_name: str, kind: str, size: int, device: str) -> None:
     tt = tokenize_task(task, m.tokenizer)
     stats = SweepStats()
     t0 = time.perf_counter()
-    run_battery(m, task, RunConfig(model=model_name, device=device), stats=stats)
+    # The sweeps that scale with prompts × length: zero- and mean-ablation of every head (logit difference and loss)
+    # and all patching of the task's own pair (the loops' analyses of bench_battery.py).
+    run_battery(m, task, RunConfig(model=model_name, device=device, patching_pairs=0, analyses=("ablation", "patching")),
+                stats=stats)
     secs = time.perf_counter() - t0
     print(json.dumps({"prompts": tt.n_prompts, "tokens": int(tt.final_pos.max()) + 1, "battery_s": secs,
                       "tflop": stats.flops / 1e12, "gflops": stats.flops_per_second / 1e9,

@@ -106,38 +106,15 @@ N_WORST = 5
 
 
 @dataclass(frozen=True)
-class AtPSet:
+class AtPSet(PairSet):
     """First-order estimates for one set of pairs sharing one token length (not normalised), every pair kept.
 
-    Aligned with the :class:`PairSet` exact patching computes for the same pairs: ``label`` is ``"reference"``
-    or the template, ``tokens`` the first clean prompt's token strings, ``roles`` the pooling labels. The four
-    estimates are of the *change* patched − corrupted of the clean answers' logit difference.
+    Aligned with the :class:`PairSet` exact patching computes for the same pairs (same fields: ``label`` is
+    ``"reference"`` or the template, ``tokens`` the first clean prompt's token strings, ``roles`` the pooling
+    labels), except that ``resid``/``attn``/``mlp`` ((layer, pos, pair): (a_clean − a_corr) · ∂m/∂a) and ``heads``
+    ((layer, head, pair), summed over positions) hold the estimated *change* patched − corrupted of the clean
+    answers' logit difference, not the patched value.
     """
-
-    label: str
-    template: int  # -1 for the reference pairs
-    tokens: tuple[str, ...]
-    roles: tuple[str, ...]
-    clean: Float[Tensor, " pair"]  # each pair's clean logit difference
-    corrupted: Float[Tensor, " pair"]  # the corrupted prompt's, on the clean answers
-    resid: Float[Tensor, "layer pos pair"]  # (a_clean − a_corr) · ∂m/∂a per resid_pre position
-    attn: Float[Tensor, "layer pos pair"]
-    mlp: Float[Tensor, "layer pos pair"]
-    heads: Float[Tensor, "layer head pair"]  # summed over positions
-    min_gap: float = MIN_GAP
-
-    @property
-    def n(self) -> int:
-        return int(self.clean.shape[0])
-
-    @property
-    def used(self) -> Tensor:
-        """(pair,) bool: pairs whose gap is at least ``min_gap``."""
-        return (self.clean - self.corrupted).abs() >= self.min_gap
-
-    @property
-    def n_used(self) -> int:
-        return int(self.used.sum())
 
     def normalised(self, what: str) -> Float[Tensor, "layer width used_pair"]:
         """estimate / (clean − corrupted) of the used pairs, each by its own gap (as :meth:`PairSet.normalised`)."""

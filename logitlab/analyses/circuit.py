@@ -48,8 +48,8 @@ from logitlab.model.load import Model
 from logitlab.stats import Paired, paired
 from logitlab.task import TokenizedTask, generated_pairs
 
-__all__ = ["PairBatch", "CircuitResult", "pair_batches", "edge_scores", "edge_patch_metric", "eap_ig_circuit",
-           "CIRCUIT_PAIRS", "IG_STEPS", "N_RANDOM", "RANDOM_PAIRS", "THRESHOLD"]
+__all__ = ["PairBatch", "CircuitResult", "pair_batches", "edge_scores", "edge_patch_metric", "plain_metric",
+           "recorded_runs", "eap_ig_circuit", "CIRCUIT_PAIRS", "IG_STEPS", "N_RANDOM", "RANDOM_PAIRS", "THRESHOLD"]
 
 #: Defaults: clean/corrupted pairs used, integration steps, random circuits per size, recovery defining "the circuit".
 CIRCUIT_PAIRS = 16
@@ -106,7 +106,7 @@ def _metric(model: Model, final: Tensor, b: PairBatch, rows: Tensor | None = Non
     return d.float()
 
 
-def _runs(model: Model, graph: EdgeGraph, b: PairBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def recorded_runs(model: Model, graph: EdgeGraph, b: PairBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Embeddings and recorded sender outputs (pair, S, T, D) of the clean and corrupted prompts."""
     r = model.runner
     T = b.clean_tokens.shape[1]
@@ -144,7 +144,7 @@ def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_ST
     Rl = graph.receivers_per_layer
     T = b.clean_tokens.shape[1]
     fp = torch.full((b.n,), T - 1, device=r.device)
-    ce, xe, clean, corr = _runs(model, graph, b)
+    ce, xe, clean, corr = recorded_runs(model, graph, b)
     delta = clean - corr  # (pair, S, T, D): each sender's clean − corrupted write
     scores = torch.zeros(b.n, graph.n_receivers, graph.n_senders, dtype=torch.float32, device=r.device)
     linear = [0] + [graph.mlp_sender(l) for l in range(L)]
@@ -178,14 +178,16 @@ def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_ST
 
 
 def edge_patch_metric(model: Model, graph: EdgeGraph, b: PairBatch, patches: Tensor, base: str = "clean",
-                      start: int = 0, progress: Callable[[int], None] | None = None) -> Float[Tensor, "mask pair"]:
+                      start: int = 0, progress: Callable[[int], None] | None = None,
+                      runs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Float[Tensor, "mask pair"]:
     """The metric with edges patched: ``patches`` (M, R, S) float, 1 where an edge carries the *other* run's
     value; ``base`` names the prompt that runs (``"clean"``: other = corrupted; ``"corrupted"``: other = clean).
 
     Every (mask, pair) is one item of the edge-level forward, batched; ``start`` as in :func:`graph_forward`.
+    ``runs``: the pairs' embeddings and recorded writes (:func:`recorded_runs`), if already computed.
     """
     r = model.runner
-    ce, xe, clean, corr = _runs(model, graph, b)
+    ce, xe, clean, corr = runs if runs is not None else recorded_runs(model, graph, b)
     emb, own, other = (ce, clean, corr) if base == "clean" else (xe, corr, clean)
     M, n = patches.shape[0], b.n
     T, D = emb.shape[1], emb.shape[2]
@@ -307,8 +309,8 @@ def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, ma
     for b in batches:
         per_pair.append(edge_scores(model, graph, b, steps).cpu())
         # The references come from the ordinary forward pass; the full and empty graphs from the edge-level one.
-        clean_ld.append(_plain_metric(model, b, b.clean_tokens))
-        corr_ld.append(_plain_metric(model, b, b.corrupted_tokens))
+        clean_ld.append(plain_metric(model, b, b.clean_tokens))
+        corr_ld.append(plain_metric(model, b, b.corrupted_tokens))
         full_ld.append(edge_patch_metric(model, graph, b, torch.zeros(1, *allowed.shape))[0])
         empty_ld.append(edge_patch_metric(model, graph, b, allowed.float()[None])[0])
         if adv:
@@ -343,7 +345,7 @@ def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, ma
         return torch.cat(rec, dim=1)
 
     recovered = paired(recovery(top, batches, list(zip(clean_ld, corr_ld)))[:, used])  # (size,) over used pairs
-    refs = [(_plain_metric(model, b, b.clean_tokens), _plain_metric(model, b, b.corrupted_tokens)) for b in r_batches]
+    refs = [(plain_metric(model, b, b.clean_tokens), plain_metric(model, b, b.corrupted_tokens)) for b in r_batches]
     rand_means = recovery(rand, r_batches, refs).mean(-1).view(len(sizes) - 1, n_random)  # (size, circuit)
     full_row = torch.full((1, n_random), float(recovered.mean[-1]))  # every circuit of all edges is the graph
     rand_means = torch.cat([rand_means, full_row])
@@ -368,7 +370,7 @@ def _first_used(batches: list[PairBatch], used: list[Tensor], n: int) -> list[Pa
     return out
 
 
-def _plain_metric(model: Model, b: PairBatch, tokens: Tensor) -> Tensor:
+def plain_metric(model: Model, b: PairBatch, tokens: Tensor) -> Tensor:
     """The metric from the ordinary forward pass (:meth:`Runner.run_from`), independent of the edge graph."""
     r = model.runner
     T = tokens.shape[1]

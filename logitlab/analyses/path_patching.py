@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from logitlab.analyses.circuit import CIRCUIT_PAIRS, PairBatch, _plain_metric, edge_patch_metric, pair_batches
+from logitlab.analyses.circuit import CIRCUIT_PAIRS, plain_metric, recorded_runs, edge_patch_metric, pair_batches
 from logitlab.analyses.patching import MIN_GAP
 from logitlab.errors import LogitlabError
 from logitlab.model.backend import SWEEP, require
@@ -127,13 +127,15 @@ def path_patching(model: Model, tt: TokenizedTask, senders: list[tuple[int, int]
     fracs = []  # per batch: (item, pair) fractions of the gap
     gaps = []
     for b in batches:
-        clean, corr = _plain_metric(model, b, b.clean_tokens), _plain_metric(model, b, b.corrupted_tokens)
+        clean, corr = plain_metric(model, b, b.clean_tokens), plain_metric(model, b, b.corrupted_tokens)
         gaps.append(clean - corr)
         vals = torch.empty(len(plan), b.n)
+        runs = recorded_runs(model, graph, b)
         for start in sorted({m[2] for _, m in plan}):  # one batch per reader layer: earlier layers are unchanged
             idx = [i for i, (_, m) in enumerate(plan) if m[2] == start]
             patches = torch.stack([plan[i][1][3] for i in idx])
-            vals[idx] = edge_patch_metric(model, graph, b, patches, base="corrupted", start=start, progress=progress)
+            vals[idx] = edge_patch_metric(model, graph, b, patches, base="corrupted", start=start, progress=progress,
+                                          runs=runs)
         fracs.append((vals - corr) / (clean - corr))
     gap = torch.cat(gaps)
     used = gap.abs() >= min_gap  # without a used pair every value is NaN (null in the results), n_pairs 0

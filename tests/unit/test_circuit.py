@@ -10,7 +10,7 @@ import torch
 
 from logitlab.analyses import circuit as circuit_mod
 from logitlab.analyses.circuit import (
-    _plain_metric, eap_ig_circuit, edge_patch_metric, edge_scores, pair_batches,
+    plain_metric, eap_ig_circuit, edge_patch_metric, edge_scores, pair_batches,
 )
 from logitlab.analyses.patching import activation_patching
 from logitlab.analyses.path_patching import path_patching
@@ -77,7 +77,7 @@ def test_ig_completeness(tiny_model, tt) -> None:  # noqa: ANN001
     """The embedding's edges are a cut: their scores sum to the clean − corrupted gap as the steps grow."""
     m, g = tiny_model, EdgeGraph(tiny_model.spec)
     b = pair_batches(tt, 2)[0]
-    gap = _plain_metric(m, b, b.clean_tokens) - _plain_metric(m, b, b.corrupted_tokens)
+    gap = plain_metric(m, b, b.clean_tokens) - plain_metric(m, b, b.corrupted_tokens)
     err = {n: (edge_scores(m, g, b, n)[:, :, 0].sum(1) - gap).abs().max().item() for n in (8, 32, 128)}
     # A right Riemann sum: the error falls like 1/steps.
     assert err[128] < 0.5 * err[32] + 1e-4 and err[32] < err[8] + 1e-4, f"completeness error by steps: {err}"
