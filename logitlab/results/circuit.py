@@ -136,7 +136,7 @@ class CircuitEdge(TypedDict):
     input: Literal["q", "k", "v", "mlp", "logits"]
     """which input of the receiver"""
     score: float
-    """EAP-IG score, mean over pairs (logit-difference units; the input's edges sum to the gap)"""
+    """EAP-IG score, mean over pairs (logit-difference units; the input's edges sum to the gap as `ig_steps` grows)"""
     score_ci: Pair
     """95% bootstrap CI over pairs"""
 
