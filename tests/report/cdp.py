@@ -116,7 +116,7 @@ class Chromium:
                     self._cond.notify_all()
 
     def send(self, method: str, params: dict[str, Any] | None = None,
-             session_id: str | None = None, timeout: float = 15.0) -> dict[str, Any]:
+             session_id: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
         """Send one command and wait for its result.
 
         Raises:
@@ -146,7 +146,7 @@ class Chromium:
         return resp.get("result", {})
 
     def wait_event(self, predicate: Callable[[dict[str, Any]], bool],
-                   timeout: float = 15.0) -> dict[str, Any]:
+                   timeout: float = 60.0) -> dict[str, Any]:
         """Wait until an event satisfying ``predicate`` has arrived (past events count)."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -164,7 +164,7 @@ class Chromium:
         with self._lock:
             return [e for e in self.events if e.get("method") == method]
 
-    def evaluate(self, session_id: str, expression: str, timeout: float = 15.0) -> Any:
+    def evaluate(self, session_id: str, expression: str, timeout: float = 60.0) -> Any:
         """Evaluate a JS expression in the page and return its value (by value)."""
         res = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
                                              "awaitPromise": True}, session_id, timeout)
