@@ -159,6 +159,28 @@ class Chromium:
                     raise CDPError("event not seen before timeout")
                 self._cond.wait(left)
 
+    def open_page(self, url: str, width: int, height: int) -> str:
+        """A new tab of ``width`` × ``height`` with the Runtime, Log, Network and Page events on, loaded with ``url``
+        (waits for its load event); returns its session id."""
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        sid = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Runtime", "Log", "Network", "Page"):
+            self.send(f"{domain}.enable", session_id=sid)
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session_id=sid)
+        self.send("Page.navigate", {"url": url}, session_id=sid)
+        self.wait_event(lambda e: e.get("method") == "Page.loadEventFired", timeout=30)
+        return sid
+
+    def page_errors(self) -> list[dict[str, Any]]:
+        """Console errors, uncaught exceptions and error log entries received so far."""
+        errors = [e["params"] for e in self.events_named("Runtime.consoleAPICalled")
+                  if e["params"].get("type") == "error"]
+        errors += [e["params"] for e in self.events_named("Runtime.exceptionThrown")]
+        errors += [e["params"]["entry"] for e in self.events_named("Log.entryAdded")
+                   if e["params"]["entry"].get("level") == "error"]
+        return errors
+
     def events_named(self, method: str) -> list[dict[str, Any]]:
         """All events received so far with this method name."""
         with self._lock:

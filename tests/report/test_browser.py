@@ -111,17 +111,8 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
 
     with Chromium(CHROMIUM, tmp_path / "profile", ARTIFACTS / "chromium.log",
                   (f"--window-size={WIDTH},{HEIGHT}",)) as browser:
-        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        sid = browser.send("Target.attachToTarget",
-                           {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Runtime", "Log", "Network", "Page"):
-            browser.send(f"{domain}.enable", session_id=sid)
-        browser.send("Emulation.setDeviceMetricsOverride",
-                     {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},
-                     session_id=sid)
         url = report.resolve().as_uri()
-        browser.send("Page.navigate", {"url": url}, session_id=sid)
-        browser.wait_event(lambda e: e.get("method") == "Page.loadEventFired", timeout=30)
+        sid = browser.open_page(url, WIDTH, HEIGHT)
 
         plots = _wait(lambda: (lambda r: r if r["rendered"] == r["divs"] else None)(
             browser.evaluate(sid, COUNT_PLOTS_JS)), 20, "all plotly figures to render")
@@ -140,11 +131,7 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
                            {"x": 0, "y": max(0, v["y"] - 60), "width": WIDTH,
                             "height": v["height"] + 80})
 
-        errors = [e["params"] for e in browser.events_named("Runtime.consoleAPICalled")
-                  if e["params"].get("type") == "error"]
-        errors += [e["params"] for e in browser.events_named("Runtime.exceptionThrown")]
-        errors += [e["params"]["entry"] for e in browser.events_named("Log.entryAdded")
-                   if e["params"]["entry"].get("level") == "error"]
+        errors = browser.page_errors()
         requests = [e["params"]["request"]["url"]
                     for e in browser.events_named("Network.requestWillBeSent")]
         dialogs = browser.events_named("Page.javascriptDialogOpening")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,12 @@ import pytest
 
 import synthetic
 from cdp import Chromium
+from test_browser import ARTIFACTS, CHROMIUM, HEIGHT, WIDTH, _require_chromium
 from logitlab.cli import main
 from logitlab.errors import LogitlabError
 from logitlab.report.compare import compare_figures, compare_findings, load_runs, write_compare
 
-CHROMIUM = os.environ.get("LOGITLAB_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("LOGITLAB_ARTIFACTS", Path(__file__).parent / "artifacts"))
 ALLOWED_SCHEMES = ("file://", "data:", "about:")
-WIDTH, HEIGHT = 1280, 900
 
 PAGE_JS = """
 (() => {
@@ -150,26 +147,15 @@ def test_grid_folders_expand_to_their_finished_cells_and_errors_are_clear(runs_d
 
 def test_compare_in_headless_chromium(runs_dir: Path, tmp_path: Path) -> None:
     """compare.html renders every figure, stays offline, raises no errors and shows the findings as text."""
-    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-        msg = f"Chromium not found at {CHROMIUM}: apt-get install -y chromium (or set LOGITLAB_CHROMIUM)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    _require_chromium()
     start = time.monotonic()
     out = write_compare(_folders(runs_dir), tmp_path / "compare.html", title="compare <script>alert(1)</script>")
     n_figures = len(compare_figures(load_runs(_folders(runs_dir))))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with Chromium(CHROMIUM, tmp_path / "profile", ARTIFACTS / "chromium-compare.log",
                   (f"--window-size={WIDTH},{HEIGHT}",)) as browser:
-        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        sid = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Runtime", "Log", "Network", "Page"):
-            browser.send(f"{domain}.enable", session_id=sid)
-        browser.send("Emulation.setDeviceMetricsOverride",
-                     {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False}, session_id=sid)
         url = out.resolve().as_uri()
-        browser.send("Page.navigate", {"url": url}, session_id=sid)
-        browser.wait_event(lambda e: e.get("method") == "Page.loadEventFired", timeout=30)
+        sid = browser.open_page(url, WIDTH, HEIGHT)
         deadline = time.monotonic() + 20
         page = browser.evaluate(sid, PAGE_JS)
         while page["rendered"] < page["divs"] and time.monotonic() < deadline:
@@ -178,11 +164,7 @@ def test_compare_in_headless_chromium(runs_dir: Path, tmp_path: Path) -> None:
         time.sleep(0.3)  # late console messages / requests
         browser.screenshot(sid, ARTIFACTS / "compare_full.png",
                            {"x": 0, "y": 0, "width": WIDTH, "height": min(page["height"], 16000)})
-        errors = [e["params"] for e in browser.events_named("Runtime.consoleAPICalled")
-                  if e["params"].get("type") == "error"]
-        errors += [e["params"] for e in browser.events_named("Runtime.exceptionThrown")]
-        errors += [e["params"]["entry"] for e in browser.events_named("Log.entryAdded")
-                   if e["params"]["entry"].get("level") == "error"]
+        errors = browser.page_errors()
         requests = [e["params"]["request"]["url"] for e in browser.events_named("Network.requestWillBeSent")]
         dialogs = browser.events_named("Page.javascriptDialogOpening")
     assert page["divs"] == n_figures and page["rendered"] == n_figures, page

@@ -480,14 +480,7 @@ def test_circuit_report_in_headless_chromium(tmp_path: Path) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with Chromium(CHROMIUM, tmp_path / "profile", ARTIFACTS / "chromium_circuit.log",
                   (f"--window-size={WIDTH},{HEIGHT}",)) as browser:
-        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        sid = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Runtime", "Log", "Network", "Page"):
-            browser.send(f"{domain}.enable", session_id=sid)
-        browser.send("Emulation.setDeviceMetricsOverride",
-                     {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False}, session_id=sid)
-        browser.send("Page.navigate", {"url": report.resolve().as_uri()}, session_id=sid)
-        browser.wait_event(lambda e: e.get("method") == "Page.loadEventFired", timeout=30)
+        sid = browser.open_page(report.resolve().as_uri(), WIDTH, HEIGHT)
         plots = _wait(lambda: (lambda r: r if r["rendered"] == r["divs"] else None)(
             browser.evaluate(sid, COUNT_PLOTS_JS)), 20, "all plotly figures to render")
         dom = browser.evaluate(sid, DIAGRAM_JS)
@@ -496,11 +489,7 @@ def test_circuit_report_in_headless_chromium(tmp_path: Path) -> None:
             browser.screenshot(sid, ARTIFACTS / "circuit_diagram.png",
                                {"x": 0, "y": max(0, dom["rect"]["y"] - 40), "width": WIDTH,
                                 "height": dom["rect"]["height"] + 60})
-        errors = [e["params"] for e in browser.events_named("Runtime.consoleAPICalled")
-                  if e["params"].get("type") == "error"]
-        errors += [e["params"] for e in browser.events_named("Runtime.exceptionThrown")]
-        errors += [e["params"]["entry"] for e in browser.events_named("Log.entryAdded")
-                   if e["params"]["entry"].get("level") == "error"]
+        errors = browser.page_errors()
         dialogs = browser.events_named("Page.javascriptDialogOpening")
     assert not errors, f"console errors: {errors}"
     assert not dialogs, f"a JS dialog opened (injection?): {dialogs}"
