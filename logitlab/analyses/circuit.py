@@ -135,8 +135,12 @@ def _post_norm_vjp(model: Model, layer: int, x: Tensor, g: Tensor) -> Tensor:
     return (u / rms - xr * (u * xr).sum(-1, keepdim=True) / (spec.d_model * rms**3)).to(g.dtype)
 
 
-def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_STEPS) -> Float[Tensor, "pair receiver sender"]:
-    """Per-pair EAP-IG score of every edge (0 on non-edges), in logit-difference units (module docstring)."""
+def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_STEPS,
+                runs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Float[Tensor, "pair receiver sender"]:
+    """Per-pair EAP-IG score of every edge (0 on non-edges), in logit-difference units (module docstring).
+
+    ``runs``: the pairs' embeddings and recorded writes (:func:`recorded_runs`), if already computed.
+    """
     if steps < 1:
         raise LogitlabError("ig_steps must be ≥ 1")
     r, spec = model.runner, model.spec
@@ -144,7 +148,7 @@ def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_ST
     Rl = graph.receivers_per_layer
     T = b.clean_tokens.shape[1]
     fp = torch.full((b.n,), T - 1, device=r.device)
-    ce, xe, clean, corr = recorded_runs(model, graph, b)
+    ce, xe, clean, corr = runs if runs is not None else recorded_runs(model, graph, b)
     delta = clean - corr  # (pair, S, T, D): each sender's clean − corrupted write
     scores = torch.zeros(b.n, graph.n_receivers, graph.n_senders, dtype=torch.float32, device=r.device)
     linear = [0] + [graph.mlp_sender(l) for l in range(L)]
@@ -305,14 +309,15 @@ def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, ma
     graph = EdgeGraph(model.spec)
     allowed = graph.allowed
     adv = progress("circuit: edge scores", sum(b.n for b in batches) * steps) if progress else None
-    per_pair, clean_ld, corr_ld, full_ld, empty_ld = [], [], [], [], []
-    for b in batches:
-        per_pair.append(edge_scores(model, graph, b, steps).cpu())
-        # The references come from the ordinary forward pass; the full and empty graphs from the edge-level one.
+    per_pair, clean_ld, corr_ld, empty_ld = [], [], [], []
+    runs = [recorded_runs(model, graph, b) for b in batches]
+    for b, rb in zip(batches, runs):
+        per_pair.append(edge_scores(model, graph, b, steps, runs=rb).cpu())
+        # The references come from the ordinary forward pass; the empty graph (and, as the last size of the
+        # faithfulness curve, the full one) from the edge-level one.
         clean_ld.append(plain_metric(model, b, b.clean_tokens))
         corr_ld.append(plain_metric(model, b, b.corrupted_tokens))
-        full_ld.append(edge_patch_metric(model, graph, b, torch.zeros(1, *allowed.shape))[0])
-        empty_ld.append(edge_patch_metric(model, graph, b, allowed.float()[None])[0])
+        empty_ld.append(edge_patch_metric(model, graph, b, allowed.float()[None], runs=rb)[0])
         if adv:
             adv(b.n * steps)
     clean, corr = torch.cat(clean_ld), torch.cat(corr_ld)
@@ -330,44 +335,51 @@ def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, ma
     top = [edge_index[:n] for n in sizes]
     # Random circuits of each size (the whole graph is one circuit only), on the first random_pairs used pairs.
     rand = [edge_index[torch.randperm(len(edge_index), generator=gen)[:n]] for n in sizes[:-1] for _ in range(n_random)]
-    r_batches = _first_used(batches, [u for u in used.split([b.n for b in batches])], random_pairs)
+    picked = _first_used(batches, list(used.split([b.n for b in batches])), random_pairs)  # (batch index, pairs)
+    r_batches = [_subset(batches[bi], idx) for bi, idx in picked]
     n_items = len(top) * sum(b.n for b in batches) + len(rand) * sum(b.n for b in r_batches)
     adv = progress("circuit: faithfulness", n_items) if progress else None
 
-    def recovery(masks: list[Tensor], bs: list[PairBatch], refs: list[tuple[Tensor, Tensor]]) -> Tensor:
+    def recovery(masks: list[Tensor], bs: list[PairBatch], refs: list[tuple[Tensor, Tensor]],
+                 bs_runs: list[tuple[Tensor, Tensor, Tensor, Tensor] | None]) -> Tensor:
         """(mask, pair) recovered fraction of each pair's own gap."""
         rec = []
-        for b, (c, x) in zip(bs, refs):
+        for b, (c, x), rb in zip(bs, refs, bs_runs):
             patches = allowed.float()[None].repeat(len(masks), 1, 1)
             for i, kept in enumerate(masks):
                 patches[i, kept[:, 0], kept[:, 1]] = 0.0  # kept edges carry the clean run's own values
-            rec.append((edge_patch_metric(model, graph, b, patches, progress=adv) - x) / (c - x))
+            rec.append((edge_patch_metric(model, graph, b, patches, progress=adv, runs=rb) - x) / (c - x))
         return torch.cat(rec, dim=1)
 
-    recovered = paired(recovery(top, batches, list(zip(clean_ld, corr_ld)))[:, used])  # (size,) over used pairs
-    refs = [(plain_metric(model, b, b.clean_tokens), plain_metric(model, b, b.corrupted_tokens)) for b in r_batches]
-    rand_means = recovery(rand, r_batches, refs).mean(-1).view(len(sizes) - 1, n_random)  # (size, circuit)
+    top_frac = recovery(top, batches, list(zip(clean_ld, corr_ld)), runs)[:, used]  # (size, used pair)
+    recovered = paired(top_frac)
+    refs = [(clean_ld[bi][idx], corr_ld[bi][idx]) for bi, idx in picked]
+    rand_means = recovery(rand, r_batches, refs, [None] * len(r_batches)).mean(-1).view(len(sizes) - 1, n_random)
     full_row = torch.full((1, n_random), float(recovered.mean[-1]))  # every circuit of all edges is the graph
     rand_means = torch.cat([rand_means, full_row])
     random_mean = rand_means.mean(-1)
     random_ci = torch.quantile(rand_means, torch.tensor([0.025, 0.975]), dim=-1).T
-    gap = clean - corr
-    fraction = lambda x: float(((torch.cat(x) - corr) / gap)[used].mean())  # noqa: E731
+    empty = float(((torch.cat(empty_ld) - corr) / (clean - corr))[used].mean())
+    # full: the last size keeps every edge, the whole graph through the edge-level forward.
     return CircuitResult(graph=graph, ig_steps=steps, edge_index=edge_index, scores=paired(flat.T), sizes=sizes,
                          recovered=recovered, random_mean=random_mean, random_ci=random_ci, n_random=n_random,
                          random_pairs=sum(b.n for b in r_batches),
-                         full=fraction(full_ld), empty=fraction(empty_ld), threshold=threshold,
+                         full=float(top_frac[-1].mean()), empty=empty, threshold=threshold,
                          n_pairs=int(used.sum()), n_excluded=int((~used).sum()))
 
 
-def _first_used(batches: list[PairBatch], used: list[Tensor], n: int) -> list[PairBatch]:
-    """The first ``n`` used pairs, as batches."""
-    out = []
-    for b, u in zip(batches, used):
-        idx = u.nonzero()[:, 0][: max(0, n - sum(x.n for x in out))]
+def _first_used(batches: list[PairBatch], used: list[Tensor], n: int) -> list[tuple[int, Tensor]]:
+    """The first ``n`` used pairs: (batch index, indices of its pairs) per batch that holds some."""
+    out: list[tuple[int, Tensor]] = []
+    for bi, u in enumerate(used):
+        idx = u.nonzero()[:, 0][: max(0, n - sum(len(i) for _, i in out))]
         if len(idx):
-            out.append(PairBatch(b.label, b.clean_tokens[idx], b.corrupted_tokens[idx], b.correct[idx], b.incorrect[idx]))
+            out.append((bi, idx))
     return out
+
+
+def _subset(b: PairBatch, idx: Tensor) -> PairBatch:
+    return PairBatch(b.label, b.clean_tokens[idx], b.corrupted_tokens[idx], b.correct[idx], b.incorrect[idx])
 
 
 def plain_metric(model: Model, b: PairBatch, tokens: Tensor) -> Tensor:
