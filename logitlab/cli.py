@@ -39,6 +39,15 @@ DtypeOpt = Annotated[str, typer.Option(help="float32 (default) or bfloat16.")]
 FiguresOpt = Annotated[str, typer.Option("--figures", help="Also export every figure to figures/ as png, svg or "
                                          "png,svg (needs Chromium; off by default: the report's own toolbar "
                                          "exports single plots).")]
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task name (pronouns, pronouns-large) or a task YAML file.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite results already in --out.")]
+ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")]
+PatchingPairsOpt = Annotated[int, typer.Option("--patching-pairs", help="Patching pairs generated per template (each "
+                                               "costs as much as the task's own pair; 0: the task's explicit pairs only).")]
+IgStepsOpt = Annotated[int, typer.Option("--ig-steps", help="Integrated-gradient steps of the circuit's edge scores.")]
+CircuitPairsOpt = Annotated[int, typer.Option("--circuit-pairs", help="Clean/corrupted pairs for circuit discovery.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")]
 _FORMATS = ("png", "svg")
 
 
@@ -69,27 +78,25 @@ def _load(model: str, device: str, dtype: str, trust_remote_code: bool = False):
 @app.command()
 def run(
     model: ModelOpt = "builtin",
-    task: Annotated[str, typer.Option("--task", "-t", help="Built-in task name (pronouns, pronouns-large) or a task YAML file.")] = "pronouns",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("logitlab-out"),
+    task: TaskOpt = "pronouns",
+    out: OutOpt = Path("logitlab-out"),
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     top_k: Annotated[int, typer.Option(help="Top-k predictions to show per example prompt.")] = 10,
     max_memory: Annotated[float | None, typer.Option(help="Memory budget for sweeps, in GiB (default: half of the free memory).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite results already in --out.")] = False,
-    report: Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")] = True,
+    force: ForceOpt = False,
+    report: ReportOpt = True,
     figures: FiguresOpt = "",
-    patching_pairs: Annotated[int, typer.Option("--patching-pairs", help="Patching pairs generated per template "
-                                                "(each costs as much as the task's own pair; 0: the task's explicit "
-                                                "pairs only).")] = 12,
+    patching_pairs: PatchingPairsOpt = 12,
     analyses: Annotated[str, typer.Option("--analyses", help="Comma-separated analyses to run besides the always-run "
                                           "ones (logit difference, DLA, logit lens, attributions, unembedding bias): "
                                           "attention, ablation, patching, atp, path_patching, robustness, circuit; "
                                           "'default' = all but circuit, 'all' = all.")] = "default",
     circuit: Annotated[bool, typer.Option("--circuit", help="Also discover the circuit (EAP-IG edge scores and the "
                                           "faithfulness curve); same as adding circuit to --analyses.")] = False,
-    ig_steps: Annotated[int, typer.Option("--ig-steps", help="Integrated-gradient steps of the circuit's edge scores.")] = 5,
-    circuit_pairs: Annotated[int, typer.Option("--circuit-pairs", help="Clean/corrupted pairs for circuit discovery.")] = 16,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")] = False,
+    ig_steps: IgStepsOpt = 5,
+    circuit_pairs: CircuitPairsOpt = 16,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """Run the whole battery and write results.json, tables/ and report.html to --out."""
     _run(model, task, out, device, dtype, top_k, max_memory, force, report, figures, patching_pairs,
@@ -154,17 +161,17 @@ def _run(model: str, task: str, out: Path, device: str, dtype: str, top_k: int, 
 @app.command()
 def circuit(
     model: ModelOpt = "builtin",
-    task: Annotated[str, typer.Option("--task", "-t", help="Built-in task name or a task YAML file.")] = "pronouns",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("logitlab-circuit"),
+    task: TaskOpt = "pronouns",
+    out: OutOpt = Path("logitlab-circuit"),
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
-    ig_steps: Annotated[int, typer.Option("--ig-steps", help="Integrated-gradient steps of the edge scores.")] = 5,
-    circuit_pairs: Annotated[int, typer.Option("--circuit-pairs", help="Clean/corrupted pairs for circuit discovery.")] = 16,
-    patching_pairs: Annotated[int, typer.Option("--patching-pairs", help="Exact patching pairs generated per template (AtP is compared with them).")] = 12,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite results already in --out.")] = False,
-    report: Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")] = True,
+    ig_steps: IgStepsOpt = 5,
+    circuit_pairs: CircuitPairsOpt = 16,
+    patching_pairs: PatchingPairsOpt = 12,
+    force: ForceOpt = False,
+    report: ReportOpt = True,
     figures: FiguresOpt = "",
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")] = False,
+    trust_remote_code: TrustOpt = False,
 ) -> None:
     """From important heads to the circuit: ablation, exact patching, attribution patching, path patching from the
     top heads and EAP-IG circuit discovery with its faithfulness curve (results.json, report.html)."""
