@@ -204,7 +204,7 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         receiver, layer) triples whose mixture differs from that run's are normalised.
         """
         rows = rows[:, :, :n_read]
-        keep = allowed_rows(rows.shape[1], n_read, layer, kind) - rows  # 1 where the current value is read
+        keep = 1 - rows  # 1 where the current value is read (every sender below n_read is an edge of these)
         from_other = bool(keep.sum() < rows.sum())
         m_all = -keep if from_other else rows  # weights on diff = other − current, relative to the chosen run
         if from_other:
@@ -233,15 +233,6 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
             out, _ = runner.post_attention(l2, mixed)
             x = x.index_put((bi, ri), out - out_ref[l2][bi], accumulate=True)
         return x
-
-    allowed_cache: dict[tuple[int, int, int, str], Tensor] = {}
-
-    def allowed_rows(r: int, n_read: int, layer: int, kind: str) -> Tensor:
-        """(1, r, n_read) 1 on edges: every sender below n_read is an edge of these receivers."""
-        key = (r, n_read, layer, kind)
-        if key not in allowed_cache:
-            allowed_cache[key] = torch.ones(1, r, n_read, dtype=embed.dtype, device=embed.device)
-        return allowed_cache[key]
 
     if start:
         if base is None:
