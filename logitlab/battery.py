@@ -221,12 +221,12 @@ def run_battery(model: Model, task: Task, config: RunConfig, progress: Step = _n
 def top_senders(heads: Any, zero: Any, n: int) -> list[tuple[int, int]]:
     """Path patching's senders: the heads with the largest |zero-ablation effect| and |direct logit attribution|,
     alternately (duplicates skipped), ``n`` in all; DLA alone without ablation."""
-    rank = lambda x: [divmod(int(i), x.shape[1]) for i in x.abs().flatten().argsort(descending=True)]  # noqa: E731
-    lists = [rank(heads.mean)]
+    lists = [[(l, h) for l, h, _ in heads.top(n)]]
     if zero is not None:
-        lists.insert(0, rank((zero.logit_diff - zero.baseline_logit_diff[None, None]).mean(-1)))
+        delta = (zero.logit_diff - zero.baseline_logit_diff[None, None]).mean(-1)  # (layer, head)
+        lists.insert(0, [divmod(int(i), delta.shape[1]) for i in delta.abs().flatten().argsort(descending=True)[:n]])
     out: list[tuple[int, int]] = []
-    for i in range(max(len(x) for x in lists)):
+    for i in range(n):  # the two top-n lists together hold at least n heads
         for x in lists:
             if i < len(x) and x[i] not in out and len(out) < n:
                 out.append(x[i])
