@@ -46,13 +46,16 @@ def train_toy_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the checkpoints, task files and toy.json.")] = Path("toy-model"),
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = ToyConfig.steps,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same checkpoints).")] = 0,
+    layers: Annotated[int, typer.Option("--layers", help="Transformer blocks.")] = ToyConfig.n_layers,
+    d_model: Annotated[int, typer.Option("--d-model", help="Residual-stream width (a multiple of --heads).")] = ToyConfig.d_model,
+    heads: Annotated[int, typer.Option("--heads", help="Attention heads per block.")] = ToyConfig.n_heads,
     force: Annotated[bool, typer.Option("--force", help="Replace a toy model already in --out.")] = False,
 ) -> None:
     """Train a small GPT-2 on synthetic pronoun text, saving log-spaced checkpoints and a held-out task."""
     from logitlab.formation.toy import train_toy
     if (out / TOY_JSON).exists() and not force:
         raise LogitlabError(f"{out} already holds a toy model", "pass --force to replace it, or choose another --out")
-    config = ToyConfig(steps=steps, seed=seed)
+    config = ToyConfig(steps=steps, seed=seed, n_layers=layers, d_model=d_model, n_heads=heads)
     quiet_libraries()
     t0 = time.perf_counter()
     with _progress() as progress:

@@ -79,6 +79,9 @@ class ToyConfig:
             raise LogitlabError("steps must be at least 1")
         if self.n_checkpoints < 2:
             raise LogitlabError("n_checkpoints must be at least 2 (step 0 and the last step)")
+        if min(self.n_layers, self.n_heads, self.d_model) < 1:
+            raise LogitlabError(f"the toy needs at least one layer, one head and d_model ≥ 1, got n_layers "
+                                f"{self.n_layers}, n_heads {self.n_heads}, d_model {self.d_model}")
         if self.d_model % self.n_heads:
             raise LogitlabError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not 0 < self.tag_share < 1:

@@ -46,6 +46,21 @@ def test_train_toy_then_formation(app: typer.Typer, tmp_path: Path) -> None:
     assert (out / "checkpoints" / "step0.json").stat().st_mtime_ns != before
 
 
+def test_train_toy_size_options(app: typer.Typer, tmp_path: Path) -> None:
+    """--layers/--d-model/--heads reach the saved model's config and toy.json; a bad size is a clear error."""
+    toy = tmp_path / "toy"
+    _run(app, ["train-toy", "--out", str(toy), "--steps", "3", "--layers", "1", "--d-model", "32", "--heads", "2",
+               "--seed", "5"])
+    cfg = json.loads((toy / "step3" / "config.json").read_text())
+    assert (cfg["n_layer"], cfg["n_embd"], cfg["n_head"]) == (1, 32, 2)
+    saved = json.loads((toy / "toy.json").read_text())["config"]
+    assert (saved["n_layers"], saved["d_model"], saved["n_heads"], saved["seed"]) == (1, 32, 2, 5)
+    with pytest.raises(LogitlabError, match="divisible by n_heads"):
+        _run(app, ["train-toy", "--out", str(tmp_path / "bad"), "--steps", "3", "--d-model", "30", "--heads", "4"])
+    with pytest.raises(LogitlabError, match="at least one layer"):
+        _run(app, ["train-toy", "--out", str(tmp_path / "bad"), "--steps", "3", "--layers", "0"])
+
+
 def test_default_task_without_toy_files(app: typer.Typer, tiny_toy: Path, tmp_path: Path) -> None:
     """A checkpoint folder without heldout-task.yaml is evaluated on the built-in pronouns task."""
     import shutil
