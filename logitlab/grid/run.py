@@ -253,7 +253,8 @@ def run_grid(grid: Grid, out: Path, ray: str | None = None, threads: int | None 
             if row.status == "skipped" and on_cell is not None:
                 on_cell(row)
         keys = {c.name: c.key() for c in pending}  # the driver's view of each cell's identity, stored with it
-        jobs = (_sequential([Job(c, threads, keys[c.name]) for c in pending], job) if ray is None
+        # Nothing left to run needs no Ray: a finished grid's re-run starts no cluster and joins none.
+        jobs = (_sequential([Job(c, threads, keys[c.name]) for c in pending], job) if ray is None or not pending
                 else _ray_jobs(pending, ray, threads, job, keys))
         for outcome in jobs:
             row = rows[outcome.name]

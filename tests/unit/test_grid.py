@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -256,6 +257,10 @@ def test_sequential_grid_equals_run_battery_resumes_and_skips(env: Any, referenc
     calls: list[Job] = []
     rows = run_grid(grid, out, threads=1, job=lambda job: calls.append(job))  # type: ignore[func-returns-value]
     assert [r.status for r in rows] == ["skipped", "skipped"] and not calls, "a finished cell is never run again"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "ray", None)  # a finished grid's re-run with --ray starts no Ray (needs none)
+        rows = run_grid(grid, out, ray="127.0.0.1:9", job=lambda job: calls.append(job))  # type: ignore[func-returns-value]
+    assert [r.status for r in rows] == ["skipped", "skipped"] and not calls
     (out / first / "cell.json").write_text("{}")  # a damaged cell is run again
     rows = run_grid(grid, out, threads=1, job=lambda job: calls.append(job) or run_cell(job))
     assert [r.status for r in rows] == ["done", "skipped"] and [j.cell.name for j in calls] == [first]
@@ -291,3 +296,58 @@ def test_ray_grid_equals_run_battery_survives_a_killed_worker_and_reports_failur
         assert [r.status for r in again] == ["skipped", "skipped", "failed"]
     finally:
         ray.shutdown()
+
+
+def test_grid_joins_a_ray_cluster_started_elsewhere(env: Any, reference: dict[str, Any], tmp_path: Path) -> None:
+    """`ray start --head` in its own processes (as on a cluster's head node), then `logitlab grid --ray ADDRESS`
+    from another process: the driver joins the cluster, the cluster's workers run the cells, and the cells equal
+    run_battery; the cluster outlives the driver."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'logitlab[ray]'): Ray grids untested")
+    import signal
+    import socket
+    import subprocess
+    ray_exe = Path(sys.executable).parent / "ray"
+    if not ray_exe.is_file():
+        pytest.skip(f"no ray command beside {sys.executable}")
+    with socket.socket() as s:  # a free port for the head's GCS
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    proc_env = {**os.environ, "LOGITLAB_CACHE": str(env.root / "cache"), "RAY_USAGE_STATS_ENABLED": "0"}
+    # --block keeps the head in this process group, so the test stops exactly this cluster (`ray stop` would stop
+    # every Ray instance on the machine).
+    head = subprocess.Popen([str(ray_exe), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--node-ip-address=127.0.0.1"],
+                            env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+    def status() -> subprocess.CompletedProcess:
+        return subprocess.run([str(ray_exe), "status", f"--address={address}"], env=proc_env, capture_output=True,
+                              text=True, timeout=120)
+
+    try:
+        deadline = time.monotonic() + 180
+        while status().returncode != 0:
+            assert head.poll() is None, f"ray start failed:\n{head.stdout.read()[-3000:] if head.stdout else ''}"
+            assert time.monotonic() < deadline, "the Ray head did not come up within 180 s"
+            time.sleep(2)
+        grid_file = tmp_path / "grid.yaml"
+        grid_file.write_text(json.dumps(_grid_dict(env)), encoding="utf-8")
+        out = tmp_path / "out"
+        done = subprocess.run([sys.executable, "-m", "logitlab", "grid", str(grid_file), "--out", str(out),
+                               "--ray", address], env=proc_env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"logitlab grid --ray {address} failed:\n{done.stderr[-3000:]}"
+        doc = json.loads((out / "grid.json").read_text())
+        assert doc["execution"] == f"ray {address}" and doc["counts"]["done"] == len(reference)
+        for name, want in reference.items():
+            _assert_same(json.loads((out / name / "results.json").read_text()), want, name)
+            assert "torch threads: 1" in (out / name / "log.txt").read_text()  # 2 CPUs shared by 2 cells
+        assert status().returncode == 0, "the cluster did not outlive the driver"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):  # whatever of the cluster is left in its process group
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
