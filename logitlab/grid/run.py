@@ -140,7 +140,9 @@ def _ray_jobs(cells: Sequence[Cell], address: str, threads: int | None, job_fn: 
     if not ray.is_initialized():
         try:
             if address == "local":
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                # address="local": always a new instance (without it Ray joins whatever cluster a stale
+                # /tmp/ray/ray_current_cluster names, and refuses num_cpus there).
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             else:
                 ray.init(address=address, log_to_driver=False)
         except Exception as e:  # ConnectionError, ValueError, … depending on the address

@@ -351,3 +351,20 @@ def test_grid_joins_a_ray_cluster_started_elsewhere(env: Any, reference: dict[st
         with contextlib.suppress(ProcessLookupError):  # whatever of the cluster is left in its process group
             os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
+
+
+def test_ray_local_starts_its_own_instance(env: Any, reference: dict[str, Any], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """--ray local starts a new Ray instance on this machine even where Ray would otherwise join another cluster
+    (RAY_ADDRESS set, or a stale /tmp/ray/ray_current_cluster), and stops it at the end."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'logitlab[ray]'): Ray grids untested")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # nothing listens there: joining it would fail
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(json.dumps(_grid_dict(env)), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["grid", str(grid_file), "--out", str(out), "--ray", "local", "--threads", "1"]) == 0
+    assert not ray.is_initialized(), "the instance logitlab started is shut down at the end"
+    doc = json.loads((out / "grid.json").read_text())
+    assert doc["execution"] == "ray local" and doc["counts"]["done"] == len(reference)
+    for name, want in reference.items():
+        _assert_same(json.loads((out / name / "results.json").read_text()), want, name)
