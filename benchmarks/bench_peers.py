@@ -234,13 +234,14 @@ def main() -> None:
         z, me = head_ablation(run, "zero"), head_ablation(run, "mean")
         return z, me, activation_patching(m, t, generated=False)  # the task's pair, as the peers patch
     (z_ab, m_ab, patch), t_ours = _timed(ours)
-    _, t_battery = _timed(lambda: run_battery(m, task, RunConfig()))
+    # The battery with the same analyses (as bench_battery.py's (b)): the sweeps above plus the always-run ones.
+    _, t_battery = _timed(lambda: run_battery(m, task, RunConfig(patching_pairs=0, analyses=("ablation", "patching"))))
     ref_d = torch.stack([z_ab.logit_diff, m_ab.logit_diff])
     ref_l = torch.stack([z_ab.loss, m_ab.loss])
     raw = patch.raw_reference() if hasattr(patch, "raw_reference") else {
         "resid_pre": patch.resid, "attn_out": patch.attn, "mlp_out": patch.mlp, "z": patch.heads}
     print(f"(l) logitlab: ablation (zero+mean, logit diff+loss) + all patching: {t_ours:.1f} s; "
-          f"whole battery: {t_battery:.1f} s")
+          f"battery with these analyses (--analyses ablation,patching --patching-pairs 0): {t_battery:.1f} s")
 
     def check(name: str, d, lo, p) -> float:  # noqa: ANN001
         worst = max((d - ref_d).abs().max().item(), (lo - ref_l).abs().max().item(),
@@ -248,6 +249,12 @@ def main() -> None:
         print(f"    {name}: max abs difference to logitlab {worst:.1e}")
         return worst
 
+    if not args.skip_nnsight:
+        try:
+            import nnsight  # noqa: F401
+        except ImportError:
+            print("(n) nnsight: not installed (pip install nnsight), skipped")
+            args.skip_nnsight = True
     if not args.skip_nnsight:
         with contextlib.suppress(ImportError):
             from nnsight import LanguageModel
