@@ -7,10 +7,14 @@ prompts, tokens per prompt, battery seconds, sweep TFLOP and the rate they ran a
 battery added to the RSS after loading the model.
 
 * prompt count: the first N prompts of ``pronouns-large`` (template-major), N = 20 … 520;
-* prompt length: the built-in ``pronouns`` prompts behind a neutral filler text, 10 … 200 tokens.
+* prompt length: each built-in ``pronouns`` prompt led by its subject ("Mary had a long day. "), then a neutral
+  filler text, then the prompt, 10 … 200 tokens: prompts (and a pair's two sides) differ from the second token
+  on, so nothing but BOS is shared (the worst case for logitlab's shortcuts);
+* shared-length (``--shared-lengths``): the same filler before every prompt unchanged, a context all prompts
+  and both sides of a pair share: ablation runs it once per head, patching does not sweep it.
 
 Usage: python benchmarks/bench_scaling.py [--model builtin] [--counts 20,65,130,260,520]
-       [--lengths 10,25,50,100,200] [--device cpu]
+       [--lengths 10,25,50,100,200] [--shared-lengths 10,25,50,100,200] [--device cpu]
 Run it alone: two torch processes on two cores slow each other many times over.
 """
 
@@ -52,12 +56,21 @@ def child(model_name: str, kind: str, size: int, device: str) -> None:
     else:
         base = logitlab.load_task("pronouns")
         base_len = len(tokenize_task(base, m.tokenizer).tokens[0])
-        filler_len = len(m.tokenizer(FILLER, add_special_tokens=False)["input_ids"])
-        prefix = FILLER * max(0, round((size - base_len) / filler_len))
-        pairs = tuple(type(p)(prefix + p.clean, prefix + p.corrupted, p.correct, p.incorrect) for p in base.patch_pairs)
-        task = Task(name=f"pronouns+filler({size})", prompts=tuple(prefix + p for p in base.prompts),
+        filler = FILLER * max(0, round((size - base_len) / len(m.tokenizer(FILLER, add_special_tokens=False)["input_ids"])))
+        if kind == "shared-length":
+            # One filler before every prompt: a context all prompts (and both sides of a pair) share, which
+            # logitlab runs once per head for ablation and does not sweep for patching.
+            def lead(prompt: str) -> str:
+                return filler + prompt
+        else:
+            # The subject first, then the filler: every prompt differs from its second token on, and so does a
+            # pair's clean and corrupted prompt (the worst case: nothing is shared but BOS).
+            def lead(prompt: str) -> str:
+                return f"{prompt.split()[0]} had a long day. " + filler + prompt
+        pairs = tuple(type(p)(lead(p.clean), lead(p.corrupted), p.correct, p.incorrect) for p in base.patch_pairs)
+        task = Task(name=f"pronouns+filler({size}, {kind})", prompts=tuple(lead(p) for p in base.prompts),
                     correct=base.correct, incorrect=base.incorrect, patch_pairs=pairs, prepend_bos=base.prepend_bos,
-                    templates=tuple(prefix + t for t in base.templates), prompt_template=base.prompt_template,
+                    templates=base.templates, prompt_template=base.prompt_template,
                     prompt_subject=base.prompt_subject, prompt_class=base.prompt_class)
     tt = tokenize_task(task, m.tokenizer)
     stats = SweepStats()
@@ -76,16 +89,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="builtin")
     ap.add_argument("--counts", default="20,65,130,260,520")
-    ap.add_argument("--lengths", default="10,25,50,100,200")
+    ap.add_argument("--lengths", default="10,25,50,100,200", help="prompts that differ from their second token on")
+    ap.add_argument("--shared-lengths", default="", help="prompts behind one shared filler, e.g. 10,25,50,100,200")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--child", nargs=2, metavar=("KIND", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.model, args.child[0], int(args.child[1]), args.device)
         return
-    print(f"{'prompts':>8} {'tokens':>7} {'battery s':>10} {'TFLOP':>7} {'GFLOP/s':>8} {'peak RSS GiB':>13} "
+    print(f"{'kind':>13} {'prompts':>8} {'tokens':>7} {'battery s':>10} {'TFLOP':>7} {'GFLOP/s':>8} {'peak RSS GiB':>13} "
           f"{'battery RSS GiB':>16}")
-    for kind, sizes in (("count", args.counts), ("length", args.lengths)):
+    for kind, sizes in (("count", args.counts), ("length", args.lengths), ("shared-length", args.shared_lengths)):
         for size in (int(s) for s in sizes.split(",") if s):
             cmd = [sys.executable, __file__, "--model", args.model, "--device", args.device, "--child", kind, str(size)]
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -93,7 +107,7 @@ def main() -> None:
                 print(f"{kind} {size}: failed: {out.stderr.strip().splitlines()[-1:]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{r['prompts']:>8} {r['tokens']:>7} {r['battery_s']:>10.1f} {r['tflop']:>7.2f} {r['gflops']:>8.0f} "
+            print(f"{kind:>13} {r['prompts']:>8} {r['tokens']:>7} {r['battery_s']:>10.1f} {r['tflop']:>7.2f} {r['gflops']:>8.0f} "
                   f"{r['peak_rss_gb']:>13.2f} {r['battery_rss_gb']:>16.2f}", flush=True)
 
 
