@@ -280,7 +280,8 @@ def test_ray_grid_equals_run_battery_survives_a_killed_worker_and_reports_failur
 
     grid = grid_from_dict(_grid_dict(env, {"model": str(env.root / "no-such-model"), "name": "missing"}), env.root)
     out = env.root / "ray"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new instance, never a cluster that RAY_ADDRESS or a stale /tmp/ray/ray_current_cluster names.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         rows = {r.name: r for r in run_grid(grid, out, ray="auto", job=crash_once)}
         assert marker.is_file(), "the first attempt was meant to kill its worker"
@@ -313,7 +314,10 @@ def test_grid_joins_a_ray_cluster_started_elsewhere(env: Any, reference: dict[st
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     address = f"127.0.0.1:{port}"
-    proc_env = {**os.environ, "LOGITLAB_CACHE": str(env.root / "cache"), "RAY_USAGE_STATS_ENABLED": "0"}
+    # Token authentication off at both ends: with it on, a head that finds ~/.ray/auth_token demands the token while
+    # `ray status` does not send it.
+    proc_env = {**os.environ, "LOGITLAB_CACHE": str(env.root / "cache"), "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_AUTH_MODE": "disabled"}
     # --block keeps the head in this process group, so the test stops exactly this cluster (`ray stop` would stop
     # every Ray instance on the machine).
     head = subprocess.Popen([str(ray_exe), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
@@ -351,6 +355,11 @@ def test_grid_joins_a_ray_cluster_started_elsewhere(env: Any, reference: dict[st
         with contextlib.suppress(ProcessLookupError):  # whatever of the cluster is left in its process group
             os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
+        # `ray start` named this cluster as the machine's current one; a later plain ray.init() must not join it.
+        current = Path("/tmp/ray/ray_current_cluster")
+        with contextlib.suppress(OSError):
+            if current.read_text().strip().endswith(f":{port}"):
+                current.unlink()
 
 
 def test_ray_local_starts_its_own_instance(env: Any, reference: dict[str, Any], tmp_path: Path,
