@@ -26,7 +26,6 @@ Usage: python benchmarks/bench_peers.py [--model builtin] [--task pronouns] [--s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
 
@@ -251,21 +250,19 @@ def main() -> None:
 
     if not args.skip_nnsight:
         try:
-            import nnsight  # noqa: F401
+            from nnsight import LanguageModel
         except ImportError:
             print("(n) nnsight: not installed (pip install nnsight), skipped")
             args.skip_nnsight = True
     if not args.skip_nnsight:
-        with contextlib.suppress(ImportError):
-            from nnsight import LanguageModel
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-            hf = AutoModelForCausalLM.from_pretrained(m.source, dtype=torch.float32).eval()
-            lm = LanguageModel(hf, tokenizer=AutoTokenizer.from_pretrained(m.source))
-            (nd, nl), ta = _timed(lambda: nnsight_ablation(lm, tokens, correct, incorrect, L, H, dh))
-            npatch, tp = _timed(lambda: nnsight_patching(lm, hf, clean, corr, pc, pi, L, H, dh))
-            print(f"(n) nnsight batched: ablation {ta:.1f} s + patching {tp:.1f} s = {ta + tp:.1f} s "
-                  f"→ logitlab {(ta + tp) / t_ours:.1f}× faster on the same analyses")
-            check("nnsight", nd, nl, npatch)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        hf = AutoModelForCausalLM.from_pretrained(m.source, dtype=torch.float32).eval()
+        lm = LanguageModel(hf, tokenizer=AutoTokenizer.from_pretrained(m.source))
+        (nd, nl), ta = _timed(lambda: nnsight_ablation(lm, tokens, correct, incorrect, L, H, dh))
+        npatch, tp = _timed(lambda: nnsight_patching(lm, hf, clean, corr, pc, pi, L, H, dh))
+        print(f"(n) nnsight batched: ablation {ta:.1f} s + patching {tp:.1f} s = {ta + tp:.1f} s "
+              f"→ logitlab {(ta + tp) / t_ours:.1f}× faster on the same analyses")
+        check("nnsight", nd, nl, npatch)
     if not args.skip_tl:
         bridge = m.bridge
         (td, tl_), ta = _timed(lambda: tl_ablation(bridge, tokens, correct, incorrect, L, H))
