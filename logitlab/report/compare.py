@@ -26,9 +26,8 @@ import plotly.graph_objects as go
 
 from logitlab._io import write_text_atomic
 from logitlab.errors import LogitlabError
-from logitlab.results import validate_results
 
-from . import sections
+from .sections import MODULES as SECTION_MODULES  # importing the package registers every section
 from ._util import finite, plotly_text
 from .compare_findings import compare_findings
 from .compare_runs import Run, ci_cell, series_points, side_by_side, task_groups
@@ -37,8 +36,9 @@ from .markup import esc, figure_html, note, table
 from .page import page
 from .registry import Finding
 from .registry import sections as registered
+from .validate import validate
 
-__all__ = ["Run", "load_runs", "compare_figures", "compare_findings", "render_compare", "sections", "write_compare"]
+__all__ = ["Run", "load_runs", "compare_figures", "compare_findings", "render_compare", "SECTION_MODULES", "write_compare"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def _load_one(folder: Path) -> Run:
         if "logit_diff" not in results:
             raise LogitlabError(f"{path} is not a logitlab results.json (no logit_diff)")
         try:
-            validate_results(results)
+            validate(results)
         except LogitlabError as e:
             raise LogitlabError(f"{path}: {e.args[0]}", e.hint) from None
     try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import sections
+from .sections import MODULES as SECTION_MODULES  # importing the package registers every section
 from .compare_runs import LOGIT_DIFF_THRESHOLD, Run, join, series_points, side_by_side, task_groups
 from .registry import Finding, ReportError
 from .registry import sections as registered
 
-__all__ = ["compare_findings", "formation_finding", "sections"]
+__all__ = ["compare_findings", "formation_finding", "SECTION_MODULES"]
 
 
 def formation_finding(runs: Sequence[Run]) -> Finding | None:

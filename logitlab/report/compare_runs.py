@@ -25,6 +25,7 @@ from typing import Any
 
 from ._util import finite, fmt, is_matrix
 from .markup import esc, figure_html, note, table
+from .registry import Run
 
 __all__ = ["Run", "Head", "Component", "Point", "depth", "region", "layer_components", "top_dla_heads",
            "top_ablation_heads", "series_points", "side_by_side", "task_groups", "LOGIT_DIFF_THRESHOLD", "HALF",
@@ -33,21 +34,6 @@ __all__ = ["Run", "Head", "Component", "Point", "depth", "region", "layer_compon
 LOGIT_DIFF_THRESHOLD = 1.0  # as the formation report: p(correct)/p(incorrect) > e
 HALF = 0.5
 _COMPONENT = re.compile(r"^(\d+)_(attn|mlp)_out$")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run of the comparison."""
-
-    label: str
-    folder: str
-    results: dict[str, Any]
-    kind: str
-    """battery or formation"""
-    model: str
-    task: str
-    step: int | None = None
-    """the training step of a grid cell on a checkpoint"""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import plotly.graph_objects as go
 
 from logitlab.results import Results
 
-from . import sections
+from .sections import MODULES as SECTION_MODULES  # importing the package registers every section
 from .registry import ReportError, figure_specs, lookup
 
-__all__ = ["build_figures", "sections"]
+__all__ = ["build_figures", "SECTION_MODULES"]
 
 
 def build_figures(results: Results) -> dict[str, go.Figure]:

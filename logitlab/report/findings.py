@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from logitlab.results import Results
 
-from . import sections
+from .sections import MODULES as SECTION_MODULES  # importing the package registers every section
 from .registry import Finding, ReportError, figure_specs, lookup
 from .registry import sections as registered
 from .sections.dla_check import DLA_TOLERANCE, DLA_TOLERANCE_BF16, dla_tolerance
 from .sections.patching import PATCH_THRESHOLD
 
 __all__ = ["DLA_TOLERANCE", "DLA_TOLERANCE_BF16", "PATCH_THRESHOLD", "Finding", "dla_tolerance", "key_findings",
-           "sections"]
+           "SECTION_MODULES"]
 
 
 def key_findings(results: Results) -> list[Finding]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
 
-from logitlab.results import Results, validate_results
+from logitlab.results import Results
 
 from .attention import ATTENTION_JS
 from .figures import build_figures
@@ -22,6 +22,7 @@ from .markup import esc, note
 from .page import page
 from .registry import Finding, ReportError, Section
 from .registry import sections as registered
+from .validate import validate
 
 __all__ = ["Report", "build_report", "not_run", "render_report"]
 
@@ -97,13 +98,14 @@ class Report:
 
 
 def build_report(results: Results) -> Report:
-    """Validate ``results`` against the schema, then build its figures, findings and HTML in one go.
+    """Validate ``results`` against the schema (:func:`logitlab.report.validate.validate`), then build its
+    figures, findings and HTML in one go.
 
     Raises:
         LogitlabError: The results do not match the schema (the message names the first offending key).
         ReportError: A section cannot read its part of the results.
     """
-    validate_results(results)
+    validate(results)
     figures = build_figures(results)
     findings = key_findings(results)
     return Report(render_report(results, figures, findings), figures, tuple(findings))

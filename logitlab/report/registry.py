@@ -25,10 +25,9 @@ if TYPE_CHECKING:
 
     from logitlab.results import Results
 
-    from .compare_runs import Run
-
 __all__ = [
-    "CompareFigures", "ComparePart", "CompareRender", "FigureSpec", "Finding", "ReportError", "Rule", "Section",
+    "CompareFigures", "ComparePart", "CompareRender", "FigureSpec", "Finding", "ReportError", "Rule", "Run",
+    "Section",
     "figure_specs", "lookup", "register", "section", "sections", "unregister",
 ]
 
@@ -64,6 +63,21 @@ class Rule:
 
     order: int
     fn: Callable[..., Finding | None]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of compare.html (:func:`logitlab.report.compare.load_runs`)."""
+
+    label: str
+    folder: str
+    results: dict[str, Any]
+    kind: str
+    """battery or formation"""
+    model: str
+    task: str
+    step: int | None = None
+    """the training step of a grid cell on a checkpoint"""
 
 
 CompareFigures = Callable[[int, "Sequence[Run]"], "Mapping[str, go.Figure]"]
