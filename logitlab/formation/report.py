@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
 
 from logitlab._io import write_text_atomic
 from logitlab.formation.schema import FormationResults
 from logitlab.report._util import fmt
+from logitlab.report.markup import esc as _esc
+from logitlab.report.markup import figure_html
+from logitlab.report.page import page
 
 __all__ = ["formation_figures", "formation_findings", "render_formation_report", "write_formation_report",
            "LOGIT_DIFF_THRESHOLD", "GENERALISES_ACCURACY"]
@@ -28,24 +30,6 @@ __all__ = ["formation_figures", "formation_findings", "render_formation_report",
 LOGIT_DIFF_THRESHOLD = 1.0  # "the behaviour is there": p(correct)/p(incorrect) > e
 GENERALISES_ACCURACY = 0.9  # held-out accuracy needed (with the threshold above) to call it generalisation
 REPORT_NAME = "report.html"
-CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
-       "img-src data: blob:; font-src data:; connect-src 'none'")
-PLOT_CONFIG = {"displaylogo": False, "responsive": True, "displayModeBar": "hover"}
-CSS = """
-body { margin: 0; font: 15px/1.5 system-ui, sans-serif; color: #1f2933; background: #fbfcfd; }
-header { background: #17324d; color: #fff; padding: 16px 28px; }
-header h1 { margin: 0; font-size: 22px; } header .sub { opacity: .85; font-size: 14px; }
-main { max-width: 1100px; margin: 0 auto; padding: 8px 28px 40px; }
-section { background: #fff; border: 1px solid #e3e7ec; border-radius: 8px; padding: 4px 20px 14px; margin: 18px 0; }
-h2 { font-size: 19px; } p.note { color: #5f6b7a; font-size: 14px; }
-table { border-collapse: collapse; font-size: 14px; } th, td { border-bottom: 1px solid #e3e7ec; padding: 3px 10px; }
-th { background: #f3f6f9; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-"""
-
-
-def _esc(x: Any) -> str:
-    """Escape any value for HTML text or attribute context."""
-    return html.escape(str(x), quote=True)
 
 
 def _plot_text(x: Any) -> str:
@@ -228,12 +212,6 @@ def formation_findings(results: FormationResults) -> list[str]:
     return out
 
 
-def _figure_html(fig: go.Figure, fig_id: str) -> str:
-    div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{fig_id}", config=PLOT_CONFIG,
-                      default_height=f"{int(fig.layout.height or 420)}px", default_width="100%")
-    return f'<figure id="fig-{_esc(fig_id)}">{div}</figure>'
-
-
 def _table(results: FormationResults) -> str:
     rows = []
     for c in results["checkpoints"]:
@@ -254,21 +232,14 @@ def render_formation_report(results: FormationResults) -> str:
     desc = f'<p class="note">{_esc(task["description"])}</p>' if task.get("description") else ""
     body = (
         f"<section><h2>Findings</h2>{desc}<ol>{findings}</ol></section>"
-        f"<section><h2>Behaviour</h2>{_figure_html(figs['logit_diff'], 'logit_diff')}{_table(results)}</section>"
-        f"<section><h2>Heads</h2>{_figure_html(figs['heads'], 'heads')}"
-        f"{_figure_html(figs['head_heatmap'], 'head_heatmap')}</section>"
-        f"<section><h2>Layers</h2>{_figure_html(figs['layers'], 'layers')}</section>"
+        f"<section><h2>Behaviour</h2>{figure_html(figs, 'logit_diff')}{_table(results)}</section>"
+        f"<section><h2>Heads</h2>{figure_html(figs, 'heads')}"
+        f"{figure_html(figs, 'head_heatmap')}</section>"
+        f"<section><h2>Layers</h2>{figure_html(figs, 'layers')}</section>"
         f"<section><h2>Definitions</h2><dl>{definitions}</dl></section>"
     )
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
-        f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n"
-        '<script type="text/javascript">window.PlotlyConfig = {MathJaxConfig: "local"};</script>\n'
-        f'<script type="text/javascript">{get_plotlyjs()}</script>\n</head>\n<body>\n'
-        f"<header><h1>{_esc(title)}</h1><div class=\"sub\">{len(results['checkpoints'])} checkpoints · "
-        f"logitlab {_esc(results.get('logitlab_version', '?'))}</div></header>\n<main>{body}</main>\n</body>\n</html>\n"
-    )
+    sub = f"{len(results['checkpoints'])} checkpoints · logitlab {results.get('logitlab_version', '?')}"
+    return page(title, title, sub, body)
 
 
 def write_formation_report(out: Path, results: FormationResults) -> Path:

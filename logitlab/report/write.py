@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import importlib
 import json
 import logging
 import os
@@ -138,8 +139,8 @@ class StaticExporter:
             The exporter; errors of the startup are raised by :meth:`export`.
         """
         exporter = cls(browser)
-        try:
-            import kaleido  # noqa: PLC0415 - optional at import time; heavy
+        try:  # optional and heavy: imported on the first start, not with the report
+            kaleido = importlib.import_module("kaleido")
         except Exception as exc:  # noqa: BLE001 - reported by export()
             exporter._error = exc
             exporter._started.set()

@@ -178,3 +178,44 @@ def test_compare_in_headless_chromium(runs_dir: Path, tmp_path: Path) -> None:
     assert any("model <A>" in f and "model B" in f for f in page["findings"])
     assert (ARTIFACTS / "compare_full.png").stat().st_size > 10_000
     assert time.monotonic() - start < 60
+
+
+def _pooled(r: dict[str, Any], final_from: int) -> dict[str, Any]:
+    """Give ``r`` a pooled set of generated pairs (30 pairs, CIs) whose final position is restored from layer
+    ``final_from`` on, while ``values`` keeps the one explicit pair."""
+    rp = r["resid_patching"]
+    L, P = len(rp["values"]), len(rp["tokens"])
+    z = [[0.9 if l >= final_from and p == P - 1 else 0.0 for p in range(P)] for l in range(L)]
+    ci = [[[0.8, 1.0] if l >= final_from and p == P - 1 else [-0.05, 0.05] for p in range(P)] for l in range(L)]
+    pooled = {"template": None, "tokens": ["<bos>", "{name}"] + [f"t{i}" for i in range(P - 2)], "values": z,
+              "stderr": [[0.02] * P for _ in range(L)], "ci": ci, "n_pairs": 30, "n_excluded": 2,
+              "clean_logit_diff": 5.0, "corrupted_logit_diff": -4.0}
+    rp["pooled"] = pooled
+    rp["per_template"] = [{**pooled, "template": "{} is tall", "n_pairs": 15, "n_excluded": 1}]
+    return r
+
+
+def test_patching_finding_reads_the_pooled_pairs(tmp_path: Path) -> None:
+    """A run with generated pairs is quoted on them (30 pairs, templates pooled), not on its one explicit pair,
+    and its heatmap opens on them."""
+    a = _pooled(synthetic.make_results(n_layers=3, seed=0), final_from=1)
+    b = synthetic.make_results(n_layers=3, seed=1)  # the explicit pair only
+    a["model"]["name"], b["model"]["name"] = "pooled model", "one-pair model"
+    _write(tmp_path / "a", a)
+    _write(tmp_path / "b", b)
+    runs = load_runs([tmp_path / "a", tmp_path / "b"])
+    text = next(f.text for f in compare_findings(runs) if "residual stream" in f.text)
+    assert "from layer 1 of 3 (depth 0.33) on in pooled model (30 pairs, templates pooled)" in text
+    assert "in one-pair model (1 pair)" in text
+    fig = compare_figures(runs)["t0_patch_0"]
+    assert [list(row) for row in fig.data[0].z] == a["resid_patching"]["pooled"]["values"]
+    assert fig.layout.updatemenus[0].buttons[0].label == "templates pooled"
+
+
+def test_malformed_run_is_refused_naming_the_key(runs_dir: Path) -> None:
+    """A run whose results do not match the schema is an error naming its file and the key."""
+    bad = json.loads((runs_dir / "a" / "results.json").read_text(encoding="utf-8"))
+    bad["logit_diff"]["ci"] = "wide"
+    _write(runs_dir / "bad", bad)
+    with pytest.raises(LogitlabError, match=r"bad/results.json.*logit_diff\.ci"):
+        load_runs([runs_dir / "bad"])

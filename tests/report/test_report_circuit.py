@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import re
 import time
 from pathlib import Path
@@ -20,24 +19,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logitlab.report import build_figures, build_report, key_findings, write_report
-from logitlab.report.atp import ATP_AGREE_R, ATP_POOR_R, atp_verdict
-from logitlab.report.circuit import (
-    CIRCUIT_FIGURES,
-    CIRCUIT_SECTIONS,
+from logitlab.errors import LogitlabError
+from logitlab.report import ReportError, build_figures, build_report, key_findings, write_report
+from logitlab.report.registry import figure_specs, section
+from logitlab.report.sections.atp import ATP_AGREE_R, ATP_POOR_R, atp_verdict
+from logitlab.report.sections.circuit import (
     circuit_diagram_figure,
     circuit_edges,
     circuit_faithfulness_figure,
     top_path,
 )
-from logitlab.report.figures import FIGURES
-from logitlab.report.path_patching import path_patching_figure, sender_paths, separation
+from logitlab.report.sections.path_patching import path_patching_figure, sender_paths, separation
 from logitlab.results import Results, validate_results
 from synthetic import CIRCUIT_KEYS, HOSTILE_LABEL, make_results, with_circuit
 
 FIGURE_KEYS = {"atp_vs_exact": "attribution_patching", "path_patching": "path_patching",
                "circuit_diagram": "circuit", "circuit_faithfulness": "circuit"}
-HEADINGS = {key: heading for key, (_, heading, _) in zip(CIRCUIT_KEYS, CIRCUIT_SECTIONS)}
+CIRCUIT_SECTIONS = ("attribution-patching", "path-patching", "circuit")
+HEADINGS = {key: section(name).title for key, name in zip(CIRCUIT_KEYS, CIRCUIT_SECTIONS)}
+CIRCUIT_FIGURES = [f.id for name in CIRCUIT_SECTIONS for f in section(name).figures]
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_figures_built_in_registry_order(circ: dict[str, Any]) -> None:
     """All four circuit figures are built, in registry order, with titles, heights and JSON."""
     figs = build_figures(circ)
     assert set(CIRCUIT_FIGURES) <= set(figs)
-    assert list(figs) == [k for k in FIGURES if k in figs]
+    assert list(figs) == [f.id for f in figure_specs() if f.id in figs]
     for fid in CIRCUIT_FIGURES:
         fig = figs[fid]
         assert isinstance(fig, go.Figure) and fig.layout.height and fig.layout.title.text, fid
@@ -128,31 +128,65 @@ def test_grouped_kv_receivers() -> None:
     assert "L3G0 (value input of query heads L3H0–H1)" in _text(r, "circuit_diagram")  # type: ignore[operator]
 
 
+def _shown(fig: go.Figure) -> list[Any]:
+    """The traces of the view the diagram opens on."""
+    return [t for t in fig.data if t.visible is not False]
+
+
 def test_diagram_edges_and_nodes(circ: dict[str, Any]) -> None:
-    """The chosen circuit's edges are drawn (width ∝ |score|, blue/red by sign) and hoverable at their midpoints."""
+    """The chosen circuit's edges are drawn (width and opacity by |score|, blue/red by sign), hoverable at their
+    midpoints, the strongest last; a menu offers the faithfulness curve's sizes."""
     fig = build_figures(circ)["circuit_diagram"]
     edges, chosen = circuit_edges(circ["circuit"])
-    assert chosen and len(edges) == circ["circuit"]["chosen"]["n_edges"]
-    lines = [t for t in fig.data if t.mode == "lines"]
+    assert chosen and len(edges) == circ["circuit"]["chosen"]["n_edges"] == 20
+    lines = [t for t in _shown(fig) if t.mode == "lines"]
     n_segments = sum(sum(1 for v in t.x if v is None) for t in lines)
     assert n_segments == len(edges)
     widest = max(lines, key=lambda t: t.line.width)
     assert "33,102,172" in widest.line.color  # the top edges are positive
-    mids = next(t for t in fig.data if t.mode == "markers" and t.customdata is not None
+    assert widest is lines[-1], "the strongest edges are drawn on top"
+    assert [t.line.width for t in lines] == sorted(t.line.width for t in lines)
+    opacity = [float(t.line.color.rsplit(",", 1)[1].rstrip(")")) for t in lines]
+    assert opacity[-1] > opacity[0], "weak edges are fainter"
+    mids = next(t for t in _shown(fig) if t.mode == "markers" and t.customdata is not None
                 and "→" in str(t.customdata[0][0]))
     assert len(mids.x) == len(edges)
     assert mids.customdata[0][0].startswith(edges[0]["sender"])
     assert "the 20 edges chosen" in fig.layout.title.text
     ticks = list(fig.layout.xaxis.ticktext)
     assert ticks[0] == "input" and ticks[-1] == "logits"
+    menu = fig.layout.updatemenus[0]
+    grid = [k for k in circ["circuit"]["faithfulness"]["n_edges"] if k <= 500]
+    assert [b.label for b in menu.buttons] == [f"top {k} edges" + (" (chosen)" if k == 20 else "") for k in grid]
+    assert menu.buttons[menu.active].label == "top 20 edges (chosen)"
+    ranked = sorted(circ["circuit"]["edges"], key=lambda e: -abs(e["score"]))
+    for k, b in zip(grid, menu.buttons):  # each button shows exactly its view: the top k edges (the hostile
+        shown = [t for t, v in zip(fig.data, b.args[0]["visible"]) if v]  # label cannot be placed)
+        placed = k - sum(1 for e in ranked[:k] if e["sender"] == HOSTILE_LABEL)
+        assert sum(sum(1 for v in t.x if v is None) for t in shown if t.mode == "lines") == placed
+        assert str(k) in b.args[1]["title.text"]
+
+
+def test_diagram_of_a_large_circuit_opens_small() -> None:
+    """A 500-edge circuit opens on its top 50 edges; the menu reaches the whole circuit."""
+    r = with_circuit(make_results(n_layers=8), hostile=False)
+    c = r["circuit"]
+    assert 500 in c["faithfulness"]["n_edges"] and len(c["edges"]) > 500
+    c["chosen"]["n_edges"] = 500
+    fig = circuit_diagram_figure(r)
+    lines = [t for t in _shown(fig) if t.mode == "lines"]
+    assert sum(sum(1 for v in t.x if v is None) for t in lines) == 50
+    assert "the top 50 of the 500 edges chosen" in fig.layout.title.text
+    labels = [b.label for b in fig.layout.updatemenus[0].buttons]
+    assert labels[-1] == "top 500 edges (chosen)" and "top 50 edges" in labels
 
 
 def test_diagram_without_chosen_circuit_draws_top_edges() -> None:
-    """No circuit reaches the threshold: the diagram draws the top 50 edges and says so."""
+    """No circuit reaches the threshold: the diagram opens on the top 50 edges and says so."""
     r = with_circuit(make_results(), chosen=False)
     fig = circuit_diagram_figure(r)
     assert "Top 50 edges" in fig.layout.title.text and "no circuit chosen" in fig.layout.title.text
-    assert sum(sum(1 for v in t.x if v is None) for t in fig.data if t.mode == "lines") == 50
+    assert sum(sum(1 for v in t.x if v is None) for t in _shown(fig) if t.mode == "lines") == 50
 
 
 def test_faithfulness_curve(circ: dict[str, Any]) -> None:
@@ -196,16 +230,13 @@ def test_base_results_unchanged() -> None:
     assert not any(f.figure_id in CIRCUIT_FIGURES for f in report.findings)
 
 
-def test_malformed_input_skipped(circ: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
-    """A malformed circuit section loses its figures (with a warning); the report still renders."""
+def test_malformed_input_is_an_error(circ: dict[str, Any]) -> None:
+    """A malformed circuit section is refused at the report's entry, naming the key, instead of a silent gap."""
     circ["circuit"]["faithfulness"] = {"n_edges": 3, "recovered": None}
-    circ["path_patching"] = {"senders": []}
-    with caplog.at_level(logging.WARNING, logger="logitlab.report"):
-        report = build_report(circ)
-    assert "circuit_faithfulness" not in report.figures and "path_patching" not in report.figures
-    assert "circuit_diagram" in report.figures and "atp_vs_exact" in report.figures
-    assert any("circuit_faithfulness" in r.message for r in caplog.records)
-    assert HEADINGS["circuit"] in report.html
+    with pytest.raises(LogitlabError, match=r"circuit\.faithfulness"):
+        build_report(circ)
+    with pytest.raises(ReportError, match=r"figure 'circuit_\w+'"):  # unvalidated: the figure names itself
+        build_figures(circ)
 
 
 def test_readable_at_18_layers() -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import plotly.graph_objects as go
 import pytest
 
 from logitlab.report import build_figures
-from logitlab.report.figures import FIGURES
+from logitlab.report import ReportError
+from logitlab.report.registry import figure_specs
 from synthetic import make_results
 
 EXPECTED = {
@@ -25,7 +25,7 @@ def test_every_figure_built(results: dict[str, Any]) -> None:
     """All figure ids are built, in registry order, and serialise to JSON."""
     figs = build_figures(results)
     assert set(figs) == EXPECTED
-    assert list(figs) == [k for k in FIGURES if k in figs]
+    assert list(figs) == [f.id for f in figure_specs() if f.id in figs]
     for fig in figs.values():
         assert isinstance(fig, go.Figure)
         assert fig.layout.height and fig.layout.title.text
@@ -102,18 +102,15 @@ def test_absent_and_null_keys_skipped() -> None:
     assert build_figures({}) == {}
 
 
-def test_malformed_input_skipped_with_warning(results: dict[str, Any],
-                                              caplog: pytest.LogCaptureFixture) -> None:
-    """Malformed input for one figure does not break the others."""
+def test_malformed_input_is_an_error_naming_the_key(results: dict[str, Any]) -> None:
+    """Malformed input for a figure is an error naming the figure and its key, not a silently missing figure."""
     results["resid_patching"] = {"tokens": ["a"], "values": 3}
-    with caplog.at_level(logging.WARNING, logger="logitlab.report"):
-        figs = build_figures(results)
-    assert "resid_patching" not in figs
-    assert "logit_diff" in figs
-    assert any("resid_patching" in r.message for r in caplog.records)
+    with pytest.raises(ReportError, match="'resid_patching'.*malformed 'resid_patching'"):
+        build_figures(results)
 
 
-def test_unembed_bias_absent_figure() -> None:
-    """Without an unembedding bias the figure says so."""
-    fig = build_figures(make_results(unembed_bias=False))["unembed_bias"]
-    assert "none" in fig.layout.title.text
+def test_unembed_bias_absent_no_figure() -> None:
+    """Without an unembedding bias there is nothing to plot: no figure (with one: b_U of both answers)."""
+    assert "unembed_bias" not in build_figures(make_results(unembed_bias=False))
+    fig = build_figures(make_results())["unembed_bias"]
+    assert len(fig.data[0].y) == 2 and "difference" in fig.layout.title.text

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from plotly.offline import get_plotlyjs
 
+from logitlab.errors import LogitlabError
 from logitlab.report import Report, build_figures, build_report, key_findings, render_report
 from logitlab.report.attention import ATTENTION_JS, json_for_script
 from synthetic import make_results
@@ -175,16 +176,41 @@ def test_naive_attribution_mentioned_only_when_present() -> None:
     assert "stack_head_results" not in html
 
 
-def test_partial_results_render() -> None:
-    """A results file with most analyses missing still renders every section heading."""
+def test_analyses_not_run_say_so() -> None:
+    """Without the optional analyses every section heading stays; each of their sections says it was not run."""
     r = make_results()
-    partial = {k: r[k] for k in ("schema_version", "model", "task", "logit_diff")}
-    report = build_report(partial)
+    for key in ("attention", "head_ablation", "resid_patching", "attn_patching", "mlp_patching", "head_patching",
+                "robustness"):
+        del r[key]
+    r["config"]["analyses"] = []
+    report = build_report(r)
     parser = _Collector()
     parser.feed(report.html)
     assert parser.h2 == SECTIONS
-    assert "analysis not run" in report.html
-    assert list(report.figures) == ["logit_diff"]
+    for name in ("attention", "ablation", "patching", "robustness"):
+        assert f"Not run: the {name} analysis is not among this run" in report.html, name
+    assert "fewer than two templates" not in report.html  # not a made-up reason
+    assert not {"head_ablation_zero_logit_diff", "resid_patching", "robustness"} & set(report.figures)
+
+
+def test_robustness_that_ran_gives_its_reason() -> None:
+    """Robustness ran but found fewer than two templates: the section says so (not "not run")."""
+    r = make_results()
+    del r["robustness"]
+    html = build_report(r).html
+    assert "the task's prompts come from fewer than two templates" in html
+    assert "Not run: the robustness analysis" not in html
+
+
+def test_partial_results_are_refused_naming_the_key() -> None:
+    """Results that do not match the schema are an error naming the first offending key, not a report with gaps."""
+    r = make_results()
+    partial = {k: r[k] for k in ("schema_version", "model", "task", "logit_diff")}
+    with pytest.raises(LogitlabError, match="logitlab_version"):
+        build_report(partial)
+    r["logit_diff"]["per_prompt"] = "oops"
+    with pytest.raises(LogitlabError, match=r"logit_diff\.per_prompt"):
+        build_report(r)
 
 
 def test_report_repr_html(results: dict[str, Any]) -> None:

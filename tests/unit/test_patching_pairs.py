@@ -312,7 +312,7 @@ def test_finding_claims_a_move_only_when_the_cis_support_it() -> None:
 
 def test_figures_and_section_show_pairs_and_cis() -> None:
     from logitlab.report import build_figures
-    from logitlab.report.sections import section_patching
+    from logitlab.report.sections.patching import section_patching
     r = _with_pooled(final_ci_low=0.9)
     figs = build_figures(r)
     fig = figs["resid_patching"]

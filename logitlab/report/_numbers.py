@@ -1,11 +1,4 @@
-"""Helpers shared by the circuit sections of the report (:mod:`~logitlab.report.atp`,
-:mod:`~logitlab.report.path_patching`, :mod:`~logitlab.report.circuit`): reading optional numbers and CIs,
-formatting them, and the report's layout and :class:`~logitlab.report.findings.Finding`.
-
-``figures.py``, ``findings.py`` and ``sections.py`` import the circuit modules for their registries, so these
-modules import only ``_util`` at load time and take the shared layout, ``Finding`` and the section helpers
-when called.
-"""
+"""Number helpers shared by the report's sections: reading optional numbers and CIs, and formatting them."""
 
 from __future__ import annotations
 
@@ -13,11 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import plotly.graph_objects as go
-
 from ._util import finite, fmt
-
-Results = Mapping[str, Any]
 
 INPUT_NAMES = {"q": "query", "k": "key", "v": "value"}
 HEAD = re.compile(r"L(\d+)H(\d+)")
@@ -86,15 +75,7 @@ def pairs_txt(d: Mapping[str, Any]) -> str:
     return out + (f", {x} excluded for a gap < {gap:g} logit" if isinstance(x, int) and x else "")
 
 
-def layout(fig: go.Figure, title: str, height: int, **kwargs: Any) -> go.Figure:
-    """The report's shared figure layout (figures.py imports this module: imported when called)."""
-    from .figures import _layout as shared  # noqa: PLC0415
 
-    return shared(fig, title, height, **kwargs)
-
-
-def finding(text: str, figure_id: str) -> Any:
-    """A :class:`~logitlab.report.findings.Finding` (findings.py imports this module: imported when called)."""
-    from .findings import Finding  # noqa: PLC0415
-
-    return Finding(text, figure_id)
+def ci_text(ci: tuple[float, float], signed: bool = False) -> str:
+    """``[lo, hi]`` (signed: with + on positive bounds)."""
+    return f"[{fmt(ci[0], signed=signed)}, {fmt(ci[1], signed=signed)}]"

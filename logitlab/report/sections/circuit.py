@@ -1,15 +1,8 @@
-"""The report's circuit sections, and the registries of all three circuit analyses.
+"""The report's EAP-IG circuit section: edge scores of the top edges, largest |score| first, the faithfulness
+curve and the circuit chosen at its threshold (the diagram: :mod:`._circuit_diagram`).
 
-This module draws the EAP-IG circuit (``circuit``: edge scores of the top edges, largest |score| first, the
-faithfulness curve and the circuit chosen at its threshold) and registers, for :mod:`~logitlab.report.figures`,
-:mod:`~logitlab.report.findings` and :mod:`~logitlab.report.sections`, the figures, findings and sections of
-
-* ``attribution_patching`` (:mod:`logitlab.report.atp`),
-* ``path_patching`` (:mod:`logitlab.report.path_patching`),
-* ``circuit`` (here).
-
-Any of the three keys may be absent (older results, or a run that skipped it): its figures are not built, its
-section renderer returns None so that the section is left out, and it yields no finding. Figures are pure
+Without the ``circuit`` key (a run that did not discover a circuit) the section is left out and it yields no
+finding. Figures are pure
 functions results → figure; every string from the results is escaped (``plotly_text`` in figures, ``esc`` in
 HTML). The circuit's findings claim no more than the numbers allow:
 
@@ -22,184 +15,23 @@ HTML). The circuit's findings claim no more than the numbers allow:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 
-from ._circuit_common import (
-    GROUP,
-    HEAD,
-    INPUT_NAMES,
-    MLP,
-    Results,
-    at,
-    ci_pair,
-    ci_txt,
-    excludes_zero,
-    finding,
-    layout,
-    magnitude,
-    num,
-    pairs_txt,
-    pct,
-    pct_ci,
-)
-from ._util import finite, fmt, head_name, layer_labels, plotly_text
-from .atp import atp_figure, atp_finding, section_attribution_patching
-from .path_patching import path_finding, path_patching_figure, section_path_patching
+from logitlab.results import Results
 
-#: Edges drawn when no circuit was chosen; at most MAX_DRAWN edges are drawn in any case.
-DEFAULT_EDGES = 50
-MAX_DRAWN = 300
+from .._numbers import GROUP, INPUT_NAMES, at, ci_pair, ci_txt, excludes_zero, magnitude, num, pairs_txt, pct, pct_ci
+from .._util import finite, fmt, head_name, plotly_text
+from ..compare_runs import Run, compare_block
+from ..layout import POS_RGB, colour, error_bars, plot_layout
+from ..markup import esc, figure_html, note, table
+from ..registry import ComparePart, FigureSpec, Finding, Rule, Section, register
+from ._circuit_diagram import circuit_diagram_figure, circuit_edges, diagram_sizes, edges_by_score, kv_groups
+
 #: Edges a chain through the top edge adds on each side at most.
 MAX_HOPS = 3
-POS_RGB, NEG_RGB = "33,102,172", "178,24,43"  # figures.BLUE / figures.RED
-
-
-def _edges(circ: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The scored edges, largest |score| first (stable)."""
-    edges = [e for e in circ.get("edges") or [] if isinstance(e, dict) and finite(e.get("score"))]
-    return sorted(edges, key=lambda e: -abs(float(e["score"])))
-
-
-def circuit_edges(circ: Mapping[str, Any]) -> tuple[list[dict[str, Any]], bool]:
-    """The chosen circuit's edges (the top ``chosen.n_edges`` by |score|), else the top DEFAULT_EDGES.
-
-    Returns:
-        The edges and whether they are the chosen circuit.
-    """
-    edges = _edges(circ)
-    n = (circ.get("chosen") or {}).get("n_edges")
-    if isinstance(n, int) and n > 0:
-        return edges[:n], True
-    return edges[:DEFAULT_EDGES], False
-
-
-def _node_xy(name: str, n_heads: int, n_layers: int) -> tuple[float, float] | None:
-    """Diagram position of a node (x = layer, heads stacked downwards, MLP below); None if unrecognised."""
-    if name == "input":
-        return -1.0, (n_heads - 1) / 2
-    if name == "logits":
-        return n_layers + 0.3, (n_heads - 1) / 2
-    if m := HEAD.fullmatch(name):
-        return float(m.group(1)), float(m.group(2))
-    if m := MLP.fullmatch(name):
-        return int(m.group(1)) + 0.45, n_heads + 0.4
-    return None
-
-
-def _group_xy(name: str, kv_groups: int) -> tuple[float, float] | None:
-    """A grouped key/value receiver ``L{l}G{k}``: left of its query heads, at their middle."""
-    m = GROUP.fullmatch(name)
-    if not m:
-        return None
-    k = int(m.group(2))
-    return int(m.group(1)) - 0.2, k * kv_groups + (kv_groups - 1) / 2
-
-
-def _shape(results: Results, circ: Mapping[str, Any]) -> tuple[int, int, int]:
-    """(n_layers, n_heads, kv_groups) from the model section, else from the node names."""
-    model = results.get("model") or {}
-    heads = [tuple(map(int, m.groups())) for n in circ.get("nodes") or [] if (m := HEAD.fullmatch(str(n)))]
-    mlps = [int(m.group(1)) for n in circ.get("nodes") or [] if (m := MLP.fullmatch(str(n)))]
-    L = model.get("n_layers") if isinstance(model.get("n_layers"), int) else \
-        max([l for l, _ in heads] + mlps + [-1]) + 1
-    H = model.get("n_heads") if isinstance(model.get("n_heads"), int) else max([h for _, h in heads] + [-1]) + 1
-    K = model.get("n_kv_heads")
-    g = H // K if isinstance(K, int) and K > 0 and H % K == 0 else 1
-    return max(L, 1), max(H, 1), g
-
-
-def circuit_diagram_figure(results: Results) -> go.Figure:
-    """The chosen circuit (else the top edges) on a layer grid: edge width ∝ |score|, blue +, red −."""
-    circ = results["circuit"]
-    L, H, g = _shape(results, circ)
-    edges, chosen = circuit_edges(circ)
-    shown = edges[:MAX_DRAWN]
-    port = {"q": -0.15, "k": 0.0, "v": 0.15}  # where q/k/v edges arrive, just left of the receiver
-    smax = max((abs(float(e["score"])) for e in shown), default=1.0) or 1.0
-    bins: dict[tuple[bool, int], tuple[list[float | None], list[float | None]]] = {}
-    mids: tuple[list[float], list[float], list[list[str]]] = ([], [], [])
-    used: dict[str, list[float]] = {}  # node → [edges in, edges out, Σ|score| in, Σ|score| out]
-    skipped = 0
-    for e in shown:
-        snd, rcv, inp = str(e.get("sender", "")), str(e.get("receiver", "")), str(e.get("input", ""))
-        a = _node_xy(snd, H, L)
-        b = _node_xy(rcv, H, L) or _group_xy(rcv, g)
-        if a is None or b is None:
-            skipped += 1
-            continue
-        s = float(e["score"])
-        bx, by = b[0] - (0.07 if inp in port else 0.0), b[1] + port.get(inp, 0.0)
-        w = min(4, int(5 * abs(s) / smax))  # five width classes
-        xs, ys = bins.setdefault((s >= 0, w), ([], []))
-        xs += [a[0] + 0.08, bx, None]
-        ys += [a[1], by, None]
-        ci = ci_pair(e.get("score_ci"))
-        what = f" ({INPUT_NAMES[inp]} input)" if inp in INPUT_NAMES else ""
-        mids[0].append((a[0] + bx) / 2)
-        mids[1].append((a[1] + by) / 2)
-        mids[2].append([f"{plotly_text(snd, 30)} → {plotly_text(rcv, 30)}{what}",
-                        f"{fmt(s, signed=True)}" + (f", 95% CI{ci_txt(ci)}" if ci else "")])
-        for node, k in ((snd, 1), (rcv, 0)):
-            u = used.setdefault(node, [0, 0, 0.0, 0.0])
-            u[k] += 1
-            u[2 + k] += abs(s)
-    fig = go.Figure()
-    for sign in (True, False):
-        for w in range(5):
-            if (sign, w) not in bins:
-                continue
-            xs, ys = bins[(sign, w)]
-            fig.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines", hoverinfo="skip", legendgroup="+" if sign else "−",
-                line={"color": f"rgba({POS_RGB if sign else NEG_RGB},0.6)", "width": 1 + 1.6 * w},
-                name="positive score" if sign else "negative score",
-                showlegend=not any(t.legendgroup == ("+" if sign else "−") for t in fig.data)))
-    fig.add_trace(go.Scatter(x=mids[0], y=mids[1], mode="markers", customdata=mids[2], showlegend=False,
-                             marker={"size": 6, "color": "rgba(80,80,80,0.18)"},
-                             hovertemplate="%{customdata[0]}<br>score %{customdata[1]}<extra>edge</extra>"))
-    names = [str(n) for n in circ.get("nodes") or []] or (
-        ["input"] + [f"{head_name(l, h)}" for l in range(L) for h in range(H)] + [f"M{l}" for l in range(L)]
-        + ["logits"])
-    names += [n for n in used if n not in names]
-    for active in (False, True):
-        pts = [(n, xy) for n in names if (n in used or n in ("input", "logits")) == active
-               and (xy := _node_xy(n, H, L) or _group_xy(n, g)) is not None]
-        custom = [[plotly_text(n, 30), f"{int(used[n][0])} in (Σ|score| {fmt(used[n][2])}), {int(used[n][1])} out "
-                   f"(Σ|score| {fmt(used[n][3])})" if n in used else "not in the drawn circuit"] for n, _ in pts]
-        fig.add_trace(go.Scatter(
-            x=[xy[0] for _, xy in pts], y=[xy[1] for _, xy in pts], customdata=custom, showlegend=False,
-            mode="markers+text" if active else "markers", text=[c[0] for c in custom] if active else None,
-            textposition="top center", textfont={"size": 9},
-            marker={"size": 11 if active else 6, "color": "#17324d" if active else "#d0d6dd",
-                    "symbol": ["square" if MLP.fullmatch(n) else "diamond" if GROUP.fullmatch(n) else "circle"
-                               for n, _ in pts], "line": {"width": 0}},
-            hovertemplate="%{customdata[0]}<br>%{customdata[1]}<extra></extra>"))
-    ch = circ.get("chosen") or {}
-    rec, rci = num(ch.get("recovered")), ci_pair(ch.get("recovered_ci"))
-    if chosen:
-        n = ch["n_edges"]
-        title = f"Circuit: the {n} edges chosen" + (f", recovering {pct_ci(rec, rci)} of the gap"
-                                                    if rec is not None else "")
-        if len(edges) < n:  # the results keep only the top edges
-            title += f"; {len(edges)} of them in the results"
-    else:
-        title = f"Top {len(edges)} edges by |score| (no circuit chosen)"
-    if len(shown) < len(edges):
-        title += f"; the {len(shown)} largest drawn"
-    if skipped:
-        fig.add_annotation(text=f"{skipped} edge(s) with unrecognised node names not drawn", x=0, y=-0.12,
-                           xref="paper", yref="paper", showarrow=False, xanchor="left",
-                           font={"size": 11, "color": "#888888"})
-    layout(fig, title, int(max(380, 110 + 36 * (H + 2))),
-           legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"})
-    fig.update_xaxes(tickvals=[-1.0, *range(L), L + 0.3], ticktext=["input", *layer_labels(L), "logits"],
-                     showgrid=False, zeroline=False, range=[-1.5, L + 0.8])
-    fig.update_yaxes(tickvals=[*range(H), H + 0.4], ticktext=[*(f"H{h}" for h in range(H)), "MLP"],
-                     autorange="reversed", showgrid=False, zeroline=False)
-    return fig
 
 
 def circuit_faithfulness_figure(results: Results) -> go.Figure:
@@ -250,7 +82,7 @@ def circuit_faithfulness_figure(results: Results) -> go.Figure:
                      "arrayminus": [cr - cci[0]] if cci else [0], "color": "#d62728"},
             hovertemplate=f"chosen circuit: %{{x}} edges, {pct_ci(cr, cci)}<extra></extra>"))
     total = circ.get("n_edges_total")
-    layout(fig, "Faithfulness: share of the clean − corrupted gap the top edges recover"
+    plot_layout(fig, "Faithfulness: share of the clean − corrupted gap the top edges recover"
            + (f" (of {total:,} edges)" if isinstance(total, int) else ""), 440,
            legend={"orientation": "h", "y": -0.22, "x": 0})
     fig.update_xaxes(type="log", title_text="edges in the circuit (largest |score| first)",
@@ -302,7 +134,7 @@ def top_path(circ: Mapping[str, Any], kv_groups: int) -> list[dict[str, Any]]:
     return chain
 
 
-def circuit_path_finding(results: Results) -> Any:
+def circuit_path_finding(results: Results) -> Finding | None:
     """The circuit's top edge and the chain of circuit edges through it."""
     circ = results.get("circuit")
     if not isinstance(circ, dict):
@@ -310,7 +142,7 @@ def circuit_path_finding(results: Results) -> Any:
     edges, chosen = circuit_edges(circ)
     if not edges:
         return None
-    g = _shape(results, circ)[2]
+    g = kv_groups(results, circ)
     top = edges[0]
     tci = ci_pair(top.get("score_ci"))
     lead = ("The chosen circuit's top edge by |EAP-IG score| is" if chosen
@@ -319,7 +151,7 @@ def circuit_path_finding(results: Results) -> Any:
     edge_txt = (f"{top.get('sender')} → {_node_phrase(str(top.get('receiver')), str(top.get('input')), g)} "
                 f"({fmt(top['score'], signed=True)}{ci_txt(tci)})")
     if not excludes_zero(tci):
-        return finding(f"{lead} {edge_txt}, but its 95% CI "
+        return Finding(f"{lead} {edge_txt}, but its 95% CI "
                         + ("includes 0" if tci else "is missing") + ": no path is claimed.", "circuit_diagram")
     text = f"{lead} {edge_txt}"
     if len(edges) > 1 and (rci := ci_pair(edges[1].get("score_ci"))) is not None and \
@@ -335,10 +167,10 @@ def circuit_path_finding(results: Results) -> Any:
             text += f", which none of {pool} with a CI excluding 0 continues to the logits"
     elif str(top.get("receiver")) != "logits":
         text += f"; none of {pool} with a CI excluding 0 adjoins it"
-    return finding(text + ".", "circuit_diagram")
+    return Finding(text + ".", "circuit_diagram")
 
 
-def circuit_faithfulness_finding(results: Results) -> Any:
+def circuit_faithfulness_finding(results: Results) -> Finding | None:
     """How much of the gap the chosen circuit recovers, against random circuits of its size."""
     circ = results.get("circuit")
     if not isinstance(circ, dict):
@@ -384,23 +216,23 @@ def circuit_faithfulness_finding(results: Results) -> Any:
     if (full is not None and abs(full - 1) > 0.05) or (empty is not None and abs(empty) > 0.05):
         text += (f". Check the metric: the full graph scores {fmt(full)} and the empty one {fmt(empty)} "
                  "(expected 1 and 0)")
-    return finding(text + ".", "circuit_faithfulness")
+    return Finding(text + ".", "circuit_faithfulness")
 
 
-def section_circuit(results: Results, figures: Mapping[str, go.Figure], findings: Sequence[Any]) -> str | None:
+def section_circuit(results: Results, figures: Mapping[str, go.Figure], findings: Sequence[Finding]) -> str | None:
     """The EAP-IG circuit: diagram, faithfulness curve and top edges; None when absent."""
     circ = results.get("circuit")
     if not isinstance(circ, dict):
         return None
-    from .sections import esc, figure_html, note, table  # noqa: PLC0415 - sections.py imports this module
 
-    g = _shape(results, circ)[2]
+    g = kv_groups(results, circ)
     steps, total = circ.get("ig_steps"), circ.get("n_edges_total")
     full, empty = num(circ.get("full")), num(circ.get("empty"))
     check = (f" Sanity check: keeping every edge scores {esc(fmt(full))}, keeping none {esc(fmt(empty))} "
              "(1 and 0 by construction)." if full is not None or empty is not None else "")
     pairs = pairs_txt(circ)
     edges, chosen = circuit_edges(circ)
+    first = diagram_sizes(circ, len(edges_by_score(circ)))[1]
     rows = [[esc(i + 1), f'<span class="prompt">{esc(e.get("sender", "?"))}</span>',
              f'<span class="prompt">{esc(_node_phrase(str(e.get("receiver", "?")), str(e.get("input", "")), g))}'
              "</span>",
@@ -415,42 +247,74 @@ def section_circuit(results: Results, figures: Mapping[str, go.Figure], findings
              "corrupted gap it recovers when every other edge carries the corrupted value, against random "
              "circuits of the same size." + check + (f" {esc(pairs)}." if pairs else ""))
         + figure_html(figures, "circuit_diagram")
-        + note(("The diagram shows the chosen circuit" if chosen else
-                f"No circuit was chosen; the diagram shows the top {len(edges)} edges")
-               + ": x = layer (input left, logits right), heads stacked per layer, MLPs below; edge width ∝ "
-               "|score|, blue positive, red negative; hover an edge's midpoint or a node for its numbers.")
+        + note(("The diagram shows the top edges of the chosen circuit" if chosen else
+                "No circuit was chosen; the diagram shows the top edges by |score|")
+               + f": {esc(first)} at first; the menu at its top right draws more (the faithfulness curve's sizes). "
+               "x = layer (input left, logits right), heads stacked per layer, MLPs below; edge width and opacity "
+               "grow with |score|, blue positive, red negative; hover an edge's midpoint or a node for its numbers.")
         + figure_html(figures, "circuit_faithfulness")
         + ("<h3>Top edges</h3>" + '<div class="scroll">'
            + table(["#", "sender", "receiver", "score [95% CI]"], rows, "kv") + "</div>" if rows else "")
     )
 
 
-# ---- registries (wired into figures.FIGURES, findings._RULES and sections.SECTIONS) ------------------------
+# ---- compare.html: each run's faithfulness curve and chosen circuit
 
-#: figure id → (results key that must be present, builder)
-CIRCUIT_FIGURES: dict[str, tuple[str, Callable[[Results], go.Figure]]] = {
-    "atp_vs_exact": ("attribution_patching", atp_figure),
-    "path_patching": ("path_patching", path_patching_figure),
-    "circuit_diagram": ("circuit.edges", circuit_diagram_figure),
-    "circuit_faithfulness": ("circuit.faithfulness", circuit_faithfulness_figure),
-}
 
-#: (anchor, heading, renderer); a renderer returns None when its section is absent.
-CIRCUIT_SECTIONS: tuple[tuple[str, str, Callable[..., str | None]], ...] = (
-    ("attribution-patching", "Attribution patching vs exact patching", section_attribution_patching),
-    ("path-patching", "Path patching", section_path_patching),
-    ("circuit", "Circuit (EAP-IG)", section_circuit),
-)
+def _faithfulness_figure(runs: Sequence[Run]) -> go.Figure | None:
+    fig = go.Figure()
+    for i, r in enumerate(runs):
+        c = r.results.get("circuit")
+        f = c.get("faithfulness") if isinstance(c, dict) else None
+        if not isinstance(f, dict) or not isinstance(f.get("n_edges"), list) or not isinstance(f.get("recovered"), list):
+            continue
+        xs, ys = f["n_edges"], f["recovered"]
+        pts = [(int(x), float(y)) for x, y in zip(xs, ys) if finite(x) and finite(y) and x > 0]
+        if not pts:
+            continue
+        col = colour(i)
+        cis = f.get("recovered_ci") or []
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                 name=plotly_text(r.label), line={"color": col},
+                                 error_y=error_bars([p[1] for p in pts], cis[:len(pts)]) if len(cis) >= len(pts) else None,
+                                 hovertemplate=f"{plotly_text(r.label)}: %{{x}} edges, %{{y:.2f}}<extra></extra>"))
+        rnd = f.get("random_mean")
+        if isinstance(rnd, list) and len(rnd) == len(xs):
+            fig.add_trace(go.Scatter(x=[int(x) for x in xs if x > 0], y=[float(v) for x, v in zip(xs, rnd) if x > 0],
+                                     mode="lines", name=plotly_text(f"{r.label} random"),
+                                     line={"color": col, "dash": "dot"}))
+    if not fig.data:
+        return None
+    return plot_layout(fig, "Circuit faithfulness: share recovered against edges kept (dotted: random edges)", 420,
+                   xaxis={"type": "log", "title": "edges kept"}, yaxis={"title": "share of the logit difference recovered"})
 
-CIRCUIT_RULES: tuple[Callable[[Results], Any], ...] = (
-    circuit_faithfulness_finding,
-    circuit_path_finding,
-    path_finding,
-    atp_finding,
-)
 
-__all__ = [
-    "CIRCUIT_FIGURES", "CIRCUIT_RULES", "CIRCUIT_SECTIONS", "circuit_diagram_figure", "circuit_edges",
-    "circuit_faithfulness_finding", "circuit_faithfulness_figure", "circuit_path_finding", "section_circuit",
-    "top_path",
-]
+def _circuit_rows(r: Run) -> list[list[str]]:
+    c = r.results["circuit"]
+    chosen = c.get("chosen") or {}
+    ci = chosen.get("recovered_ci")
+    rec = (f"{fmt(chosen.get('recovered'))}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, list) else "")
+           if chosen.get("n_edges") is not None else "not reached")
+    return [[esc(r.label), esc(c.get("method", "?")), esc(chosen.get("n_edges", "none")), esc(rec),
+             esc(fmt(chosen.get("threshold"))), esc(c.get("n_edges_total", "?"))]]
+
+
+def _compare_figures(i: int, runs: Sequence[Run]) -> dict[str, go.Figure]:
+    fig = _faithfulness_figure(runs)
+    return {} if fig is None else {f"t{i}_circuit": fig}
+
+
+def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure]) -> str:
+    return compare_block(i, runs, figures, "circuit",
+                         ["run", "method", "edges chosen", "recovered [95% CI]", "threshold", "edges in graph"],
+                         _circuit_rows)
+
+
+SECTION = register(Section(
+    name="circuit", title="Circuit (EAP-IG)", order=130, render=section_circuit, analysis="circuit",
+    keys=("circuit",), omit_when_not_run=True,
+    figures=(FigureSpec("circuit_diagram", "circuit.edges", circuit_diagram_figure),
+             FigureSpec("circuit_faithfulness", "circuit.faithfulness", circuit_faithfulness_figure)),
+    rules=(Rule(60, circuit_faithfulness_finding), Rule(61, circuit_path_finding)),
+    compare=ComparePart(_compare_html, _compare_figures),
+))

@@ -19,21 +19,14 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ._circuit_common import (
-    HEAD,
-    INPUT_NAMES,
-    Results,
-    at,
-    ci_pair,
-    ci_txt,
-    excludes_zero,
-    finding,
-    layout,
-    magnitude,
-    num,
-    pairs_txt,
-)
-from ._util import finite, fmt, head_name, layer_labels, plotly_text
+from logitlab.results import Results
+
+from .._numbers import HEAD, INPUT_NAMES, at, ci_pair, ci_txt, excludes_zero, magnitude, num, pairs_txt
+from .._util import finite, fmt, head_name, layer_labels, plotly_text
+from ..compare_runs import Run, compare_block
+from ..layout import colour, error_bars, plot_layout
+from ..markup import esc, figure_html, note, table
+from ..registry import ComparePart, FigureSpec, Finding, Rule, Section, register
 
 #: Senders a finding names at most.
 MAX_SENDERS = 3
@@ -156,7 +149,7 @@ def path_patching_figure(results: Results) -> go.Figure:
     fig.update_xaxes(type="category", tickangle=-90, tickfont={"size": 10})
     fig.update_yaxes(type="category", autorange="reversed", tickfont={"size": 10})
     pairs = pairs_txt(pp)
-    layout(fig, "Path patching: each sender's effect through one receiver input"
+    plot_layout(fig, "Path patching: each sender's effect through one receiver input"
            + (f" ({pairs})" if pairs else ""), int(height),
            coloraxis={"colorscale": "RdBu", "cmid": 0.0,
                       "colorbar": {"title": {"text": "restored<br>(1 = clean)", "side": "right"}}})
@@ -182,7 +175,7 @@ def separation(paths: Sequence[PathCell]) -> tuple[PathCell, list[PathCell], boo
     return top, tied, excludes_zero(top.ci) and not tied
 
 
-def path_finding(results: Results) -> Any:
+def path_finding(results: Results) -> Finding | None:
     """Each top sender's largest path, only where its CI lies above every other path's."""
     pp = results.get("path_patching")
     if not isinstance(pp, dict):
@@ -218,16 +211,15 @@ def path_finding(results: Results) -> Any:
         if n_s > MAX_SENDERS else ""
     pairs = pairs_txt(pp)
     head = f"Path patching ({pairs}; 95% CIs)" if pairs else "Path patching (95% CIs)"
-    return finding(f"{head}: {'; '.join(parts)}{rest}.", "path_patching")
+    return Finding(f"{head}: {'; '.join(parts)}{rest}.", "path_patching")
 
 
 def section_path_patching(results: Results, figures: Mapping[str, go.Figure],
-                          findings: Sequence[Any]) -> str | None:
+                          findings: Sequence[Finding]) -> str | None:
     """Path patching from the top senders: the faceted heatmap and each sender's top path; None when absent."""
     pp = results.get("path_patching")
     if not isinstance(pp, dict):
         return None
-    from .sections import esc, figure_html, note, table  # noqa: PLC0415 - sections.py imports this module
 
     g = _kv_groups(pp)
     rows = []
@@ -259,5 +251,61 @@ def section_path_patching(results: Results, figures: Mapping[str, go.Figure],
     )
 
 
-__all__ = ["MAX_SENDERS", "PathCell", "path_finding", "path_patching_figure", "section_path_patching",
-           "sender_paths", "separation"]
+
+# ---- compare.html: each sender head's whole effect in each run
+
+
+def _paths_figure(runs: Sequence[Run]) -> go.Figure | None:
+    fig = go.Figure()
+    for i, r in enumerate(runs):
+        pp = r.results.get("path_patching")
+        if not isinstance(pp, dict) or not isinstance(pp.get("senders"), list) or not isinstance(pp.get("node"), list):
+            continue
+        senders, node, cis = pp["senders"], pp["node"], pp.get("node_ci") or []
+        keep = [j for j in range(min(len(senders), len(node))) if finite(node[j])]
+        if not keep:
+            continue
+        vals = [float(node[j]) for j in keep]
+        fig.add_trace(go.Bar(y=[plotly_text(f"{r.label} · {senders[j]}") for j in keep], x=vals, orientation="h",
+                             name=plotly_text(r.label), marker_color=colour(i),
+                             error_x=error_bars(vals, [cis[j] if j < len(cis) else None for j in keep]),
+                             hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    if not fig.data:
+        return None
+    n = sum(len(t.y) for t in fig.data)
+    return plot_layout(fig, "Path patching: each sender head's whole effect (95% CI)", max(300, 120 + 24 * n),
+                   xaxis={"title": "share of the clean − corrupted gap"}, yaxis={"autorange": "reversed",
+                                                                                  "type": "category"})
+
+
+def _value_ci(v: Any, ci: Any) -> str:
+    tail = f" [{fmt(ci[0], True)}, {fmt(ci[1], True)}]" if isinstance(ci, list) and len(ci) == 2 else ""
+    return esc(fmt(v, True) + tail)
+
+
+def _path_rows(r: Run) -> list[list[str]]:
+    pp = r.results["path_patching"]
+    senders, node, direct = pp["senders"], pp["node"], pp.get("direct") or []
+    node_ci, direct_ci = pp.get("node_ci") or [], pp.get("direct_ci") or []
+    order = sorted((j for j in range(len(senders)) if finite(node[j])), key=lambda j: -abs(float(node[j])))
+    return [[esc(r.label), esc(senders[j]), _value_ci(node[j], node_ci[j] if j < len(node_ci) else None),
+             _value_ci(direct[j], direct_ci[j] if j < len(direct_ci) else None) if j < len(direct) else "n/a"]
+            for j in order[:5]]
+
+
+def _compare_figures(i: int, runs: Sequence[Run]) -> dict[str, go.Figure]:
+    fig = _paths_figure(runs)
+    return {} if fig is None else {f"t{i}_path_patching": fig}
+
+
+def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure]) -> str:
+    return compare_block(i, runs, figures, "path_patching",
+                         ["run", "sender", "whole effect [95% CI]", "direct path [95% CI]"], _path_rows)
+
+
+SECTION = register(Section(
+    name="path-patching", title="Path patching", order=120, render=section_path_patching, analysis="path_patching",
+    keys=("path_patching",), omit_when_not_run=True,
+    figures=(FigureSpec("path_patching", "path_patching", path_patching_figure),), rules=(Rule(62, path_finding),),
+    compare=ComparePart(_compare_html, _compare_figures),
+))

@@ -20,8 +20,14 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from ._circuit_common import Results, at, finding, layout, num, pairs_txt
-from ._util import finite, fmt, head_name, is_matrix, layer_labels, plotly_text
+from logitlab.results import Results
+
+from .._numbers import at, num, pairs_txt
+from .._util import finite, fmt, head_name, is_matrix, layer_labels, plotly_text
+from ..compare_runs import Run, compare_block
+from ..layout import colour, plot_layout
+from ..markup import esc, figure_html, note, table
+from ..registry import ComparePart, FigureSpec, Finding, Rule, Section, register
 
 #: AtP agrees with exact patching at r ≥ this and a top-k overlap ≥ ATP_AGREE_OVERLAP.
 ATP_AGREE_R = 0.9
@@ -116,7 +122,7 @@ def atp_figure(results: Results) -> go.Figure:
         fig.add_trace(go.Scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines",
                                  line={"color": "#888888", "dash": "dash", "width": 1}, hoverinfo="skip",
                                  name="AtP = exact"))
-        layout(fig, "Attribution patching (AtP) vs exact patching" + (f" ({pairs})" if pairs else ""), 540,
+        plot_layout(fig, "Attribution patching (AtP) vs exact patching" + (f" ({pairs})" if pairs else ""), 540,
                legend={"orientation": "h", "y": -0.2, "x": 0, "font": {"size": 11}})
         fig.update_layout(margin={"b": 130})
         rng = [lo - pad, hi + pad]  # the same range on both axes: the diagonal runs corner to corner
@@ -130,7 +136,7 @@ def atp_figure(results: Results) -> go.Figure:
                              y=layer_labels(len(z)), zmid=0.0, colorscale="RdBu", xgap=1, ygap=1,
                              colorbar={"title": {"text": "AtP<br>(1 = clean)", "side": "right"}},
                              hovertemplate="%{y}%{x}: AtP %{z:.3f}<extra></extra>"))
-    layout(fig, "Attribution patching (AtP) per head; no exact patching to compare with"
+    plot_layout(fig, "Attribution patching (AtP) per head; no exact patching to compare with"
            + (f" ({pairs})" if pairs else ""), int(min(900, max(320, 150 + 26 * len(z)))))
     fig.update_xaxes(title_text="head", type="category")
     fig.update_yaxes(title_text="layer", type="category", autorange="reversed")
@@ -141,12 +147,11 @@ def atp_figure(results: Results) -> go.Figure:
 
 
 def section_attribution_patching(results: Results, figures: Mapping[str, go.Figure],
-                                 findings: Sequence[Any]) -> str | None:
+                                 findings: Sequence[Finding]) -> str | None:
     """AtP vs exact patching: the scatter, the agreement per kind and the worst misses; None when absent."""
     ap = results.get("attribution_patching")
     if not isinstance(ap, dict):
         return None
-    from .sections import esc, figure_html, note, table  # noqa: PLC0415 - sections.py imports this module
 
     kinds = _atp_kinds(ap)
     verdicts = {"agrees": "agrees", "tracks": "roughly tracks", "misses": "misses: do not trust AtP here"}
@@ -180,7 +185,7 @@ def section_attribution_patching(results: Results, figures: Mapping[str, go.Figu
     return body
 
 
-def atp_finding(results: Results) -> Any:
+def atp_finding(results: Results) -> Finding | None:
     """Where AtP can stand in for exact patching, and where it must not."""
     ap = results.get("attribution_patching")
     if not isinstance(ap, dict):
@@ -217,8 +222,49 @@ def atp_finding(results: Results) -> Any:
                      f"do not trust AtP for {join([KIND_NAMES[k] for k in groups['misses']], ', ')}")
     pairs = pairs_txt(ap)
     text = "; ".join(parts) + (f" ({pairs})" if pairs else "") + "."
-    return finding(text[0].upper() + text[1:], "atp_vs_exact")
+    return Finding(text[0].upper() + text[1:], "atp_vs_exact")
 
 
-__all__ = ["ATP_AGREE_OVERLAP", "ATP_AGREE_R", "ATP_POOR_OVERLAP", "ATP_POOR_R", "atp_figure", "atp_finding",
-           "atp_verdict", "section_attribution_patching"]
+
+# ---- compare.html: how closely AtP tracks exact patching in each run (Pearson r per kind)
+
+
+def _atp_figure(runs: Sequence[Run]) -> go.Figure | None:
+    fig = go.Figure()
+    for i, r in enumerate(runs):
+        atp = r.results.get("attribution_patching")
+        if not isinstance(atp, dict):
+            continue
+        kinds = [k for k in KIND_NAMES if isinstance(atp.get(k), dict) and finite(atp[k].get("pearson"))]
+        if kinds:
+            fig.add_trace(go.Bar(x=kinds, y=[float(atp[k]["pearson"]) for k in kinds], name=plotly_text(r.label),
+                                 marker_color=colour(i),
+                                 hovertemplate=f"{plotly_text(r.label)}, %{{x}}: r = %{{y:.3f}}<extra></extra>"))
+    if not fig.data:
+        return None
+    return plot_layout(fig, "Attribution patching against exact patching (Pearson r per kind)", 360, barmode="group",
+                   yaxis={"title": "Pearson r", "range": [-1.05, 1.05]})
+
+
+def _atp_rows(r: Run) -> list[list[str]]:
+    atp = r.results["attribution_patching"]
+    return [[esc(r.label), esc(k), esc(fmt(atp[k].get("pearson"))), esc(fmt(atp[k].get("spearman"))),
+             esc(fmt(atp[k].get("top_k_overlap")))] for k in KIND_NAMES if isinstance(atp.get(k), dict)]
+
+
+def _compare_figures(i: int, runs: Sequence[Run]) -> dict[str, go.Figure]:
+    fig = _atp_figure(runs)
+    return {} if fig is None else {f"t{i}_attribution_patching": fig}
+
+
+def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure]) -> str:
+    return compare_block(i, runs, figures, "attribution_patching",
+                         ["run", "kind", "Pearson r", "Spearman ρ", "top-k overlap"], _atp_rows)
+
+
+SECTION = register(Section(
+    name="attribution-patching", title="Attribution patching vs exact patching", order=110,
+    render=section_attribution_patching, analysis="atp", keys=("attribution_patching",), omit_when_not_run=True,
+    figures=(FigureSpec("atp_vs_exact", "attribution_patching", atp_figure),), rules=(Rule(63, atp_finding),),
+    compare=ComparePart(_compare_html, _compare_figures),
+))
