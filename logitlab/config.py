@@ -19,7 +19,7 @@ import dataclasses
 import re
 import typing
 from dataclasses import fields, make_dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import logitlab.registry as registry
 from logitlab.analyses import registered as _registered  # noqa: F401  # declares the built-in analyses
@@ -104,7 +104,26 @@ def _build() -> tuple[type, dict[str, type]]:
     return run_config, group_types
 
 
-RunConfig, _GROUPS = _build()
-CircuitConfig = _GROUPS["circuit"]
-registry.set_run_config(RunConfig)
+if TYPE_CHECKING:  # what a type checker sees: the run's own fields typed, the settings (derived) as Any
+    class RunConfig:
+        __dataclass_fields__: ClassVar[dict[str, Any]]
+        model: str
+        task: str
+        device: str
+        dtype: Literal["float32", "bfloat16"]
+        max_memory: int | None
+        analyses: tuple[str, ...]
+
+        def __init__(self, **fields: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+
+    class CircuitConfig:
+        __dataclass_fields__: ClassVar[dict[str, Any]]
+
+        def __init__(self, **fields: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    RunConfig, _GROUPS = _build()
+    CircuitConfig = _GROUPS["circuit"]
+    registry.set_run_config(RunConfig)
 

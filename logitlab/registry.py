@@ -150,7 +150,7 @@ def setting(default: Any, doc: str, *, flag: str | None = None, help: str | None
     With ``flag`` (e.g. ``"--ig-steps"``) it is also an option of the CLI ``commands``, with ``help`` (``doc``
     if not given) as its help text and ``default`` as its default.
     """
-    meta = {"doc": doc}
+    meta: dict[str, Any] = {"doc": doc}
     if flag is not None:
         meta.update(flag=flag, help=help or doc, commands=commands)
     return field(default=default, metadata=meta)
@@ -170,7 +170,8 @@ def settings_of(config: Any, kind: type[S]) -> S:
         raise ValueError(f"{kind.__name__} are not the settings of a registered analysis")
     source = getattr(config, owner.group, None) if owner.group is not None else config
     have = {f.name for f in dataclasses.fields(source)} if dataclasses.is_dataclass(source) else set()
-    return kind(**{f.name: getattr(source, f.name) for f in dataclasses.fields(kind) if f.name in have})
+    wanted = dataclasses.fields(owner.settings) if owner.settings is not None else ()
+    return kind(**{f.name: getattr(source, f.name) for f in wanted if f.name in have})
 
 
 def set_run_config(kind: type) -> None:

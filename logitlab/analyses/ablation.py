@@ -29,9 +29,9 @@ from torch import Tensor
 from logitlab.analyses._common import CleanRun, mean_stderr
 from logitlab.interventions import ablation_replacement, head_entry, head_mean_values, shared_prefix
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
+from logitlab.results.ablation import AblationScores
 from logitlab.stats import paired
 from logitlab.sweep import SweepSettings, run_sweep
-from logitlab.results.ablation import AblationScores
 
 __all__ = ["AblationResult", "head_ablation"]
 

@@ -95,8 +95,8 @@ from logitlab.model.backend import GRAD, require
 from logitlab.model.load import Model
 from logitlab.model.readout import wide
 from logitlab.model.runner import Runner
-from logitlab.task import MAX_PAIRS_PER_TEMPLATE, TokenizedTask, generated_pairs
 from logitlab.results.circuit import AtPKind, AttributionPatching
+from logitlab.task import MAX_PAIRS_PER_TEMPLATE, TokenizedTask, generated_pairs
 
 __all__ = ["AtPSet", "Miss", "Comparison", "AtPSummary", "AtPResult", "attribution_patching", "TOP_K", "N_WORST"]
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -45,10 +45,10 @@ from logitlab.errors import LogitlabError
 from logitlab.model.backend import GRAD, SWEEP, require
 from logitlab.model.graph import EdgeGraph, graph_forward
 from logitlab.model.load import Model
-from logitlab.stats import Paired, paired
 from logitlab.registry import setting
-from logitlab.task import TokenizedTask, generated_pairs
 from logitlab.results.circuit import Circuit
+from logitlab.stats import Paired, paired
+from logitlab.task import TokenizedTask, generated_pairs
 
 __all__ = ["CircuitSettings", "PairBatch", "CircuitResult", "pair_batches", "edge_scores", "edge_patch_metric", "plain_metric",
            "recorded_runs", "eap_ig_circuit", "CIRCUIT_PAIRS", "IG_STEPS", "N_RANDOM", "RANDOM_PAIRS", "THRESHOLD"]
@@ -81,7 +81,6 @@ class CircuitSettings:
             raise LogitlabError("circuit settings: pairs, ig_steps and n_random must be ≥ 1")
         if not 0 < self.threshold <= 1:
             raise LogitlabError(f"circuit threshold must be in (0, 1], got {self.threshold}")
-
 
 
 @dataclass(frozen=True)
@@ -294,7 +293,7 @@ class CircuitResult:
         n = self.chosen_n
         i = None if n is None else self.sizes.index(n)
         g = self.graph
-        return {
+        return cast(Circuit, {
             "method": "eap-ig", "ig_steps": self.ig_steps, "n_pairs": self.n_pairs, "n_excluded": self.n_excluded,
             "n_edges_total": g.n_edges, "nodes": ["input", *g.sender_names[1:], "logits"],
             "edges": self.edges(max(top, n or 0)),
@@ -308,7 +307,7 @@ class CircuitResult:
                        "random_mean": None if i is None else float(self.random_mean[i]),
                        "random_ci": None if i is None else [float(v) for v in self.random_ci[i]]},
             "full": self.full, "empty": self.empty,
-        }
+        })
 
 
 def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, max_pairs: int = CIRCUIT_PAIRS,

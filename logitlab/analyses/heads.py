@@ -19,17 +19,17 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun, mean_stderr
-from logitlab.stats import paired
 from logitlab.errors import LogitlabError
 from logitlab.registry import setting
 from logitlab.results.core import Attention, HeadAttributionValues
+from logitlab.stats import paired
 
 __all__ = ["AttentionSettings", "HeadAttributionResult", "AttentionResult", "head_attribution", "attention_patterns"]
 
@@ -44,7 +44,6 @@ class AttentionSettings:
     def __post_init__(self) -> None:
         if self.n_attention_heads < 1 or self.attention_prompt < 0:
             raise LogitlabError("n_attention_heads must be ≥ 1 and attention_prompt ≥ 0")
-
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,9 @@ class HeadAttributionResult:
 
     def to_dict(self) -> HeadAttributionValues:
         mean, se = mean_stderr(self.values)
-        return {"values": mean.tolist(), "stderr": se.tolist(), "ci": paired(self.values).ci.tolist(),
+        return cast(HeadAttributionValues, {"values": mean.tolist(), "stderr": se.tolist(), "ci": paired(self.values).ci.tolist(),
                 "attn_bias": self.bias.mean(-1).tolist(),
-                "naive": None if self.naive is None else self.naive.mean(-1).tolist(), "top": self.top_separation()}
+                "naive": None if self.naive is None else self.naive.mean(-1).tolist(), "top": self.top_separation()})
 
     def to_frame(self) -> Any:
         import pandas as pd

@@ -13,7 +13,6 @@ one's; it says nothing about whether the correct answer is the model's top predi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float

@@ -49,11 +49,11 @@ from logitlab.interventions import head_entry, position_entries
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
 from logitlab.model.load import Model
 from logitlab.model.readout import CleanCache
+from logitlab.registry import setting
+from logitlab.results.patching import PatchingSections
 from logitlab.stats import Paired, paired
 from logitlab.sweep import SweepSettings, run_sweep
 from logitlab.task import MAX_PAIRS_PER_TEMPLATE, TokenizedTask, generated_pairs
-from logitlab.registry import setting
-from logitlab.results.patching import PatchingSections
 
 __all__ = ["PatchingSettings", "MIN_GAP", "PairSet", "PatchingSummary", "PatchingResult", "activation_patching", "patching_items",
            "pool_positions"]

@@ -38,10 +38,10 @@ from logitlab.errors import LogitlabError
 from logitlab.model.backend import SWEEP, require
 from logitlab.model.graph import EdgeGraph
 from logitlab.model.load import Model
-from logitlab.stats import Paired, paired
-from logitlab.task import TokenizedTask
 from logitlab.registry import setting
 from logitlab.results.circuit import PathPatching
+from logitlab.stats import Paired, paired
+from logitlab.task import TokenizedTask
 
 __all__ = ["PathPatchingSettings", "PathPatchingResult", "path_patching", "path_items", "top_senders"]
 

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun
-from logitlab.model.load import Model
-from logitlab.task import encode_prompt, single_token_id
 from logitlab.errors import LogitlabError
+from logitlab.model.load import Model
 from logitlab.registry import setting
 from logitlab.results.core import Prediction as PredictionSection
+from logitlab.task import encode_prompt, single_token_id
 
 __all__ = ["PredictionSettings", "Prediction", "predict", "task_predictions"]
 
@@ -29,7 +29,6 @@ class PredictionSettings:
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.n_predictions < 0:
             raise LogitlabError("top_k must be ≥ 1 and n_predictions ≥ 0")
-
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from logitlab.analyses._common import CleanRun
 from logitlab.analyses.ablation import AblationResult
 from logitlab.analyses.heads import HeadAttributionResult
 from logitlab.errors import LogitlabError
-from logitlab.stats import paired
 from logitlab.results.robustness import HeadAgreement, Robustness, RobustnessTemplate
+from logitlab.stats import paired
 
 __all__ = ["GroupLogitDiff", "TemplateRobustness", "RobustnessResult", "robustness"]
 

@@ -15,12 +15,11 @@ incorrect answers]``, the bias share of its logit difference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from logitlab.answers import PAD
 from logitlab.model.load import Model
-from logitlab.task import TokenizedTask
 from logitlab.results.core import UnembedBias, UnembedBiasPair as UnembedBiasPairSection
+from logitlab.task import TokenizedTask
 
 __all__ = ["UnembedBiasPair", "UnembedBiasResult", "unembed_bias"]
 

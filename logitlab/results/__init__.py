@@ -64,7 +64,6 @@ __all__ = [
 ]
 
 
-
 def __getattr__(name: str) -> Any:
     """``ConfigSection`` (the ``config`` section's type, :func:`config_section_type`) and ``CircuitSettings`` (its
     ``circuit`` group), derived from RunConfig when first asked for (RunConfig is built after this package)."""

@@ -151,8 +151,6 @@ class HeadPatching(TypedDict):
     """one set per template (and token length)"""
 
 
-
-
 class PatchingSections(TypedDict, total=False):
     """What activation patching's ``to_dict()`` returns: its four results sections (none without a pair)."""
 

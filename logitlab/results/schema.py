@@ -38,7 +38,7 @@ __all__ = ["results_type", "config_section_type", "results_schema", "validate_re
 
 def _typed(name: str, fields: dict[str, Any], doc: str) -> type:
     """A strict results TypedDict built from ``fields`` (its docstring: ``doc``)."""
-    kind = TypedDict(name, fields)  # type: ignore[operator]
+    kind = TypedDict(name, fields)  # type: ignore[misc]  # built at run time from the registry
     kind.__doc__ = doc
     return section(kind)
 
@@ -48,13 +48,15 @@ def _doc(kind: Any, text: str | None) -> Any:
 
 
 def _config_field(f: dataclasses.Field[Any], kind: Any) -> Any:
+    """The config section's type of RunConfig field ``f`` (of type ``kind``), with its documentation."""
     if dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind)
         group = {g.name: _config_field(g, hints[g.name]) for g in dataclasses.fields(kind)}
-        names = ", ".join(a.name for a in registry.analyses() if a.group == f.name)
-        return _typed(kind.__name__, group, f"Settings of {names} (`RunConfig.{f.name}`).")
+        members = sorted((a for a in registry.analyses() if a.group == f.name), key=lambda a: a.name != f.name)
+        names = " and ".join(a.name.replace("_", " ") for a in members)
+        return _typed(getattr(kind, "__name__", f.name), group, f"Settings of {names} (`RunConfig.{f.name}`).")
     if f.name == "analyses":
-        kind = list[Literal[registry.selectable()]]  # type: ignore[valid-type]
+        kind = list[Literal[registry.selectable()]]  # type: ignore[misc, valid-type]
     return _doc(kind, f.metadata.get("doc"))
 
 
