@@ -8,15 +8,14 @@ Example:
     >>> logitlab.analyses.head_attribution(run).top(3)
 """
 
-__version__ = "0.1.0"
-
-from logitlab._alloc import keep_freed_memory  # noqa: E402
-from logitlab.errors import LogitlabError  # noqa: E402
-from logitlab.model.load import Model, load_model  # noqa: E402
-from logitlab.task import Task, load_task, tokenize_task  # noqa: E402
-from logitlab import analyses  # noqa: E402
-from logitlab.analyses import clean_run  # noqa: E402
-from logitlab.battery import RunConfig, run_battery, write_results  # noqa: E402
+from logitlab import analyses
+from logitlab._alloc import keep_freed_memory
+from logitlab._version import __version__
+from logitlab.analyses import clean_run
+from logitlab.battery import RunConfig, run_battery, write_results
+from logitlab.errors import LogitlabError
+from logitlab.model.load import Model, load_model
+from logitlab.task import Task, load_task, tokenize_task
 
 __all__ = ["LogitlabError", "Model", "load_model", "Task", "load_task", "tokenize_task", "analyses", "clean_run",
            "RunConfig", "run_battery", "write_results", "keep_freed_memory", "__version__"]

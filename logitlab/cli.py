@@ -6,13 +6,17 @@ It only wires; the work is in the library.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import inspect
 import json
 import logging
 import math
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.exceptions import TyperException
@@ -20,9 +24,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+import logitlab.registry as registry
 from logitlab._alloc import keep_freed_memory
 from logitlab._console import quiet_libraries
+from logitlab.battery import run_battery, write_results
+from logitlab.config import RunConfig
 from logitlab.errors import LogitlabError
+from logitlab.task import load_task
 
 if TYPE_CHECKING:
     from logitlab.results import Results
@@ -43,10 +51,6 @@ TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task name (
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite results already in --out.")]
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")]
-PatchingPairsOpt = Annotated[int, typer.Option("--patching-pairs", help="Patching pairs generated per template (each "
-                                               "costs as much as the task's own pair; 0: the task's explicit pairs only).")]
-IgStepsOpt = Annotated[int, typer.Option("--ig-steps", help="Integrated-gradient steps of the circuit's edge scores.")]
-CircuitPairsOpt = Annotated[int, typer.Option("--circuit-pairs", help="Clean/corrupted pairs for circuit discovery.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")]
 _FORMATS = ("png", "svg")
 
@@ -75,67 +79,100 @@ def _load(model: str, device: str, dtype: str, trust_remote_code: bool = False):
         return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
+def _with_settings(command: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Add the registered analyses' settings that are options of ``command`` (:func:`logitlab.registry.setting`
+    with a flag) to a command taking them as ``**settings`` (keyed by option name, e.g. ``ig_steps``)."""
+    def wrap(func: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(func, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        extra = [inspect.Parameter(_option_name(f), inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                   annotation=Annotated[typing.get_type_hints(a.settings)[f.name],
+                                                        typer.Option(f.metadata["flag"], help=f.metadata["help"])])
+                 for a, f in registry.cli_settings(command) if a.settings is not None]
+
+        @functools.wraps(func)
+        def command_fn(**kwargs: Any) -> None:
+            func(**kwargs)
+
+        params = own + extra
+        command_fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command_fn.__annotations__ = {p.name: p.annotation for p in params}
+        return command_fn
+    return wrap
+
+
+def _option_name(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata["flag"]).lstrip("-").replace("-", "_")
+
+
+def _settings(command: str, values: dict[str, Any]) -> dict[str, Any]:
+    """RunConfig keyword arguments from a command's setting options (grouped settings as their dataclass)."""
+    flat: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for analysis, f in registry.cli_settings(command):
+        target = flat if analysis.group is None else groups.setdefault(analysis.group, {})
+        target[f.name] = values[_option_name(f)]
+    defaults = RunConfig()
+    return {**flat, **{g: dataclasses.replace(getattr(defaults, g), **kw) for g, kw in groups.items()}}
+
+
+def _analyses_help() -> str:
+    always = ", ".join(a.name for a in registry.analyses() if a.always)
+    off = [a.name for a in registry.analyses() if not a.always and not a.default]
+    return (f"Comma-separated analyses to run besides the always-run ones ({always}): "
+            f"{', '.join(registry.selectable())}; 'default' = all but {', '.join(off) or 'none'}, 'all' = all.")
+
+
 @app.command()
+@_with_settings("run")
 def run(
     model: ModelOpt = "builtin",
     task: TaskOpt = "pronouns",
     out: OutOpt = Path("logitlab-out"),
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
-    top_k: Annotated[int, typer.Option(help="Top-k predictions to show per example prompt.")] = 10,
     max_memory: Annotated[float | None, typer.Option(help="Memory budget for sweeps, in GiB (default: half of the free memory).")] = None,
     force: ForceOpt = False,
     report: ReportOpt = True,
     figures: FiguresOpt = "",
-    patching_pairs: PatchingPairsOpt = 12,
-    analyses: Annotated[str, typer.Option("--analyses", help="Comma-separated analyses to run besides the always-run "
-                                          "ones (logit difference, DLA, logit lens, attributions, unembedding bias): "
-                                          "attention, ablation, patching, atp, path_patching, robustness, circuit; "
-                                          "'default' = all but circuit, 'all' = all.")] = "default",
+    analyses: Annotated[str, typer.Option("--analyses", help=_analyses_help())] = "default",
     circuit: Annotated[bool, typer.Option("--circuit", help="Also discover the circuit (EAP-IG edge scores and the "
                                           "faithfulness curve); same as adding circuit to --analyses.")] = False,
-    ig_steps: IgStepsOpt = 5,
-    circuit_pairs: CircuitPairsOpt = 16,
     trust_remote_code: TrustOpt = False,
+    **settings: Any,
 ) -> None:
     """Run the whole battery and write results.json, tables/ and report.html to --out."""
-    _run(model, task, out, device, dtype, top_k, max_memory, force, report, figures, patching_pairs,
-         _analyses(analyses, circuit), ig_steps, circuit_pairs, trust_remote_code)
+    if max_memory is not None and not (math.isfinite(max_memory) and max_memory > 0):
+        raise LogitlabError(f"--max-memory must be a positive number of GiB, got {max_memory}")
+    config = RunConfig(model=model, task=task, device=device, dtype=dtype,
+                       max_memory=None if max_memory is None else int(max_memory * 2**30),
+                       analyses=_analyses(analyses, circuit), **_settings("run", settings))
+    _run(config, out, force, report, figures, trust_remote_code)
 
 
 def _analyses(text: str, circuit: bool) -> tuple[str, ...]:
     """``--analyses`` (plus ``--circuit``) as RunConfig.analyses; unknown names are an error."""
-    from logitlab.battery import ANALYSES, DEFAULT_ANALYSES
+    names, default = registry.selectable(), registry.default_selection()
     asked: list[str] = []
     for name in (a.strip().lower() for a in text.split(",") if a.strip()):
-        asked += list(DEFAULT_ANALYSES if name == "default" else ANALYSES if name == "all" else (name,))
-    bad = [a for a in asked if a not in ANALYSES]
+        asked += list(default if name == "default" else names if name == "all" else (name,))
+    bad = [a for a in asked if a not in names]
     if bad:
-        raise LogitlabError(f"unknown analysis {bad[0]!r}", f"choose from {', '.join(ANALYSES)}, default or all")
+        raise LogitlabError(f"unknown analysis {bad[0]!r}", f"choose from {', '.join(names)}, default or all")
     if circuit:
         asked.append("circuit")
-    return tuple(a for a in ANALYSES if a in asked)
+    return tuple(a for a in names if a in asked)
 
 
-def _run(model: str, task: str, out: Path, device: str, dtype: str, top_k: int, max_memory: float | None,
-         force: bool, report: bool, figures: str, patching_pairs: int, analyses: tuple[str, ...], ig_steps: int,
-         circuit_pairs: int, trust_remote_code: bool) -> None:
-    from logitlab.battery import CircuitConfig, RunConfig, run_battery, write_results
-    from logitlab.task import load_task
+def _run(config: RunConfig, out: Path, force: bool, report: bool, figures: str, trust_remote_code: bool) -> None:
     if (out / "results.json").exists() and not force:
         raise LogitlabError(f"{out} already holds results", "pass --force to overwrite, or choose another --out")
-    if max_memory is not None and not (math.isfinite(max_memory) and max_memory > 0):
-        raise LogitlabError(f"--max-memory must be a positive number of GiB, got {max_memory}")
-    config = RunConfig(model=model, task=task, device=device, dtype=dtype, top_k=top_k,  # type: ignore[arg-type]
-                       max_memory=None if max_memory is None else int(max_memory * 2**30),
-                       patching_pairs=patching_pairs, analyses=analyses,
-                       circuit=CircuitConfig(pairs=circuit_pairs, ig_steps=ig_steps))
     formats = _formats(figures)
-    task_ = load_task(task)
+    task_ = load_task(config.task)
     _check_writable(out)
     # A static-figure exporter's browser (--figures) starts now, while the model loads, and waits for the report.
     with _exporter(report and bool(formats)) as exporter:
-        m = _load(model, device, dtype, trust_remote_code)
+        m = _load(config.model, config.device, config.dtype, trust_remote_code)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=False) as progress:
             def step(desc: str, total: int) -> Callable[[int], None]:
@@ -159,24 +196,25 @@ def _run(model: str, task: str, out: Path, device: str, dtype: str, top_k: int, 
 
 
 @app.command()
+@_with_settings("circuit")
 def circuit(
     model: ModelOpt = "builtin",
     task: TaskOpt = "pronouns",
     out: OutOpt = Path("logitlab-circuit"),
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
-    ig_steps: IgStepsOpt = 5,
-    circuit_pairs: CircuitPairsOpt = 16,
-    patching_pairs: PatchingPairsOpt = 12,
     force: ForceOpt = False,
     report: ReportOpt = True,
     figures: FiguresOpt = "",
     trust_remote_code: TrustOpt = False,
+    **settings: Any,
 ) -> None:
     """From important heads to the circuit: ablation, exact patching, attribution patching, path patching from the
     top heads and EAP-IG circuit discovery with its faithfulness curve (results.json, report.html)."""
-    _run(model, task, out, device, dtype, 10, None, force, report, figures, patching_pairs,
-         ("ablation", "patching", "atp", "path_patching", "circuit"), ig_steps, circuit_pairs, trust_remote_code)
+    config = RunConfig(model=model, task=task, device=device, dtype=dtype,
+                       analyses=("ablation", "patching", "atp", "path_patching", "circuit"),
+                       **_settings("circuit", settings))
+    _run(config, out, force, report, figures, trust_remote_code)
 
 
 def _check_writable(out: Path) -> None:
@@ -224,10 +262,9 @@ def predict(
 ) -> None:
     """Show a prompt's tokens, the top-k next tokens (logit, probability) and the answer's rank."""
     from logitlab.analyses.predict import predict as _predict
-    from logitlab.battery import RunConfig
     if k < 1:
         raise LogitlabError("-k must be at least 1")
-    RunConfig(model=model, device=device, dtype=dtype)  # type: ignore[arg-type]  # validates device/dtype
+    RunConfig(model=model, device=device, dtype=dtype)  # validates device/dtype
     m = _load(model, device, dtype)
     p = _predict(m, prompt, answer, k=k, prepend_bos=not no_bos)
     out = Console()

@@ -20,7 +20,7 @@ forward per head.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from jaxtyping import Float
@@ -29,6 +29,7 @@ from torch import Tensor
 from logitlab.analyses._common import CleanRun, mean_stderr
 from logitlab.interventions import ablation_replacement, head_entry, head_mean_values, shared_prefix
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
+from logitlab.results.ablation import AblationScores
 from logitlab.stats import paired
 from logitlab.sweep import SweepSettings, run_sweep
 
@@ -43,7 +44,7 @@ class AblationResult:
     baseline_logit_diff: Float[Tensor, " batch"]
     baseline_loss: Float[Tensor, " batch"]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> AblationScores:
         ld, ld_se = mean_stderr(self.logit_diff)
         lo, lo_se = mean_stderr(self.loss)
         out: dict[str, Any] = {"logit_diff": ld.tolist(), "loss": lo.tolist(), "logit_diff_stderr": ld_se.tolist(),
@@ -56,7 +57,7 @@ class AblationResult:
             out[f"delta_{name}"], out[f"delta_{name}_stderr"] = p.mean.tolist(), p.stderr.tolist()
             out[f"delta_{name}_ci"], out[f"delta_{name}_per_prompt"] = p.ci.tolist(), delta.tolist()
         out["top_drop"] = self.top_drop()
-        return out
+        return cast(AblationScores, out)
 
     def top_drop(self) -> dict[str, Any]:
         """The head whose ablation lowers the logit difference most, and the heads it is not separated from.

@@ -83,7 +83,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -95,6 +95,7 @@ from logitlab.model.backend import GRAD, require
 from logitlab.model.load import Model
 from logitlab.model.readout import wide
 from logitlab.model.runner import Runner
+from logitlab.results.circuit import AtPKind, AttributionPatching
 from logitlab.task import MAX_PAIRS_PER_TEMPLATE, TokenizedTask, generated_pairs
 
 __all__ = ["AtPSet", "Miss", "Comparison", "AtPSummary", "AtPResult", "attribution_patching", "TOP_K", "N_WORST"]
@@ -164,7 +165,7 @@ class AtPSummary:
             return [f"L{l}H{h}" for l in range(L) for h in range(W)]
         return [f"L{l} pos {p} {self.tokens[p]!r}" for l in range(L) for p in range(W)]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> AtPKind:
         out: dict[str, Any] = {"pairs": self.pairs}
         if self.what != "heads":
             out["tokens"] = list(self.tokens)
@@ -175,7 +176,7 @@ class AtPSummary:
                        pearson=None if c is None else c.pearson, spearman=None if c is None else c.spearman,
                        top_k=0 if c is None else c.top_k, top_k_overlap=None if c is None else c.top_k_overlap,
                        worst=[] if c is None else [{"label": m.label, "atp": m.atp, "exact": m.exact} for m in c.worst])
-        return out
+        return cast(AtPKind, out)
 
 
 @dataclass(frozen=True)
@@ -208,10 +209,10 @@ class AtPResult:
         """Pairs below the gap over every set."""
         return sum(s.n - s.n_used for s in self.sets)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> AttributionPatching:
         """The layout in the module docstring."""
-        return {"method": "atp", "n_pairs": self.n_pairs, "n_excluded": self.n_excluded, "min_gap": self.min_gap,
-                **{what: getattr(self, what).to_dict() for what in ("heads", "resid", "attn", "mlp")}}
+        return cast(AttributionPatching, {"method": "atp", "n_pairs": self.n_pairs, "n_excluded": self.n_excluded, "min_gap": self.min_gap,
+                **{what: getattr(self, what).to_dict() for what in ("heads", "resid", "attn", "mlp")}})
 
 
 def attribution_patching(model: Model, task: TokenizedTask, exact: PatchingResult | None = None,

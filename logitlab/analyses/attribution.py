@@ -31,6 +31,7 @@ from torch import Tensor
 
 from logitlab.analyses._common import CleanRun, mean_stderr
 from logitlab.stats import paired
+from logitlab.results.core import DLA, LayerAttribution, LogitLens
 
 __all__ = ["DLAResult", "ComponentResult", "dla", "logit_lens", "layer_attribution"]
 
@@ -60,7 +61,7 @@ class DLAResult:
     def max_abs_error(self) -> float:
         return float(self.abs_error_per_prompt.max())
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> DLA:
         return {"reconstructed_mean": float(self.reconstructed.mean()), "bias_term": float(self.bias_term.mean()),
                 "model_mean": float(self.model.mean()), "relative_error": self.relative_error,
                 "max_abs_error": self.max_abs_error,
@@ -79,7 +80,7 @@ class ComponentResult:
     def mean(self) -> list[float]:
         return self.values.mean(-1).tolist()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> LogitLens | LayerAttribution:
         mean, se = mean_stderr(self.values)
         return {"labels": list(self.labels), "values": mean.tolist(), "stderr": se.tolist(),
                 "ci": paired(self.values).ci.tolist()}

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -45,10 +45,12 @@ from logitlab.errors import LogitlabError
 from logitlab.model.backend import GRAD, SWEEP, require
 from logitlab.model.graph import EdgeGraph, graph_forward
 from logitlab.model.load import Model
+from logitlab.registry import setting
+from logitlab.results.circuit import Circuit
 from logitlab.stats import Paired, paired
 from logitlab.task import TokenizedTask, generated_pairs
 
-__all__ = ["PairBatch", "CircuitResult", "pair_batches", "edge_scores", "edge_patch_metric", "plain_metric",
+__all__ = ["CircuitSettings", "PairBatch", "CircuitResult", "pair_batches", "edge_scores", "edge_patch_metric", "plain_metric",
            "recorded_runs", "eap_ig_circuit", "CIRCUIT_PAIRS", "IG_STEPS", "N_RANDOM", "RANDOM_PAIRS", "THRESHOLD"]
 
 #: Defaults: clean/corrupted pairs used, integration steps, random circuits per size, recovery defining "the circuit".
@@ -60,6 +62,25 @@ THRESHOLD = 0.8
 RANDOM_PAIRS = 8
 #: Items per batch of the edge-level forward (each holds its senders' outputs: S × T × D floats, twice).
 _ITEM_BUDGET = 2**30
+
+
+@dataclass(frozen=True)
+class CircuitSettings:
+    """Settings of EAP-IG circuit discovery."""
+
+    pairs: int = setting(CIRCUIT_PAIRS, "clean/corrupted pairs used (the task's own first, then generated ones)",
+                         flag="--circuit-pairs", commands=("run", "circuit"),
+                         help="Clean/corrupted pairs for circuit discovery.")
+    ig_steps: int = setting(IG_STEPS, "integrated-gradient steps of the edge scores", flag="--ig-steps",
+                            commands=("run", "circuit"), help="Integrated-gradient steps of the circuit's edge scores.")
+    n_random: int = setting(N_RANDOM, "random circuits per size in the faithfulness baseline")
+    threshold: float = setting(THRESHOLD, "recovered fraction that defines the circuit")
+
+    def __post_init__(self) -> None:
+        if min(self.pairs, self.ig_steps, self.n_random) < 1:
+            raise LogitlabError("circuit settings: pairs, ig_steps and n_random must be ≥ 1")
+        if not 0 < self.threshold <= 1:
+            raise LogitlabError(f"circuit threshold must be in (0, 1], got {self.threshold}")
 
 
 @dataclass(frozen=True)
@@ -267,12 +288,12 @@ class CircuitResult:
                         "score_ci": [float(v) for v in self.scores.ci[i]]})
         return out
 
-    def to_dict(self, top: int = 1000) -> dict[str, Any]:
+    def to_dict(self, top: int = 1000) -> Circuit:
         ci = lambda t: [[float(a), float(b)] for a, b in t.tolist()]  # noqa: E731
         n = self.chosen_n
         i = None if n is None else self.sizes.index(n)
         g = self.graph
-        return {
+        return cast(Circuit, {
             "method": "eap-ig", "ig_steps": self.ig_steps, "n_pairs": self.n_pairs, "n_excluded": self.n_excluded,
             "n_edges_total": g.n_edges, "nodes": ["input", *g.sender_names[1:], "logits"],
             "edges": self.edges(max(top, n or 0)),
@@ -286,7 +307,7 @@ class CircuitResult:
                        "random_mean": None if i is None else float(self.random_mean[i]),
                        "random_ci": None if i is None else [float(v) for v in self.random_ci[i]]},
             "full": self.full, "empty": self.empty,
-        }
+        })
 
 
 def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, max_pairs: int = CIRCUIT_PAIRS,

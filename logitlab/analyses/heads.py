@@ -19,16 +19,31 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun, mean_stderr
+from logitlab.errors import LogitlabError
+from logitlab.registry import setting
+from logitlab.results.core import Attention, HeadAttributionValues
 from logitlab.stats import paired
 
-__all__ = ["HeadAttributionResult", "AttentionResult", "head_attribution", "attention_patterns"]
+__all__ = ["AttentionSettings", "HeadAttributionResult", "AttentionResult", "head_attribution", "attention_patterns"]
+
+
+@dataclass(frozen=True)
+class AttentionSettings:
+    """Which attention patterns the ``attention`` section holds."""
+
+    n_attention_heads: int = setting(3, "how many top heads the attention section shows")
+    attention_prompt: int = setting(0, "the prompt whose attention patterns are shown")
+
+    def __post_init__(self) -> None:
+        if self.n_attention_heads < 1 or self.attention_prompt < 0:
+            raise LogitlabError("n_attention_heads must be ≥ 1 and attention_prompt ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -70,11 +85,11 @@ class HeadAttributionResult:
                 "runner_up": [runner // H, runner % H], "runner_up_value": float(mean[runner]),
                 "difference": float(diff.mean[runner]), "difference_ci": diff.ci[runner].tolist(), "tied": tied}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> HeadAttributionValues:
         mean, se = mean_stderr(self.values)
-        return {"values": mean.tolist(), "stderr": se.tolist(), "ci": paired(self.values).ci.tolist(),
+        return cast(HeadAttributionValues, {"values": mean.tolist(), "stderr": se.tolist(), "ci": paired(self.values).ci.tolist(),
                 "attn_bias": self.bias.mean(-1).tolist(),
-                "naive": None if self.naive is None else self.naive.mean(-1).tolist(), "top": self.top_separation()}
+                "naive": None if self.naive is None else self.naive.mean(-1).tolist(), "top": self.top_separation()})
 
     def to_frame(self) -> Any:
         import pandas as pd
@@ -109,7 +124,7 @@ class AttentionResult:
     heads: tuple[tuple[int, int, float], ...]
     patterns: Float[Tensor, "k query key"]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Attention:
         return {"prompt_index": self.prompt_index, "tokens": list(self.tokens),
                 "heads": [{"layer": l, "head": h, "attribution": a, "pattern": p.tolist()}
                           for (l, h, a), p in zip(self.heads, self.patterns)]}

@@ -13,7 +13,6 @@ one's; it says nothing about whether the correct answer is the model's top predi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from logitlab.analyses._common import CleanRun, mean_stderr
 from logitlab.stats import paired
+from logitlab.results.core import LogitDiff
 
 __all__ = ["LogitDiffResult", "logit_diff"]
 
@@ -34,7 +34,7 @@ class LogitDiffResult:
     def mean(self) -> float:
         return float(self.per_prompt.mean())
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> LogitDiff:
         mean, se = mean_stderr(self.per_prompt)
         return {"per_prompt": self.per_prompt.tolist(), "mean": float(mean), "stderr": float(se),
                 "ci": paired(self.per_prompt[None]).ci[0].tolist(),

@@ -38,7 +38,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from jaxtyping import Float
@@ -49,12 +49,30 @@ from logitlab.interventions import head_entry, position_entries
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
 from logitlab.model.load import Model
 from logitlab.model.readout import CleanCache
+from logitlab.registry import setting
+from logitlab.results.patching import PatchingSections
 from logitlab.stats import Paired, paired
 from logitlab.sweep import SweepSettings, run_sweep
 from logitlab.task import MAX_PAIRS_PER_TEMPLATE, TokenizedTask, generated_pairs
 
-__all__ = ["MIN_GAP", "PairSet", "PatchingSummary", "PatchingResult", "activation_patching", "patching_items",
+__all__ = ["PatchingSettings", "MIN_GAP", "PairSet", "PatchingSummary", "PatchingResult", "activation_patching", "patching_items",
            "pool_positions"]
+
+
+@dataclass(frozen=True)
+class PatchingSettings:
+    """Which clean/corrupted pairs activation patching (and attribution patching) runs on."""
+
+    patching_pairs: int = setting(MAX_PAIRS_PER_TEMPLATE,
+                                  "patching pairs generated per template (0: the task's explicit pairs only)",
+                                  flag="--patching-pairs", commands=("run", "circuit"),
+                                  help="Patching pairs generated per template (each costs as much as the task's "
+                                       "own pair; 0: the task's explicit pairs only).")
+
+    def __post_init__(self) -> None:
+        if self.patching_pairs < 0:
+            raise LogitlabError("patching_pairs must be ≥ 0", "0 patches the task's explicit pairs only")
+
 
 #: Pairs whose |clean − corrupted| logit difference is below this (logits) are not normalised, only counted.
 MIN_GAP = 1.0
@@ -242,7 +260,7 @@ class PatchingResult:
             return ref
         return pooled
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
+    def to_dict(self) -> PatchingSections:
         """The four patching sections of ``results.json`` (empty without pairs)."""
         main = self.main
         if main is None:
@@ -256,7 +274,7 @@ class PatchingResult:
             if pooled is not None:
                 pooled = {"template": None, **pooled}
             out[key] = {**d, "pairs": source, "pooled": pooled, "per_template": per}
-        return out
+        return cast(PatchingSections, out)
 
 
 def patching_items(model: Model, tt: TokenizedTask, generated: bool = True,

@@ -25,21 +25,38 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
+from logitlab.analyses.ablation import AblationResult
 from logitlab.analyses.circuit import CIRCUIT_PAIRS, plain_metric, recorded_runs, edge_patch_metric, pair_batches
+from logitlab.analyses.heads import HeadAttributionResult
 from logitlab.analyses.patching import MIN_GAP
 from logitlab.errors import LogitlabError
 from logitlab.model.backend import SWEEP, require
 from logitlab.model.graph import EdgeGraph
 from logitlab.model.load import Model
+from logitlab.registry import setting
+from logitlab.results.circuit import PathPatching
 from logitlab.stats import Paired, paired
 from logitlab.task import TokenizedTask
 
-__all__ = ["PathPatchingResult", "path_patching", "path_items"]
+__all__ = ["PathPatchingSettings", "PathPatchingResult", "path_patching", "path_items", "top_senders"]
+
+
+@dataclass(frozen=True)
+class PathPatchingSettings:
+    """Path patching's senders and pairs (it runs in every ``logitlab run``: fewer pairs than discovery)."""
+
+    n_senders: int = setting(4, "path patching: how many top heads send")
+    path_pairs: int = setting(8, "path patching: clean/corrupted pairs used")
+
+    def __post_init__(self) -> None:
+        if min(self.n_senders, self.path_pairs) < 1:
+            raise LogitlabError("path patching settings: n_senders and path_pairs must be ≥ 1")
+
 
 _KINDS = ("q", "k", "v", "mlp", "direct", "node")
 
@@ -59,7 +76,7 @@ class PathPatchingResult:
     n_pairs: int
     n_excluded: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> PathPatching:
         def vals(t: Tensor) -> Any:
             return [None if v != v else float(v) for v in t.tolist()] if t.dim() == 1 else [vals(x) for x in t]
 
@@ -74,7 +91,7 @@ class PathPatchingResult:
         for kind in _KINDS:
             p: Paired = getattr(self, kind)
             out[kind], out[f"{kind}_ci"] = vals(p.mean), cis(p.ci)
-        return out
+        return cast(PathPatching, out)
 
 
 def _masks(graph: EdgeGraph, layer: int, head: int) -> list[tuple[str, tuple[int, ...], int, Tensor]]:
@@ -99,6 +116,21 @@ def _masks(graph: EdgeGraph, layer: int, head: int) -> list[tuple[str, tuple[int
     one("direct", (), spec.n_layers, [graph.receiver(0, "logits")])
     node = graph.allowed[:, s].nonzero()[:, 0].tolist()
     one("node", (), layer, node)
+    return out
+
+
+def top_senders(heads: HeadAttributionResult, zero: AblationResult | None, n: int) -> list[tuple[int, int]]:
+    """Path patching's senders: the heads with the largest |zero-ablation effect| and |direct logit attribution|,
+    alternately (duplicates skipped), ``n`` in all; DLA alone without ablation."""
+    lists = [[(l, h) for l, h, _ in heads.top(n)]]
+    if zero is not None:
+        delta = (zero.logit_diff - zero.baseline_logit_diff[None, None]).mean(-1)  # (layer, head)
+        lists.insert(0, [divmod(int(i), delta.shape[1]) for i in delta.abs().flatten().argsort(descending=True)[:n]])
+    out: list[tuple[int, int]] = []
+    for i in range(n):  # the two top-n lists together hold at least n heads
+        for x in lists:
+            if i < len(x) and x[i] not in out and len(out) < n:
+                out.append(x[i])
     return out
 
 

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import torch
 from torch import Tensor
 
 from logitlab.analyses._common import CleanRun
+from logitlab.errors import LogitlabError
 from logitlab.model.load import Model
+from logitlab.registry import setting
+from logitlab.results.core import Prediction as PredictionSection
 from logitlab.task import encode_prompt, single_token_id
 
-__all__ = ["Prediction", "predict", "task_predictions"]
+__all__ = ["PredictionSettings", "Prediction", "predict", "task_predictions"]
+
+
+@dataclass(frozen=True)
+class PredictionSettings:
+    """How many of the task's first prompts get their top-k next tokens in ``predictions``."""
+
+    top_k: int = setting(10, "top-k next tokens per example prompt", flag="--top-k",
+                         help="Top-k predictions to show per example prompt.")
+    n_predictions: int = setting(4, "how many prompts get top-k predictions")
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.n_predictions < 0:
+            raise LogitlabError("top_k must be ≥ 1 and n_predictions ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -25,10 +41,10 @@ class Prediction:
     answer_prob: float | None
     answer_logit: float | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "tokens": list(self.tokens),
+    def to_dict(self) -> PredictionSection:
+        return cast(PredictionSection, {"prompt": self.prompt, "tokens": list(self.tokens),
                 "top": [{"token": t, "logit": lo, "prob": p} for t, lo, p in self.top],
-                "answer": self.answer, "answer_rank": self.answer_rank, "answer_prob": self.answer_prob}
+                "answer": self.answer, "answer_rank": self.answer_rank, "answer_prob": self.answer_prob})
 
 
 def _prediction(model: Model, prompt: str, tokens: tuple[str, ...], logits: Tensor, answer_id: int | None,

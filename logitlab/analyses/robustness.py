@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from jaxtyping import Float
 from torch import Tensor
@@ -35,6 +35,7 @@ from logitlab.analyses._common import CleanRun
 from logitlab.analyses.ablation import AblationResult
 from logitlab.analyses.heads import HeadAttributionResult
 from logitlab.errors import LogitlabError
+from logitlab.results.robustness import HeadAgreement, Robustness, RobustnessTemplate
 from logitlab.stats import paired
 
 __all__ = ["GroupLogitDiff", "TemplateRobustness", "RobustnessResult", "robustness"]
@@ -63,13 +64,13 @@ class TemplateRobustness:
     top_dla: tuple[int, int, float]  # (layer, head, mean attribution over the template's prompts)
     top_ablation: tuple[tuple[str, tuple[int, int, float]], ...]  # (kind, (layer, head, mean change))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "template": self.logit_diff.label, **self.logit_diff.to_dict(),
+    def to_dict(self) -> RobustnessTemplate:
+        return cast(RobustnessTemplate, {"index": self.index, "template": self.logit_diff.label, **self.logit_diff.to_dict(),
                 "top_dla": {"head": list(self.top_dla[:2]), "value": self.top_dla[2]},
-                "top_ablation": {k: {"head": list(t[:2]), "value": t[2]} for k, t in self.top_ablation}}
+                "top_ablation": {k: {"head": list(t[:2]), "value": t[2]} for k, t in self.top_ablation}})
 
 
-def _agreement(tops: list[tuple[int, int]], indices: list[int]) -> dict[str, Any]:
+def _agreement(tops: list[tuple[int, int]], indices: list[int]) -> HeadAgreement:
     """How often each head is the top one, most frequent first (ties: the earlier template's head first)."""
     by_head: dict[tuple[int, int], list[int]] = {}
     for head, idx in zip(tops, indices):
@@ -85,10 +86,10 @@ class RobustnessResult:
     templates: tuple[TemplateRobustness, ...]
     subjects: tuple[tuple[GroupLogitDiff, str], ...]  # (subject's logit difference, its class)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Robustness:
         idx = [t.index for t in self.templates]
         kinds = [k for k, _ in self.templates[0].top_ablation]
-        return {
+        return cast(Robustness, {
             "templates": [t.to_dict() for t in self.templates],
             "subjects": [{"subject": g.label, "subject_class": cls, **g.to_dict()} for g, cls in self.subjects],
             "key_heads": {
@@ -96,7 +97,7 @@ class RobustnessResult:
                 "ablation": {k: _agreement([dict(t.top_ablation)[k][:2] for t in self.templates], idx)
                              for k in kinds},
             },
-        }
+        })
 
     def to_frame(self) -> Any:
         import pandas as pd

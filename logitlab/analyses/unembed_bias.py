@@ -15,10 +15,10 @@ incorrect answers]``, the bias share of its logit difference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from logitlab.answers import PAD
 from logitlab.model.load import Model
+from logitlab.results.core import UnembedBias, UnembedBiasPair as UnembedBiasPairSection
 from logitlab.task import TokenizedTask
 
 __all__ = ["UnembedBiasPair", "UnembedBiasResult", "unembed_bias"]
@@ -38,7 +38,7 @@ class UnembedBiasPair:
     def difference(self) -> float:
         return self.b_U_correct - self.b_U_incorrect
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> UnembedBiasPairSection:
         return {"correct": self.correct, "incorrect": self.incorrect, "b_U_correct": self.b_U_correct,
                 "b_U_incorrect": self.b_U_incorrect, "difference": self.difference, "n_prompts": self.n_prompts}
 
@@ -56,7 +56,7 @@ class UnembedBiasResult:
     def difference(self) -> float:
         return self.b_U_correct - self.b_U_incorrect
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> UnembedBias:
         import math
         note = (f"b_U favours {self.correct!r} over {self.incorrect!r} by {self.difference:.4f} logits"
                 if self.present else "this model has no unembedding bias (b_U is zero after processing)")

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from logitlab import __version__
+from logitlab._version import __version__
 from logitlab._io import atomic_dir, atomic_write
 from logitlab.analyses import activation_patching, clean_run, head_ablation, head_attribution, layer_attribution
 from logitlab.analyses._common import mean_stderr

@@ -8,20 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import NotRequired, TypedDict
+
+from logitlab.results._base import MaybeCube, MaybeMatrix, Matrix, Pair, section
 
 __all__ = ["AtPMiss", "AtPKind", "AttributionPatching", "PathPatching", "CircuitEdge", "Faithfulness",
            "CircuitChoice", "Circuit"]
-
-_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
-section = with_config(_STRICT)
-
-Matrix = list[list[float]]
-Cube = list[list[list[float]]]
-MaybeMatrix = list[list[float | None]]
-MaybeCube = list[list[list[float | None]]]
-Pair = list[float]
 
 
 @section

@@ -1,4 +1,4 @@
-"""The results types (logitlab/results.py): real battery output validates, bad dicts are refused with their path,
+"""The results types (logitlab/results/): real battery output validates, bad dicts are refused with their path,
 the JSON Schema, the `logitlab schema` command and docs/results.md agree with them."""
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ BAD = {
     "NaN": ("head_ablation.mean.loss[1][0]", math.nan),
     "unknown literal": ("model.normalization", "BatchNorm"),
     "old schema version": ("schema_version", 1),
+    "resid patching without its gap": ("resid_patching.clean_logit_diff", ...),
+    "the gap on attn patching": ("attn_patching.corrupted_logit_diff", 0.5),
 }
 
 
@@ -97,7 +99,8 @@ def test_bad_results_are_refused_naming_the_path(gpt2_results: Results, case: st
     _set(path, value)(bad)
     with pytest.raises(LogitlabError) as e:
         validate_results(bad)
-    assert f": {path}: " in str(e.value), f"{case}: the message should name {path!r}: {e.value}"
+    where = path.rsplit(".", 1)[0] if "patching" in path else path  # the section's own check names the section
+    assert f": {where}: " in str(e.value), f"{case}: the message should name {where!r}: {e.value}"
 
 
 def test_not_an_object_is_refused() -> None:
