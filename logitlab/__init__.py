@@ -8,8 +8,7 @@ Example:
     >>> logitlab.analyses.head_attribution(run).top(3)
 """
 
-__version__ = "0.1.0"
-
+from logitlab._version import __version__
 from logitlab._alloc import keep_freed_memory  # noqa: E402
 from logitlab.errors import LogitlabError  # noqa: E402
 from logitlab.model.load import Model, load_model  # noqa: E402
