@@ -182,7 +182,7 @@ def _ray_jobs(cells: Sequence[Cell], address: str, threads: int | None, job_fn: 
         if on_progress is not None:
             board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
             report = RayReporter(board)
-        read = 0  # progress reports read so far
+        read, polling = 0, board is not None  # progress reports read so far; whether to read more
         for cell in cells:
             cuda = cell.config.device.startswith("cuda")
             est = estimate_memory(cell.config.model, cell.config.dtype, cell.config.device, cell.config.max_memory,
@@ -201,9 +201,14 @@ def _ray_jobs(cells: Sequence[Cell], address: str, threads: int | None, job_fn: 
             job = Job(cell, threads, keys[cell.name], report)
             refs[remote.options(**opts).remote(job)] = (cell, time.perf_counter())
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=None if board is None else POLL_SECONDS)
-            if board is not None and on_progress is not None:
-                events = ray.get(board.since.remote(read))
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_SECONDS if polling else None)
+            if polling and board is not None and on_progress is not None:
+                try:
+                    events = ray.get(board.since.remote(read))
+                except ray.exceptions.RayError as e:  # progress is for show: without it the grid goes on
+                    log.warning("no more progress from the running cells: %s", str(e).strip().splitlines()[:1])
+                    polling = False
+                    continue
                 read += len(events)
                 running = {c.name for c, _ in refs.values()}
                 for name, desc, done, total in events:
