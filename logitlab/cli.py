@@ -42,7 +42,7 @@ _state = {"debug": False}
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'builtin' (Gemma-3-270M, offline), a HF hub name "
                                        "such as gpt2, a local HF folder, or a .gguf file.")]
-DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")]
+DeviceOpt = Annotated[str, typer.Option(help="torch device: auto (CUDA when available, else cpu), cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="float32 (default) or bfloat16.")]
 FiguresOpt = Annotated[str, typer.Option("--figures", help="Also export every figure to figures/ as png, svg or "
                                          "png,svg (needs Chromium; off by default: the report's own toolbar "
@@ -72,8 +72,15 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks o
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _device(device: str) -> str:
+    """``--device`` resolved once (``auto``: CUDA when available, else cpu): what the run's config records."""
+    from logitlab.model.device import device_option
+    return device_option(device)
+
+
 def _load(model: str, device: str, dtype: str, trust_remote_code: bool = False):  # noqa: ANN202
     from logitlab.model.load import load_model
+    console.print(f"device: {device}", highlight=False)
     quiet_libraries()
     with console.status(f"loading model {model!r}…"):
         return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -129,7 +136,7 @@ def run(
     model: ModelOpt = "builtin",
     task: TaskOpt = "pronouns",
     out: OutOpt = Path("logitlab-out"),
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     max_memory: Annotated[float | None, typer.Option(help="Memory budget for sweeps, in GiB (default: half of the free memory).")] = None,
     force: ForceOpt = False,
@@ -144,7 +151,7 @@ def run(
     """Run the whole battery and write results.json, tables/ and report.html to --out."""
     if max_memory is not None and not (math.isfinite(max_memory) and max_memory > 0):
         raise LogitlabError(f"--max-memory must be a positive number of GiB, got {max_memory}")
-    config = RunConfig(model=model, task=task, device=device, dtype=dtype,
+    config = RunConfig(model=model, task=task, device=_device(device), dtype=dtype,
                        max_memory=None if max_memory is None else int(max_memory * 2**30),
                        analyses=_analyses(analyses, circuit), **_settings("run", settings))
     _run(config, out, force, report, figures, trust_remote_code)
@@ -201,7 +208,7 @@ def circuit(
     model: ModelOpt = "builtin",
     task: TaskOpt = "pronouns",
     out: OutOpt = Path("logitlab-circuit"),
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     force: ForceOpt = False,
     report: ReportOpt = True,
@@ -211,7 +218,7 @@ def circuit(
 ) -> None:
     """From important heads to the circuit: ablation, exact patching, attribution patching, path patching from the
     top heads and EAP-IG circuit discovery with its faithfulness curve (results.json, report.html)."""
-    config = RunConfig(model=model, task=task, device=device, dtype=dtype,
+    config = RunConfig(model=model, task=task, device=_device(device), dtype=dtype,
                        analyses=("ablation", "patching", "atp", "path_patching", "circuit"),
                        **_settings("circuit", settings))
     _run(config, out, force, report, figures, trust_remote_code)
@@ -257,13 +264,14 @@ def predict(
     model: ModelOpt = "builtin",
     k: Annotated[int, typer.Option("-k", help="How many top tokens.")] = 10,
     no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not prepend the BOS token.")] = False,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
 ) -> None:
     """Show a prompt's tokens, the top-k next tokens (logit, probability) and the answer's rank."""
     from logitlab.analyses.predict import predict as _predict
     if k < 1:
         raise LogitlabError("-k must be at least 1")
+    device = _device(device)
     RunConfig(model=model, device=device, dtype=dtype)  # validates device/dtype
     m = _load(model, device, dtype)
     p = _predict(m, prompt, answer, k=k, prepend_bos=not no_bos)

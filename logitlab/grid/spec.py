@@ -17,7 +17,8 @@ A grid file is YAML with these keys (anything else is refused, naming the key)::
 Options are the fields of :class:`logitlab.battery.RunConfig` other than ``model`` and ``task``
 (``max_memory`` in GiB, as ``--max-memory``). They may be set for the whole grid (top level), for a task or
 for a model; a model's or task's own value replaces the grid's, and a model and a task that both set one
-option to different values are refused. Relative paths are read from the grid file's folder.
+option to different values are refused. Relative paths are read from the grid file's folder. ``device: auto``
+is resolved when the grid file is read (CUDA if this machine has it, else cpu), so each cell records its device.
 
 Invariant: every cell has its own complete :class:`~logitlab.battery.RunConfig`, so a cell's numbers equal
 those of ``run_battery`` with that config; two cells never share a config or a folder name.
@@ -36,6 +37,7 @@ import yaml
 
 from logitlab.battery import RunConfig
 from logitlab.errors import LogitlabError
+from logitlab.model.device import AUTO, resolve_device
 from logitlab.task import Task, builtin_tasks, load_task
 
 __all__ = ["Cell", "Grid", "load_grid", "grid_from_dict", "OPTION_KEYS"]
@@ -47,7 +49,7 @@ _DEFAULTS = {f.name: f.default if f.default is not MISSING else f.default_factor
 _TOP_KEYS = {"name", "models", "tasks", "checkpoints", "revisions", *OPTION_KEYS}
 _MODEL_KEYS = {"model", "name", "checkpoints", "revisions", *OPTION_KEYS}
 _TASK_KEYS = {"task", "name", *OPTION_KEYS}
-_SPLIT_WORDS = {"auto", "balanced", "balanced_low_0", "sequential"}
+_SPLIT_WORDS = {"balanced", "balanced_low_0", "sequential"}
 _SPLIT_HINT = ("logitlab runs each model on one device (cpu, cuda or cuda:N): a model too large for one device "
                "cannot be analysed; see docs/scaling.md")
 
@@ -149,6 +151,8 @@ def _options(obj: dict[str, Any], where: str) -> dict[str, Any]:
     """The RunConfig options set in ``obj`` (``max_memory`` converted from GiB to bytes)."""
     opts = {k: _option(k, obj[k], where) for k in OPTION_KEYS if k in obj}
     device = opts.get("device")
+    if device == AUTO:  # resolved by the driver, once: a cell's config (and so its key) holds the device it runs on
+        opts["device"] = device = resolve_device(device)
     if isinstance(device, str) and (device in _SPLIT_WORDS or "," in device):
         raise LogitlabError(f"{where}: device {device!r} would split a model across devices, which logitlab's "
                             "runner does not support", _SPLIT_HINT)

@@ -29,8 +29,11 @@ from typing import Any
 import torch
 
 from logitlab.errors import LogitlabError
-from logitlab.model.load import Model, _boot_bridge, _check_hooked_dtype, _from_bridge
-from logitlab.model.spec import SUPPORTED_MODEL_TYPES, _norm_params, _stack_or_zeros, read_spec
+from logitlab.model.bridge import boot_bridge
+from logitlab.model.build import check_supported, from_bridge
+from logitlab.model.model import Model
+from logitlab.model.spec import _norm_params, _stack_or_zeros
+from logitlab.model.tokenizer import copy_tokenizer
 
 __all__ = ["load_object"]
 
@@ -84,28 +87,24 @@ def _load_bridge(bridge: Any, device: str, dtype: str, tokenizer: Any, trust: bo
                             "pass a freshly booted bridge, with or without enable_compatibility_mode()")
     _check_processing(bridge, name)
     hf_config = inner.config
-    _check_hooked_dtype(hf_config, dtype)
-    if hf_config.model_type in SUPPORTED_MODEL_TYPES:
-        read_spec(hf_config)  # refuse an unsupported variant before anything else
+    check_supported(hf_config, dtype)  # refuse an unsupported variant before anything else
     if bridge.training or not _on_device(bridge, device):
         # Its forward pass must run in eval mode on ``device`` (hooks, the fallback): use a copy, not the original.
         bridge = copy.deepcopy(bridge)
         bridge.eval()
         bridge.to(device)
-    return _from_bridge(bridge, hf_config, tok, model_name or name, name, device, dtype, trust)
+    return from_bridge(bridge, hf_config, tok, model_name or name, name, device, dtype, trust)
 
 
 def _boot_copy(hf: Any, state: dict[str, torch.Tensor], tokenizer: Any, source: str, name: str, device: str,
                dtype: str, trust: bool) -> Model:
     """Boot logitlab's own compatibility-mode bridge on a float32 copy of ``hf`` with weights ``state``."""
-    _check_hooked_dtype(hf.config, dtype)
-    if getattr(hf.config, "model_type", None) in SUPPORTED_MODEL_TYPES:
-        read_spec(hf.config)
+    check_supported(hf.config, dtype)
     fresh = _fresh_copy(hf, state, name)
     with tempfile.TemporaryDirectory(prefix="logitlab-tok-") as tmp:
-        tok = _copy_tokenizer(tokenizer, tmp, trust)
-        bridge = _boot_bridge(source, fresh, tok, name, device)
-    return _from_bridge(bridge, fresh.config, tok, source, name, device, dtype, trust)
+        tok = copy_tokenizer(tokenizer, tmp, trust)
+        bridge = boot_bridge(source, fresh, tok, name, device)
+    return from_bridge(bridge, fresh.config, tok, source, name, device, dtype, trust)
 
 
 def _fresh_copy(hf: Any, state: dict[str, torch.Tensor], name: str) -> Any:
@@ -132,17 +131,6 @@ def _fresh_copy(hf: Any, state: dict[str, torch.Tensor], name: str) -> Any:
                             f"(missing {missing[:3]}, wrong shape {wrong[:3]})")
     fresh.load_state_dict({k: clean[k].detach().to("cpu", torch.float32) for k in want}, strict=True)
     return fresh.eval()
-
-
-def _copy_tokenizer(tokenizer: Any, folder: str, trust: bool) -> Any:
-    """A copy of ``tokenizer`` loaded from ``folder`` (so the bridge can re-load it and may change the copy)."""
-    from transformers import AutoTokenizer
-    try:
-        tokenizer.save_pretrained(folder)
-        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
-    except Exception as e:  # noqa: BLE001  save or load can fail in many ways for custom tokenizers
-        raise LogitlabError(f"cannot copy the tokenizer ({type(tokenizer).__name__}): {type(e).__name__}: {e}",
-                            "pass a transformers tokenizer (PreTrainedTokenizerBase)") from e
 
 
 def _is_wrapped(hf: Any) -> bool:

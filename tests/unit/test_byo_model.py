@@ -192,3 +192,31 @@ def test_tokenizer_with_a_path_is_refused(by_path) -> None:  # noqa: ANN001
     folder, _, _ = by_path("gpt2")
     with pytest.raises(LogitlabError, match="only used with a model object"):
         load_model(str(folder), tokenizer=_tok(folder), cache=False)
+
+
+def test_device_auto_is_cuda_when_available_else_cpu(by_path, tiny_task_file: Path, tmp_path: Path,  # noqa: ANN001
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """``auto`` (the command line's default) is resolved once: the model, the run's config and the start-up line
+    name the device the run uses; an unknown or unavailable device is refused before anything loads."""
+    import json
+
+    from logitlab.cli import main
+    from logitlab.model.device import device_option
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    folder, _, _ = by_path("gpt2")
+    model = load_model(str(folder), device="auto", cache=False)
+    assert model.device == want and model.runner.device.type == want
+    assert device_option("auto") == want and device_option("cpu") == "cpu"
+    with pytest.raises(LogitlabError, match="unknown device 'gpu'"):
+        device_option("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LogitlabError, match="CUDA is not available"):
+            device_option("cuda:1")
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(folder), "--task", str(tiny_task_file), "--out", str(out), "--no-report"]) == 0
+    assert f"device: {want}" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["config"]["device"] == want
+    assert main(["predict", "Mary is", "--model", str(folder), "-k", "1", "--device", "gpu"]) == 2
+    assert "unknown device 'gpu'" in capsys.readouterr().err
+    assert main(["formation", "--checkpoints", str(tmp_path), "--device", "gpu"]) == 2
+    assert "unknown device 'gpu'" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from logitlab.errors import LogitlabError
 from logitlab.grid import check_memory, estimate_memory, grid_from_dict, run_grid
 from logitlab.grid.job import Job, run_cell
 from logitlab.grid.memory import MemoryEstimate
+from logitlab.grid.progress import LOADING, WRITING, CellProgress
 from logitlab.grid.spec import OPTION_KEYS
 from tests.tiny import TASK_YAML, make_model_folder
 
@@ -67,6 +69,23 @@ def reference(env: Any) -> dict[str, Any]:
     return out
 
 
+def _assert_progress(events: list[CellProgress], name: str, log: str, whole: bool = True) -> None:
+    """A cell's progress reports: loading, then each battery step the job logged (same names and totals, in
+    order), then writing; a counted step's done never passes its total. ``whole``: every report was delivered
+    (in this process; on Ray the reports after the cell's end may be dropped)."""
+    mine = [e for e in events if e.name == name]
+    steps = [e.description for i, e in enumerate(mine) if i == 0 or mine[i - 1].description != e.description]
+    logged = re.findall(r"logitlab\.grid\.cell: (.+) \((\d+) items\)$", log, flags=re.M)
+    want = [LOADING, *(d for d, _ in logged), WRITING]
+    assert len(logged) >= 2, f"{name}: the battery logged only {logged}"
+    assert steps == (want if whole else want[:len(steps)]), f"{name}: reported {steps}, logged {want}"
+    assert len(steps) >= (len(want) if whole else 3), f"{name}: only {steps} reported"
+    totals = dict((d, int(n)) for d, n in logged)
+    for e in mine:
+        if e.description in totals:
+            assert e.total == totals[e.description] and 0 <= e.done <= e.total, f"{name}: {e}"
+
+
 def _assert_same(got: dict[str, Any], want: dict[str, Any], where: str) -> None:
     if got != want:
         diff = [k for k in want if got.get(k) != want[k]]
@@ -85,13 +104,20 @@ def _assert_same(got: dict[str, Any], want: dict[str, Any], where: str) -> None:
     ({"dtype": "float64"}, "unknown dtype 'float64'"),
     ({"top_k": "ten"}, "top_k must be an integer"),
     ({"device_map": "auto"}, "device_map is not supported"),
-    ({"device": "auto"}, "would split a model across devices"),
+    ({"device": "balanced"}, "would split a model across devices"),
 ])
 def test_bad_grid_files_name_the_problem(env: Any, change: dict[str, Any], message: str) -> None:
     data = {**_grid_dict(env), **change}
     data = {k: v for k, v in data.items() if v is not None}
     with pytest.raises(LogitlabError, match=message):
         grid_from_dict(data, env.root)
+
+
+def test_device_auto_is_resolved_when_the_grid_is_read(env: Any) -> None:
+    """A cell's config (and so its key and results) records the device it runs on, never "auto"."""
+    cells = grid_from_dict({**_grid_dict(env), "device": "auto"}, env.root).cells
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert [c.config.device for c in cells] == [want] * len(cells)
 
 
 def test_bad_axis_entries_and_duplicate_cells(env: Any) -> None:
@@ -167,6 +193,10 @@ def test_the_command_line_refuses_device_maps_and_reports_failed_cells(env: Any,
     assert main(["grid", str(grid_file), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "1 of 1 cells failed" in err and "Traceback" not in err
+    # Not a terminal: the progress as lines (the device, each step of the running cell, the cells' count).
+    assert "1 cells, sequential; device: cpu" in err
+    assert f"no-such-model__tiny-pronouns: {LOADING}, at 0 s" in err
+    assert "cells: 1 finished, 0 running, 0 left" in err
     doc = json.loads((out / "grid.json").read_text())
     (row,) = doc["cells"]
     assert row["status"] == "failed" and "does not exist" in row["error"]
@@ -241,8 +271,11 @@ def test_sequential_grid_equals_run_battery_resumes_and_skips(env: Any, referenc
     assert [c["status"] for c in doc["cells"]] == ["done", "pending"]
     assert not (out / second).exists() and not list(out.glob(".*.tmp"))
 
-    rows = run_grid(grid, out, threads=1)
+    events: list[CellProgress] = []
+    rows = run_grid(grid, out, threads=1, on_progress=events.append)
     assert [r.status for r in rows] == ["skipped", "done"]
+    assert {e.name for e in events} == {second}, "only the running cell reports progress"
+    _assert_progress(events, second, (out / second / "log.txt").read_text())
     for cell in grid.cells:
         folder = out / cell.name
         assert RESULT_FILES <= set(os.listdir(folder)), f"{cell.name}: {sorted(os.listdir(folder))}"
@@ -283,8 +316,12 @@ def test_ray_grid_equals_run_battery_survives_a_killed_worker_and_reports_failur
     # address="local": a new instance, never a cluster that RAY_ADDRESS or a stale /tmp/ray/ray_current_cluster names.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        rows = {r.name: r for r in run_grid(grid, out, ray="auto", job=crash_once)}
+        events: list[CellProgress] = []
+        rows = {r.name: r for r in run_grid(grid, out, ray="auto", job=crash_once, on_progress=events.append)}
         assert marker.is_file(), "the first attempt was meant to kill its worker"
+        # Each cell's steps reach the driver through the progress actor (the killed attempt died before its first).
+        for cell in grid.cells[:2]:
+            _assert_progress(events, cell.name, (out / cell.name / "log.txt").read_text(), whole=False)
         assert [rows[c.name].status for c in grid.cells] == ["done", "done", "failed"]
         assert "does not exist" in (rows["missing__tiny-pronouns"].error or "")
         for cell in grid.cells[:2]:
