@@ -18,9 +18,9 @@ torch.set_grad_enabled(False)
 # does not happen is fine: a subset of the tests, or a machine with a GPU, runs more.
 #: (node id prefix, reason pattern, why it is expected)
 EXPECTED_SKIPS: tuple[tuple[str, str, str], ...] = (
-    ("tests/unit/test_cuda.py::", r"needs a CUDA device",
+    ("tests/unit/test_cuda.py", r"needs a CUDA device",
      "the CUDA tests run the invariants on a GPU and skip on a machine without one"),
-    ("tests/unit/test_grid.py::", r"ray is not installed \(pip install 'logitlab\[ray\]'\)",
+    ("tests/unit/test_grid.py", r"ray is not installed \(pip install 'logitlab\[ray\]'\)",
      "Ray is an optional extra: the Ray grid tests skip where it is not installed"),
     ("tests/", r"LOGITLAB_SKIP_SLOW=1",
      "the user asked to skip the built-in real model's tests (LOGITLAB_SKIP_SLOW=1)"),
@@ -42,11 +42,7 @@ def expected_skip(nodeid: str, reason: str) -> str | None:
 
 
 _expected_seen: dict[str, int] = {}
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for why, n in _expected_seen.items():
-        terminalreporter.write_line(f"expected skip ({n}): {why}")
+_unexpected_modules: list[str] = []
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -63,6 +59,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
             report.outcome = "failed"
             report.longrepr = (f"unexpected skip: {reason}\n(a skip hides a check: fix its cause, or, when it is "
                                "expected by design, add it with why to EXPECTED_SKIPS in tests/conftest.py)")
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    """A whole module skipped at collection (``pytest.skip(..., allow_module_level=True)``): the run fails at
+    its end (turning it into a collection error would stop the run before any test)."""
+    if report.skipped:
+        reason = _skip_reason(report)
+        why = expected_skip(report.nodeid, reason)
+        if why is not None:
+            _expected_seen[why] = _expected_seen.get(why, 0) + 1
+        else:
+            _unexpected_modules.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _unexpected_modules and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for why, n in _expected_seen.items():
+        terminalreporter.write_line(f"expected skip ({n}): {why}")
+    for line in _unexpected_modules:
+        terminalreporter.write_line(f"unexpected skip of a whole module (the run fails): {line}", red=True)
 
 
 @pytest.fixture(autouse=True)

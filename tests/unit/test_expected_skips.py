@@ -47,6 +47,14 @@ def test_marked_browser():
 def test_runs():
     assert True
 """,
+    "tests/report/test_module.py": """
+import pytest
+
+pytest.skip("no browser for this module", allow_module_level=True)
+
+def test_never():
+    pass
+""",
 }
 
 
@@ -66,11 +74,16 @@ def test_unexpected_skip_fails_the_run_and_a_subset_passes(tmp_path: Path) -> No
     out = run.stdout + run.stderr
     assert run.returncode == 1, out
     # The two expected skips stay skips; the two browser skips fail, naming their reasons.
-    assert "2 skipped" in out and "1 passed" in out, out
+    assert "3 skipped" in out and "1 passed" in out, out
     assert "FAILED tests/report/test_browser.py::test_browser" in out, out
     assert "tests/report/test_browser.py::test_marked_browser" in out and "unexpected skip: no Chrome/Chromium" in out, out
     assert "unexpected skip: Chromium not found at /usr/bin/chromium" in out, out
     assert "expected skip (2): the CUDA tests" in out, out
+    assert "unexpected skip of a whole module (the run fails): tests/report/test_module.py: no browser for this module" \
+        in out, out
     # A subset without the unexpected skips passes (an expected skip that does not happen is no failure either).
     run = _pytest(tmp_path, "tests/unit/test_cuda.py::test_inside", "tests/report/test_browser.py::test_runs")
     assert run.returncode == 0 and "1 passed, 1 skipped" in run.stdout, run.stdout + run.stderr
+    # A module skipped as a whole, alone: no test fails, the run does.
+    run = _pytest(tmp_path, "tests/report/test_module.py")
+    assert run.returncode == 1 and "unexpected skip of a whole module" in run.stdout, run.stdout + run.stderr
