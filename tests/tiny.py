@@ -103,8 +103,56 @@ def make_model_folder(kind: str, folder: Path, seed: int = 0) -> Path:
                 p.copy_(torch.randn_like(p) * 0.1)
             else:
                 p.copy_(torch.randn_like(p) * 0.2)
+    _answers_follow_the_subject(model, tok)
     model.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+ANSWER_LOGIT_DIFF = 3.0  # the tiny task's mean logit difference per class after the tweak below
+
+
+def _answers_follow_the_subject(model, tok) -> None:  # noqa: ANN001
+    """Rewrite the unembedding rows of the tiny task's two answers so that the answer depends on the subject.
+
+    A random model's " she" − " he" logit difference barely depends on the subject (its clean − corrupted gaps
+    were 0.1–0.9 logit on several kinds, below patching's 1-logit threshold). Here the two rows become
+    a ± c·v: a is their old mean (every other logit unchanged), v the direction in which the final-norm output
+    at the last position of the task's "she" prompts differs from its "he" prompts, with the mean over all
+    prompts projected out (so that both classes score their own answer on average: mean logit difference
+    ``ANSWER_LOGIT_DIFF`` per class). The prompts never contain the answers, so the rows' role as input
+    embeddings of tied models changes nothing the task runs; only the final read-out of the two answers moves.
+    """
+    import yaml
+    task = yaml.safe_load(TASK_YAML)
+    answer = {c: tok(v["answer"], add_special_tokens=False)["input_ids"] for c, v in task["classes"].items()}
+    assert sorted(answer) == ["he", "she"] and all(len(ids) == 1 for ids in answer.values()), answer
+    seen: list[torch.Tensor] = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0][0, -1].detach()))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for template in task["templates"]:
+                for s in task["subjects"]:
+                    ids = [tok.bos_token_id] + tok(template.format(s["name"]), add_special_tokens=False)["input_ids"]
+                    model(torch.tensor([ids]))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    h = torch.stack(seen).double()  # (prompt, d_model), template-major
+    she = torch.tensor([s["class"] == "she" for s in task["subjects"]] * len(task["templates"]))
+    mean = h.mean(0)
+    d = h[she].mean(0) - h[~she].mean(0)
+    v = d - (d @ mean) / (mean @ mean) * mean  # orthogonal to the mean: no shift shared by both classes
+    # Balanced classes: each class's mean projection on v is ±|v|²/2, so the logit difference 2c·h·v/|v| has
+    # mean c·|v| for each class's own answer.
+    step = (ANSWER_LOGIT_DIFF / v.norm() * v / v.norm()).to(head.weight.dtype)
+    with torch.no_grad():
+        w = head.weight
+        a = (w[answer["she"][0]] + w[answer["he"][0]]) / 2
+        w[answer["she"][0]] = a + step
+        w[answer["he"][0]] = a - step
 
 
 TASK_YAML = """

@@ -105,7 +105,8 @@ def test_object_gives_the_numbers_of_the_path(kind: str, variant: str, by_path, 
     ours = _numbers(run_battery(model, load_task(tiny_task_file), RunConfig(patching_pairs=0)))
     for key, value in ref.items():
         assert ours[key].shape == value.shape, f"{kind}/{variant}: {key} shape {tuple(ours[key].shape)}"
-        d = (ours[key] - value).abs().max().item() if value.numel() else 0.0  # (no pair may pass the gap)
+        assert value.numel(), f"{kind}/{variant}: {key} is empty (the tiny models' pairs pass the gap)"
+        d = (ours[key] - value).abs().max().item()
         assert d <= 1e-4, f"{kind}/{variant}: {key} differs from the path load by {d:.2e}"
     assert ref["head_ablation_zero"].std() > 0, "the comparison is vacuous: ablation had no effect"
 

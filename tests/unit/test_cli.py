@@ -78,12 +78,12 @@ def test_analyses_selects_what_runs(gpt2_dir: Path, tiny_task_file: Path, tmp_pa
 
 
 def test_circuit_command(gpt2_dir: Path, tiny_task_file: Path, tmp_path: Path) -> None:
-    """`logitlab circuit` writes AtP next to exact patching, path patching and (when a pair's gap allows) the circuit."""
+    """`logitlab circuit` writes AtP next to exact patching, path patching and the circuit."""
     out = tmp_path / "circ"
     assert main(["circuit", "--model", str(gpt2_dir), "--task", str(tiny_task_file), "--out", str(out),
                  "--ig-steps", "2", "--circuit-pairs", "6", "--no-report"]) == 0
     res = json.loads((out / "results.json").read_text())
     validate_results(res)
-    assert {"attribution_patching", "path_patching", "head_ablation", "resid_patching"} <= set(res)
+    assert {"attribution_patching", "path_patching", "circuit", "head_ablation", "resid_patching"} <= set(res)
     assert "exact" in res["attribution_patching"]["heads"]
     assert res["config"]["circuit"]["ig_steps"] == 2 and "circuit" in res["config"]["analyses"]
