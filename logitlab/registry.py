@@ -26,17 +26,16 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:
-    from logitlab.analyses.context import RunContext
+from typing import Any, TypeVar
 
 __all__ = ["Analysis", "register", "unregister", "get", "analyses", "selectable", "default_selection", "generation",
            "setting", "cli_settings", "settings_of",
            "set_run_config", "run_config"]
 
 S = TypeVar("S")
-Compute = Callable[["RunContext"], Mapping[str, Any] | None]
+# The argument is a logitlab.analyses.context.RunContext; it is typed Any here because that module imports this
+# one (the registry stays a leaf, for the type checker too).
+Compute = Callable[[Any], Mapping[str, Any] | None]
 
 
 @dataclass(frozen=True)
