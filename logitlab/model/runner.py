@@ -201,6 +201,8 @@ class Runner(Readout):
         window = s.sliding_window[layer]
         if window is not None:
             allowed = allowed & (qidx - idx[None, None, :] < window)
+        if s.attn_softcap is not None:
+            return self._attend_softcapped(q, k, v, allowed, need_pattern)
         # z always comes from the fused kernel, so the clean run and every sweep share one attention path (in
         # bfloat16 two paths would round differently, and "ablating nothing" would not reproduce the baseline).
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -215,6 +217,27 @@ class Runner(Readout):
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         pattern = torch.softmax(wide(scores), dim=-1).to(q.dtype)  # for the analyses; z does not use it
         return z, pattern
+
+    def _attend_softcapped(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor,
+                           need_pattern: bool) -> tuple[Tensor, Tensor | None]:
+        """Attention with soft-capped scores (Gemma-2): tanh(q·k · scale / cap) · cap, masked, softmax, · v.
+
+        The fused kernel cannot cap its scores, so a soft-capped model runs this explicit path everywhere (clean
+        run, sweeps, graph forward, gradients: one path, so "ablating nothing" reproduces the baseline). It works
+        on the whole batch at once, as the fused kernel does; the pattern it computes is the one z is made of.
+        """
+        s = self.spec
+        cap = s.attn_softcap
+        assert cap is not None
+        group = s.n_heads // s.n_kv_heads
+        if group > 1:  # grouped KV heads: each KV head serves `group` consecutive query heads
+            k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, Tq, T)
+        scores = torch.tanh(scores / cap) * cap
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        pattern = torch.softmax(wide(scores), dim=-1).to(q.dtype)
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, Tq, H, dh)
+        return z, (pattern if need_pattern else None)
 
     def split_attention(self, layer: int, xq: Float[Tensor, "batch pos head d_model"],
                         xk: Float[Tensor, "batch pos kv_head d_model"],

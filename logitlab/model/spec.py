@@ -19,10 +19,10 @@ from logitlab.errors import LogitlabError
 __all__ = ["ArchSpec", "Rotary", "Weights", "SUPPORTED_MODEL_TYPES", "ROPE_TYPES", "read_spec", "read_weights",
            "read_rotary"]
 
-# model_type (HF config) -> family. Gemma-2 is left out on purpose: its final logit soft-cap makes the
-# logit difference a non-linear function of the residual stream, so direct attributions would not sum.
+# model_type (HF config) -> family. Gemma-2's final logit soft-cap makes the logits a non-linear function of the
+# residual stream: its direct attributions decompose the logit difference before the cap (docs/models.md).
 SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
-                         "qwen3": "llama", "gemma3_text": "gemma3", "gpt_neox": "neox"}
+                         "qwen3": "llama", "gemma2": "gemma2", "gemma3_text": "gemma3", "gpt_neox": "neox"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -346,12 +346,46 @@ def _gated_act(cfg: Any) -> str:
     return act
 
 
+def _softcap(cfg: Any, name: str) -> float | None:
+    cap = getattr(cfg, name, None)
+    if cap is None:
+        return None
+    if not float(cap) > 0:
+        raise LogitlabError(f"{name} = {cap!r}: a soft-cap must be a positive number (or null for none)")
+    return float(cap)
+
+
+def _read_gemma2(cfg: Any, s: _Shape) -> ArchSpec:
+    """Gemma-2: as Gemma-3 without query/key norms, one rotary embedding, and soft-capped attention scores and
+    logits (``attn_logit_softcapping``, ``final_logit_softcapping``)."""
+    act = _gated_act(cfg)
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise LogitlabError("use_bidirectional_attention is set: only causal attention is supported")
+    layer_types = getattr(cfg, "layer_types", None) or \
+        ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(s.n_layers)]
+    unknown = sorted(set(layer_types) - {"sliding_attention", "full_attention"})
+    if unknown:
+        raise LogitlabError(f"layer types {unknown} are not supported")
+    window = _cfg(cfg, "sliding_window")
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                    normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                    rotary=(read_rotary(cfg, None, s.d_head),) * s.n_layers,
+                    sliding_window=tuple(window if t == "sliding_attention" else None for t in layer_types),
+                    act_fn=act, gated_mlp=True, post_norms=True, qk_norm=False,
+                    attn_scale=float(cfg.query_pre_attn_scalar) ** -0.5, embed_scale=float(s.d_model) ** 0.5,
+                    attn_softcap=_softcap(cfg, "attn_logit_softcapping"),
+                    final_softcap=_softcap(cfg, "final_logit_softcapping"))
+
+
 def _read_gemma3(cfg: Any, s: _Shape) -> ArchSpec:
     """Gemma-3: RMSNorm (1 + w), sandwich norms, query/key norms, per-layer sliding windows and rotary bases."""
     act = _gated_act(cfg)
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise LogitlabError("use_bidirectional_attention is set: only causal attention is supported")
     for cap in ("attn_logit_softcapping", "final_logit_softcapping"):
         if getattr(cfg, cap, None) is not None:
-            raise LogitlabError(f"{cap} is set: soft-capped logits are not supported (attributions would not sum)")
+            raise LogitlabError(f"{cap} is set: soft-capping is supported on Gemma-2 only (no Gemma-3 checkpoint "
+                                "uses it, and it is not tested there)")
     layer_types = getattr(cfg, "layer_types", None) or ["full_attention"] * s.n_layers
     window = _cfg(cfg, "sliding_window")
     return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
@@ -381,7 +415,7 @@ def _read_llama(cfg: Any, s: _Shape) -> ArchSpec:
 
 
 _READERS: dict[str, Callable[[Any, _Shape], ArchSpec]] = {
-    "gpt2": _read_gpt2, "neox": _read_neox, "gemma3": _read_gemma3, "llama": _read_llama}
+    "gpt2": _read_gpt2, "neox": _read_neox, "gemma2": _read_gemma2, "gemma3": _read_gemma3, "llama": _read_llama}
 
 
 def _norm_params(module: Any, offset: bool, d: int) -> tuple[Tensor, Tensor]:
