@@ -10,6 +10,7 @@ WORDS = ("Mary John Dan Amy Sarah Tom she he it is a an great friend amazing per
          "wonderful partner excellent student really tall isn ’ t , . the car").split()
 
 KINDS = ("gpt2", "llama_mha", "llama_gqa", "mistral", "qwen2", "qwen3", "gemma3", "neox")
+KINDS += ("gemma2_softcap",)  # Gemma-2 with both soft-caps biting (staged path; "gemma2" below is the fallback's)
 
 
 def make_tokenizer(folder: Path):  # noqa: ANN201
@@ -82,6 +83,15 @@ def make_config(kind: str, vocab: int):  # noqa: ANN201
                              pad_token_id=1, use_parallel_residual=True,
                              rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.25, "rope_type": "default"},
                              architectures=["GPTNeoXForCausalLM"])
+    if kind == "gemma2_softcap":
+        # Gemma-2 on logitlab's own forward pass: attention scores (~10) and logits (~3) both well into their caps,
+        # alternating sliding windows shorter than the prompts, grouped KV heads.
+        from transformers import Gemma2Config
+        return Gemma2Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                            attn_logit_softcapping=5.0, final_logit_softcapping=3.0, sliding_window=4,
+                            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                            max_position_embeddings=64, bos_token_id=0, pad_token_id=1, architectures=["Gemma2ForCausalLM"])
     raise ValueError(kind)
 
 

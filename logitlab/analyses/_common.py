@@ -34,8 +34,21 @@ class CleanRun:
     cache: CleanCache
     direction: Float[Tensor, "batch d_model"]  # W_U[:, correct] − mean W_U[:, incorrect], per prompt
     bias_term: Float[Tensor, " batch"]  # final-norm bias and b_U share of each prompt's logit diff
-    logit_diff: Float[Tensor, " batch"]  # the model's own logit difference
+    logit_diff: Float[Tensor, " batch"]  # the model's own logit difference (after any final-logit soft-cap)
     loss: Float[Tensor, " batch"]  # −log p(correct) at the final position
+    #: the logit difference before the final-logit soft-cap (None: the model has no cap, it is ``logit_diff``)
+    pre_cap_logit_diff: Float[Tensor, " batch"] | None = None
+
+    @property
+    def attributed_logit_diff(self) -> Tensor:
+        """The logit difference direct attributions (DLA, logit lens, layer and head attribution) decompose.
+
+        It is linear in the residual stream through the frozen final norm: the model's own logit difference,
+        except on a model with a final-logit soft-cap (Gemma-2), where it is the difference *before* the cap
+        (tanh is not linear, so no additive decomposition of the capped value exists). Ablation, patching and
+        the loss score the model's own (capped) logits.
+        """
+        return self.logit_diff if self.pre_cap_logit_diff is None else self.pre_cap_logit_diff
 
     def at_final(self, x: Tensor) -> Tensor:
         """Pick each prompt's own final position: (..., batch, pos, d) → (..., batch, d)."""
@@ -70,5 +83,8 @@ def clean_run(model: Model, task: TokenizedTask) -> CleanRun:
         idx = task.final_pos.to(r.device)
         final = cache.resid_final[torch.arange(task.n_prompts, device=r.device), idx]
         diff, loss = r.answer_metrics(final, correct, incorrect, with_loss=True)
+        pre_cap = None
+        if getattr(model.spec, "final_softcap", None) is not None:
+            pre_cap = r.answer_metrics(final, correct, incorrect, with_loss=False, pre_cap=True)[0].float()
     return CleanRun(model=model, task=task, cache=cache, direction=direction, bias_term=bias,
-                    logit_diff=diff.float(), loss=loss.float())
+                    logit_diff=diff.float(), loss=loss.float(), pre_cap_logit_diff=pre_cap)

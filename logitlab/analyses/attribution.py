@@ -13,6 +13,12 @@ and the check reports its maximum over prompts. A relative error of the *means* 
 cancel, and blows up when the mean logit difference is near 0 (she and he prompts pulling opposite ways); the
 floor of 1 logit keeps a prompt with a logit difference near 0 from doing the same.
 
+On a model with a final-logit soft-cap (Gemma-2: logits → tanh(logits / cap) · cap) the logit difference is not
+linear in the residual stream. The attributions then decompose the logit difference *before* the cap
+(:attr:`CleanRun.attributed_logit_diff`), exactly and by construction, and the reconstruction check compares
+against that pre-cap value; the model's own (capped) logit difference is reported next to it
+(``model_capped``).
+
 Every mean over prompts comes with its standard error and a seeded 95% bootstrap CI
 (:func:`logitlab.stats.paired`).
 
@@ -40,7 +46,9 @@ __all__ = ["DLAResult", "ComponentResult", "dla", "logit_lens", "layer_attributi
 class DLAResult:
     reconstructed: Float[Tensor, " batch"]
     bias_term: Float[Tensor, " batch"]
-    model: Float[Tensor, " batch"]
+    model: Float[Tensor, " batch"]  # the logit difference decomposed: the model's own, or pre-cap if soft-capped
+    model_capped: Float[Tensor, " batch"] | None = None  # the model's own (capped) logit difference, if soft-capped
+    final_logit_softcap: float | None = None
 
     @property
     def abs_error_per_prompt(self) -> Tensor:
@@ -66,7 +74,9 @@ class DLAResult:
                 "model_mean": float(self.model.mean()), "relative_error": self.relative_error,
                 "max_abs_error": self.max_abs_error,
                 "relative_error_per_prompt": self.relative_error_per_prompt.tolist(),
-                "reconstructed_per_prompt": self.reconstructed.tolist()}
+                "reconstructed_per_prompt": self.reconstructed.tolist(),
+                **({} if self.model_capped is None else {"final_logit_softcap": self.final_logit_softcap,
+                                                         "model_capped_mean": float(self.model_capped.mean())})}
 
 
 @dataclass(frozen=True)
@@ -94,9 +104,12 @@ class ComponentResult:
 
 
 def dla(run: CleanRun) -> DLAResult:
-    """Reconstruct the logit difference from the final residual stream."""
+    """Reconstruct the logit difference (pre-cap on a soft-capped model) from the final residual stream."""
     rec = run.project(run.at_final(run.cache.resid_final))
-    return DLAResult(reconstructed=rec.cpu(), bias_term=run.bias_term.cpu(), model=run.logit_diff.cpu())
+    capped = run.pre_cap_logit_diff is not None
+    return DLAResult(reconstructed=rec.cpu(), bias_term=run.bias_term.cpu(), model=run.attributed_logit_diff.cpu(),
+                     model_capped=run.logit_diff.cpu() if capped else None,
+                     final_logit_softcap=run.model.spec.final_softcap if capped else None)
 
 
 def logit_lens(run: CleanRun) -> ComponentResult:

@@ -1,7 +1,9 @@
 """Logit difference: the model's preference for the correct answer over the incorrect one(s).
 
 ``logit(correct) − mean(logit(incorrect))`` at each prompt's own final position; exp of it is the
-probability ratio p(correct)/p(incorrect). Invariant: computing from the answer columns only equals reading
+probability ratio p(correct)/p(incorrect). On a model with a final-logit soft-cap (Gemma-2) it is the difference
+of the capped logits, the model's own; the direct attributions decompose the pre-cap one (see
+:mod:`logitlab.analyses.attribution`). Invariant: computing from the answer columns only equals reading
 the full logits (tested).
 
 Uncertainty: the mean comes with its standard error and a seeded 95% percentile bootstrap CI over prompts

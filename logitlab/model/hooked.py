@@ -43,7 +43,7 @@ def generic_spec(bridge: Any, hf_config: Any) -> ArchSpec:
         model_type=str(hf_config.model_type), n_layers=L, n_heads=H,
         n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or H), d_model=int(cfg.d_model),
         d_head=int(cfg.d_head), d_vocab=int(cfg.d_vocab), normalization=cfg.normalization_type, eps=float(cfg.eps),
-        positional="learned", rotary_base=(), sliding_window=(None,) * L, act_fn="gelu", gated_mlp=False,
+        positional="learned", rotary=(), sliding_window=(None,) * L, act_fn="gelu", gated_mlp=False,
         post_norms=hasattr(bridge.blocks[0], "ln1_post"), qk_norm=False, attn_scale=0.0, embed_scale=1.0,
         parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
     )

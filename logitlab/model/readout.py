@@ -5,6 +5,11 @@ Both backends (the staged :class:`~logitlab.model.runner.Runner` and the hooked 
 post-attention norms) and compute from a final residual stream the same things in the same way: the final
 norm, full logits, the answers' logit difference and the loss. That code lives here once.
 
+A final-logit soft-cap (Gemma-2: logits → tanh(logits / cap) · cap) is applied here, so logits, logit
+difference and loss are the model's own wherever they are read out (clean run, sweeps, patching, gradients).
+The pre-cap logit difference (``answer_metrics(..., pre_cap=True)``) is the one direct attributions decompose:
+it is linear in the residual stream, the capped one is not.
+
 Shapes: batch B, positions T, heads H, d_model D, d_head dh.
 """
 
@@ -139,17 +144,24 @@ class Readout:
         """The final norm's output and scale (see :meth:`_norm`)."""
         return self._norm(resid, self.w.lnf_w, self.w.lnf_b)
 
+    def softcap(self, logits: Tensor) -> Tensor:
+        """The model's logits from pre-cap ones: tanh(logits / cap) · cap, or unchanged without a cap."""
+        cap = self.spec.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
     def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
-        """Full-vocabulary logits of final residual streams."""
-        return self.final_norm(resid)[0] @ self.w.W_U + self.w.b_U
+        """Full-vocabulary logits of final residual streams (the model's own: after any soft-cap)."""
+        return self.softcap(self.final_norm(resid)[0] @ self.w.W_U + self.w.b_U)
 
     def answer_metrics(
         self, resid_final: Float[Tensor, "n d_model"], correct: Int[Tensor, " n"], incorrect: Int[Tensor, "n k"],
-        with_loss: bool, progress: Callable[[float], None] | None = None,
+        with_loss: bool, progress: Callable[[float], None] | None = None, *, pre_cap: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Logit difference (correct − mean incorrect) and, if asked, −log p(correct), from final residuals.
 
         ``incorrect`` may be padded with :data:`logitlab.answers.PAD` (prompts with fewer incorrect answers).
+        On a soft-capped model the logit difference is that of the capped logits (the model's own), unless
+        ``pre_cap`` (the one direct attributions decompose); the loss is always the model's own.
 
         Only the answer columns of the unembedding are used for the logit difference; the loss needs the
         log-partition function, computed in blocks of rows × vocabulary so no (n, vocab) matrix is held at once
@@ -162,7 +174,11 @@ class Readout:
         lc = (normed * wide(w.W_U[:, correct].T)).sum(-1) + wide(w.b_U[correct])
         cols = answers.columns(incorrect)  # (n, k); padding (fewer incorrect answers) masked below
         li = torch.einsum("nd,dnk->nk", normed, wide(w.W_U[:, cols])) + wide(w.b_U[cols])
-        diff = lc - answers.mean_incorrect(li, incorrect)
+        if pre_cap:
+            diff = lc - answers.mean_incorrect(li, incorrect)
+        lc, li = self.softcap(lc), self.softcap(li)
+        if not pre_cap:
+            diff = lc - answers.mean_incorrect(li, incorrect)
         if not with_loss:
             return diff, None
         return diff, self.log_partition(normed, progress) - lc
@@ -178,7 +194,8 @@ class Readout:
 
     def log_partition(self, normed: Float[Tensor, "n d_model"],
                       progress: Callable[[float], None] | None = None) -> Float[Tensor, " n"]:
-        """logsumexp of the logits of final-normed residuals, float32, in cache-sized blocks.
+        """logsumexp of the logits (the model's own: after any soft-cap) of final-normed residuals, float32, in
+        cache-sized blocks.
 
         For a model in another dtype the unembedding is read in float32 (a float32 copy is made on first use).
         """
@@ -191,7 +208,7 @@ class Readout:
             x = normed[r:r + rows]
             lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float32, device=normed.device)
             for c in range(0, V, cols):
-                part = self._linear(x, W_U[c:c + cols], None if b_U is None else b_U[c:c + cols])
+                part = self.softcap(self._linear(x, W_U[c:c + cols], None if b_U is None else b_U[c:c + cols]))
                 lse = torch.logaddexp(lse, _logsumexp_(part))
             out[r:r + rows] = lse
             if progress is not None:

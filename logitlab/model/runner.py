@@ -28,7 +28,7 @@ from torch import Tensor
 
 from logitlab.model.backend import GRAD, SWEEP
 from logitlab.model.readout import CleanCache, Readout, wide
-from logitlab.model.spec import ArchSpec, Weights
+from logitlab.model.spec import ArchSpec, Rotary, Weights
 
 __all__ = ["Runner", "CleanCache", "Join", "STAGES"]
 
@@ -47,7 +47,7 @@ class Runner(Readout):
 
     def __init__(self, spec: ArchSpec, weights: Weights) -> None:
         super().__init__(spec, weights)
-        self._rope_cache: dict[tuple[int, float, str], tuple[Tensor, Tensor]] = {}
+        self._rope_cache: dict[tuple[int, Rotary, str], tuple[Tensor, Tensor]] = {}
         self._flop_memo: dict[tuple, float] = {}
         self._fuse()
 
@@ -87,14 +87,23 @@ class Runner(Readout):
             return F.gelu(x)
         return F.silu(x)
 
-    def _rope(self, T: int, base: float) -> tuple[Tensor, Tensor]:
-        key = (T, base, str(self.device))
+    def _rope(self, T: int, layer: int) -> tuple[Tensor, Tensor]:
+        """cos and sin (T, rotary dim) of layer ``layer``'s rotary embedding for a sequence of ``T`` positions.
+
+        The frequencies are those of :class:`~logitlab.model.spec.Rotary` for that length (dynamic and longrope
+        scaling depend on it: a batch runs at its padded length, as Hugging Face runs a padded batch); cos and sin
+        are multiplied by the rotary type's attention factor (yarn, longrope), as in Hugging Face.
+        """
+        rot = self.spec.rotary[layer]
+        key = (T, rot, str(self.device))
         if key not in self._rope_cache:
-            dh = self.spec.rotary_dim or self.spec.d_head
-            inv = 1.0 / (base ** (torch.arange(0, dh, 2, dtype=torch.int64, device=self.device).float() / dh))
-            freqs = torch.arange(T, device=self.device).float()[:, None] * inv[None, :]  # (T, dh/2)
-            emb = torch.cat([freqs, freqs], dim=-1)  # (T, dh)
-            self._rope_cache[key] = (emb.cos(), emb.sin())
+            inv = rot.inv_freq(T).to(self.device)
+            freqs = torch.arange(T, device=self.device).float()[:, None] * inv[None, :]  # (T, dim/2)
+            emb = torch.cat([freqs, freqs], dim=-1)  # (T, dim)
+            cos, sin = emb.cos(), emb.sin()
+            if rot.attention_factor != 1.0:
+                cos, sin = cos * rot.attention_factor, sin * rot.attention_factor
+            self._rope_cache[key] = (cos, sin)
         cos, sin = self._rope_cache[key]
         return cos.to(self.dtype), sin.to(self.dtype)
 
@@ -138,7 +147,7 @@ class Runner(Readout):
         if s.qk_norm:
             k = self._rms(k, self.w.k_norm_w[layer])
         if s.positional == "rotary":
-            cos, sin = self._rope(start + k.shape[1], s.rotary_base[layer])
+            cos, sin = self._rope(start + k.shape[1], layer)
             k = self._apply_rope(k, cos[start:], sin[start:])
         return k
 
@@ -185,13 +194,15 @@ class Runner(Readout):
         idx = torch.arange(T, device=q.device)
         qidx = idx[None, P:, None] if query_pos is None else query_pos[:, None, None]  # (1 or B, Tq, 1)
         if s.positional == "rotary":
-            cos, sin = self._rope(T, s.rotary_base[layer])
+            cos, sin = self._rope(T, layer)
             q = self._apply_rope(q, cos[P:], sin[P:]) if query_pos is None else \
                 self._apply_rope(q, cos[query_pos][:, None], sin[query_pos][:, None])
         allowed = idx[None, None, :] <= qidx  # causal: (1 or B, Tq, T)
         window = s.sliding_window[layer]
         if window is not None:
             allowed = allowed & (qidx - idx[None, None, :] < window)
+        if s.attn_softcap is not None:
+            return self._attend_softcapped(q, k, v, allowed, need_pattern)
         # z always comes from the fused kernel, so the clean run and every sweep share one attention path (in
         # bfloat16 two paths would round differently, and "ablating nothing" would not reproduce the baseline).
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -206,6 +217,27 @@ class Runner(Readout):
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         pattern = torch.softmax(wide(scores), dim=-1).to(q.dtype)  # for the analyses; z does not use it
         return z, pattern
+
+    def _attend_softcapped(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor,
+                           need_pattern: bool) -> tuple[Tensor, Tensor | None]:
+        """Attention with soft-capped scores (Gemma-2): tanh(q·k · scale / cap) · cap, masked, softmax, · v.
+
+        The fused kernel cannot cap its scores, so a soft-capped model runs this explicit path everywhere (clean
+        run, sweeps, graph forward, gradients: one path, so "ablating nothing" reproduces the baseline). It works
+        on the whole batch at once, as the fused kernel does; the pattern it computes is the one z is made of.
+        """
+        s = self.spec
+        cap = s.attn_softcap
+        assert cap is not None
+        group = s.n_heads // s.n_kv_heads
+        if group > 1:  # grouped KV heads: each KV head serves `group` consecutive query heads
+            k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, Tq, T)
+        scores = torch.tanh(scores / cap) * cap
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        pattern = torch.softmax(wide(scores), dim=-1).to(q.dtype)
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, Tq, H, dh)
+        return z, (pattern if need_pattern else None)
 
     def split_attention(self, layer: int, xq: Float[Tensor, "batch pos head d_model"],
                         xk: Float[Tensor, "batch pos kv_head d_model"],

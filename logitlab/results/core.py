@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import Field
-from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before 3.12
+from typing_extensions import NotRequired, TypedDict  # pydantic needs typing_extensions' TypedDict before 3.12
 
 from logitlab.results._base import Cube, Matrix, section
 
@@ -146,7 +146,12 @@ class DLA(TypedDict):
     bias_term: float
     """mean b_U[correct] − b_U[incorrect] plus the final norm's bias (0 if none)"""
     model_mean: float
-    """the model's own mean logit diff"""
+    """the model's own mean logit diff; on a model with a final-logit soft-cap (Gemma-2) the mean logit diff
+    *before* the cap, which is what the attributions decompose (the capped one: `model_capped_mean`)"""
+    final_logit_softcap: NotRequired[float]
+    """the model's final-logit soft-cap c (logits = c·tanh(pre-cap logits / c)); present only when it has one"""
+    model_capped_mean: NotRequired[float]
+    """the model's own mean logit diff after the soft-cap (as `logit_diff.mean`); present only with a cap"""
     relative_error: float
     """the check: max over prompts of `relative_error_per_prompt` (per prompt, so errors cannot cancel and a
     mean near 0 cannot blow it up)"""

@@ -59,9 +59,20 @@ def test_fallback_battery_runs_through_hooked_loops(opt, tiny_task_file: Path) -
 
 
 def test_fallback_refuses_soft_capped_logits(tmp_path: Path) -> None:
-    folder = make_model_folder("gemma2", tmp_path / "g2")
+    # Gemma-2 runs on logitlab's own forward pass (soft-caps included); the fallback's own check must still
+    # refuse a soft-capped read-out it cannot reproduce.
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from logitlab.model.hooked import HookRunner, generic_spec, read_output_weights
+    folder = str(make_model_folder("gemma2", tmp_path / "g2"))
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    bridge = TransformerBridge.boot_transformers(folder, hf_model=hf, tokenizer=AutoTokenizer.from_pretrained(folder))
+    bridge.enable_compatibility_mode(disable_warnings=True)
+    spec = generic_spec(bridge, hf.config)
+    runner = HookRunner(spec, read_output_weights(bridge, spec), bridge)
     with pytest.raises(LogitlabError, match="not a linear read-out"):
-        load_model(str(folder), cache=False)
+        runner.check(torch.arange(1, 9)[None])
 
 
 def test_fallback_on_the_command_line(opt, tiny_task_file: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
