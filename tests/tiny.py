@@ -11,6 +11,7 @@ WORDS = ("Mary John Dan Amy Sarah Tom she he it is a an great friend amazing per
 
 KINDS = ("gpt2", "llama_mha", "llama_gqa", "mistral", "qwen2", "qwen3", "gemma3", "neox")
 KINDS += ("gemma2_softcap",)  # Gemma-2 with both soft-caps biting (staged path; "gemma2" below is the fallback's)
+KINDS += ("olmo2",)  # post-norms only, query/key norms over all heads
 
 
 def make_tokenizer(folder: Path):  # noqa: ANN201
@@ -92,6 +93,15 @@ def make_config(kind: str, vocab: int):  # noqa: ANN201
                             attn_logit_softcapping=5.0, final_logit_softcapping=3.0, sliding_window=4,
                             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                             max_position_embeddings=64, bos_token_id=0, pad_token_id=1, architectures=["Gemma2ForCausalLM"])
+    if kind == "olmo2":
+        # OLMo-2: norms after attention and MLP only, RMSNorm over all heads' queries (keys) together, grouped KV
+        # heads. No attention biases (as the released checkpoints; TransformerLens 4.3 cannot fold grouped value
+        # biases of this layout).
+        from transformers import Olmo2Config
+        return Olmo2Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                           bos_token_id=0, pad_token_id=1, eos_token_id=0,
+                           tie_word_embeddings=False, architectures=["Olmo2ForCausalLM"])
     raise ValueError(kind)
 
 

@@ -22,7 +22,8 @@ __all__ = ["ArchSpec", "Rotary", "Weights", "SUPPORTED_MODEL_TYPES", "ROPE_TYPES
 # model_type (HF config) -> family. Gemma-2's final logit soft-cap makes the logits a non-linear function of the
 # residual stream: its direct attributions decompose the logit difference before the cap (docs/models.md).
 SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
-                         "qwen3": "llama", "gemma2": "gemma2", "gemma3_text": "gemma3", "gpt_neox": "neox"}
+                         "qwen3": "llama", "gemma2": "gemma2", "gemma3_text": "gemma3", "gpt_neox": "neox",
+                         "olmo2": "olmo2"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,6 +218,8 @@ class ArchSpec:
     parallel: bool = False  # GPT-NeoX/Pythia: attention and MLP both read resid_pre
     attn_softcap: float | None = None  # Gemma-2: attention scores become tanh(s / cap) · cap before the softmax
     final_softcap: float | None = None  # Gemma-2: logits become tanh(l / cap) · cap (attributions: before it)
+    pre_norms: bool = True  # False: no norm before attention and MLP (OLMo-2: post-norms only)
+    qk_norm_all_heads: bool = False  # OLMo-2: one RMSNorm over all heads' queries (keys), not one per head
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
@@ -257,7 +260,7 @@ class Weights:
     ln2_b: Tensor
     post1_w: Tensor | None  # (layer, d_model) post-attention norm
     post2_w: Tensor | None  # (layer, d_model) post-MLP norm
-    q_norm_w: Tensor | None  # (layer, d_head)
+    q_norm_w: Tensor | None  # (layer, d_head), or (layer, head · d_head) for a norm over all heads
     k_norm_w: Tensor | None
     lnf_w: Tensor  # (d_model,)
     lnf_b: Tensor
@@ -414,8 +417,20 @@ def _read_llama(cfg: Any, s: _Shape) -> ArchSpec:
                     attn_scale=s.d_head ** -0.5, embed_scale=1.0)
 
 
+def _read_olmo2(cfg: Any, s: _Shape) -> ArchSpec:
+    """OLMo-2: RMSNorm after attention and after the MLP and none before them, RMSNorm over all heads' queries
+    (and all KV heads' keys) together before the rotary embedding, rotary, gated MLP."""
+    act = _gated_act(cfg)
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                    normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                    rotary=(read_rotary(cfg, None, s.d_head),) * s.n_layers, sliding_window=(None,) * s.n_layers,
+                    act_fn=act, gated_mlp=True, post_norms=True, qk_norm=True, qk_norm_all_heads=True,
+                    pre_norms=False, attn_scale=s.d_head ** -0.5, embed_scale=1.0)
+
+
 _READERS: dict[str, Callable[[Any, _Shape], ArchSpec]] = {
-    "gpt2": _read_gpt2, "neox": _read_neox, "gemma2": _read_gemma2, "gemma3": _read_gemma3, "llama": _read_llama}
+    "gpt2": _read_gpt2, "neox": _read_neox, "gemma2": _read_gemma2, "gemma3": _read_gemma3, "llama": _read_llama,
+    "olmo2": _read_olmo2}
 
 
 def _norm_params(module: Any, offset: bool, d: int) -> tuple[Tensor, Tensor]:
@@ -445,16 +460,22 @@ def read_weights(bridge: Any, spec: ArchSpec) -> Weights:
     if W_K.shape[1] != K:
         raise LogitlabError(f"unexpected key-weight layout {tuple(W_K.shape)} (expected {K} KV heads)")
     blocks = list(bridge.blocks)
-    ln1 = [_norm_params(b.ln1, offset, D) for b in blocks]
-    ln2 = [_norm_params(b.ln2, offset, D) for b in blocks]
+    if spec.pre_norms:
+        ln1 = [_norm_params(b.ln1, offset, D) for b in blocks]
+        ln2 = [_norm_params(b.ln2, offset, D) for b in blocks]
+    else:  # no norm before attention and MLP (the runner skips them; identity weights for the record)
+        ln1 = ln2 = [(torch.ones(D), torch.zeros(D))] * L
     lnf = _norm_params(bridge.ln_final, offset, D)
     post1 = post2 = qn = kn = None
     if spec.post_norms:
         post1 = torch.stack([_norm_params(b.ln1_post, offset, D)[0] for b in blocks])
         post2 = torch.stack([_norm_params(b.ln2_post, offset, D)[0] for b in blocks])
     if spec.qk_norm:
-        qn = torch.stack([_norm_params(b.attn.q_norm, offset, dh)[0] for b in blocks])
-        kn = torch.stack([_norm_params(b.attn.k_norm, offset, dh)[0] for b in blocks])
+        nq, nk = (H * dh, K * dh) if spec.qk_norm_all_heads else (dh, dh)
+        qn = torch.stack([_norm_params(b.attn.q_norm, offset, nq)[0] for b in blocks])
+        kn = torch.stack([_norm_params(b.attn.k_norm, offset, nk)[0] for b in blocks])
+        if qn.shape[-1] != nq or kn.shape[-1] != nk:
+            raise LogitlabError(f"unexpected query/key norm sizes {qn.shape[-1]}, {kn.shape[-1]} (expected {nq}, {nk})")
     W_gate = None
     if spec.gated_mlp:
         W_gate = bridge.W_gate.detach().float().clone()
