@@ -23,7 +23,7 @@ __all__ = ["ArchSpec", "Rotary", "Weights", "SUPPORTED_MODEL_TYPES", "ROPE_TYPES
 # residual stream: its direct attributions decompose the logit difference before the cap (docs/models.md).
 SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
                          "qwen3": "llama", "gemma2": "gemma2", "gemma3_text": "gemma3", "gpt_neox": "neox",
-                         "olmo2": "olmo2"}
+                         "olmo2": "olmo2", "phi3": "phi3"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -428,9 +428,24 @@ def _read_olmo2(cfg: Any, s: _Shape) -> ArchSpec:
                     pre_norms=False, attn_scale=s.d_head ** -0.5, embed_scale=1.0)
 
 
+def _read_phi3(cfg: Any, s: _Shape) -> ArchSpec:
+    """Phi-3: the Llama layout with fused query/key/value and gate/up projections (split by TransformerLens), an
+    optional partial rotary embedding (``partial_rotary_factor``), longrope scaling, an optional sliding window."""
+    act = _gated_act(cfg)
+    params = getattr(cfg, "rope_parameters", None) or {}
+    partial = float(params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", 1.0) or 1.0))
+    window = getattr(cfg, "sliding_window", None)
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                    normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                    rotary=(read_rotary(cfg, None, s.d_head, partial=partial),) * s.n_layers,
+                    sliding_window=(None if window is None else int(window),) * s.n_layers,
+                    act_fn=act, gated_mlp=True, post_norms=False, qk_norm=False, attn_scale=s.d_head ** -0.5,
+                    embed_scale=1.0)
+
+
 _READERS: dict[str, Callable[[Any, _Shape], ArchSpec]] = {
     "gpt2": _read_gpt2, "neox": _read_neox, "gemma2": _read_gemma2, "gemma3": _read_gemma3, "llama": _read_llama,
-    "olmo2": _read_olmo2}
+    "olmo2": _read_olmo2, "phi3": _read_phi3}
 
 
 def _norm_params(module: Any, offset: bool, d: int) -> tuple[Tensor, Tensor]:

@@ -119,3 +119,35 @@ def test_olmo2_query_norm_couples_heads(tmp_path_factory: pytest.TempPathFactory
 def test_olmo2_lens_and_dla_against_hf(tmp_path_factory: pytest.TempPathFactory, tiny_task_file: Path) -> None:
     _, hf = _load("olmo2", tmp_path_factory.getbasetemp())
     _lens_against_hf("olmo2", tmp_path_factory.getbasetemp(), tiny_task_file, hf.lm_head)
+
+
+# ---- Phi-3 ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [6, 21])  # within and past the original context (8): short and long factors
+def test_phi3_matches_hf_forward(tmp_path_factory: pytest.TempPathFactory, n: int) -> None:
+    m, hf = _load("phi3", tmp_path_factory.getbasetemp())
+    s = m.spec
+    assert s.rotary[0].kind == "longrope" and s.rotary[0].dim == s.d_head // 2 and s.sliding_window[0] == 8
+    toks = torch.randint(2, s.d_vocab, (2, n), generator=torch.Generator().manual_seed(n))
+    with torch.no_grad():
+        ref = hf(toks).logits
+    assert (_centre(m.runner.logits(toks)) - _centre(ref)).abs().max().item() < 1e-4
+
+
+def test_phi3_split_projections(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The fused projections, split: the value rows of qkv_proj and the up half of gate_up_proj are logitlab's.
+    m, hf = _load("phi3", tmp_path_factory.getbasetemp())
+    s, w = m.spec, m.runner.w
+    layer = hf.model.layers[2]
+    nq, nk = s.n_heads * s.d_head, s.n_kv_heads * s.d_head
+    W_v = layer.self_attn.qkv_proj.weight[nq + nk:]  # (K·dh, D)
+    assert torch.allclose(w.W_V[2].permute(0, 2, 1).reshape(nk, s.d_model) / layer.input_layernorm.weight, W_v,
+                          atol=1e-5)
+    d_mlp = w.W_in.shape[-1]
+    assert torch.allclose(w.W_out[2], layer.mlp.down_proj.weight.T)
+    assert layer.mlp.gate_up_proj.weight.shape[0] == 2 * d_mlp
+
+
+def test_phi3_lens_and_dla_against_hf(tmp_path_factory: pytest.TempPathFactory, tiny_task_file: Path) -> None:
+    _, hf = _load("phi3", tmp_path_factory.getbasetemp())
+    _lens_against_hf("phi3", tmp_path_factory.getbasetemp(), tiny_task_file, hf.lm_head)
