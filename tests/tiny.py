@@ -13,6 +13,7 @@ KINDS = ("gpt2", "llama_mha", "llama_gqa", "mistral", "qwen2", "qwen3", "gemma3"
 KINDS += ("gemma2_softcap",)  # Gemma-2 with both soft-caps biting (staged path; "gemma2" below is the fallback's)
 KINDS += ("olmo2",)  # post-norms only, query/key norms over all heads
 KINDS += ("phi3",)  # fused projections, partial rotary with longrope past the original context, sliding window
+KINDS += ("granite",)  # embedding, attention, residual and logit multipliers
 
 
 def make_tokenizer(folder: Path):  # noqa: ANN201
@@ -119,6 +120,16 @@ def make_config(kind: str, vocab: int):  # noqa: ANN201
                                            "original_max_position_embeddings": 8},
                           bos_token_id=0, pad_token_id=1, eos_token_id=0, tie_word_embeddings=False,
                           architectures=["Phi3ForCausalLM"])
+    if kind == "granite":
+        # Granite: every multiplier away from its neutral value (the real 3.x models: embedding 12, attention
+        # 1/128 or 1/64, residual 0.22, logits 8 or 16), grouped KV heads; values chosen so the answer depends
+        # on the subject (patching pairs' gaps ≈ −1.8: a large embedding multiplier drowns the subject's signal).
+        from transformers import GraniteConfig
+        return GraniteConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                             embedding_multiplier=1.5, attention_multiplier=0.125, residual_multiplier=0.4,
+                             logits_scaling=2.0, bos_token_id=0, pad_token_id=1, eos_token_id=0,
+                             tie_word_embeddings=False, architectures=["GraniteForCausalLM"])
     raise ValueError(kind)
 
 

@@ -23,7 +23,7 @@ __all__ = ["ArchSpec", "Rotary", "Weights", "SUPPORTED_MODEL_TYPES", "ROPE_TYPES
 # residual stream: its direct attributions decompose the logit difference before the cap (docs/models.md).
 SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
                          "qwen3": "llama", "gemma2": "gemma2", "gemma3_text": "gemma3", "gpt_neox": "neox",
-                         "olmo2": "olmo2", "phi3": "phi3"}
+                         "olmo2": "olmo2", "phi3": "phi3", "granite": "granite"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,6 +220,11 @@ class ArchSpec:
     final_softcap: float | None = None  # Gemma-2: logits become tanh(l / cap) · cap (attributions: before it)
     pre_norms: bool = True  # False: no norm before attention and MLP (OLMo-2: post-norms only)
     qk_norm_all_heads: bool = False  # OLMo-2: one RMSNorm over all heads' queries (keys), not one per head
+    # Granite: each block adds residual_multiplier · (attention, MLP output) and the logits are divided by
+    # logits_scaling. read_weights folds both into the weights (W_O, b_O, W_out, b_out; W_U, b_U), so what a
+    # component writes to the residual stream is what the read-out sees and the logits are the model's own.
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
@@ -443,9 +448,33 @@ def _read_phi3(cfg: Any, s: _Shape) -> ArchSpec:
                     embed_scale=1.0)
 
 
+def _positive(cfg: Any, name: str) -> float:
+    value = float(getattr(cfg, name, 1.0))
+    if not value > 0 or not math.isfinite(value):
+        raise LogitlabError(f"{name} = {value!r}: logitlab needs a positive finite multiplier")
+    return value
+
+
+def _read_granite(cfg: Any, s: _Shape) -> ArchSpec:
+    """Granite: the Llama layout with ``embedding_multiplier`` (scales the token embedding),
+    ``attention_multiplier`` (the attention scale, instead of 1/√d_head), ``residual_multiplier`` (scales what each
+    attention and MLP adds to the residual stream) and ``logits_scaling`` (logits are divided by it)."""
+    act = _gated_act(cfg)
+    if getattr(cfg, "mlp_bias", False):
+        raise LogitlabError("mlp_bias is set: MLP biases on Granite models are not supported")
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                    normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                    rotary=(read_rotary(cfg, None, s.d_head),) * s.n_layers, sliding_window=(None,) * s.n_layers,
+                    act_fn=act, gated_mlp=True, post_norms=False, qk_norm=False,
+                    attn_scale=_positive(cfg, "attention_multiplier"),
+                    embed_scale=_positive(cfg, "embedding_multiplier"),
+                    residual_multiplier=_positive(cfg, "residual_multiplier"),
+                    logits_scaling=_positive(cfg, "logits_scaling"))
+
+
 _READERS: dict[str, Callable[[Any, _Shape], ArchSpec]] = {
     "gpt2": _read_gpt2, "neox": _read_neox, "gemma2": _read_gemma2, "gemma3": _read_gemma3, "llama": _read_llama,
-    "olmo2": _read_olmo2, "phi3": _read_phi3}
+    "olmo2": _read_olmo2, "phi3": _read_phi3, "granite": _read_granite}
 
 
 def _norm_params(module: Any, offset: bool, d: int) -> tuple[Tensor, Tensor]:
@@ -498,16 +527,19 @@ def read_weights(bridge: Any, spec: ArchSpec) -> Weights:
     d_mlp = W_in.shape[-1]
     W_pos = bridge.W_pos.detach().float().clone() if spec.positional == "learned" else None
     W_U = bridge.W_U.detach().float().clone()
+    m, ls = spec.residual_multiplier, spec.logits_scaling  # Granite's multipliers, folded (see ArchSpec)
+    W_O, W_out = bridge.W_O.detach().float().clone() * m, bridge.W_out.detach().float().clone() * m
+    b_O = _stack_or_zeros(bridge, "b_O", (L, D)) * m
     return Weights(
         W_E=bridge.W_E.detach().float().clone(), W_pos=W_pos,
         W_Q=bridge.W_Q.detach().float().clone(), W_K=W_K, W_V=bridge.W_V.detach().float().clone(),
         b_Q=_stack_or_zeros(bridge, "b_Q", (L, H, dh)), b_K=_stack_or_zeros(bridge, "b_K", (L, K, dh)),
         b_V=_stack_or_zeros(bridge, "b_V", (L, K, dh)),
-        W_O=bridge.W_O.detach().float().clone(), b_O=_stack_or_zeros(bridge, "b_O", (L, D)),
+        W_O=W_O, b_O=b_O,
         W_in=W_in, W_gate=W_gate, b_in=_stack_or_zeros(bridge, "b_in", (L, d_mlp)),
-        W_out=bridge.W_out.detach().float().clone(), b_out=_stack_or_zeros(bridge, "b_out", (L, D)),
+        W_out=W_out, b_out=_stack_or_zeros(bridge, "b_out", (L, D)) * m,
         ln1_w=torch.stack([w for w, _ in ln1]), ln1_b=torch.stack([b for _, b in ln1]),
         ln2_w=torch.stack([w for w, _ in ln2]), ln2_b=torch.stack([b for _, b in ln2]),
         post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=lnf[0], lnf_b=lnf[1],
-        W_U=W_U, b_U=_stack_or_zeros(bridge, "b_U", (W_U.shape[1],)),
+        W_U=W_U / ls, b_U=_stack_or_zeros(bridge, "b_U", (W_U.shape[1],)) / ls,
     )

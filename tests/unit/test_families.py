@@ -151,3 +151,61 @@ def test_phi3_split_projections(tmp_path_factory: pytest.TempPathFactory) -> Non
 def test_phi3_lens_and_dla_against_hf(tmp_path_factory: pytest.TempPathFactory, tiny_task_file: Path) -> None:
     _, hf = _load("phi3", tmp_path_factory.getbasetemp())
     _lens_against_hf("phi3", tmp_path_factory.getbasetemp(), tiny_task_file, hf.lm_head)
+
+
+# ---- Granite --------------------------------------------------------------------------------------------------
+
+def test_granite_multipliers_folded(tmp_path_factory: pytest.TempPathFactory) -> None:
+    m, hf = _load("granite", tmp_path_factory.getbasetemp())
+    s, cfg = m.spec, hf.config
+    assert (s.embed_scale, s.attn_scale, s.residual_multiplier, s.logits_scaling) == (
+        cfg.embedding_multiplier, cfg.attention_multiplier, cfg.residual_multiplier, cfg.logits_scaling)
+    toks = torch.randint(2, s.d_vocab, (2, 13), generator=torch.Generator().manual_seed(3))
+    outs: dict[str, torch.Tensor] = {}
+    hooks = [hf.model.layers[1].self_attn.register_forward_hook(lambda _m, _a, o: outs.__setitem__("attn", o[0])),
+             hf.model.layers[1].mlp.register_forward_hook(lambda _m, _a, o: outs.__setitem__("mlp", o)),
+             hf.model.embed_tokens.register_forward_hook(lambda _m, _a, o: outs.__setitem__("embed", o))]
+    try:
+        with torch.no_grad():
+            ref = hf(toks).logits
+    finally:
+        for h in hooks:
+            h.remove()
+    assert (_centre(m.runner.logits(toks)) - _centre(ref)).abs().max().item() < 1e-4
+    cache = m.runner.run_with_cache(toks)
+    # What a component writes to the residual stream is the module's output times the residual multiplier, and
+    # the residual stream is the sum of those writes and the scaled embedding.
+    assert (cache.attn_out[1] - cfg.residual_multiplier * outs["attn"]).abs().max().item() < 1e-5
+    assert (cache.mlp_out[1] - cfg.residual_multiplier * outs["mlp"]).abs().max().item() < 1e-5
+    assert (cache.embed - cfg.embedding_multiplier * outs["embed"]).abs().max().item() < 1e-5
+    total = cache.embed + cache.attn_out.sum(0) + cache.mlp_out.sum(0)
+    assert (total - cache.resid_final).abs().max().item() < 1e-4
+
+
+def test_granite_lens_and_dla_against_hf(tmp_path_factory: pytest.TempPathFactory, tiny_task_file: Path) -> None:
+    _, hf = _load("granite", tmp_path_factory.getbasetemp())
+    ls = hf.config.logits_scaling
+    _lens_against_hf("granite", tmp_path_factory.getbasetemp(), tiny_task_file, lambda x: hf.lm_head(x) / ls)
+
+
+# ---- refusals -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kind", "change", "named"), [
+    ("granite", {"mlp_bias": True}, "mlp_bias"),
+    ("granite", {"residual_multiplier": 0.0}, "residual_multiplier"),
+    ("granite", {"logits_scaling": -1.0}, "logits_scaling"),
+    ("granite", {"rope_parameters": {"rope_type": "proportional", "rope_theta": 1e4}}, "proportional"),
+    ("olmo2", {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     "partial_rotary_factor"),
+    ("olmo2", {"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0, "mscale": 1.0}},
+     "mscale"),
+    ("phi3", {"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0],
+                                  "long_factor": [1.0], "original_max_position_embeddings": 8}}, "longrope"),
+])
+def test_unsupported_flags_refused_by_name(kind: str, change: dict[str, Any], named: str) -> None:
+    from tests.tiny import make_config
+    cfg = make_config(kind, 300)
+    for k, v in change.items():
+        setattr(cfg, k, v)
+    with pytest.raises(LogitlabError, match=named):
+        read_spec(cfg)
