@@ -11,6 +11,9 @@ WORDS = ("Mary John Dan Amy Sarah Tom she he it is a an great friend amazing per
 
 KINDS = ("gpt2", "llama_mha", "llama_gqa", "mistral", "qwen2", "qwen3", "gemma3", "neox")
 KINDS += ("gemma2_softcap",)  # Gemma-2 with both soft-caps biting (staged path; "gemma2" below is the fallback's)
+KINDS += ("olmo2",)  # post-norms only, query/key norms over all heads
+KINDS += ("phi3",)  # fused projections, partial rotary with longrope past the original context, sliding window
+KINDS += ("granite",)  # embedding, attention, residual and logit multipliers
 
 
 def make_tokenizer(folder: Path):  # noqa: ANN201
@@ -92,6 +95,41 @@ def make_config(kind: str, vocab: int):  # noqa: ANN201
                             attn_logit_softcapping=5.0, final_logit_softcapping=3.0, sliding_window=4,
                             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                             max_position_embeddings=64, bos_token_id=0, pad_token_id=1, architectures=["Gemma2ForCausalLM"])
+    if kind == "olmo2":
+        # OLMo-2: norms after attention and MLP only, RMSNorm over all heads' queries (keys) together, grouped KV
+        # heads. No attention biases (as the released checkpoints; TransformerLens 4.3 cannot fold grouped value
+        # biases of this layout).
+        from transformers import Olmo2Config
+        return Olmo2Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                           bos_token_id=0, pad_token_id=1, eos_token_id=0,
+                           tie_word_embeddings=False, architectures=["Olmo2ForCausalLM"])
+    if kind == "phi3":
+        # Phi-3: fused qkv and gate-up projections, grouped KV heads, rotary on half of each head with longrope
+        # scaling (original context 8: the tiny task's prompts run past it, so the long factors are used), and a
+        # sliding window shorter than the prompts. Sizes chosen so the answer depends on the subject (patching
+        # pairs' clean − corrupted gaps ≈ 1.6).
+        from transformers import Phi3Config
+        half = 4  # rotated dims / 2 = head_dim · partial / 2
+        return Phi3Config(vocab_size=vocab, hidden_size=64, intermediate_size=80, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                          original_max_position_embeddings=8, sliding_window=8,
+                          rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                                           "short_factor": [1.0 + 0.1 * i for i in range(half)],
+                                           "long_factor": [1.0 + 1.5 * i for i in range(half)],
+                                           "original_max_position_embeddings": 8},
+                          bos_token_id=0, pad_token_id=1, eos_token_id=0, tie_word_embeddings=False,
+                          architectures=["Phi3ForCausalLM"])
+    if kind == "granite":
+        # Granite: every multiplier away from its neutral value (the real 3.x models: embedding 12, attention
+        # 1/128 or 1/64, residual 0.22, logits 8 or 16), grouped KV heads; values chosen so the answer depends
+        # on the subject (patching pairs' gaps ≈ −1.8: a large embedding multiplier drowns the subject's signal).
+        from transformers import GraniteConfig
+        return GraniteConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                             embedding_multiplier=1.5, attention_multiplier=0.125, residual_multiplier=0.4,
+                             logits_scaling=2.0, bos_token_id=0, pad_token_id=1, eos_token_id=0,
+                             tie_word_embeddings=False, architectures=["GraniteForCausalLM"])
     raise ValueError(kind)
 
 

@@ -80,6 +80,21 @@ class Runner(Readout):
         xf = wide(x)
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.spec.eps) * wide(w)).to(x.dtype)
 
+    def _qk_norm(self, x: Tensor, w: Tensor) -> Tensor:
+        """Query or key RMSNorm of projected heads (B, T, heads, dh): per head, or over all heads together (OLMo-2:
+        the norm runs on the concatenated heads, so each head's scale depends on every head of its row)."""
+        if not self.spec.qk_norm_all_heads:
+            return self._rms(x, w)
+        return self._rms(x.flatten(-2), w).unflatten(-1, x.shape[-2:])
+
+    def pre_norm(self, layer: int, which: int, x: Tensor) -> Tensor:
+        """The norm before attention (``which`` 1) or the MLP (2) of ``layer``; the identity without pre-norms."""
+        if not self.spec.pre_norms:
+            return x
+        w = self.w
+        return self._normed(x, w.ln1_w[layer], w.ln1_b[layer]) if which == 1 else \
+            self._normed(x, w.ln2_w[layer], w.ln2_b[layer])
+
     def _act(self, x: Tensor) -> Tensor:
         if self.spec.act_fn == "gelu_tanh":
             return F.gelu(x, approximate="tanh")
@@ -145,7 +160,7 @@ class Runner(Readout):
         """Key norm and rotary embedding of projected keys (B, T, K, dh) at positions start…"""
         s = self.spec
         if s.qk_norm:
-            k = self._rms(k, self.w.k_norm_w[layer])
+            k = self._qk_norm(k, self.w.k_norm_w[layer])
         if s.positional == "rotary":
             cos, sin = self._rope(start + k.shape[1], layer)
             k = self._apply_rope(k, cos[start:], sin[start:])
@@ -156,7 +171,7 @@ class Runner(Readout):
 
         A sweep whose items share their first positions with a cached run passes these as ``prefix_kv``.
         """
-        return self._keys_values(layer, self._normed(resid_pre, self.w.ln1_w[layer], self.w.ln1_b[layer]), 0)
+        return self._keys_values(layer, self.pre_norm(layer, 1, resid_pre), 0)
 
     def attention(self, layer: int, resid_pre: Float[Tensor, "batch pos d_model"],
                   query_pos: Int[Tensor, " batch"] | None = None, need_pattern: bool = True,
@@ -173,7 +188,7 @@ class Runner(Readout):
         B, Tx, _ = resid_pre.shape
         H, dh = s.n_heads, s.d_head
         P = 0 if prefix_kv is None else prefix_kv[0].shape[1]
-        x = self._normed(resid_pre, w.ln1_w[layer], w.ln1_b[layer])
+        x = self.pre_norm(layer, 1, resid_pre)
         rows = torch.arange(B, device=x.device)
         xq = x if query_pos is None else x[rows, query_pos - P][:, None]  # (B, Tq, D)
         bias = None if self._b_qkv is None else self._b_qkv[layer, : H * dh]
@@ -190,7 +205,7 @@ class Runner(Readout):
         w, s = self.w, self.spec
         H, T = s.n_heads, k.shape[1]
         if s.qk_norm:
-            q = self._rms(q, w.q_norm_w[layer])
+            q = self._qk_norm(q, w.q_norm_w[layer])
         idx = torch.arange(T, device=q.device)
         qidx = idx[None, P:, None] if query_pos is None else query_pos[:, None, None]  # (1 or B, Tq, 1)
         if s.positional == "rotary":
@@ -246,9 +261,8 @@ class Runner(Readout):
         own copy of the residual stream (before the layer's norm): the edge-level forward of
         :mod:`logitlab.model.graph`. With every copy equal to resid_pre it is :meth:`attention`."""
         w, s = self.w, self.spec
-        ln_w, ln_b = w.ln1_w[layer], w.ln1_b[layer]
-        nq, nk = self._normed(xq, ln_w, ln_b), self._normed(xk, ln_w, ln_b)
-        nv = nk if xv is xk else self._normed(xv, ln_w, ln_b)
+        nq, nk = self.pre_norm(layer, 1, xq), self.pre_norm(layer, 1, xk)
+        nv = nk if xv is xk else self.pre_norm(layer, 1, xv)
         # One product per head: (B, T, heads, D) · (heads, D, dh) -> (B, T, heads, dh)
         q = torch.einsum("bthd,hde->bthe", nq, w.W_Q[layer]) + w.b_Q[layer]
         k = torch.einsum("bthd,hde->bthe", nk, w.W_K[layer]) + w.b_K[layer]
@@ -270,7 +284,7 @@ class Runner(Readout):
     def mlp(self, layer: int, resid_mid: Float[Tensor, "batch pos d_model"]) -> Tensor:
         """What the MLP (and its post-norm, if any) adds to the residual stream."""
         w = self.w
-        x = self._normed(resid_mid, w.ln2_w[layer], w.ln2_b[layer])
+        x = self.pre_norm(layer, 2, resid_mid)
         b_in = None if self._b_in is None else self._b_in[layer]
         if self._W_gate is not None:
             hidden = self._act(self._linear(x, self._W_gate[layer])).mul_(self._linear(x, self._W_in[layer], b_in))

@@ -22,7 +22,8 @@ __all__ = ["ArchSpec", "Rotary", "Weights", "SUPPORTED_MODEL_TYPES", "ROPE_TYPES
 # model_type (HF config) -> family. Gemma-2's final logit soft-cap makes the logits a non-linear function of the
 # residual stream: its direct attributions decompose the logit difference before the cap (docs/models.md).
 SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
-                         "qwen3": "llama", "gemma2": "gemma2", "gemma3_text": "gemma3", "gpt_neox": "neox"}
+                         "qwen3": "llama", "gemma2": "gemma2", "gemma3_text": "gemma3", "gpt_neox": "neox",
+                         "olmo2": "olmo2", "phi3": "phi3", "granite": "granite"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,6 +218,13 @@ class ArchSpec:
     parallel: bool = False  # GPT-NeoX/Pythia: attention and MLP both read resid_pre
     attn_softcap: float | None = None  # Gemma-2: attention scores become tanh(s / cap) · cap before the softmax
     final_softcap: float | None = None  # Gemma-2: logits become tanh(l / cap) · cap (attributions: before it)
+    pre_norms: bool = True  # False: no norm before attention and MLP (OLMo-2: post-norms only)
+    qk_norm_all_heads: bool = False  # OLMo-2: one RMSNorm over all heads' queries (keys), not one per head
+    # Granite: each block adds residual_multiplier · (attention, MLP output) and the logits are divided by
+    # logits_scaling. read_weights folds both into the weights (W_O, b_O, W_out, b_out; W_U, b_U), so what a
+    # component writes to the residual stream is what the read-out sees and the logits are the model's own.
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
@@ -257,7 +265,7 @@ class Weights:
     ln2_b: Tensor
     post1_w: Tensor | None  # (layer, d_model) post-attention norm
     post2_w: Tensor | None  # (layer, d_model) post-MLP norm
-    q_norm_w: Tensor | None  # (layer, d_head)
+    q_norm_w: Tensor | None  # (layer, d_head), or (layer, head · d_head) for a norm over all heads
     k_norm_w: Tensor | None
     lnf_w: Tensor  # (d_model,)
     lnf_b: Tensor
@@ -414,8 +422,59 @@ def _read_llama(cfg: Any, s: _Shape) -> ArchSpec:
                     attn_scale=s.d_head ** -0.5, embed_scale=1.0)
 
 
+def _read_olmo2(cfg: Any, s: _Shape) -> ArchSpec:
+    """OLMo-2: RMSNorm after attention and after the MLP and none before them, RMSNorm over all heads' queries
+    (and all KV heads' keys) together before the rotary embedding, rotary, gated MLP."""
+    act = _gated_act(cfg)
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                    normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                    rotary=(read_rotary(cfg, None, s.d_head),) * s.n_layers, sliding_window=(None,) * s.n_layers,
+                    act_fn=act, gated_mlp=True, post_norms=True, qk_norm=True, qk_norm_all_heads=True,
+                    pre_norms=False, attn_scale=s.d_head ** -0.5, embed_scale=1.0)
+
+
+def _read_phi3(cfg: Any, s: _Shape) -> ArchSpec:
+    """Phi-3: the Llama layout with fused query/key/value and gate/up projections (split by TransformerLens), an
+    optional partial rotary embedding (``partial_rotary_factor``), longrope scaling, an optional sliding window."""
+    act = _gated_act(cfg)
+    params = getattr(cfg, "rope_parameters", None) or {}
+    partial = float(params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", 1.0) or 1.0))
+    window = getattr(cfg, "sliding_window", None)
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                    normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                    rotary=(read_rotary(cfg, None, s.d_head, partial=partial),) * s.n_layers,
+                    sliding_window=(None if window is None else int(window),) * s.n_layers,
+                    act_fn=act, gated_mlp=True, post_norms=False, qk_norm=False, attn_scale=s.d_head ** -0.5,
+                    embed_scale=1.0)
+
+
+def _positive(cfg: Any, name: str) -> float:
+    value = float(getattr(cfg, name, 1.0))
+    if not value > 0 or not math.isfinite(value):
+        raise LogitlabError(f"{name} = {value!r}: logitlab needs a positive finite multiplier")
+    return value
+
+
+def _read_granite(cfg: Any, s: _Shape) -> ArchSpec:
+    """Granite: the Llama layout with ``embedding_multiplier`` (scales the token embedding),
+    ``attention_multiplier`` (the attention scale, instead of 1/√d_head), ``residual_multiplier`` (scales what each
+    attention and MLP adds to the residual stream) and ``logits_scaling`` (logits are divided by it)."""
+    act = _gated_act(cfg)
+    if getattr(cfg, "mlp_bias", False):
+        raise LogitlabError("mlp_bias is set: MLP biases on Granite models are not supported")
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                    normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                    rotary=(read_rotary(cfg, None, s.d_head),) * s.n_layers, sliding_window=(None,) * s.n_layers,
+                    act_fn=act, gated_mlp=True, post_norms=False, qk_norm=False,
+                    attn_scale=_positive(cfg, "attention_multiplier"),
+                    embed_scale=_positive(cfg, "embedding_multiplier"),
+                    residual_multiplier=_positive(cfg, "residual_multiplier"),
+                    logits_scaling=_positive(cfg, "logits_scaling"))
+
+
 _READERS: dict[str, Callable[[Any, _Shape], ArchSpec]] = {
-    "gpt2": _read_gpt2, "neox": _read_neox, "gemma2": _read_gemma2, "gemma3": _read_gemma3, "llama": _read_llama}
+    "gpt2": _read_gpt2, "neox": _read_neox, "gemma2": _read_gemma2, "gemma3": _read_gemma3, "llama": _read_llama,
+    "olmo2": _read_olmo2, "phi3": _read_phi3, "granite": _read_granite}
 
 
 def _norm_params(module: Any, offset: bool, d: int) -> tuple[Tensor, Tensor]:
@@ -445,16 +504,22 @@ def read_weights(bridge: Any, spec: ArchSpec) -> Weights:
     if W_K.shape[1] != K:
         raise LogitlabError(f"unexpected key-weight layout {tuple(W_K.shape)} (expected {K} KV heads)")
     blocks = list(bridge.blocks)
-    ln1 = [_norm_params(b.ln1, offset, D) for b in blocks]
-    ln2 = [_norm_params(b.ln2, offset, D) for b in blocks]
+    if spec.pre_norms:
+        ln1 = [_norm_params(b.ln1, offset, D) for b in blocks]
+        ln2 = [_norm_params(b.ln2, offset, D) for b in blocks]
+    else:  # no norm before attention and MLP (the runner skips them; identity weights for the record)
+        ln1 = ln2 = [(torch.ones(D), torch.zeros(D))] * L
     lnf = _norm_params(bridge.ln_final, offset, D)
     post1 = post2 = qn = kn = None
     if spec.post_norms:
         post1 = torch.stack([_norm_params(b.ln1_post, offset, D)[0] for b in blocks])
         post2 = torch.stack([_norm_params(b.ln2_post, offset, D)[0] for b in blocks])
     if spec.qk_norm:
-        qn = torch.stack([_norm_params(b.attn.q_norm, offset, dh)[0] for b in blocks])
-        kn = torch.stack([_norm_params(b.attn.k_norm, offset, dh)[0] for b in blocks])
+        nq, nk = (H * dh, K * dh) if spec.qk_norm_all_heads else (dh, dh)
+        qn = torch.stack([_norm_params(b.attn.q_norm, offset, nq)[0] for b in blocks])
+        kn = torch.stack([_norm_params(b.attn.k_norm, offset, nk)[0] for b in blocks])
+        if qn.shape[-1] != nq or kn.shape[-1] != nk:
+            raise LogitlabError(f"unexpected query/key norm sizes {qn.shape[-1]}, {kn.shape[-1]} (expected {nq}, {nk})")
     W_gate = None
     if spec.gated_mlp:
         W_gate = bridge.W_gate.detach().float().clone()
@@ -462,16 +527,19 @@ def read_weights(bridge: Any, spec: ArchSpec) -> Weights:
     d_mlp = W_in.shape[-1]
     W_pos = bridge.W_pos.detach().float().clone() if spec.positional == "learned" else None
     W_U = bridge.W_U.detach().float().clone()
+    m, ls = spec.residual_multiplier, spec.logits_scaling  # Granite's multipliers, folded (see ArchSpec)
+    W_O, W_out = bridge.W_O.detach().float().clone() * m, bridge.W_out.detach().float().clone() * m
+    b_O = _stack_or_zeros(bridge, "b_O", (L, D)) * m
     return Weights(
         W_E=bridge.W_E.detach().float().clone(), W_pos=W_pos,
         W_Q=bridge.W_Q.detach().float().clone(), W_K=W_K, W_V=bridge.W_V.detach().float().clone(),
         b_Q=_stack_or_zeros(bridge, "b_Q", (L, H, dh)), b_K=_stack_or_zeros(bridge, "b_K", (L, K, dh)),
         b_V=_stack_or_zeros(bridge, "b_V", (L, K, dh)),
-        W_O=bridge.W_O.detach().float().clone(), b_O=_stack_or_zeros(bridge, "b_O", (L, D)),
+        W_O=W_O, b_O=b_O,
         W_in=W_in, W_gate=W_gate, b_in=_stack_or_zeros(bridge, "b_in", (L, d_mlp)),
-        W_out=bridge.W_out.detach().float().clone(), b_out=_stack_or_zeros(bridge, "b_out", (L, D)),
+        W_out=W_out, b_out=_stack_or_zeros(bridge, "b_out", (L, D)) * m,
         ln1_w=torch.stack([w for w, _ in ln1]), ln1_b=torch.stack([b for _, b in ln1]),
         ln2_w=torch.stack([w for w, _ in ln2]), ln2_b=torch.stack([b for _, b in ln2]),
         post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=lnf[0], lnf_b=lnf[1],
-        W_U=W_U, b_U=_stack_or_zeros(bridge, "b_U", (W_U.shape[1],)),
+        W_U=W_U / ls, b_U=_stack_or_zeros(bridge, "b_U", (W_U.shape[1],)) / ls,
     )
