@@ -27,8 +27,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from logitlab.model.backend import GRAD, SWEEP
+from logitlab.model.kernels import softcapped_attention
 from logitlab.model.readout import CleanCache, Readout, wide
-from logitlab.model.spec import ArchSpec, Rotary, Weights
+from logitlab.model.rotary import Rotary, apply_rope, rope_cos_sin
+from logitlab.model.spec import ArchSpec, Weights
 
 __all__ = ["Runner", "CleanCache", "Join", "STAGES"]
 
@@ -103,37 +105,15 @@ class Runner(Readout):
         return F.silu(x)
 
     def _rope(self, T: int, layer: int) -> tuple[Tensor, Tensor]:
-        """cos and sin (T, rotary dim) of layer ``layer``'s rotary embedding for a sequence of ``T`` positions.
-
-        The frequencies are those of :class:`~logitlab.model.spec.Rotary` for that length (dynamic and longrope
-        scaling depend on it: a batch runs at its padded length, as Hugging Face runs a padded batch); cos and sin
-        are multiplied by the rotary type's attention factor (yarn, longrope), as in Hugging Face.
-        """
+        """cos and sin (T, rotary dim) of layer ``layer``'s rotary embedding for ``T`` positions (cached)."""
         rot = self.spec.rotary[layer]
         key = (T, rot, str(self.device))
         if key not in self._rope_cache:
-            inv = rot.inv_freq(T).to(self.device)
-            freqs = torch.arange(T, device=self.device).float()[:, None] * inv[None, :]  # (T, dim/2)
-            emb = torch.cat([freqs, freqs], dim=-1)  # (T, dim)
-            cos, sin = emb.cos(), emb.sin()
-            if rot.attention_factor != 1.0:
-                cos, sin = cos * rot.attention_factor, sin * rot.attention_factor
-            self._rope_cache[key] = (cos, sin)
+            self._rope_cache[key] = rope_cos_sin(rot, T, self.device)
         cos, sin = self._rope_cache[key]
         return cos.to(self.dtype), sin.to(self.dtype)
 
-    @staticmethod
-    def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        # x: (B, T, heads, dh); cos/sin: (T, rd) shared or (B, T, rd) per row. Rotate-half convention of
-        # the Hugging Face Llama/Gemma/GPT-NeoX code; only the leading rd dims rotate (GPT-NeoX: rd < dh).
-        if cos.dim() == 2:
-            cos, sin = cos[None], sin[None]
-        rd = cos.shape[-1]
-        x_rot, x_pass = x[..., :rd], x[..., rd:]
-        half = rd // 2
-        rot = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
-        out = x_rot * cos[:, :, None, :] + rot * sin[:, :, None, :]
-        return out if rd == x.shape[-1] else torch.cat([out, x_pass], dim=-1)
+    _apply_rope = staticmethod(apply_rope)
 
     # ---- stages -------------------------------------------------------------------------------------
     def embed(self, tokens: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor | None]:
@@ -217,7 +197,7 @@ class Runner(Readout):
         if window is not None:
             allowed = allowed & (qidx - idx[None, None, :] < window)
         if s.attn_softcap is not None:
-            return self._attend_softcapped(q, k, v, allowed, need_pattern)
+            return softcapped_attention(q, k, v, allowed, self.spec, need_pattern)
         # z always comes from the fused kernel, so the clean run and every sweep share one attention path (in
         # bfloat16 two paths would round differently, and "ablating nothing" would not reproduce the baseline).
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -232,27 +212,6 @@ class Runner(Readout):
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
         pattern = torch.softmax(wide(scores), dim=-1).to(q.dtype)  # for the analyses; z does not use it
         return z, pattern
-
-    def _attend_softcapped(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor,
-                           need_pattern: bool) -> tuple[Tensor, Tensor | None]:
-        """Attention with soft-capped scores (Gemma-2): tanh(q·k · scale / cap) · cap, masked, softmax, · v.
-
-        The fused kernel cannot cap its scores, so a soft-capped model runs this explicit path everywhere (clean
-        run, sweeps, graph forward, gradients: one path, so "ablating nothing" reproduces the baseline). It works
-        on the whole batch at once, as the fused kernel does; the pattern it computes is the one z is made of.
-        """
-        s = self.spec
-        cap = s.attn_softcap
-        assert cap is not None
-        group = s.n_heads // s.n_kv_heads
-        if group > 1:  # grouped KV heads: each KV head serves `group` consecutive query heads
-            k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * s.attn_scale  # (B, H, Tq, T)
-        scores = torch.tanh(scores / cap) * cap
-        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-        pattern = torch.softmax(wide(scores), dim=-1).to(q.dtype)
-        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, Tq, H, dh)
-        return z, (pattern if need_pattern else None)
 
     def split_attention(self, layer: int, xq: Float[Tensor, "batch pos head d_model"],
                         xk: Float[Tensor, "batch pos kv_head d_model"],
