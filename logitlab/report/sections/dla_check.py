@@ -80,5 +80,5 @@ def _dla_check(results: Results) -> Finding | None:
     )
 
 
-SECTION = register(Section(name="dla-check", title="DLA reconstruction check", order=40, render=section_dla_check,
-                           keys=("dla",), rules=(Rule(100, _dla_check),)))
+SECTION = register(Section(name="dla-check", title="DLA reconstruction check", render=section_dla_check,
+                           analysis="dla", keys=("dla",), rules=(Rule(100, _dla_check),)))

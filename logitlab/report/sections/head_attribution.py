@@ -250,8 +250,8 @@ def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure])
 
 
 SECTION = register(Section(
-    name="head-attribution", title="Head attribution", order=70, render=section_head_attribution,
-    keys=("head_attribution", "head_attribution_detail"),
+    name="head-attribution", title="Head attribution", render=section_head_attribution,
+    analysis="head_attribution", keys=("head_attribution", "head_attribution_detail"),
     figures=(FigureSpec("head_attribution", "head_attribution", head_attribution_figure),
              FigureSpec("head_attribution_naive", "head_attribution_detail.naive", head_attribution_naive_figure)),
     rules=(Rule(30, _heads),),

@@ -172,8 +172,8 @@ def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure])
 
 
 SECTION = register(Section(
-    name="layer-attribution", title="Layer attribution", order=60, render=section_layer_attribution,
-    keys=("layer_attribution",),
+    name="layer-attribution", title="Layer attribution", render=section_layer_attribution,
+    analysis="layer_attribution", keys=("layer_attribution",),
     figures=(FigureSpec("layer_attribution", "layer_attribution", layer_attribution_figure),),
     rules=(Rule(20, _layer_attribution),),
     compare=ComparePart(_compare_html, _compare_figures, rules=(Rule(40, _compare_layers),)),

@@ -103,5 +103,5 @@ def _logit_lens(results: Results) -> Finding | None:
 
 
 SECTION = register(Section(
-    name="logit-lens", title="Logit lens", order=50, render=section_logit_lens, keys=("logit_lens",),
+    name="logit-lens", title="Logit lens", render=section_logit_lens, analysis="logit_lens", keys=("logit_lens",),
     figures=(FigureSpec("logit_lens", "logit_lens", logit_lens_figure),), rules=(Rule(80, _logit_lens),)))
