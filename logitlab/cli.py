@@ -130,6 +130,11 @@ def _analyses_help() -> str:
             f"{', '.join(registry.selectable())}; 'default' = all but {', '.join(off) or 'none'}, 'all' = all.")
 
 
+#: The ``--analyses`` option of ``run``; its help (the choices) is refreshed from the registry in :func:`main`, so
+#: an analysis registered after this module was imported is listed too.
+_ANALYSES_OPT = typer.Option("--analyses", help=_analyses_help())
+
+
 @app.command()
 @_with_settings("run")
 def run(
@@ -142,7 +147,7 @@ def run(
     force: ForceOpt = False,
     report: ReportOpt = True,
     figures: FiguresOpt = "",
-    analyses: Annotated[str, typer.Option("--analyses", help=_analyses_help())] = "default",
+    analyses: Annotated[str, _ANALYSES_OPT] = "default",
     circuit: Annotated[bool, typer.Option("--circuit", help="Also discover the circuit (EAP-IG edge scores and the "
                                           "faithfulness curve); same as adding circuit to --analyses.")] = False,
     trust_remote_code: TrustOpt = False,
@@ -331,6 +336,7 @@ _register_grid()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (callable in-process for tests)."""
+    _ANALYSES_OPT.help = _analyses_help()
     try:
         app(args=argv, standalone_mode=False)
     except LogitlabError as e:

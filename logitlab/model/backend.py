@@ -93,4 +93,5 @@ def require(model: Any, capability: str, for_what: str) -> None:
     raise LogitlabError(
         f"{for_what} needs a backend that can {CAPABILITIES[capability]}; model {name!r} "
         f"({backend.spec.model_type}) runs on {type(backend).__name__}, which cannot",
-        "this analysis is available for logitlab's own architectures (see README: supported architectures)")
+        "this analysis is available for logitlab's own architectures (see docs/models.md, 'Families on the staged "
+        "path')")

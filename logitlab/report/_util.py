@@ -37,6 +37,18 @@ def _fmt(x: Any, signed: bool) -> str:
     return f"{v:{sign}.1e}"
 
 
+def pre_cap(results: Any) -> str:
+    """On a model with a final-logit soft-cap (Gemma-2: ``dla.final_logit_softcap``), the sentence saying that
+    the attributions decompose the logit difference before the cap, with the capped mean next to it; else ""."""
+    dla = results.get("dla") or {}
+    cap = dla.get("final_logit_softcap")
+    if cap is None:
+        return ""
+    return (f"The model soft-caps its final logits (c = {float(cap):g}), so the attributions decompose the logit "
+            f"difference before the cap (mean {fmt(dla.get('model_mean'))}); the model's own, capped, mean logit "
+            f"difference is {fmt(dla.get('model_capped_mean'))}.")
+
+
 def fmt_ratio(x: Any) -> str:
     """Format a probability ratio (``1.13``, ``24.5``, ``2,981``)."""
     try:

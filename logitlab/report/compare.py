@@ -10,7 +10,8 @@ are drawn on one log-step axis. Findings across models (:mod:`logitlab.report.co
 more than the numbers with their CIs show.
 
 Each task group's parts come from the registered sections (:mod:`logitlab.report.registry`, a section's
-``compare`` part), in report order. Every battery run is validated against the results schema when it is loaded.
+``compare`` part), in report order. Every battery run is read with :func:`logitlab.results.load_results` when it is
+loaded (an older schema version migrated once, or refused; then validated).
 The page shell is ``report.html``'s (:mod:`logitlab.report.page`): one self-contained file, plotly.js inlined once,
 a Content-Security-Policy that forbids network access, every string escaped.
 """
@@ -26,6 +27,7 @@ import plotly.graph_objects as go
 
 from logitlab._io import write_text_atomic
 from logitlab.errors import LogitlabError
+from logitlab.results import load_results
 
 from .sections import MODULES as SECTION_MODULES  # importing the package registers every section
 from ._util import finite, plotly_text
@@ -36,7 +38,6 @@ from .markup import esc, figure_html, note, table
 from .page import page
 from .registry import Finding
 from .registry import sections as registered
-from .validate import validate
 
 __all__ = ["Run", "load_runs", "compare_figures", "compare_findings", "render_compare", "SECTION_MODULES", "write_compare"]
 
@@ -73,7 +74,7 @@ def _load_one(folder: Path) -> Run:
         if "logit_diff" not in results:
             raise LogitlabError(f"{path} is not a logitlab results.json (no logit_diff)")
         try:
-            validate(results)
+            results = load_results(results)
         except LogitlabError as e:
             raise LogitlabError(f"{path}: {e.args[0]}", e.hint) from None
     try:

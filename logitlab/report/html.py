@@ -10,10 +10,11 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import plotly.graph_objects as go
 
-from logitlab.results import Results
+from logitlab.results import Results, load_results
 
 from .attention import ATTENTION_JS
 from .figures import build_figures
@@ -22,7 +23,6 @@ from .markup import esc, note
 from .page import page
 from .registry import Finding, ReportError, Section
 from .registry import sections as registered
-from .validate import validate
 
 __all__ = ["Report", "build_report", "not_run", "render_report"]
 
@@ -97,15 +97,17 @@ class Report:
         )
 
 
-def build_report(results: Results) -> Report:
-    """Validate ``results`` against the schema (:func:`logitlab.report.validate.validate`), then build its
-    figures, findings and HTML in one go.
+def build_report(results: Results | str | Path) -> Report:
+    """Load ``results`` (a results dict or a ``results.json`` path) with :func:`logitlab.results.load_results`
+    (an older schema version migrated once, or refused; then validated against the schema of the registered
+    analyses), then build its figures, findings and HTML in one go.
 
     Raises:
-        LogitlabError: The results do not match the schema (the message names the first offending key).
+        LogitlabError: The results are of a schema version that cannot be migrated, or do not match the schema
+            (the message names the first offending key).
         ReportError: A section cannot read its part of the results.
     """
-    validate(results)
-    figures = build_figures(results)
-    findings = key_findings(results)
-    return Report(render_report(results, figures, findings), figures, tuple(findings))
+    loaded: Results = load_results(results)
+    figures = build_figures(loaded)
+    findings = key_findings(loaded)
+    return Report(render_report(loaded, figures, findings), figures, tuple(findings))

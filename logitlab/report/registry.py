@@ -1,10 +1,11 @@
 """The report's section registry: every part of ``report.html`` and ``compare.html`` registers itself here.
 
-A :class:`Section` names its anchor and heading, the analysis it belongs to (the same string as in
-``results["config"]["analyses"]`` and in logitlab's analysis registry; None for the always-run parts), the
-``results.json`` keys it reads, its place in the report (``order``), its render function, its figures, its
-finding rules and, optionally, its part of ``compare.html``. The run report, its findings and figures and the
-compare page iterate :func:`sections`; nothing else lists them.
+A :class:`Section` names its anchor and heading, the analysis it belongs to (a name of logitlab's analysis
+registry, :mod:`logitlab.registry`; None for the report's own parts: key findings, setup), the ``results.json``
+keys it reads, its render function, its figures, its finding rules and, optionally, its part of
+``compare.html``. Its place in the report follows its analysis's place in the analysis registry (the report's
+own parts first); ``order`` only orders the sections of one analysis. The run report, its findings and figures
+and the compare page iterate :func:`sections`; nothing else lists them.
 
 Each module of :mod:`logitlab.report.sections` calls :func:`register` when it is imported; a test (or a
 plugin) registers its own section the same way and removes it with :func:`unregister`.
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import logitlab.registry as analysis_registry
 from logitlab.errors import LogitlabError
 
 if TYPE_CHECKING:
@@ -103,10 +105,11 @@ class Section:
     Attributes:
         name: The anchor (``id``) of the section, unique.
         title: Its heading.
-        order: Its place in the report (lower first).
+        order: Its place among the sections of its analysis (or among the report's own parts), lower first.
         render: ``(results, figures, findings) -> HTML``; None leaves the section out.
-        analysis: The analysis it belongs to (a name of ``results["config"]["analyses"]``), or None for the
-            always-run parts. A section whose analysis did not run (and whose keys are absent) says so.
+        analysis: The registered analysis it belongs to (:func:`logitlab.registry.get`), or None for the
+            report's own parts. A section whose analysis did not run (neither always-run nor in
+            ``config.analyses``) says so.
         keys: The ``results.json`` keys it reads.
         figures: Its figures, in order.
         rules: Its finding rules on the run report.
@@ -116,25 +119,35 @@ class Section:
 
     name: str
     title: str
-    order: int
     render: Render
     analysis: str | None = None
+    order: int = 0
     keys: tuple[str, ...] = ()
     figures: tuple[FigureSpec, ...] = ()
     rules: tuple[Rule, ...] = ()
     compare: ComparePart | None = None
     omit_when_not_run: bool = False
 
-    def present(self, results: Mapping[str, Any]) -> bool:
-        """Whether any of its keys is in ``results`` (not null)."""
-        return any(results.get(k) is not None for k in self.keys)
-
     def ran(self, results: Mapping[str, Any]) -> bool:
-        """Whether its analysis ran: always-run, listed in ``config.analyses``, or its keys are present."""
-        if self.analysis is None or self.present(results):
+        """Whether its analysis ran: a report part of its own, an always-run analysis, or one listed in the
+        run's ``config.analyses``.
+
+        Raises:
+            ReportError: Its analysis is not registered.
+        """
+        if self.analysis is None or _analysis(self).always:
             return True
         config = results.get("config")
         return isinstance(config, Mapping) and self.analysis in (config.get("analyses") or ())
+
+
+def _analysis(sec: Section) -> analysis_registry.Analysis:
+    try:
+        return analysis_registry.get(sec.analysis or "")
+    except KeyError:
+        raise ReportError(f"report section {sec.name!r} belongs to the analysis {sec.analysis!r}, which is not "
+                          "registered", "register the analysis (logitlab.registry.register) before drawing the "
+                          "report") from None
 
 
 _SECTIONS: dict[str, Section] = {}
@@ -166,8 +179,22 @@ def section(name: str) -> Section:
 
 
 def sections() -> list[Section]:
-    """Every registered section, in report order (by ``order``, then name)."""
-    return sorted(_SECTIONS.values(), key=lambda s: (s.order, s.name))
+    """Every registered section, in report order: the report's own parts, then each analysis's sections in the
+    analysis registry's order (:func:`logitlab.registry.analyses`), by ``order`` (then name) within each.
+
+    Raises:
+        ReportError: A section belongs to an analysis that is not registered.
+    """
+    place = {a.name: i for i, a in enumerate(analysis_registry.analyses())}
+
+    def key(sec: Section) -> tuple[int, int, str]:
+        if sec.analysis is None:
+            return (-1, sec.order, sec.name)
+        if sec.analysis not in place:
+            _analysis(sec)  # raises, naming the section
+        return (place[sec.analysis], sec.order, sec.name)
+
+    return sorted(_SECTIONS.values(), key=key)
 
 
 def figure_specs() -> list[FigureSpec]:

@@ -18,7 +18,6 @@ import asyncio
 import atexit
 import concurrent.futures
 import importlib
-import json
 import logging
 import os
 import shutil
@@ -324,7 +323,8 @@ def write_report(out_dir: Path, results: Results | None = None, static: bool = T
 
     Args:
         out_dir: The run's output folder.
-        results: The results dict; read from ``out_dir/results.json`` when None.
+        results: The results dict; read from ``out_dir/results.json`` when None (either way loaded with
+            :func:`logitlab.results.load_results`: migrated once, or refused, and validated).
         static: Also export every figure as PNG and SVG (failures only log a warning).
         exporter: A browser started earlier with :meth:`StaticExporter.start`, used
             for the static export instead of starting one now; the caller closes it.
@@ -333,10 +333,7 @@ def write_report(out_dir: Path, results: Results | None = None, static: bool = T
         The path of the report.
     """
     out_dir = Path(out_dir)
-    if results is None:
-        with (out_dir / "results.json").open(encoding="utf-8") as fh:
-            results = json.load(fh)
-    report = build_report(results)
+    report = build_report(out_dir / "results.json" if results is None else results)
     path = out_dir / REPORT_NAME
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, report.html)

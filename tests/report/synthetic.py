@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import logitlab.registry as registry
 from logitlab.analyses.ablation import AblationResult
 from logitlab.analyses.attribution import DLAResult
 from logitlab.analyses.heads import HeadAttributionResult
@@ -565,4 +566,6 @@ def with_circuit(results: Results, *, seed: int = 0, keys: tuple[str, ...] = CIR
         out["path_patching"] = _path_patching(L, H, K, rng, n_pairs, n_senders, hostile)
     if "circuit" in keys:
         out["circuit"] = _circuit(L, H, K, rng, n_pairs, chosen, hostile)
+    ran = out["config"]["analyses"]  # the analyses writing the added keys ran (as the battery would record)
+    ran += [a.name for a in registry.analyses() if not a.always and set(a.sections) & set(keys) and a.name not in ran]
     return out

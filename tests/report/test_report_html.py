@@ -20,8 +20,8 @@ from synthetic import make_results
 SECTIONS = [
     "Key findings", "Setup", "Predictions", "Logit difference", "DLA reconstruction check",
     "Logit lens", "Layer attribution", "Head attribution", "Attention patterns", "Head ablation",
-    "Activation patching", "Robustness across templates", "Unembedding bias",
-]
+    "Activation patching", "Unembedding bias", "Robustness across templates",
+]  # the analysis registry's order (logitlab/analyses/registered.py), the report's own parts first
 ALERT = "<script>alert(1)</script>"
 
 

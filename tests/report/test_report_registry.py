@@ -11,15 +11,28 @@ from typing import Any
 
 import plotly.graph_objects as go
 import pytest
+from typing_extensions import TypedDict
 
+import logitlab.registry as analysis_registry
 import synthetic
 from logitlab.report import Finding, build_report, key_findings
 from logitlab.report.compare import write_compare
 from logitlab.report.markup import figure_html
-from logitlab.report.registry import ComparePart, FigureSpec, Rule, Run, Section, register, sections, unregister
+from logitlab.report.registry import (
+    ComparePart, FigureSpec, ReportError, Rule, Run, Section, register, sections, unregister,
+)
+from logitlab.results._base import section as results_section
 
 REPORT = Path(__file__).resolve().parents[2] / "logitlab" / "report"
 TOY_KEY = "toy_analysis"
+
+
+@results_section
+class ToyValue(TypedDict):
+    """The toy analysis's section."""
+
+    value: int
+    """a number"""
 
 
 def _toy_figure(results: Mapping[str, Any]) -> go.Figure:
@@ -51,9 +64,11 @@ def _toy_compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figu
 
 @pytest.fixture
 def toy() -> Iterator[Section]:
-    """A toy section after the logit difference, registered for the test only."""
+    """A toy analysis (its key in the results schema) and its section, registered for the test only."""
+    analysis_registry.register(analysis_registry.Analysis(
+        "toy", {TOY_KEY: ToyValue}, lambda ctx: {TOY_KEY: {"value": 0}}, default=False))
     sec = register(Section(
-        name="toy", title="Toy section", order=35, render=_toy_render, analysis="toy", keys=(TOY_KEY,),
+        name="toy", title="Toy section", render=_toy_render, analysis="toy", keys=(TOY_KEY,),
         figures=(FigureSpec("toy_figure", TOY_KEY, _toy_figure),), rules=(Rule(15, _toy_rule),),
         compare=ComparePart(_toy_compare_html, _toy_compare_figures, rules=(Rule(15, _toy_compare_rule),)),
     ))
@@ -61,20 +76,36 @@ def toy() -> Iterator[Section]:
         yield sec
     finally:
         unregister("toy")
+        analysis_registry.unregister("toy")
     assert "toy" not in [s.name for s in sections()]
 
 
+def _with_toy(value: int, seed: int = 0) -> dict[str, Any]:
+    r: dict[str, Any] = dict(synthetic.make_results(seed=seed))
+    r[TOY_KEY] = {"value": value}
+    r["config"]["analyses"].append("toy")
+    return r
+
+
 def test_toy_section_in_report(toy: Section) -> None:
-    """The toy section is placed by its order, with its figure and its finding (in the rules' order)."""
-    r = synthetic.make_results()
-    r[TOY_KEY] = {"value": 42}  # type: ignore[typeddict-unknown-key]
-    report = build_report(r)
+    """The toy section is placed after the analyses registered before it, with its figure and its finding (in
+    the rules' order)."""
+    report = build_report(_with_toy(42))
     assert "toy_figure" in report.figures
     assert [f.figure_id for f in report.findings][:2] == ["logit_diff", "toy_figure"]
     html = report.html
-    assert html.index('<section id="logit-diff">') < html.index('<section id="toy"><h2>Toy section</h2>') \
-        < html.index('<section id="dla-check">')
+    assert [s.name for s in sections()][-1] == "toy"
+    assert html.index('<section id="robustness">') < html.index('<section id="toy"><h2>Toy section</h2>')
     assert "toy value 42" in html and 'id="fig-toy_figure"' in html and 'href="#toy"' in html
+
+
+def test_a_section_of_an_unregistered_analysis_is_an_error() -> None:
+    register(Section(name="orphan", title="Orphan", render=_toy_render, analysis="no_such_analysis"))
+    try:
+        with pytest.raises(ReportError, match="'orphan' belongs to the analysis 'no_such_analysis'"):
+            sections()
+    finally:
+        unregister("orphan")
 
 
 def test_toy_section_not_run(toy: Section) -> None:
@@ -87,9 +118,8 @@ def test_toy_section_not_run(toy: Section) -> None:
 def test_toy_section_in_compare(toy: Section, tmp_path: Path) -> None:
     """compare.html shows the toy part and finding of every task group."""
     for name, value in (("a", 1), ("b", 2)):
-        r = synthetic.make_results(seed=value)
+        r = _with_toy(value, seed=value)
         r["model"]["name"] = f"model {name}"
-        r[TOY_KEY] = {"value": value}  # type: ignore[typeddict-unknown-key]
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(r), encoding="utf-8")
     html = write_compare([tmp_path / "a", tmp_path / "b"], tmp_path / "compare.html").read_text(encoding="utf-8")
@@ -99,9 +129,9 @@ def test_toy_section_in_compare(toy: Section, tmp_path: Path) -> None:
 
 def test_register_refuses_a_second_section_or_figure_of_a_name(toy: Section) -> None:
     with pytest.raises(ValueError, match="registered already"):
-        register(Section(name="toy", title="again", order=1, render=_toy_render))
+        register(Section(name="toy", title="again", render=_toy_render))
     with pytest.raises(ValueError, match="toy_figure"):
-        register(Section(name="toy2", title="again", order=1, render=_toy_render,
+        register(Section(name="toy2", title="again", render=_toy_render,
                          figures=(FigureSpec("toy_figure", TOY_KEY, _toy_figure),)))
 
 

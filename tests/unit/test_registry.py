@@ -14,6 +14,7 @@ import pytest
 from typing_extensions import NotRequired, TypedDict
 
 import logitlab.registry as registry
+import logitlab.report.registry as report_registry  # importing logitlab.report registers its sections
 from logitlab.cli import _analyses, main
 from logitlab.config import RunConfig
 from logitlab.errors import LogitlabError
@@ -98,10 +99,16 @@ def test_registration_is_checked() -> None:
     assert "other" not in registry.selectable()
 
 
-def test_every_registered_analysis_has_a_results_type_and_a_docs_row() -> None:
+def test_every_registered_analysis_has_a_results_type_a_report_section_and_a_docs_row() -> None:
     docs = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     rows = {line.split("`")[1] for line in docs.splitlines() if line.startswith("| `")}
+    report_sections = report_registry.sections()  # raises if a section names an analysis not registered
     for analysis in registry.analyses():
+        own = [s for s in report_sections if s.analysis == analysis.name]
+        assert own, f"{analysis.name} has no report section (logitlab/report/sections/)"
+        read = {k for s in own for k in s.keys}
+        assert read == set(analysis.sections), f"{analysis.name}: its sections read {read}, it writes " \
+            f"{set(analysis.sections)}"
         for key, kind in analysis.sections.items():
             schema = results_schema()["properties"][key]
             assert schema.get("$ref") or schema.get("type"), f"{analysis.name}: {key} has no results type"

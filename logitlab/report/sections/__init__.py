@@ -3,7 +3,7 @@
 Each module here defines its figures, finding rules, HTML and (optionally) its part of compare.html, and ends
 with one :func:`logitlab.report.registry.register` call. A module added to this folder is found and imported
 below (modules whose name starts with ``_`` hold shared code and register nothing); the report's order comes
-from each section's ``order``, not from this folder.
+from the analysis registry (:mod:`logitlab.registry`: each section names its analysis), not from this folder.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def _ablation(results: Results) -> Finding | None:
 
 
 SECTION = register(Section(
-    name="head-ablation", title="Head ablation", order=90, render=section_head_ablation, analysis="ablation",
+    name="head-ablation", title="Head ablation", render=section_head_ablation, analysis="ablation",
     keys=("head_ablation",),
     figures=tuple(FigureSpec(f"head_ablation_{kind}_{metric}", f"head_ablation.{kind}", fn) for kind, metric, fn in (
         ("zero", "logit_diff", head_ablation_zero_logit_diff_figure), ("zero", "loss", head_ablation_zero_loss_figure),

@@ -263,7 +263,7 @@ def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure])
 
 
 SECTION = register(Section(
-    name="attribution-patching", title="Attribution patching vs exact patching", order=110,
+    name="attribution-patching", title="Attribution patching vs exact patching",
     render=section_attribution_patching, analysis="atp", keys=("attribution_patching",), omit_when_not_run=True,
     figures=(FigureSpec("atp_vs_exact", "attribution_patching", atp_figure),), rules=(Rule(63, atp_finding),),
     compare=ComparePart(_compare_html, _compare_figures),

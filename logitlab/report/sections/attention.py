@@ -27,5 +27,5 @@ def section_attention(results: Results, figures: Figures,
     )
 
 
-SECTION = register(Section(name="attention", title="Attention patterns", order=80, render=section_attention,
+SECTION = register(Section(name="attention", title="Attention patterns", render=section_attention,
                            analysis="attention", keys=("attention",)))

@@ -311,7 +311,7 @@ def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure])
 
 
 SECTION = register(Section(
-    name="circuit", title="Circuit (EAP-IG)", order=130, render=section_circuit, analysis="circuit",
+    name="circuit", title="Circuit (EAP-IG)", render=section_circuit, analysis="circuit",
     keys=("circuit",), omit_when_not_run=True,
     figures=(FigureSpec("circuit_diagram", "circuit.edges", circuit_diagram_figure),
              FigureSpec("circuit_faithfulness", "circuit.faithfulness", circuit_faithfulness_figure)),

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from logitlab.results import Results
 
-from .._util import finite, fmt
+from .._util import finite, fmt, pre_cap
 from ..markup import Figures, missing, note, table
 from ..registry import Finding, Rule, Section, register
 
@@ -40,11 +40,15 @@ def section_dla_check(results: Results, figures: Figures,
     bias = dla.get("bias_term")
     total = float(recon) + float(bias) if finite(recon) and finite(bias) else math.nan
     max_abs = dla.get("max_abs_error")
+    capped = "final_logit_softcap" in dla
     rows = [
         ["reconstructed mean (components)", fmt(recon)],
         ["bias term (b_U + final-norm bias)", fmt(bias)],
         ["reconstructed + bias", fmt(total)],
-        ["model's mean logit diff", fmt(dla.get("model_mean"))],
+        ["model's mean logit diff" + (" before the soft-cap (decomposed)" if capped else ""),
+         fmt(dla.get("model_mean"))],
+        *([[f"model's mean logit diff after the soft-cap (c = {float(dla['final_logit_softcap']):g})",
+            fmt(dla.get("model_capped_mean"))]] if capped else []),
         ["max over prompts of |reconstructed + bias − logit diff|",
          f"{float(max_abs):.2e}" if finite(max_abs) else "n/a"],
         ["relative error (max over prompts, relative to max(1, |logit diff|))",
@@ -56,7 +60,7 @@ def section_dla_check(results: Results, figures: Figures,
              "frozen) into per-component terms. If the decomposition is right, the components "
              "plus the bias term reproduce every prompt's own logit difference; the check takes the "
              "largest per-prompt error, so errors cannot cancel across prompts and a mean near 0 "
-             "does not inflate it.")
+             "does not inflate it." + (" " + pre_cap(results) if capped else ""))
         + table(["quantity", "value"], rows, "kv")
     )
 
@@ -75,10 +79,11 @@ def _dla_check(results: Results) -> Finding | None:
         f"The attribution reconstructs each prompt's logit difference up to relative error {err:.1e} "
         f"(the max over prompts of |error| / max(1, |logit diff|){abs_txt}; {verdict} the "
         f"{tol:.0e} check{' for bfloat16' if tol != DLA_TOLERANCE else ''}): on the mean, components {fmt(dla.get('reconstructed_mean'))} + bias "
-        f"{fmt(dla.get('bias_term'))} vs the model's {fmt(dla.get('model_mean'))}.",
+        f"{fmt(dla.get('bias_term'))} vs the model's {fmt(dla.get('model_mean'))}"
+        + (f" before its soft-cap. {pre_cap(results)}" if "final_logit_softcap" in dla else "."),
         "layer_attribution",
     )
 
 
-SECTION = register(Section(name="dla-check", title="DLA reconstruction check", order=40, render=section_dla_check,
-                           keys=("dla",), rules=(Rule(100, _dla_check),)))
+SECTION = register(Section(name="dla-check", title="DLA reconstruction check", render=section_dla_check,
+                           analysis="dla", keys=("dla",), rules=(Rule(100, _dla_check),)))

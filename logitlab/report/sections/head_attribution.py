@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from logitlab.results import Results
 
 from .._numbers import ci_pair, ci_text
-from .._util import finite, fmt, fmt_pct, head_name, is_matrix, plotly_text
+from .._util import finite, fmt, fmt_pct, head_name, is_matrix, plotly_text, pre_cap
 from ..compare_runs import (
     HALF, Run, ci_cell, depth, join, models_word, region, separated, top_ablation_heads, top_dla_heads,
 )
@@ -134,8 +134,8 @@ def _heads(results: Results) -> Finding | None:
             d_txt = f" (difference to {ru}: {fmt(sep['difference'])} {ci_text(d_ci)})" if d_ci else ""
             text = (f"{lead}; {name} ({value}, 95% CI) is not separated at 95% from {', '.join(tied[:4])}{more}"
                     f"{d_txt}, so no single head is the largest")
-        return Finding(f"{text}: {summary}.", "head_attribution")
-    return Finding(f"{lead}: {summary}.", "head_attribution")
+        return Finding(f"{text}: {summary}. {pre_cap(results)}".rstrip(), "head_attribution")
+    return Finding(f"{lead}: {summary}. {pre_cap(results)}".rstrip(), "head_attribution")
 
 
 # ---- compare.html: the top heads by direct effect and by zero-ablation (the ablation's figure sits beside the
@@ -250,8 +250,8 @@ def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure])
 
 
 SECTION = register(Section(
-    name="head-attribution", title="Head attribution", order=70, render=section_head_attribution,
-    keys=("head_attribution", "head_attribution_detail"),
+    name="head-attribution", title="Head attribution", render=section_head_attribution,
+    analysis="head_attribution", keys=("head_attribution", "head_attribution_detail"),
     figures=(FigureSpec("head_attribution", "head_attribution", head_attribution_figure),
              FigureSpec("head_attribution_naive", "head_attribution_detail.naive", head_attribution_naive_figure)),
     rules=(Rule(30, _heads),),

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from logitlab.results import Results
 
 from .._numbers import ci_text
-from .._util import fmt, fmt_pct, plotly_text
+from .._util import fmt, fmt_pct, plotly_text, pre_cap
 from ..compare_runs import Run, join, layer_components, models_word, region
 from ..layout import COMPONENT_COLOURS, GREY, ci_pairs, colour, error_bars, plot_layout
 from ..markup import Figures, esc, figure_html, missing, note
@@ -109,14 +109,18 @@ def _layer_attribution(results: Results) -> Finding | None:
         if neg:
             text += (f"; {_names(labels, vals, neg)} {'pushes' if len(neg) == 1 else 'push'} against it "
                      f"({fmt_pct(share(neg))})")
-        return Finding(text + ".", "layer_attribution")
+        return Finding(_capped(text + ".", results), "layer_attribution")
     top3 = sorted(range(n), key=lambda i: -abs(vals[i]))[:3]
     neg = [j for j in top3 if vals[j] < 0]
     against = (f" ({_names(labels, vals, neg)} {'pushes' if len(neg) == 1 else 'push'} against the correct "
                "answer)" if neg else "")
     text = (f"Direct logit attribution: no three components carry most of the logit difference; the three "
             f"with the highest |mean|, {_names(labels, vals, top3)}, hold {fmt_pct(share(top3))}{tail}{against}.")
-    return Finding(text, "layer_attribution")
+    return Finding(_capped(text, results), "layer_attribution")
+
+
+def _capped(text: str, results: Results) -> str:
+    return f"{text} {pre_cap(results)}".rstrip()
 
 
 # ---- compare.html
@@ -172,8 +176,8 @@ def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure])
 
 
 SECTION = register(Section(
-    name="layer-attribution", title="Layer attribution", order=60, render=section_layer_attribution,
-    keys=("layer_attribution",),
+    name="layer-attribution", title="Layer attribution", render=section_layer_attribution,
+    analysis="layer_attribution", keys=("layer_attribution",),
     figures=(FigureSpec("layer_attribution", "layer_attribution", layer_attribution_figure),),
     rules=(Rule(20, _layer_attribution),),
     compare=ComparePart(_compare_html, _compare_figures, rules=(Rule(40, _compare_layers),)),

@@ -182,7 +182,7 @@ def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure])
 
 
 SECTION = register(Section(
-    name="logit-diff", title="Logit difference", order=30, render=section_logit_diff, keys=("logit_diff",),
+    name="logit-diff", title="Logit difference", render=section_logit_diff, analysis="logit_diff", keys=("logit_diff",),
     figures=(FigureSpec("logit_diff", "logit_diff", logit_diff_figure),),
     rules=(Rule(10, _logit_diff),),
     compare=ComparePart(_compare_html, _compare_figures, rules=(Rule(10, _compare_logit_diff),)),

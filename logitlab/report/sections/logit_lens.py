@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from logitlab.results import Results
 
-from .._util import fmt
+from .._util import fmt, pre_cap
 from ..layout import BLUE, ci_pairs, plot_layout
 from ..markup import Figures, figure_html, missing, note
 from ..registry import FigureSpec, Finding, Rule, Section, register
@@ -97,11 +97,12 @@ def _logit_lens(results: Results) -> Finding | None:
     first = next((i for i, v in enumerate(vals) if v >= 0.5 * final), len(vals) - 1)
     return Finding(
         f"Logit lens: the accumulated residual stream first reaches half of its final logit "
-        f"difference ({fmt(final)}) at {labels[first]} (position {first + 1} of {len(vals)}).",
+        f"difference ({fmt(final)}) at {labels[first]} (position {first + 1} of {len(vals)}). {pre_cap(results)}"
+        .rstrip(),
         "logit_lens",
     )
 
 
 SECTION = register(Section(
-    name="logit-lens", title="Logit lens", order=50, render=section_logit_lens, keys=("logit_lens",),
+    name="logit-lens", title="Logit lens", render=section_logit_lens, analysis="logit_lens", keys=("logit_lens",),
     figures=(FigureSpec("logit_lens", "logit_lens", logit_lens_figure),), rules=(Rule(80, _logit_lens),)))

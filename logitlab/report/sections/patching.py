@@ -334,7 +334,7 @@ def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure])
 
 
 SECTION = register(Section(
-    name="patching", title="Activation patching", order=100, render=section_patching, analysis="patching",
+    name="patching", title="Activation patching", render=section_patching, analysis="patching",
     keys=("resid_patching", "attn_patching", "mlp_patching", "head_patching"),
     figures=(FigureSpec("resid_patching", "resid_patching", resid_patching_figure),
              FigureSpec("attn_patching", "attn_patching", attn_patching_figure),

@@ -304,7 +304,7 @@ def _compare_html(i: int, runs: Sequence[Run], figures: Mapping[str, go.Figure])
 
 
 SECTION = register(Section(
-    name="path-patching", title="Path patching", order=120, render=section_path_patching, analysis="path_patching",
+    name="path-patching", title="Path patching", render=section_path_patching, analysis="path_patching",
     keys=("path_patching",), omit_when_not_run=True,
     figures=(FigureSpec("path_patching", "path_patching", path_patching_figure),), rules=(Rule(62, path_finding),),
     compare=ComparePart(_compare_html, _compare_figures),

@@ -40,5 +40,5 @@ def section_predictions(results: Results, figures: Figures,
             + '<div class="preds">' + "".join(parts) + "</div>")
 
 
-SECTION = register(Section(name="predictions", title="Predictions", order=20, render=section_predictions,
-                           keys=("predictions",)))
+SECTION = register(Section(name="predictions", title="Predictions", render=section_predictions,
+                           analysis="predictions", keys=("predictions",)))

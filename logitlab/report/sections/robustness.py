@@ -102,7 +102,7 @@ def _robustness(results: Results) -> Finding | None:
 
 
 SECTION = register(Section(
-    name="robustness", title="Robustness across templates", order=140, render=section_robustness,
+    name="robustness", title="Robustness across templates", render=section_robustness,
     analysis="robustness", keys=("robustness",),
     figures=(FigureSpec("robustness", "robustness", robustness_figure),), rules=(Rule(70, _robustness),),
 ))

@@ -60,5 +60,5 @@ def section_setup(results: Results, figures: Figures, findings: Sequence[Finding
     return "".join(parts)
 
 
-SECTION = register(Section(name="setup", title="Setup", order=10, render=section_setup,
+SECTION = register(Section(name="setup", title="Setup", order=1, render=section_setup,
                            keys=("model", "task", "config")))

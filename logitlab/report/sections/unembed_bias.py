@@ -87,6 +87,6 @@ def _unembed_bias(results: Results) -> Finding | None:
 
 
 SECTION = register(Section(
-    name="unembed-bias", title="Unembedding bias", order=150, render=section_unembed_bias, keys=("unembed_bias",),
+    name="unembed-bias", title="Unembedding bias", render=section_unembed_bias, analysis="unembed_bias", keys=("unembed_bias",),
     figures=(FigureSpec("unembed_bias", "unembed_bias", unembed_bias_figure),), rules=(Rule(90, _unembed_bias),),
 ))
