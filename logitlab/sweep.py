@@ -103,10 +103,10 @@ def sweep_flops(runner: Runner, layer: int, stage: str, seq_len: int, n_incorrec
     start = layer + 1 if stage == "post" else layer
     total = 0.0
     if stage == "mid":  # the rest of this layer: its MLP
-        total += runner.layer_flops("mid", seq_len, prefix, last_only=layer == L - 1)
+        total += runner.layer_flops("mid", seq_len, prefix, last_only=layer == L - 1, layer=layer)
         start = layer + 1
     for l in range(start, L):
-        total += runner.layer_flops("pre", seq_len, prefix, last_only=l == L - 1)
+        total += runner.layer_flops("pre", seq_len, prefix, last_only=l == L - 1, layer=l)
     total += 2 * D * (1 + n_incorrect) + (2 * D * runner.spec.d_vocab if with_loss else 0)
     return total
 

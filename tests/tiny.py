@@ -14,6 +14,8 @@ KINDS += ("gemma2_softcap",)  # Gemma-2 with both soft-caps biting (staged path;
 KINDS += ("olmo2",)  # post-norms only, query/key norms over all heads
 KINDS += ("phi3",)  # fused projections, partial rotary with longrope past the original context, sliding window
 KINDS += ("granite",)  # embedding, attention, residual and logit multipliers
+KINDS += ("qwen3_moe",)  # mixture of experts: 4 experts, top-2 renormalised, one dense layer
+MOE_KINDS = ("qwen3_moe",)  # the mixtures of experts among KINDS
 
 
 def make_tokenizer(folder: Path):  # noqa: ANN201
@@ -130,6 +132,29 @@ def make_config(kind: str, vocab: int):  # noqa: ANN201
                              embedding_multiplier=1.5, attention_multiplier=0.125, residual_multiplier=0.4,
                              logits_scaling=2.0, bos_token_id=0, pad_token_id=1, eos_token_id=0,
                              tie_word_embeddings=False, architectures=["GraniteForCausalLM"])
+    if kind == "qwen3_moe":
+        # Qwen3-MoE: sparse blocks of 4 experts (top 2, weights renormalised, as the released checkpoints) in
+        # layers 0 and 2, a dense MLP in layer 1 (mlp_only_layers), per-head query/key norms, grouped KV heads.
+        from transformers import Qwen3MoeConfig
+        return Qwen3MoeConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                              num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+                              num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                              max_position_embeddings=64, bos_token_id=0, pad_token_id=1, eos_token_id=0,
+                              tie_word_embeddings=False, architectures=["Qwen3MoeForCausalLM"])
+    if kind == "olmoe":
+        # OLMoE: every layer sparse (4 experts, top 2, weights not renormalised), query/key RMSNorm over all heads.
+        from transformers import OlmoeConfig
+        return OlmoeConfig(vocab_size=vocab, hidden_size=64, intermediate_size=32, num_experts=4,
+                           num_experts_per_tok=2, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=64, bos_token_id=0, pad_token_id=1, eos_token_id=0,
+                           tie_word_embeddings=False, architectures=["OlmoeForCausalLM"])
+    if kind == "mixtral":
+        # Mixtral: the Mistral layout (sliding window shorter than the prompts), 4 experts, top 2 renormalised.
+        from transformers import MixtralConfig
+        return MixtralConfig(vocab_size=vocab, hidden_size=64, intermediate_size=32, num_local_experts=4,
+                             num_experts_per_tok=2, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                             head_dim=16, sliding_window=8, max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
+                             eos_token_id=0, tie_word_embeddings=False, architectures=["MixtralForCausalLM"])
     raise ValueError(kind)
 
 

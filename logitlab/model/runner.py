@@ -28,6 +28,7 @@ from torch import Tensor
 
 from logitlab.model.backend import GRAD, SWEEP
 from logitlab.model.kernels import softcapped_attention
+from logitlab.model.moe import moe_forward
 from logitlab.model.readout import CleanCache, Readout, wide
 from logitlab.model.rotary import Rotary, apply_rope, rope_cos_sin
 from logitlab.model.spec import ArchSpec, Weights
@@ -100,9 +101,7 @@ class Runner(Readout):
     def _act(self, x: Tensor) -> Tensor:
         if self.spec.act_fn == "gelu_tanh":
             return F.gelu(x, approximate="tanh")
-        if self.spec.act_fn == "gelu":
-            return F.gelu(x)
-        return F.silu(x)
+        return F.gelu(x) if self.spec.act_fn == "gelu" else F.silu(x)
 
     def _rope(self, T: int, layer: int) -> tuple[Tensor, Tensor]:
         """cos and sin (T, rotary dim) of layer ``layer``'s rotary embedding for ``T`` positions (cached)."""
@@ -237,13 +236,13 @@ class Runner(Readout):
         """What attention adds to the residual stream, and the post-norm scale (None without post-norms)."""
         if not self.spec.post_norms:
             return attn_pre, None
-        out, scale = self._norm(attn_pre, self.w.post1_w[layer])
-        return out, scale
+        return self._norm(attn_pre, self.w.post1_w[layer])
 
     def mlp(self, layer: int, resid_mid: Float[Tensor, "batch pos d_model"]) -> Tensor:
         """What the MLP (and its post-norm, if any) adds to the residual stream."""
-        w = self.w
         x = self.pre_norm(layer, 2, resid_mid)
+        if self.spec.moe is not None and self.spec.moe.sparse[layer]:  # a mixture of experts (model/moe.py)
+            return moe_forward(self.spec.moe, self.w, layer, x, self._act)
         b_in = None if self._b_in is None else self._b_in[layer]
         if self._W_gate is not None:
             hidden = self._act(self._linear(x, self._W_gate[layer])).mul_(self._linear(x, self._W_in[layer], b_in))
@@ -251,7 +250,7 @@ class Runner(Readout):
             hidden = self._act(self._linear(x, self._W_in[layer], b_in))
         out = self._linear(hidden, self._W_out[layer], None if self._b_out is None else self._b_out[layer])
         if self.spec.post_norms:
-            out = self._normed(out, w.post2_w[layer])
+            out = self._normed(out, self.w.post2_w[layer])
         return out
 
     def after_attention(self, layer: int, resid_pre: Tensor, attn_out: Tensor, mlp_out: Tensor | None = None) -> Tensor:
@@ -444,14 +443,18 @@ class Runner(Readout):
                                for l in range(L)]) for i, n in enumerate(names)}
         return diff.detach(), out
 
-    def layer_flops(self, point: str, seq_len: int, prefix: int = 0, last_only: bool = False) -> float:
+    def layer_flops(self, point: str, seq_len: int, prefix: int = 0, last_only: bool = False,
+                    layer: int | None = None) -> float:
         """Floating-point operations of one row through one block entering at ``point`` (``"pre"`` or ``"mid"``).
 
         Counted by running :meth:`layer` itself on meta tensors (shapes only, no arithmetic) under torch's FLOP
         counter, so the count follows the code. ``prefix`` positions come from cached keys and values;
-        ``last_only`` computes the final query only (the last layer of a sweep).
+        ``last_only`` computes the final query only (the last layer of a sweep). Blocks differ by ``layer`` only in
+        a mixture of experts with dense layers (default: the last layer with ``last_only``, else the first).
         """
-        key = (point, seq_len, prefix, last_only)
+        layer = (self.spec.n_layers - 1 if last_only else 0) if layer is None else layer
+        moe = self.spec.moe  # blocks differ only in whether their MLP is sparse: count one block of each kind
+        key = (point, seq_len, prefix, last_only, moe is not None and moe.sparse[layer])
         if key not in self._flop_memo:
             from torch.utils.flop_counter import FlopCounterMode
             meta = self._on_meta()
@@ -459,7 +462,6 @@ class Runner(Readout):
             x = torch.empty(1, seq_len - prefix, s.d_model, device=dev, dtype=self.dtype)
             fp = torch.full((1,), seq_len - 1, dtype=torch.long, device=dev)
             kv = torch.empty(1, prefix, s.n_kv_heads, s.d_head, device=dev, dtype=self.dtype)
-            layer = s.n_layers - 1 if last_only else 0
             join = (lambda l, p: (x, fp) if p == "mid" else None) if point == "mid" else None  # noqa: E731
             with FlopCounterMode(display=False) as counter:
                 meta.layer(layer, None if point == "mid" else x, fp, last_only=last_only, prefix=prefix,

@@ -7,7 +7,7 @@ forward pass. Anything else raises rather than guess (a plausible wrong number i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from logitlab.errors import LogitlabError
+from logitlab.model.moe import MoE, read_moe, read_moe_weights
 from logitlab.model.rotary import ROPE_TYPES, Rotary, cfg_value as _cfg, read_rotary
 
 __all__ = ["ArchSpec", "Rotary", "Weights", "SUPPORTED_MODEL_TYPES", "ROPE_TYPES", "read_spec", "read_weights",
@@ -24,7 +25,8 @@ __all__ = ["ArchSpec", "Rotary", "Weights", "SUPPORTED_MODEL_TYPES", "ROPE_TYPES
 # residual stream: its direct attributions decompose the logit difference before the cap (docs/models.md).
 SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
                          "qwen3": "llama", "gemma2": "gemma2", "gemma3_text": "gemma3", "gpt_neox": "neox",
-                         "olmo2": "olmo2", "phi3": "phi3", "granite": "granite"}
+                         "olmo2": "olmo2", "phi3": "phi3", "granite": "granite", "qwen3_moe": "moe",
+                         "olmoe": "moe", "mixtral": "moe"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,10 +61,13 @@ class ArchSpec:
     # component writes to the residual stream is what the read-out sees and the logits are the model's own.
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
+    moe: MoE | None = None  # mixtures of experts: the router and experts of the sparse blocks (model/moe.py)
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
             raise LogitlabError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if self.moe is not None and (self.post_norms or self.parallel or len(self.moe.sparse) != self.n_layers):
+            raise LogitlabError("mixtures of experts are supported in sequential pre-norm blocks only")
 
     def to_dict(self) -> dict[str, Any]:
         return {"architecture": self.model_type, "n_layers": self.n_layers, "n_heads": self.n_heads,
@@ -105,6 +110,11 @@ class Weights:
     lnf_b: Tensor
     W_U: Tensor  # (d_model, vocab)
     b_U: Tensor  # (vocab,)
+    # Mixtures of experts (model/moe.py), zeros on dense layers; W_in, W_gate, W_out then hold the dense layers'.
+    W_router: Tensor | None = None  # (layer, expert, d_model)
+    W_exp_gate: Tensor | None = None  # (layer, expert, d_model, d_expert)
+    W_exp_in: Tensor | None = None  # (layer, expert, d_model, d_expert)
+    W_exp_out: Tensor | None = None  # (layer, expert, d_expert, d_model)
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Weights:
         moved = {k: (v.to(device=device, dtype=dtype) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
@@ -298,9 +308,27 @@ def _read_granite(cfg: Any, s: _Shape) -> ArchSpec:
                     logits_scaling=_positive(cfg, "logits_scaling"))
 
 
+def _read_moe(cfg: Any, s: _Shape) -> ArchSpec:
+    """Mixtures of experts: Qwen3-MoE (the Qwen3 layout: per-head query/key norms; dense layers by
+    ``mlp_only_layers``/``decoder_sparse_step``), OLMoE (the Llama layout with query/key RMSNorm over all heads
+    together) and Mixtral (the Mistral layout), each layer's MLP replaced by a sparse block (model/moe.py)."""
+    moe = read_moe(cfg, s.model_type, s.n_layers)
+    if s.model_type == "olmoe":
+        if getattr(cfg, "clip_qkv", None) is not None:
+            raise LogitlabError(f"clip_qkv = {cfg.clip_qkv!r}: clipping queries, keys and values is not supported")
+        if getattr(cfg, "sliding_window", None) is not None:
+            raise LogitlabError("sliding_window is set: OLMoE attends over the whole context in Hugging Face")
+        return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                        normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                        rotary=(read_rotary(cfg, None, s.d_head),) * s.n_layers, sliding_window=(None,) * s.n_layers,
+                        act_fn=_gated_act(cfg), gated_mlp=True, post_norms=False, qk_norm=True,
+                        qk_norm_all_heads=True, attn_scale=s.d_head ** -0.5, embed_scale=1.0, moe=moe)
+    return replace(_read_llama(cfg, s), qk_norm=s.model_type == "qwen3_moe", moe=moe)
+
+
 _READERS: dict[str, Callable[[Any, _Shape], ArchSpec]] = {
     "gpt2": _read_gpt2, "neox": _read_neox, "gemma2": _read_gemma2, "gemma3": _read_gemma3, "llama": _read_llama,
-    "olmo2": _read_olmo2, "phi3": _read_phi3, "granite": _read_granite}
+    "olmo2": _read_olmo2, "phi3": _read_phi3, "granite": _read_granite, "moe": _read_moe}
 
 
 def _norm_params(module: Any, offset: bool, d: int) -> tuple[Tensor, Tensor]:
@@ -346,15 +374,17 @@ def read_weights(bridge: Any, spec: ArchSpec) -> Weights:
         kn = torch.stack([_norm_params(b.attn.k_norm, offset, nk)[0] for b in blocks])
         if qn.shape[-1] != nq or kn.shape[-1] != nk:
             raise LogitlabError(f"unexpected query/key norm sizes {qn.shape[-1]}, {kn.shape[-1]} (expected {nq}, {nk})")
+    moe = {} if spec.moe is None else read_moe_weights(blocks, spec.moe, D)  # experts, and dense layers' MLPs
     W_gate = None
     if spec.gated_mlp:
-        W_gate = bridge.W_gate.detach().float().clone()
-    W_in = bridge.W_in.detach().float().clone()
+        W_gate = moe["W_gate"] if moe else bridge.W_gate.detach().float().clone()
+    W_in = moe["W_in"] if moe else bridge.W_in.detach().float().clone()
     d_mlp = W_in.shape[-1]
     W_pos = bridge.W_pos.detach().float().clone() if spec.positional == "learned" else None
     W_U = bridge.W_U.detach().float().clone()
     m, ls = spec.residual_multiplier, spec.logits_scaling  # Granite's multipliers, folded (see ArchSpec)
-    W_O, W_out = bridge.W_O.detach().float().clone() * m, bridge.W_out.detach().float().clone() * m
+    W_O = bridge.W_O.detach().float().clone() * m
+    W_out = (moe["W_out"] if moe else bridge.W_out.detach().float().clone()) * m
     b_O = _stack_or_zeros(bridge, "b_O", (L, D)) * m
     return Weights(
         W_E=bridge.W_E.detach().float().clone(), W_pos=W_pos,
@@ -362,10 +392,13 @@ def read_weights(bridge: Any, spec: ArchSpec) -> Weights:
         b_Q=_stack_or_zeros(bridge, "b_Q", (L, H, dh)), b_K=_stack_or_zeros(bridge, "b_K", (L, K, dh)),
         b_V=_stack_or_zeros(bridge, "b_V", (L, K, dh)),
         W_O=W_O, b_O=b_O,
-        W_in=W_in, W_gate=W_gate, b_in=_stack_or_zeros(bridge, "b_in", (L, d_mlp)),
-        W_out=W_out, b_out=_stack_or_zeros(bridge, "b_out", (L, D)) * m,
+        W_in=W_in, W_gate=W_gate, W_out=W_out,  # the experts and dense MLPs of mixtures of experts have no biases
+        b_in=torch.zeros(L, d_mlp) if moe else _stack_or_zeros(bridge, "b_in", (L, d_mlp)),
+        b_out=torch.zeros(L, D) if moe else _stack_or_zeros(bridge, "b_out", (L, D)) * m,
         ln1_w=torch.stack([w for w, _ in ln1]), ln1_b=torch.stack([b for _, b in ln1]),
         ln2_w=torch.stack([w for w, _ in ln2]), ln2_b=torch.stack([b for _, b in ln2]),
         post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=lnf[0], lnf_b=lnf[1],
         W_U=W_U / ls, b_U=_stack_or_zeros(bridge, "b_U", (W_U.shape[1],)) / ls,
+        W_router=moe.get("W_router"), W_exp_gate=moe.get("W_exp_gate"), W_exp_in=moe.get("W_exp_in"),
+        W_exp_out=moe.get("W_exp_out"),
     )

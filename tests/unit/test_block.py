@@ -19,16 +19,21 @@ def _closed_form_flops(r: Runner, layer: int, stage: str, T: int, k: int, with_l
     L, D, dh = s.n_layers, s.d_model, s.d_head
     n = T - prefix  # positions computed
     d_mlp = r.w.W_in.shape[-1]
-    mlp = 2 * D * d_mlp * (3 if r.w.W_gate is not None else 2)  # per token
+    moe = s.moe
+
+    def mlp(l: int) -> int:  # per token
+        if moe is not None and moe.sparse[l]:  # router, every expert's gate/up/down, their weighted sum
+            return 2 * D * moe.n_experts + 2 * D * moe.d_expert * 3 * moe.n_experts + 2 * moe.n_experts * D
+        return 2 * D * d_mlp * (3 if r.w.W_gate is not None else 2)
     qo = 2 * D * s.n_heads * dh * 2  # query and output projections, per token
     kv = 2 * D * 2 * s.n_kv_heads * dh  # key and value projections, per token
     mix = 2 * 2 * s.n_heads * T * dh  # scores and weighted values, per query
     start = layer if stage == "pre" else layer + 1
-    total = max(0, L - 1 - start) * n * (qo + kv + mix + mlp)
+    total = sum(n * (qo + kv + mix + mlp(l)) for l in range(start, L - 1))
     if start <= L - 1:
-        total += n * kv + qo + mix + mlp  # the last block: keys/values of every position, one query
+        total += n * kv + qo + mix + mlp(L - 1)  # the last block: keys/values of every position, one query
     if stage == "mid":
-        total += mlp * (1 if layer == L - 1 else n)
+        total += mlp(layer) * (1 if layer == L - 1 else n)
     return float(total + 2 * D * (1 + k) + (2 * D * s.d_vocab if with_loss else 0))
 
 
