@@ -46,7 +46,8 @@ from logitlab.features.dictionary import DictionarySet, Transcoder
 from logitlab.features.replacement import Replacement, build_replacement
 from logitlab.task import encode_prompt, single_token_id
 
-__all__ = ["AttributionGraph", "attribute", "prune_graph", "PruneResult", "compute_influence", "graph_scores"]
+__all__ = ["AttributionGraph", "attribute", "prune_graph", "PruneResult", "compute_influence", "graph_scores",
+           "check_graph", "graph_to_dict"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,8 +124,8 @@ class AttributionGraph:
 
 
 # ---- attribution ----------------------------------------------------------------------------------------------
-def attribute(model: Any, prompt: str | list[int], dictionaries: DictionarySet, *, answer: str | None = None,
-              contrast: str | list[str] | None = None, max_logits: int = 10, logit_mass: float = 0.95,
+def attribute(model: Any, prompt: str | list[int], dictionaries: DictionarySet, *, answer: str | int | None = None,
+              contrast: str | int | list[str] | list[int] | None = None, max_logits: int = 10, logit_mass: float = 0.95,
               dtype: torch.dtype = torch.float32, zero_first: bool = True, chunk_bytes: float = 2 ** 28,
               batch_size: int | None = None) -> AttributionGraph:
     """The attribution graph of ``prompt`` (a string, encoded with a BOS token, or token ids).
@@ -132,7 +133,8 @@ def attribute(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
     Args:
         model: a loaded logitlab model on its own forward pass (``model.runner`` a staged Runner).
         dictionaries: one transcoder per layer (reading mlp_in, writing mlp_out).
-        answer, contrast: give both for the logit-difference target (answer − mean of the contrasts).
+        answer, contrast: give both for the logit-difference target (answer − mean of the contrasts); tokens as
+            strings (one token each) or ids.
         max_logits, logit_mass: the top logits kept as targets (at most ``max_logits``, until ``logit_mass``).
         dtype: the dtype of the replacement model (float64 for exactness checks).
         zero_first: no feature or error nodes at position 0 (BOS), as circuit-tracer.
@@ -165,7 +167,7 @@ class _Sources(NamedTuple):
 
 
 def _attribute(model: Any, rep: Replacement, cache: Any, dicts: DictionarySet, text: str, ids: list[int],
-               answer: str | None, contrast: str | list[str] | None, max_logits: int, logit_mass: float,
+               answer: Any, contrast: Any, max_logits: int, logit_mass: float,
                chunk_bytes: float, batch_size: int | None) -> AttributionGraph:
     runner, s, dt, dev = model.runner, model.runner.spec, rep.dtype, model.runner.device
     L, T, D = s.n_layers, len(ids), s.d_model
@@ -213,12 +215,14 @@ def _attribute(model: Any, rep: Replacement, cache: Any, dicts: DictionarySet, t
     ltoks: list[int | None] = [int(v) for v in top.tolist()]
     lprobs = [float(probs[v]) for v in top.tolist()]
     if answer is not None:
-        a_id = single_token_id(model.tokenizer, answer)
-        c_ids = [single_token_id(model.tokenizer, c) for c in ([contrast] if isinstance(contrast, str) else contrast)]
+        tid = lambda t: t if isinstance(t, int) else single_token_id(model.tokenizer, t)  # noqa: E731
+        a_id = tid(answer)
+        c_ids = [tid(c) for c in (contrast if isinstance(contrast, (list, tuple)) else [contrast])]
+        answer, contrast = model.tokenizer.decode([a_id]), [model.tokenizer.decode([c]) for c in c_ids]
         dirs.append(W_U[:, a_id].to(dt) - W_U[:, c_ids].to(dt).mean(1))
         consts.append(b_U[a_id].to(dt) - b_U[c_ids].to(dt).mean())
         vals.append(logits[a_id] - logits[c_ids].mean())
-        labels.append(f"{answer} − {' / '.join(contrast) if not isinstance(contrast, str) else contrast}")
+        labels.append(f"{answer} − {' / '.join(contrast)}")
         ltoks.append(None)
         lprobs.append(0.0)
     U = torch.stack(dirs)  # (n_logits, D)
@@ -380,3 +384,56 @@ def graph_scores(A: Tensor, weights: Tensor, errors: slice, tokens: slice) -> tu
     out = influence + weights
     completeness = (non_error * out).sum() / out.sum().clamp(min=1e-30)
     return float(replacement), float(completeness)
+
+
+def check_graph(graph: AttributionGraph) -> dict[str, float]:
+    """The exactness invariants' residuals: max |Σ in-edges + bias − value| / max |value|, features and logits."""
+    total = graph.adjacency.double().sum(1) + graph.bias
+    out = {}
+    for name, sl in (("features", slice(0, graph.n_features)), ("logits", slice(graph.n_nodes - graph.n_logits,
+                                                                                  graph.n_nodes))):
+        want = graph.values[sl]
+        out[name] = float((total[sl] - want).abs().max() / want.abs().max().clamp(min=1e-12)) if len(want) else 0.0
+    return out
+
+
+def graph_to_dict(graph: AttributionGraph, pruned: PruneResult, on: str | None = None,
+                  model: str | None = None) -> dict[str, Any]:
+    """``graph.json``: every node (kept or not), the kept edges, scores and the invariants' residuals (docs/features.md)."""
+    on = on or ("logit_diff" if graph.has_logit_diff else "logits")
+    n_f, L, T = graph.n_features, graph.n_layers, graph.n_pos
+    labels = graph.node_labels()
+    inf = pruned.influence.tolist()
+    keep = pruned.node_mask.tolist()
+    nodes: list[dict[str, Any]] = []
+    for i, (l, p, f) in enumerate(graph.features.tolist()):
+        nodes.append({"id": i, "kind": "feature", "layer": l, "pos": p, "feature": f,
+                      "activation": float(graph.activations[i]), "value": float(graph.values[i]),
+                      "bias": float(graph.bias[i]), "influence": inf[i], "kept": keep[i], "label": labels[i]})
+    for l in range(L):
+        for p in range(T):
+            i = n_f + l * T + p
+            nodes.append({"id": i, "kind": "error", "layer": l, "pos": p, "norm": float(graph.error_norms[l, p]),
+                          "influence": inf[i], "kept": keep[i], "label": labels[i]})
+    for p in range(T):
+        i = graph.token_slice.start + p
+        nodes.append({"id": i, "kind": "token", "layer": -1, "pos": p, "token": graph.tokens[p],
+                      "text": graph.token_strs[p], "influence": inf[i], "kept": keep[i], "label": labels[i]})
+    for j in range(graph.n_logits):
+        i = graph.n_nodes - graph.n_logits + j
+        nodes.append({"id": i, "kind": "logit", "layer": L, "pos": T - 1, "token": graph.logit_tokens[j],
+                      "text": graph.logit_labels[j], "prob": float(graph.logit_probs[j]),
+                      "value": float(graph.values[i]), "bias": float(graph.bias[i]), "kept": True, "label": labels[i]})
+    t_idx, s_idx = pruned.edge_mask.nonzero(as_tuple=True)
+    weights = graph.adjacency[t_idx, s_idx].tolist()
+    edges = [[int(s), int(t), w] for s, t, w in zip(s_idx.tolist(), t_idx.tolist(), weights)]
+    replacement, completeness = graph.scores(on)
+    return {
+        "format": "logitlab-graph", "version": 1, "model": model, "prompt": graph.prompt, "tokens": graph.tokens,
+        "token_strs": graph.token_strs, "n_layers": L, "influence_on": on,
+        "scores": {"replacement": replacement, "completeness": completeness},
+        "check": check_graph(graph),
+        "counts": {"features": n_f, "kept_features": int(pruned.node_mask[:n_f].sum()), "nodes": graph.n_nodes,
+                   "kept_nodes": int(pruned.node_mask.sum()), "kept_edges": len(edges)},
+        "settings": graph.meta, "nodes": nodes, "edges": edges,
+    }

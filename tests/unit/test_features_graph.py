@@ -193,3 +193,42 @@ def test_scores_by_hand() -> None:
     # completeness: node 0 has 3/4 non-error input, weight inf+w = 1; node 3 non-error 1, weight 1;
     # nodes 1, 2: non-error 1 (no inputs), weights 0.25, 0.75 → (0.75 + 1 + 0.25 + 0.75) / 3
     assert comp == pytest.approx((0.75 + 1 + 0.25 + 0.75) / 3)
+
+
+@pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
+def test_graph_json_and_view(tiny_model, tmp_path) -> None:  # noqa: ANN001
+    """graph.json holds every node, the kept edges (with their adjacency weights), scores and the check; the view
+    is one offline page under the report's Content-Security-Policy."""
+    import json
+
+    from logitlab.features.graph import graph_to_dict
+    from logitlab.features.graph_cli import write_graph
+    from logitlab.report.page import CSP
+    _, _, g = _graph(tiny_model, "relu", dtype=torch.float32)
+    res = prune_graph(g)
+    js, html = write_graph(graph_to_dict(g, res, model="tiny"), tmp_path)
+    data = json.loads(js.read_text())
+    assert len(data["nodes"]) == g.n_nodes and [n["id"] for n in data["nodes"]] == list(range(g.n_nodes))
+    assert len(data["edges"]) == int(res.edge_mask.sum()) > 0
+    s, t, w = data["edges"][0]
+    assert w == pytest.approx(float(g.adjacency[t, s]))
+    assert data["check"]["features"] < 1e-4 and data["check"]["logits"] < 1e-4
+    assert (data["scores"]["replacement"], data["scores"]["completeness"]) == pytest.approx(g.scores())
+    page = html.read_text()
+    assert CSP in page and "plot-graph" in page and "<script src" not in page and "<link" not in page
+
+
+@pytest.mark.parametrize("tiny_model", ["llama_gqa"], indirect=True)
+def test_task_features(tiny_model, tiny_task_file) -> None:  # noqa: ANN001
+    """Over the task's prompts: per-prompt scores, the exactness residual, and top features ranked by mean
+    influence, each mean inside its CI and equal to the mean of the per-prompt influences."""
+    from logitlab.features.analysis import task_features
+    from logitlab.task import load_task, tokenize_task
+    tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
+    d = random_dictionaries(tiny_model.spec.d_model, tiny_model.spec.n_layers, "relu")
+    out = task_features(tiny_model, tt, d, "random", n_prompts=4, top=5)
+    assert out["n_prompts"] == 4 and len(out["replacement"]) == 4 and out["max_check"] < 1e-4
+    means = [r["mean"] for r in out["top"]]
+    assert means == sorted(means, reverse=True) and len(means) == 5
+    for r in out["top"]:
+        assert r["ci"][0] - 1e-9 <= r["mean"] <= r["ci"][1] + 1e-9 and 1 <= r["n_active"] <= 4
