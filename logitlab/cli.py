@@ -334,6 +334,14 @@ def _register_grid() -> None:
 _register_grid()
 
 
+def _register_graph() -> None:
+    from logitlab.features.graph_cli import graph_cmd
+    app.command("graph", help="Attribution graph of one prompt over transcoder features (graph.json, graph.html).")(graph_cmd)
+
+
+_register_graph()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (callable in-process for tests)."""
     _ANALYSES_OPT.help = _analyses_help()

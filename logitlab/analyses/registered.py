@@ -26,10 +26,12 @@ from logitlab.analyses.predict import PredictionSettings, task_predictions
 from logitlab.analyses.robustness import robustness
 from logitlab.analyses.unembed_bias import unembed_bias
 from logitlab.errors import LogitlabError
+from logitlab.features.analysis import FeatureSettings
 from logitlab.model.backend import GRAD, SWEEP, has
 from logitlab.registry import Analysis, register
 from logitlab.results.ablation import HeadAblation
 from logitlab.results.circuit import AttributionPatching, Circuit, PathPatching
+from logitlab.results.features import Features
 from logitlab.results.core import (
     DLA, Attention, HeadAttribution, HeadAttributionDetail, LayerAttribution, LogitDiff, LogitLens, Predictions,
     UnembedBias,
@@ -174,3 +176,18 @@ def _circuit(ctx: RunContext) -> Sections:
 
 register(Analysis("circuit", {"circuit": Circuit}, _circuit, default=False, settings=CircuitSettings,
                   group="circuit", summary="EAP-IG circuit discovery and its faithfulness curve"))
+
+
+def _features(ctx: RunContext) -> Sections:
+    from logitlab.features.analysis import task_features
+    from logitlab.features.formats import load_dictionaries  # type: ignore[import-not-found]
+    s = ctx.settings(FeatureSettings)
+    if not s.transcoders:
+        raise LogitlabError("the features analysis needs transcoders", "pass --transcoders DIR")
+    n = min(s.feature_prompts, ctx.tt.n_prompts)
+    return {"features": task_features(ctx.model, ctx.tt, load_dictionaries(s.transcoders, ctx.model), s.transcoders,
+                                      n, s.feature_top, ctx.progress("attribution graphs", n))}
+
+
+register(Analysis("features", {"features": Features}, _features, default=False, settings=FeatureSettings,
+                  summary="attribution graphs over transcoder features (needs --transcoders)"))

@@ -39,6 +39,7 @@ from logitlab.results.core import (
     UnembedBiasPair,
 )
 from logitlab.results.docs import results_table
+from logitlab.results.features import Features
 from logitlab.results.patching import (
     AttnPatching, AttnPatchingSection, HeadPatching, HeadPatchingSet, MlpPatching, MlpPatchingSection, PatchingSet,
     PositionPatching, ResidPatching, ResidPatchingSection,
@@ -101,3 +102,4 @@ class Results(TypedDict):
     unembed_bias: UnembedBias
     robustness: NotRequired[Robustness]
     circuit: NotRequired[Circuit]
+    features: NotRequired[Features]

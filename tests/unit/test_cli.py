@@ -22,8 +22,8 @@ def test_run_writes_results_tables_and_refuses_to_overwrite(gpt2_dir: Path, tiny
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
     validate_results(res)
-    # circuit discovery is opt-in (--circuit)
-    assert set(res) | {"circuit"} == set(results_schema()["properties"]), "a task with pairs fills every section"
+    # circuit discovery (--circuit) and transcoder features (--analyses features) are opt-in
+    assert set(res) | {"circuit", "features"} == set(results_schema()["properties"]), "a task with pairs fills every section"
     L, H = res["model"]["n_layers"], res["model"]["n_heads"]
     assert len(res["head_attribution"]) == L and len(res["head_attribution"][0]) == H
     assert len(res["head_ablation"]["zero"]["loss"]) == L and len(res["head_ablation"]["mean"]["logit_diff"][0]) == H

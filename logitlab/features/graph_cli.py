@@ -1,0 +1,60 @@
+"""``logitlab graph PROMPT --transcoders DIR``: one prompt's attribution graph as graph.json and graph.html."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from logitlab.errors import LogitlabError
+
+__all__ = ["graph_cmd", "write_graph"]
+
+
+def write_graph(data: dict, out: Path) -> tuple[Path, Path]:
+    """Write ``graph.json`` and its offline view ``graph.html`` into ``out``."""
+    from logitlab.report.sections.features import graph_page
+    out.mkdir(parents=True, exist_ok=True)
+    js, html = out / "graph.json", out / "graph.html"
+    js.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+    html.write_text(graph_page(data), encoding="utf-8")
+    return js, html
+
+
+def graph_cmd(
+    prompt: Annotated[str, typer.Argument(help="The prompt (a BOS token is prepended when the model has one).")],
+    transcoders: Annotated[str, typer.Option("--transcoders", help="Folder (circuit-tracer or SAELens format) "
+                                             "or release name of per-layer transcoders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("logitlab-graph"),
+    answer: Annotated[str | None, typer.Option("--answer", "-a", help="Answer token of the logit-difference "
+                                               "target (e.g. ' she'); needs --contrast.")] = None,
+    contrast: Annotated[str | None, typer.Option("--contrast", "-c", help="Contrast token (e.g. ' he').")] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="'builtin', a hub name, a folder or a .gguf file.")] = "builtin",
+    node_threshold: Annotated[float, typer.Option(help="Keep nodes holding this share of influence.")] = 0.8,
+    edge_threshold: Annotated[float, typer.Option(help="Keep edges holding this share of influence.")] = 0.98,
+    device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Attribution graph of one prompt over transcoder features: graph.json and an offline graph.html."""
+    from rich.console import Console
+
+    from logitlab.features.formats import load_dictionaries  # type: ignore[import-not-found]
+    from logitlab.features.graph import attribute, graph_to_dict, prune_graph
+    from logitlab.model.device import device_option
+    from logitlab.model.load import load_model
+    console = Console(stderr=True)
+    if (answer is None) != (contrast is None):
+        raise LogitlabError("give both --answer and --contrast, or neither")
+    m = load_model(model, device=device_option(device))
+    dicts = load_dictionaries(transcoders, m)
+    with console.status("attributing…"):
+        g = attribute(m, prompt, dicts, answer=answer, contrast=contrast)
+        pruned = prune_graph(g, node_threshold, edge_threshold)
+        data = graph_to_dict(g, pruned, model=m.name)
+    js, html = write_graph(data, out)
+    s, c = data["scores"], data["check"]
+    console.print(f"{data['counts']['kept_features']} of {data['counts']['features']} features kept, "
+                  f"{data['counts']['kept_edges']} edges; replacement {s['replacement']:.3f}, completeness "
+                  f"{s['completeness']:.3f}; invariant residual {max(c.values()):.1e}", highlight=False)
+    console.print(f"[green]graph:[/green] {js}\n[green]view:[/green] {html}")
