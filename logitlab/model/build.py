@@ -33,7 +33,7 @@ def check_hooked_dtype(hf_config: Any, dtype: str) -> None:
     """The hook fallback runs the bridge's own forward pass, which logitlab keeps in float32."""
     if not staged(hf_config) and dtype != "float32":
         raise LogitlabError(f"{hf_config.model_type!r} runs through TransformerLens hooks, in float32 only",
-                            "drop --dtype")
+                            "pass --dtype float32 (--dtype auto is bfloat16 on CUDA)")
 
 
 def check_supported(hf_config: Any, dtype: str) -> None:
