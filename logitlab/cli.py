@@ -43,7 +43,8 @@ _state = {"debug": False}
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'builtin' (Gemma-3-270M, offline), a HF hub name "
                                        "such as gpt2, a local HF folder, or a .gguf file.")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device: auto (CUDA when available, else cpu), cpu, cuda or cuda:N.")]
-DtypeOpt = Annotated[str, typer.Option(help="float32 (default) or bfloat16.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bfloat16 on a CUDA device that supports it, else float32), "
+                                        "float32 or bfloat16.")]
 FiguresOpt = Annotated[str, typer.Option("--figures", help="Also export every figure to figures/ as png, svg or "
                                          "png,svg (needs Chromium; off by default: the report's own toolbar "
                                          "exports single plots).")]
@@ -78,9 +79,15 @@ def _device(device: str) -> str:
     return device_option(device)
 
 
+def _dtype(dtype: str, device: str) -> str:
+    """``--dtype`` resolved for the resolved device (``auto``: bfloat16 on CUDA with bf16, else float32)."""
+    from logitlab.model.device import resolve_dtype
+    return resolve_dtype(dtype, device)
+
+
 def _load(model: str, device: str, dtype: str, trust_remote_code: bool = False):  # noqa: ANN202
     from logitlab.model.load import load_model
-    console.print(f"device: {device}", highlight=False)
+    console.print(f"device: {device}, dtype: {dtype}", highlight=False)
     quiet_libraries()
     with console.status(f"loading model {model!r}…"):
         return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -142,7 +149,7 @@ def run(
     task: TaskOpt = "pronouns",
     out: OutOpt = Path("logitlab-out"),
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = "auto",
     max_memory: Annotated[float | None, typer.Option(help="Memory budget for sweeps, in GiB (default: half of the free memory).")] = None,
     force: ForceOpt = False,
     report: ReportOpt = True,
@@ -156,7 +163,8 @@ def run(
     """Run the whole battery and write results.json, tables/ and report.html to --out."""
     if max_memory is not None and not (math.isfinite(max_memory) and max_memory > 0):
         raise LogitlabError(f"--max-memory must be a positive number of GiB, got {max_memory}")
-    config = RunConfig(model=model, task=task, device=_device(device), dtype=dtype,
+    device = _device(device)
+    config = RunConfig(model=model, task=task, device=device, dtype=_dtype(dtype, device),
                        max_memory=None if max_memory is None else int(max_memory * 2**30),
                        analyses=_analyses(analyses, circuit), **_settings("run", settings))
     _run(config, out, force, report, figures, trust_remote_code)
@@ -214,7 +222,7 @@ def circuit(
     task: TaskOpt = "pronouns",
     out: OutOpt = Path("logitlab-circuit"),
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = "auto",
     force: ForceOpt = False,
     report: ReportOpt = True,
     figures: FiguresOpt = "",
@@ -223,7 +231,8 @@ def circuit(
 ) -> None:
     """From important heads to the circuit: ablation, exact patching, attribution patching, path patching from the
     top heads and EAP-IG circuit discovery with its faithfulness curve (results.json, report.html)."""
-    config = RunConfig(model=model, task=task, device=_device(device), dtype=dtype,
+    device = _device(device)
+    config = RunConfig(model=model, task=task, device=device, dtype=_dtype(dtype, device),
                        analyses=("ablation", "patching", "atp", "path_patching", "circuit"),
                        **_settings("circuit", settings))
     _run(config, out, force, report, figures, trust_remote_code)
@@ -270,13 +279,14 @@ def predict(
     k: Annotated[int, typer.Option("-k", help="How many top tokens.")] = 10,
     no_bos: Annotated[bool, typer.Option("--no-bos", help="Do not prepend the BOS token.")] = False,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Show a prompt's tokens, the top-k next tokens (logit, probability) and the answer's rank."""
     from logitlab.analyses.predict import predict as _predict
     if k < 1:
         raise LogitlabError("-k must be at least 1")
     device = _device(device)
+    dtype = _dtype(dtype, device)
     RunConfig(model=model, device=device, dtype=dtype)  # validates device/dtype
     m = _load(model, device, dtype)
     p = _predict(m, prompt, answer, k=k, prepend_bos=not no_bos)

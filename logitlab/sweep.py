@@ -15,7 +15,6 @@ TransformerLens hooked forward per intervention.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from logitlab.errors import LogitlabError
+from logitlab.model.device import available_memory
 from logitlab.model.runner import Runner
 
 __all__ = ["Entry", "SweepResult", "SweepSettings", "SweepStats", "run_sweep", "sweep_flops", "available_memory",
@@ -111,37 +111,24 @@ def sweep_flops(runner: Runner, layer: int, stage: str, seq_len: int, n_incorrec
     return total
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes free for a sweep on ``device``."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
-
-
 #: Rows (items × positions) per chunk on CPU beyond which larger chunks stop helping: the matrix products are
 #: already at full speed and bigger activations only fall out of the cache. On GPUs the memory budget decides.
 CPU_CHUNK_ROWS = 1024
 
 
 def auto_chunk(runner: Runner, seq_len: int, settings: SweepSettings) -> int:
-    """Items per chunk so that one chunk's activations fit the memory budget."""
+    """Items per chunk so that one chunk's activations fit the memory budget: ``max_memory``, else half of what
+    is free on the runner's device now (on CUDA the device's free memory, not the host's)."""
     if settings.chunk_size:
         return max(1, settings.chunk_size)
     s = runner.spec
     d_mlp = runner.w.W_in.shape[-1]
     elem = torch.finfo(runner.dtype).bits // 8
-    # Live tensors per item in one layer: residual copies, q/k/v, scores and pattern, MLP hidden (x3 for
-    # gate/up/activation); doubled for temporaries.
-    per_item = elem * (seq_len * (8 * s.d_model + 3 * s.n_heads * s.d_head + 3 * d_mlp)
-                       + 2 * s.n_heads * seq_len * seq_len) * 2
+    wide = max(elem, 4)  # norms and the attention softmax run in float32 whatever the model's dtype
+    # Live tensors per item in one layer: residual copies, q/k/v, MLP hidden (x3 for gate/up/activation) in the
+    # model's dtype; a norm's input and output, scores and pattern in float32; doubled for temporaries.
+    per_item = (elem * seq_len * (6 * s.d_model + 3 * s.n_heads * s.d_head + 3 * d_mlp)
+                + wide * (2 * seq_len * s.d_model + 2 * s.n_heads * seq_len * seq_len)) * 2
     budget = settings.max_memory if settings.max_memory else available_memory(runner.device) // 2
     if budget < per_item:
         raise LogitlabError(

@@ -33,7 +33,7 @@ def check_hooked_dtype(hf_config: Any, dtype: str) -> None:
     """The hook fallback runs the bridge's own forward pass, which logitlab keeps in float32."""
     if not staged(hf_config) and dtype != "float32":
         raise LogitlabError(f"{hf_config.model_type!r} runs through TransformerLens hooks, in float32 only",
-                            "drop --dtype")
+                            "pass --dtype float32 (--dtype auto is bfloat16 on CUDA)")
 
 
 def check_supported(hf_config: Any, dtype: str) -> None:
@@ -64,22 +64,25 @@ def _load_hooked(bridge: Any, hf_config: Any, tok: Any, source: str, name: str, 
 
 
 def from_bridge(bridge: Any, hf_config: Any, tok: Any, source: str, name: str, device: str, dtype: str,
-                trust: bool = False, cached: Path | None = None) -> Model:
-    """The Model of a bridge in compatibility mode (eval mode, on ``device``): its weights read, or its hooks.
+                trust: bool = False, cached: Path | None = None, keep_bridge: bool = True) -> Model:
+    """The Model of a bridge in compatibility mode (eval mode): its weights read, or its hooks.
 
-    The weights are copied out of the bridge (``read_weights``) and moved to ``device`` in ``dtype``; the
-    bridge itself is kept for hooks and interop and is not changed. With ``cached``, the processed weights are
-    also written there for later loads.
+    The weights are copied out of the bridge (``read_weights``) straight into ``dtype`` on ``device``, one
+    weight at a time, so a bfloat16 load never holds a float32 copy of the model besides the bridge's own. The
+    bridge itself is not changed; it is kept for hooks and interop (it must then be on ``device``), or, with
+    ``keep_bridge=False`` (a staged model only), left out of the Model so that the caller can free it: the
+    Model boots one again if something asks for it. With ``cached``, the weights read are also written there
+    for later loads.
     """
     if not staged(hf_config):
         return _load_hooked(bridge, hf_config, tok, source, name, device, dtype, trust)
     spec_ = read_spec(hf_config)
-    weights = read_weights(bridge, spec_)
+    weights = read_weights(bridge, spec_, DTYPES[dtype], device)
     if cached is not None:
         try:
             save_weights(cached, weights)
         except OSError as e:
             log.warning("could not cache processed weights at %s: %s", cached, e)
-    runner = Runner(spec_, weights.to(device, DTYPES[dtype]))
+    runner = Runner(spec_, weights)
     return Model(name=name, source=source, tokenizer=tok, spec=spec_, runner=runner, device=device, dtype=dtype,
-                 bridge=bridge, trust_remote_code=trust)
+                 bridge=bridge if keep_bridge else None, trust_remote_code=trust)

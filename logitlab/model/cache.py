@@ -5,6 +5,12 @@ writing weights and the unembedding centred, value biases folded) are therefore 
 by the folder's files (names, sizes, times) and the versions of transformer-lens, transformers and logitlab:
 a later load of the same folder reads them straight into the runner. Hub names have no stable local identity
 and are not cached.
+
+The weights are processed in float32 and cached in float32; a load in a lower precision that had to boot the
+bridge caches its own copy (rounded from the float32 processing, so the same numbers as a float32 cache read
+in that dtype) under a key of its own. Cached weights are read one tensor at a time, each converted to the
+load's dtype and device at once, and written from memory without a serialised copy, so neither a load nor a
+cache write holds a second copy of a large model.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import os
 from dataclasses import fields
 from importlib.metadata import version
 from pathlib import Path
+
+import torch
 
 from logitlab._io import atomic_write
 from logitlab._version import __version__
@@ -59,29 +67,54 @@ def processed_key(source: str) -> str | None:
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
-def processed_path(source: str) -> Path | None:
-    """Where the processed weights of ``source`` are (or would be) cached; None for a source with no key."""
+def processed_path(source: str, dtype: str = "float32") -> Path | None:
+    """Where the processed weights of ``source`` in ``dtype`` are (or would be) cached; None for a source with
+    no key. float32 keeps the cache's original file name."""
     key = processed_key(source)
-    return cache_dir() / "processed" / f"{key}.safetensors" if key else None
+    if not key:
+        return None
+    return cache_dir() / "processed" / (f"{key}.safetensors" if dtype == "float32" else f"{key}-{dtype}.safetensors")
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
 
 
 def save_weights(path: Path, weights: Weights) -> None:
-    """Write ``weights`` (each tensor that is set) to ``path`` as safetensors, atomically."""
-    from safetensors.torch import save
+    """Write ``weights`` (each tensor that is set) to ``path`` as safetensors, atomically.
+
+    The file is written tensor by tensor from the tensors' own memory (the safetensors library would first
+    serialise every tensor into a bytes copy: a second copy of the model).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in vars(weights).items() if v is not None}
+    state = {k: v for k, v in vars(weights).items() if v is not None}
+    header: dict[str, object] = {}
+    offset = 0
+    for k, v in state.items():
+        n = v.numel() * v.element_size()
+        header[k] = {"dtype": _ST_DTYPES[v.dtype], "shape": list(v.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the format aligns the data to 8 bytes
     with atomic_write(path, "wb") as f:
-        f.write(save(state))
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for v in state.values():
+            flat = v.detach().to("cpu").contiguous().view(-1)
+            f.write(memoryview(flat.view(torch.uint8).numpy()))
 
 
-def load_weights(path: Path) -> Weights | None:
-    """The cached weights at ``path``, or None (with a warning) if the file cannot be read."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_weights(path: Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Weights | None:
+    """The cached weights at ``path`` in ``dtype`` on ``device``, or None (with a warning) if the file cannot be
+    read. Tensors are read one at a time and converted at once (no float32 copy of the whole model)."""
+    from safetensors import SafetensorError, safe_open
+    names = [f.name for f in fields(Weights)]
+    state: dict[str, torch.Tensor | None] = {}
     try:
-        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            have = set(f.keys())
+            for n in names:
+                state[n] = f.get_tensor(n).to(device=device, dtype=dtype) if n in have else None
     except (OSError, SafetensorError) as e:
         log.warning("ignoring unreadable processed-weights cache %s (%s)", path, e)
         return None
-    names = [f.name for f in fields(Weights)]
-    return Weights(**{n: state.get(n) for n in names})
+    return Weights(**state)

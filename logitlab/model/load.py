@@ -25,7 +25,7 @@ from typing import Any
 
 from logitlab.errors import LogitlabError
 from logitlab.model.cache import cache_dir
-from logitlab.model.device import resolve_device
+from logitlab.model.device import resolve_device, resolve_dtype
 from logitlab.model.gguf import BUILTIN_MODEL
 from logitlab.model.hub import hub_reachable
 from logitlab.model.model import DTYPES, Model
@@ -37,7 +37,8 @@ __all__ = ["Model", "load_model", "cache_dir", "hub_reachable", "BUILTIN_MODEL"]
 
 
 def load_model(spec: str | Any = BUILTIN_MODEL, device: str = "cpu", dtype: str = "float32",
-               trust_remote_code: bool = False, cache: bool = True, tokenizer: Any = None) -> Model:
+               trust_remote_code: bool = False, cache: bool = True, tokenizer: Any = None,
+               check_memory: bool = True) -> Model:
     """Load a model onto ``device`` in ``dtype``: by spec (see module docstring) or from a loaded object.
 
     Args:
@@ -45,15 +46,20 @@ def load_model(spec: str | Any = BUILTIN_MODEL, device: str = "cpu", dtype: str 
             transformers ``PreTrainedModel`` (then ``tokenizer`` is required). Objects are never changed:
             logitlab works on its own copy where it has to process weights (``logitlab.model.objects``).
         device: Where the analyses run (``cpu``, ``cuda``, ``cuda:1``, or ``auto``: CUDA when available).
-        dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (the weights are held in it, the read-out and
+            attributions accumulate in float32), or ``auto``: bfloat16 on a CUDA device that supports it, else
+            float32.
         trust_remote_code: Let transformers run a hub model's own code (never by default).
         cache: Keep the bridge's processed weights of a local folder in the user cache, so later loads skip
             booting the bridge (not used for objects).
         tokenizer: The tokenizer of a ``PreTrainedModel`` (or, for a bridge, one to use instead of its own).
+        check_memory: Estimate the memory a load by name or path needs before it starts, and refuse a model
+            that cannot fit (``logitlab.model.memory``; ``LOGITLAB_IGNORE_MEMORY_ESTIMATE=1`` loads anyway).
     """
+    device = resolve_device(str(device))  # a torch.device too
+    dtype = resolve_dtype(dtype, device)
     if dtype not in DTYPES:
         raise LogitlabError(f"unknown dtype {dtype!r}", f"choose one of {sorted(DTYPES)}")
-    device = resolve_device(str(device))  # a torch.device too
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str):
@@ -61,4 +67,5 @@ def load_model(spec: str | Any = BUILTIN_MODEL, device: str = "cpu", dtype: str 
     if tokenizer is not None:
         raise LogitlabError("tokenizer= is only used with a model object",
                             "a model loaded by name or path brings its own tokenizer")
-    return load_source(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code, cache=cache)
+    return load_source(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code, cache=cache,
+                       check_memory=check_memory)

@@ -4,23 +4,32 @@ Every source becomes a local folder or hub name (a GGUF file is dequantised once
 :mod:`logitlab.model.gguf`), then:
 
 * **cached**: the folder's processed weights are in logitlab's cache (:mod:`logitlab.model.cache`): they go
-  straight into the runner while the tokenizer loads; the bridge is booted only if something asks for it;
+  straight into the runner, one tensor at a time in the load's dtype, while the tokenizer loads; the bridge is
+  booted only if something asks for it;
 * **otherwise**: Hugging Face loads the float32 model (:mod:`logitlab.model.hub`), TransformerLens boots its
   bridge in compatibility mode (:mod:`logitlab.model.bridge`), and its processed weights are read
-  (:mod:`logitlab.model.build`) and cached for the next load.
+  (:mod:`logitlab.model.build`) and cached for the next load. A float32 load keeps the bridge (moved to the
+  device) for hooks and interop; a bfloat16 or float16 load keeps it on the host, reads the weights from it
+  in their dtype onto the device and frees it, so the device never holds a float32 copy of the model.
+
+Before anything loads, the memory the load and run need is estimated from the model's files and a model that
+cannot fit is refused (:func:`logitlab.model.memory.check_load`).
 """
 
 from __future__ import annotations
 
+import gc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from logitlab.errors import LogitlabError
 from logitlab.model.bridge import boot_bridge
-from logitlab.model.build import check_supported, from_bridge
+from logitlab.model.build import check_supported, from_bridge, staged
 from logitlab.model.cache import load_weights, processed_path
+from logitlab.model.spec import Weights
 from logitlab.model.gguf import BUILTIN_ALIASES, BUILTIN_NAME, builtin_gguf, gguf_to_folder
 from logitlab.model.hub import OFFLINE_HELP, load_hf
+from logitlab.model.memory import check_load
 from logitlab.model.model import DTYPES, Model
 from logitlab.model.runner import Runner
 from logitlab.model.spec import read_spec
@@ -43,22 +52,45 @@ def resolve_source(spec: str) -> tuple[str, str]:
     return source, name
 
 
-def load_source(spec: str, device: str, dtype: str, trust_remote_code: bool = False, cache: bool = True) -> Model:
-    """Load the model ``spec`` names (see the module docstring) onto ``device`` in ``dtype`` (both checked)."""
+def _cached_weights(source: str, dtype: str, device: str) -> Weights | None:
+    """The processed weights of ``source`` from the cache, in ``dtype`` on ``device``: that dtype's file, else
+    the float32 one read in that dtype (the same numbers); None when neither is cached."""
+    for d in dict.fromkeys((dtype, "float32")):
+        path = processed_path(source, d)
+        if path is not None and path.is_file():
+            weights = load_weights(path, DTYPES[dtype], device)
+            if weights is not None:
+                return weights
+    return None
+
+
+def load_source(spec: str, device: str, dtype: str, trust_remote_code: bool = False, cache: bool = True,
+                check_memory: bool = True) -> Model:
+    """Load the model ``spec`` names (see the module docstring) onto ``device`` in ``dtype`` (both checked);
+    with ``check_memory``, refuse first a model whose estimated memory exceeds what is free."""
     source, name = resolve_source(spec)
-    cached = processed_path(source) if cache else None
-    weights = load_weights(cached) if cached is not None and cached.is_file() else None
+    if check_memory:
+        check_load(spec, dtype, device, processed_cache=cache)
+    weights = _cached_weights(source, dtype, device) if cache else None
     if weights is not None:
         from transformers import AutoConfig
         # The tokenizer (about a second for a large vocabulary) loads while the weights are laid out.
         with ThreadPoolExecutor(1) as pool:
             tok_future = pool.submit(load_tokenizer, source, spec in BUILTIN_ALIASES, trust_remote_code)
             spec_ = read_spec(AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code))
-            runner = Runner(spec_, weights.to(device, DTYPES[dtype]))
+            runner = Runner(spec_, weights)
             tok = tok_future.result()
         return Model(name=name, source=source, tokenizer=tok, spec=spec_, runner=runner, device=device, dtype=dtype,
                      bridge=None, trust_remote_code=trust_remote_code)
     hf, tok = load_hf(source, trust_remote_code)
     check_supported(hf.config, dtype)  # before the (slow) boot
-    bridge = boot_bridge(source, hf, tok, name, device)
-    return from_bridge(bridge, hf.config, tok, source, name, device, dtype, trust_remote_code, cached)
+    # A lower-precision load (staged models only: check_supported) reads the weights off a bridge on the host.
+    keep = dtype == "float32" or not staged(hf.config)
+    bridge = boot_bridge(source, hf, tok, name, device if keep else "cpu")
+    cached = processed_path(source, dtype) if cache else None
+    model = from_bridge(bridge, hf.config, tok, source, name, device, dtype, trust_remote_code, cached,
+                        keep_bridge=keep)
+    if not keep:
+        del bridge, hf
+        gc.collect()  # the bridge's modules refer to each other: free the float32 model now, not at some later GC
+    return model

@@ -117,6 +117,11 @@ class Weights:
     W_exp_out: Tensor | None = None  # (layer, expert, d_expert, d_model)
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Weights:
+        """These weights on ``device`` in ``dtype`` (tensors already there are shared, not copied).
+
+        The result and ``self`` together hold both copies until the caller drops ``self``: a large model is read
+        in its final dtype and device in the first place (``read_weights``, ``cache.load_weights``).
+        """
         moved = {k: (v.to(device=device, dtype=dtype) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
         return Weights(**moved)
 
@@ -350,11 +355,25 @@ def _stack_or_zeros(bridge: Any, name: str, shape: tuple[int, ...]) -> Tensor:
     return torch.zeros(shape) if value is None else value.detach().float().clone()
 
 
-def read_weights(bridge: Any, spec: ArchSpec) -> Weights:
-    """Copy the processed weights out of a TransformerBridge in compatibility mode."""
+def read_weights(bridge: Any, spec: ArchSpec, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> Weights:
+    """Copy the processed weights out of a TransformerBridge in compatibility mode, in ``dtype`` on ``device``.
+
+    Each weight is read from the bridge in float32 (Granite's multipliers applied there) and converted at once,
+    so a lower-precision load never holds a float32 copy of the whole model: only the bridge's own weights and
+    one stacked weight (e.g. every layer's ``W_in``) in float32 at a time.
+    """
     L, H, K, D, dh = spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head
+
+    def take(x: Tensor, mul: float = 1.0, div: float = 1.0) -> Tensor:
+        """A copy of ``x`` (never the bridge's own storage) scaled in float32, then in dtype on device."""
+        x = x.detach().float()
+        x = x * mul if mul != 1.0 else x
+        x = x / div if div != 1.0 else x
+        return x.to(device=device, dtype=dtype, copy=True)
+
     offset = bool(getattr(bridge.cfg, "rmsnorm_uses_offset", False))
-    W_K = bridge.W_K.detach().float().clone()
+    W_K = take(bridge.W_K)
     if W_K.shape[1] != K:
         raise LogitlabError(f"unexpected key-weight layout {tuple(W_K.shape)} (expected {K} KV heads)")
     blocks = list(bridge.blocks)
@@ -366,39 +385,35 @@ def read_weights(bridge: Any, spec: ArchSpec) -> Weights:
     lnf = _norm_params(bridge.ln_final, offset, D)
     post1 = post2 = qn = kn = None
     if spec.post_norms:
-        post1 = torch.stack([_norm_params(b.ln1_post, offset, D)[0] for b in blocks])
-        post2 = torch.stack([_norm_params(b.ln2_post, offset, D)[0] for b in blocks])
+        post1 = take(torch.stack([_norm_params(b.ln1_post, offset, D)[0] for b in blocks]))
+        post2 = take(torch.stack([_norm_params(b.ln2_post, offset, D)[0] for b in blocks]))
     if spec.qk_norm:
         nq, nk = (H * dh, K * dh) if spec.qk_norm_all_heads else (dh, dh)
-        qn = torch.stack([_norm_params(b.attn.q_norm, offset, nq)[0] for b in blocks])
-        kn = torch.stack([_norm_params(b.attn.k_norm, offset, nk)[0] for b in blocks])
+        qn = take(torch.stack([_norm_params(b.attn.q_norm, offset, nq)[0] for b in blocks]))
+        kn = take(torch.stack([_norm_params(b.attn.k_norm, offset, nk)[0] for b in blocks]))
         if qn.shape[-1] != nq or kn.shape[-1] != nk:
             raise LogitlabError(f"unexpected query/key norm sizes {qn.shape[-1]}, {kn.shape[-1]} (expected {nq}, {nk})")
     moe = {} if spec.moe is None else read_moe_weights(blocks, spec.moe, D)  # experts, and dense layers' MLPs
-    W_gate = None
-    if spec.gated_mlp:
-        W_gate = moe["W_gate"] if moe else bridge.W_gate.detach().float().clone()
-    W_in = moe["W_in"] if moe else bridge.W_in.detach().float().clone()
+    W_gate = (take(moe["W_gate"]) if moe else take(bridge.W_gate)) if spec.gated_mlp else None
+    W_in = take(moe["W_in"]) if moe else take(bridge.W_in)
     d_mlp = W_in.shape[-1]
-    W_pos = bridge.W_pos.detach().float().clone() if spec.positional == "learned" else None
-    W_U = bridge.W_U.detach().float().clone()
+    W_pos = take(bridge.W_pos) if spec.positional == "learned" else None
     m, ls = spec.residual_multiplier, spec.logits_scaling  # Granite's multipliers, folded (see ArchSpec)
-    W_O = bridge.W_O.detach().float().clone() * m
-    W_out = (moe["W_out"] if moe else bridge.W_out.detach().float().clone()) * m
-    b_O = _stack_or_zeros(bridge, "b_O", (L, D)) * m
+    W_U = take(bridge.W_U, div=ls)
     return Weights(
-        W_E=bridge.W_E.detach().float().clone(), W_pos=W_pos,
-        W_Q=bridge.W_Q.detach().float().clone(), W_K=W_K, W_V=bridge.W_V.detach().float().clone(),
-        b_Q=_stack_or_zeros(bridge, "b_Q", (L, H, dh)), b_K=_stack_or_zeros(bridge, "b_K", (L, K, dh)),
-        b_V=_stack_or_zeros(bridge, "b_V", (L, K, dh)),
-        W_O=W_O, b_O=b_O,
-        W_in=W_in, W_gate=W_gate, W_out=W_out,  # the experts and dense MLPs of mixtures of experts have no biases
-        b_in=torch.zeros(L, d_mlp) if moe else _stack_or_zeros(bridge, "b_in", (L, d_mlp)),
-        b_out=torch.zeros(L, D) if moe else _stack_or_zeros(bridge, "b_out", (L, D)) * m,
-        ln1_w=torch.stack([w for w, _ in ln1]), ln1_b=torch.stack([b for _, b in ln1]),
-        ln2_w=torch.stack([w for w, _ in ln2]), ln2_b=torch.stack([b for _, b in ln2]),
-        post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=lnf[0], lnf_b=lnf[1],
-        W_U=W_U / ls, b_U=_stack_or_zeros(bridge, "b_U", (W_U.shape[1],)) / ls,
-        W_router=moe.get("W_router"), W_exp_gate=moe.get("W_exp_gate"), W_exp_in=moe.get("W_exp_in"),
-        W_exp_out=moe.get("W_exp_out"),
+        W_E=take(bridge.W_E), W_pos=W_pos,
+        W_Q=take(bridge.W_Q), W_K=W_K, W_V=take(bridge.W_V),
+        b_Q=take(_stack_or_zeros(bridge, "b_Q", (L, H, dh))), b_K=take(_stack_or_zeros(bridge, "b_K", (L, K, dh))),
+        b_V=take(_stack_or_zeros(bridge, "b_V", (L, K, dh))),
+        W_O=take(bridge.W_O, m), b_O=take(_stack_or_zeros(bridge, "b_O", (L, D)), m),
+        # the experts and dense MLPs of mixtures of experts have no biases
+        W_in=W_in, W_gate=W_gate,
+        b_in=take(torch.zeros(L, d_mlp) if moe else _stack_or_zeros(bridge, "b_in", (L, d_mlp))),
+        W_out=take(moe["W_out"] if moe else bridge.W_out, m),
+        b_out=take(torch.zeros(L, D) if moe else _stack_or_zeros(bridge, "b_out", (L, D)), m),
+        ln1_w=take(torch.stack([w for w, _ in ln1])), ln1_b=take(torch.stack([b for _, b in ln1])),
+        ln2_w=take(torch.stack([w for w, _ in ln2])), ln2_b=take(torch.stack([b for _, b in ln2])),
+        post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=take(lnf[0]), lnf_b=take(lnf[1]),
+        W_U=W_U, b_U=take(_stack_or_zeros(bridge, "b_U", (W_U.shape[1],)), div=ls),
+        **{k: take(moe[k]) if moe else None for k in ("W_router", "W_exp_gate", "W_exp_in", "W_exp_out")},
     )
