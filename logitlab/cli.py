@@ -297,7 +297,7 @@ def train_transcoders(
 ) -> None:
     """Train per-layer transcoders (MLP input -> output) offline, resumably; writes circuit-tracer's format."""
     from logitlab.features.train import TrainConfig, default_out, train_transcoders as _train
-    cfg = TrainConfig(n_features=features, n_tokens=tokens)
+    cfg = TrainConfig(n_features=features, n_tokens=tokens, k=min(32, max(1, features // 8)))
     wanted = None if layers is None else [int(x) for x in layers.split(",") if x.strip()]
     m = _load(model, _device(device), "float32")
     folder = out or default_out(m, cfg)

@@ -70,7 +70,7 @@ class TrainConfig:
     k: int = 32  # active features per position while training (TopK)
     seq_len: int = 128
     chunk_seqs: int = 8  # sequences per forward pass
-    batch_tokens: int = 256  # positions per Adam step
+    batch_tokens: int = 512  # positions per Adam step
     lr: float = 1e-3
     holdout_seqs: int = 32  # sequences held out for the metrics
     seed: int = 0
@@ -138,7 +138,7 @@ class _Layer:
     def __init__(self, d: int, cfg: TrainConfig, g: torch.Generator) -> None:
         W_dec = torch.randn(cfg.n_features, d, generator=g)
         W_dec /= W_dec.norm(dim=-1, keepdim=True)
-        self.params = {"W_enc": W_dec.T.clone().requires_grad_(True),
+        self.params = {"W_enc": W_dec.T.contiguous().requires_grad_(True),
                        "b_enc": torch.zeros(cfg.n_features, requires_grad=True),
                        "W_dec": W_dec.requires_grad_(True), "b_dec": torch.zeros(d, requires_grad=True)}
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr)
@@ -151,8 +151,9 @@ class _Layer:
         p = self.params
         pre = x @ p["W_enc"] + p["b_enc"]  # (n, F)
         vals, idx = pre.topk(k, dim=-1)  # (n, k), sorted: the k-th largest is the last
-        f = torch.zeros_like(pre).scatter(-1, idx, vals.relu())
-        loss = (f @ p["W_dec"] + p["b_dec"] - y).pow(2).sum(-1).mean()
+        # Decode from the k active rows only: (n, k) · (n, k, D) -> (n, D), k/F of the dense product's work
+        recon = torch.einsum("nk,nkd->nd", vals.relu(), p["W_dec"][idx]) + p["b_dec"]
+        loss = (recon - y).pow(2).sum(-1).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -261,3 +261,15 @@ def test_training_reduces_error_and_resumes(tiny_model, tmp_path: Path) -> None:
     with pytest.raises(LogitlabError, match="other settings"):
         train_transcoders(tiny_model, tmp_path / "b", TrainConfig(n_features=16, n_tokens=6000, k=8, seq_len=16),
                           progress=False)
+
+
+@pytest.mark.parametrize("tiny_model", ["llama_gqa"], indirect=True)
+def test_train_transcoders_command(tiny_model, tmp_path: Path) -> None:
+    from logitlab.cli import main
+    out = tmp_path / "tc"
+    rc = main(["train-transcoders", "--model", tiny_model.source, "--out", str(out), "--features", "16",
+               "--tokens", "1500", "--device", "cpu"])
+    assert rc == 0
+    dset = load_dictionaries(out, tiny_model)
+    assert dset.n_features == 16 and dset.layers[0].activation == "jumprelu"
+    assert len(json.loads((out / "metrics.json").read_text())["layers"]) == tiny_model.spec.n_layers
