@@ -291,7 +291,7 @@ def train_transcoders(
     model: ModelOpt = "builtin",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: logitlab's cache).")] = None,
     features: Annotated[int, typer.Option("--features", help="Features per layer.")] = 1024,
-    tokens: Annotated[int, typer.Option("--tokens", help="Training tokens (one pass).")] = 200_000,
+    tokens: Annotated[int, typer.Option("--tokens", help="Training tokens (one pass).")] = 150_000,
     layers: Annotated[str | None, typer.Option("--layers", help="Only these layers, e.g. '0,1,5' (default: all).")] = None,
     device: DeviceOpt = "auto",
 ) -> None:

@@ -66,17 +66,18 @@ class TrainConfig:
     """What to train (every field is part of the cache key)."""
 
     n_features: int = 1024  # per layer
-    n_tokens: int = 200_000  # training tokens (one pass)
+    n_tokens: int = 150_000  # training tokens (one pass)
     k: int = 32  # active features per position while training (TopK)
     seq_len: int = 128
     chunk_seqs: int = 8  # sequences per forward pass
     batch_tokens: int = 512  # positions per Adam step
     lr: float = 1e-3
     holdout_seqs: int = 32  # sequences held out for the metrics
+    resample_every: int = 10  # chunks between re-initialisations of features that did not fire
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_features", "n_tokens", "k", "chunk_seqs", "batch_tokens", "holdout_seqs"):
+        for name in ("n_features", "n_tokens", "k", "chunk_seqs", "batch_tokens", "holdout_seqs", "resample_every"):
             if getattr(self, name) < 1:
                 raise LogitlabError(f"{name} must be positive, got {getattr(self, name)}")
         if self.seq_len < 2:
@@ -146,27 +147,66 @@ class _Layer:
         self.chunks = 0
         self.kth = 0.0  # running mean of each position's k-th largest pre-activation
         self.n_kth = 0
+        self.fired = torch.zeros(cfg.n_features, dtype=torch.long)  # activations since the last resampling
 
     def step(self, x: Tensor, y: Tensor, k: int) -> float:
         p = self.params
         pre = x @ p["W_enc"] + p["b_enc"]  # (n, F)
         vals, idx = pre.topk(k, dim=-1)  # (n, k), sorted: the k-th largest is the last
-        # Decode from the k active rows only: (n, k) · (n, k, D) -> (n, D), k/F of the dense product's work
-        recon = torch.einsum("nk,nkd->nd", vals.relu(), p["W_dec"][idx]) + p["b_dec"]
+        # Dense decoding: on CPUs, gathering the k active decoder rows per position (and scattering their
+        # gradients back) costs more than the dense product at these sizes.
+        f = torch.zeros_like(pre).scatter(-1, idx, vals.relu())  # (n, F)
+        recon = f @ p["W_dec"] + p["b_dec"]
         loss = (recon - y).pow(2).sum(-1).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         with torch.no_grad():
             p["W_dec"] /= p["W_dec"].norm(dim=-1, keepdim=True).clamp(min=1e-8)
+            self.fired += torch.bincount(idx[vals > 0], minlength=self.fired.numel())
             kth = float(vals[:, -1].mean())
             self.n_kth += 1
             self.kth += (kth - self.kth) / min(self.n_kth, 50)  # mean over (about) the last 50 steps
         return float(loss.detach())
 
+    @torch.no_grad()
+    def resample(self, x: Tensor, y: Tensor, k: int, g: torch.Generator) -> int:
+        """Re-initialise the features that have not fired since the last call (returns how many).
+
+        Each gets the direction of one input (drawn with probability ∝ its squared reconstruction error) as its
+        encoder, scaled so that input's pre-activation is twice the typical k-th largest, and that input's
+        reconstruction error as its decoder direction; their Adam moments restart (Bricken et al. 2023 resample
+        dead features the same way).
+        """
+        dead = (self.fired == 0).nonzero().flatten()
+        self.fired.zero_()
+        if not len(dead):
+            return 0
+        p = self.params
+        pre = x @ p["W_enc"] + p["b_enc"]
+        vals, idx = pre.topk(k, dim=-1)
+        err = y - (torch.einsum("nk,nkd->nd", vals.relu(), p["W_dec"][idx]) + p["b_dec"])  # (n, D)
+        w = err.pow(2).sum(-1)
+        pick = torch.multinomial(w / w.sum(), len(dead), replacement=len(dead) > len(w), generator=g)
+        xs, es = x[pick], err[pick]
+        theta = max(self.kth, 1e-3)
+        p["W_enc"][:, dead] = (xs / xs.pow(2).sum(-1, keepdim=True).clamp(min=1e-12) * 2 * theta).T
+        p["b_enc"][dead] = 0
+        p["W_dec"][dead] = es / es.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        for name, t in p.items():
+            st = self.opt.state.get(t)
+            if st and name in ("W_enc", "b_enc"):
+                st["exp_avg"][..., dead] = 0
+                st["exp_avg_sq"][..., dead] = 0
+            elif st and name == "W_dec":
+                st["exp_avg"][dead] = 0
+                st["exp_avg_sq"][dead] = 0
+        return len(dead)
+
     def state(self) -> dict[str, Any]:
         return {"params": {k: v.detach() for k, v in self.params.items()}, "opt": self.opt.state_dict(),
-                "scales": self.scales, "chunks": self.chunks, "kth": self.kth, "n_kth": self.n_kth}
+                "scales": self.scales, "chunks": self.chunks, "kth": self.kth, "n_kth": self.n_kth,
+                "fired": self.fired}
 
     def load(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -174,13 +214,15 @@ class _Layer:
                 self.params[k].copy_(v)
         self.opt.load_state_dict(state["opt"])
         self.scales, self.chunks, self.kth, self.n_kth = state["scales"], state["chunks"], state["kth"], state["n_kth"]
+        self.fired = state["fired"]
 
     def transcoder(self) -> Transcoder:
         """The trained transcoder in the model's units, its TopK turned into a JumpReLU (module docstring)."""
         p = {k: v.detach() for k, v in self.params.items()}
-        s_in, mean, s_out = self.scales["x_scale"], self.scales["y_mean"], self.scales["y_scale"]
+        mx, s_in, mean, s_out = (self.scales[k] for k in ("x_mean", "x_scale", "y_mean", "y_scale"))
         theta = max(self.kth, 1e-6)
-        return Transcoder(W_enc=(p["W_enc"] / s_in).contiguous(), b_enc=p["b_enc"].clone(),
+        # pre = ((x − mx) / s_in) @ W + b = x @ (W / s_in) + (b − (mx / s_in) @ W)
+        return Transcoder(W_enc=(p["W_enc"] / s_in).contiguous(), b_enc=p["b_enc"] - (mx / s_in) @ p["W_enc"],
                           W_dec=(p["W_dec"] * s_out).contiguous(), b_dec=p["b_dec"] * s_out + mean,
                           activation="jumprelu", threshold=torch.full_like(p["b_enc"], theta))
 
@@ -242,10 +284,10 @@ def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), l
                 x = io[layer][0][:, 1:].reshape(-1, D).float().cpu()  # (n, D), BOS positions left out
                 y = io[layer][1][:, 1:].reshape(-1, D).float().cpu()
                 if not st.scales:
-                    mean = y.mean(0)
-                    st.scales = {"x_scale": x.pow(2).sum(-1).mean().sqrt(), "y_mean": mean,
-                                 "y_scale": (y - mean).pow(2).sum(-1).mean().sqrt()}
-                x = x / st.scales["x_scale"]
+                    mx, my = x.mean(0), y.mean(0)
+                    st.scales = {"x_mean": mx, "x_scale": (x - mx).pow(2).sum(-1).mean().sqrt(), "y_mean": my,
+                                 "y_scale": (y - my).pow(2).sum(-1).mean().sqrt()}
+                x = (x - st.scales["x_mean"]) / st.scales["x_scale"]
                 y = (y - st.scales["y_mean"]) / st.scales["y_scale"]
                 # the order of this chunk's positions depends on (seed, chunk, layer) only: a resumed run repeats it
                 order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(
@@ -254,6 +296,9 @@ def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), l
                     for b in range(0, x.shape[0], cfg.batch_tokens):
                         i = order[b:b + cfg.batch_tokens]
                         losses.append(st.step(x[i], y[i], cfg.k))
+                # resample dead features every `resample_every` chunks, until 3/4 of the way
+                if (c + 1) % cfg.resample_every == 0 and c + 1 <= 0.75 * n_chunks:
+                    st.resample(x, y, cfg.k, torch.Generator().manual_seed(cfg.seed + c * 31 + layer))
                 st.chunks = c + 1
                 if (c + 1) % checkpoint_every == 0 or c + 1 == n_chunks:
                     _save_ckpt(st, ckpt / f"layer_{layer}.pt")
