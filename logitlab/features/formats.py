@@ -95,7 +95,7 @@ def load_circuit_tracer(folder: str | Path, model: Any = None) -> DictionarySet:
     if kind != "transcoder_set":
         raise LogitlabError(f"{folder / 'config.yaml'}: unknown model_kind {kind!r} (expected transcoder_set)")
     hooks = {config.get("feature_input_hook", ""), config.get("feature_output_hook", "")}
-    points = (hook_point(config.get("feature_input_hook", "?"))[0], hook_point(config.get("feature_output_hook", "?"))[0])
+    points = tuple(hook_point(config.get(key, "?"))[0] for key in ("feature_input_hook", "feature_output_hook"))
     if points != ("mlp_in", "mlp_out"):
         raise LogitlabError(f"{folder}: a transcoder set must read the MLP's input and write its output; its hooks "
                             f"{sorted(hooks)} are {points[0]} → {points[1]}", SUPPORTED_HELP)

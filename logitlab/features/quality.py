@@ -3,7 +3,8 @@
 Per layer, on given inputs: explained variance of the reconstruction (1 − Σ‖y − ŷ‖² / Σ‖y − ȳ‖², y the layer's
 true output at the dictionary's output point), L0 (mean number of active features per position) and the dead
 fraction (features active at no position). For the whole set, the replacement model's agreement with the
-real model: every layer's MLP output replaced by its dictionary's output (no error terms), run to the logits;
+real model: every layer's MLP output replaced by its dictionary's output (no error terms; the BOS position
+keeps its own), run to the logits;
 KL(real ‖ replacement) and top-1 agreement at each prompt's final position, and the logit difference of the
 task's answers in both.
 
@@ -137,10 +138,12 @@ class Agreement:
 
 def agreement(dset: DictionarySet, model: Any, tokens: Int[Tensor, "batch pos"], final_pos: Int[Tensor, " batch"],
               correct: Int[Tensor, " batch"] | None = None, incorrect: Int[Tensor, "batch k"] | None = None,
-              error_terms: bool = False) -> Agreement:
+              error_terms: bool = False, keep_first: bool = True) -> Agreement:
     """KL, top-1 agreement and logit difference of the replacement model against the real one.
 
     ``error_terms``: add each layer's error (true output − reconstruction), which must give KL 0 (a check).
+    ``keep_first``: position 0 (BOS, the attention sink, with outlier activations no dictionary is trained
+    on) keeps the real MLP outputs, as circuit-tracer leaves its features out.
     """
     r = staged(model)
     dset.check(model, check_name=False)
@@ -150,6 +153,8 @@ def agreement(dset: DictionarySet, model: Any, tokens: Int[Tensor, "batch pos"],
         tc = ds.layers[layer]
         x = (true_out if ds.input_point == "mlp_out" else mlp_in).float()
         out = tc(x).to(true_out.dtype)
+        if keep_first:
+            out[:, 0] = true_out[:, 0]
         return out + (true_out - out) if error_terms else out
 
     rows = torch.arange(tokens.shape[0])

@@ -3,8 +3,12 @@
 Method. One pass over a corpus; each chunk of sequences runs once through logitlab's staged runner
 (:func:`logitlab.features.quality.mlp_io`) and every layer's transcoder takes Adam steps on that chunk's
 (MLP input, MLP output) pairs, so no activations are stored. Positions 0 (BOS: outlier norms) are left out.
-Inputs are scaled to unit mean squared norm and targets centred and scaled the same way; the scales are
-folded back into the weights when written (exact: the pre-activations and outputs are unchanged).
+Inputs and targets are centred and scaled to unit mean squared norm (means and scales from the first chunk);
+both are folded back into the weights when written (exact: the pre-activations and outputs are unchanged).
+Centring the inputs matters: the normalised MLP inputs share a large mean direction, and without it the
+few features whose encoders happen to point along it win every TopK while most never fire. Features that
+have not fired for ``resample_every`` chunks are re-initialised from badly reconstructed inputs (until
+three quarters of the way).
 
 Activation: TopK (k active features per position) while training — it needs no sparsity coefficient to
 tune, which matters when there is one short pass per layer; decoder rows are kept at unit norm. For the
