@@ -264,8 +264,16 @@ def test_training_reduces_error_and_resumes(tiny_model, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("tiny_model", ["llama_gqa"], indirect=True)
-def test_train_transcoders_command(tiny_model, tmp_path: Path) -> None:
+def test_train_transcoders_command(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from logitlab.cli import main
+    monkeypatch.setenv("LOGITLAB_CACHE", str(tmp_path / "cache"))
+    args = ["train-transcoders", "--model", tiny_model.source, "--features", "16", "--tokens", "1500",
+            "--device", "cpu", "--layers", "0"]
+    assert main(args) == 2  # only layer 0 trained: the set cannot be written yet
+    cached = list((tmp_path / "cache" / "transcoders").iterdir())
+    assert len(cached) == 1 and (cached[0] / "checkpoints" / "layer_0.pt").exists()
+    assert main(args[:-2]) == 0  # the other layers, in the same cached folder
+    assert load_dictionaries(cached[0], tiny_model).n_layers == tiny_model.spec.n_layers
     out = tmp_path / "tc"
     rc = main(["train-transcoders", "--model", tiny_model.source, "--out", str(out), "--features", "16",
                "--tokens", "1500", "--device", "cpu"])
