@@ -301,6 +301,25 @@ def predict(
                   highlight=False)
 
 
+@app.command("train-transcoders")
+def train_transcoders(
+    model: ModelOpt = "builtin",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: logitlab's cache).")] = None,
+    features: Annotated[int, typer.Option("--features", help="Features per layer.")] = 1024,
+    tokens: Annotated[int, typer.Option("--tokens", help="Training tokens (one pass).")] = 150_000,
+    layers: Annotated[str | None, typer.Option("--layers", help="Only these layers, e.g. '0,1,5' (default: all).")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train per-layer transcoders (MLP input -> output) offline, resumably; writes circuit-tracer's format."""
+    from logitlab.features.train import TrainConfig, default_out, train_transcoders as _train
+    cfg = TrainConfig(n_features=features, n_tokens=tokens, k=min(32, max(1, features // 8)))
+    wanted = None if layers is None else [int(x) for x in layers.split(",") if x.strip()]
+    m = _load(model, _device(device), "float32")
+    folder = out or default_out(m, cfg)
+    _train(m, folder, cfg, wanted)
+    console.print(f"[green]transcoders:[/green] {folder}")
+
+
 @app.command()
 def report(out: Annotated[Path, typer.Argument(help="A folder holding results.json.")],
            figures: FiguresOpt = "") -> None:

@@ -1,0 +1,283 @@
+"""Dictionaries (logitlab.features): the in-memory type, circuit-tracer's and SAELens's formats, quality metrics,
+the replacement model and training, on tiny random models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from logitlab.errors import LogitlabError
+from logitlab.features import DictionarySet, Transcoder, load_dictionaries
+from logitlab.features.formats import hook_point, load_saelens, save_circuit_tracer, save_saelens
+from logitlab.features.quality import agreement, layer_quality, mlp_io, replacement_final
+from logitlab.features.train import TrainConfig, train_transcoders
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "saelens"
+KINDS = ["gemma3", "llama_gqa"]  # post-norms; grouped KV heads
+
+
+def random_tc(d: int, F: int, activation: str = "relu", skip: bool = False, seed: int = 0) -> Transcoder:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    return Transcoder(W_enc=r(d, F) * 0.3, b_enc=r(F) * 0.1, W_dec=r(F, d) * 0.3, b_dec=r(d) * 0.1,
+                      activation=activation, threshold=r(F).abs() * 0.2 if activation == "jumprelu" else None,
+                      k=4 if activation == "topk" else None, W_skip=r(d, d) * 0.1 if skip else None)
+
+
+def random_set(model, F: int = 24, activation: str = "relu", skip: bool = False, kind: str = "transcoder") -> DictionarySet:
+    d, L = model.spec.d_model, model.spec.n_layers
+    tcs = tuple(random_tc(d, F, activation, skip, seed=i) for i in range(L))
+    return DictionarySet(layers=tcs, kind=kind, input_point="mlp_in" if kind == "transcoder" else "mlp_out",
+                         model=model.name, d_model=d)
+
+
+def assert_same(a: DictionarySet, b: DictionarySet) -> None:
+    assert (a.kind, a.input_point, a.output_point, a.d_model, a.n_layers) == \
+        (b.kind, b.input_point, b.output_point, b.d_model, b.n_layers)
+    for x, y in zip(a.layers, b.layers):
+        assert (x.activation, x.k) == (y.activation, y.k)
+        tx, ty = x.tensors(), y.tensors()
+        assert tx.keys() == ty.keys()
+        for k in tx:
+            assert torch.equal(tx[k], ty[k]), f"{k}: max diff {(tx[k] - ty[k]).abs().max()}"
+
+
+# ---- the type -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
+def test_encode_decode_by_hand(activation: str) -> None:
+    tc = random_tc(8, 12, activation, skip=True)
+    x = torch.randn(5, 8)
+    pre = x @ tc.W_enc + tc.b_enc
+    f = torch.zeros_like(pre)
+    for i in range(5):
+        for j in range(12):
+            p = float(pre[i, j])
+            if activation == "relu":
+                f[i, j] = max(p, 0.0)
+            elif activation == "jumprelu":
+                f[i, j] = p if p > float(tc.threshold[j]) else 0.0
+            else:
+                kth = float(pre[i].sort(descending=True).values[tc.k - 1])
+                f[i, j] = max(p, 0.0) if p >= kth else 0.0
+    assert torch.allclose(tc.pre(x), pre)
+    assert torch.allclose(tc.encode(x), f), (tc.encode(x) - f).abs().max()
+    out = f @ tc.W_dec + tc.b_dec + x @ tc.W_skip
+    assert torch.allclose(tc.decode(f, x), out, atol=1e-6)
+    assert torch.allclose(tc(x), out, atol=1e-6)
+    assert torch.allclose(tc.decode(f), f @ tc.W_dec + tc.b_dec)  # no input: no skip term
+
+
+def test_validation() -> None:
+    tc = random_tc(8, 12)
+    with pytest.raises(LogitlabError, match="features"):
+        Transcoder(W_enc=tc.W_enc, b_enc=tc.b_enc, W_dec=tc.W_dec[:5], b_dec=tc.b_dec)
+    with pytest.raises(LogitlabError, match="threshold"):
+        Transcoder(W_enc=tc.W_enc, b_enc=tc.b_enc, W_dec=tc.W_dec, b_dec=tc.b_dec, activation="jumprelu")
+    with pytest.raises(LogitlabError, match="integer k"):
+        Transcoder(W_enc=tc.W_enc, b_enc=tc.b_enc, W_dec=tc.W_dec, b_dec=tc.b_dec, activation="topk")
+    with pytest.raises(LogitlabError, match="unknown activation"):
+        Transcoder(W_enc=tc.W_enc, b_enc=tc.b_enc, W_dec=tc.W_dec, b_dec=tc.b_dec, activation="gelu")  # type: ignore[arg-type]
+    with pytest.raises(LogitlabError, match="same number of features"):
+        DictionarySet(layers=(tc, random_tc(8, 10)), d_model=8)
+    with pytest.raises(LogitlabError, match="d_model"):
+        DictionarySet(layers=(tc,), d_model=9)
+    moved = tc.to("cpu", torch.float64)
+    assert moved.W_enc.dtype == torch.float64 and moved.threshold is None
+
+
+# ---- formats ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tiny_model", KINDS, indirect=True)
+@pytest.mark.parametrize("activation,skip", [("relu", False), ("jumprelu", True), ("topk", False)])
+def test_round_trip_both_formats(tiny_model, tmp_path: Path, activation: str, skip: bool) -> None:
+    dset = random_set(tiny_model, activation=activation, skip=skip)
+    save_circuit_tracer(dset, tmp_path / "ct")
+    assert_same(dset, load_dictionaries(tmp_path / "ct", tiny_model))
+    if activation != "topk":  # SAELens has no TopK transcoder
+        save_saelens(dset, tmp_path / "sl")
+        assert_same(dset, load_dictionaries(tmp_path / "sl", tiny_model))
+    else:
+        with pytest.raises(LogitlabError, match="TopK transcoder"):
+            save_saelens(dset, tmp_path / "sl")
+    sae = random_set(tiny_model, activation=activation, kind="sae")
+    save_saelens(sae, tmp_path / "sae")
+    assert_same(sae, load_dictionaries(tmp_path / "sae", tiny_model))
+
+
+@pytest.mark.parametrize("name", ["standard", "jumprelu", "topk", "jumprelu_skip_transcoder"])
+def test_saelens_written_file_gives_saelens_features(name: str) -> None:
+    """Files written by SAELens itself (benchmarks/make_saelens_fixture.py) give the features SAELens computed."""
+    from safetensors.torch import load_file
+    dset = load_saelens(DATA / name)
+    exp = load_file(str(DATA / name / "expected.safetensors"))
+    tc = dset.layers[0]
+    f = tc.encode(exp["x"])
+    assert (f != 0).any()
+    assert torch.equal(f != 0, exp["features"] != 0), "active features differ"
+    assert torch.allclose(f, exp["features"], atol=1e-5), (f - exp["features"]).abs().max()
+    assert torch.allclose(tc(exp["x"]), exp["out"], atol=1e-5), (tc(exp["x"]) - exp["out"]).abs().max()
+    assert dset.kind == ("transcoder" if "transcoder" in name else "sae")
+    if name == "jumprelu":  # the fixture has a negative threshold, where SAELens's JumpReLU still applies a ReLU
+        assert json.loads((DATA / name / "cfg.json").read_text())["architecture"] == "jumprelu"
+
+
+@pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
+def test_mismatches_are_refused(tiny_model, tmp_path: Path) -> None:
+    d, L = tiny_model.spec.d_model, tiny_model.spec.n_layers
+    wide = DictionarySet(layers=tuple(random_tc(d + 8, 10, seed=i) for i in range(L)), d_model=d + 8,
+                         model=tiny_model.name)
+    with pytest.raises(LogitlabError, match="width"):
+        wide.check(tiny_model)
+    short = DictionarySet(layers=(random_tc(d, 10),), d_model=d, model=tiny_model.name)
+    with pytest.raises(LogitlabError, match="cover 1 layers"):
+        short.check(tiny_model)
+    other = random_set(tiny_model)
+    other = DictionarySet(layers=other.layers, d_model=d, model="google/gemma-2-2b")
+    save_circuit_tracer(other, tmp_path / "other")
+    with pytest.raises(LogitlabError, match="trained on 'google/gemma-2-2b'"):
+        load_dictionaries(tmp_path / "other", tiny_model)
+    load_dictionaries(tmp_path / "other", tiny_model, check_name=False)
+    # hook points
+    for hook in ("blocks.3.hook_resid_post", "blocks.3.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.1.hook_mlp_in"):
+        with pytest.raises(LogitlabError, match="unsupported hook point"):
+            hook_point(hook)
+    assert hook_point("blocks.2.ln2.hook_normalized") == ("mlp_in", 2)
+    assert hook_point("hook_mlp_out") == ("mlp_out", None)
+    cfg = (tmp_path / "other" / "config.yaml")
+    cfg.write_text(cfg.read_text().replace("mlp.hook_in", "hook_resid_mid"))
+    with pytest.raises(LogitlabError, match="hook_resid_mid"):
+        load_dictionaries(tmp_path / "other")
+    cfg.write_text("model_kind: cross_layer_transcoder\n")
+    with pytest.raises(LogitlabError, match="cross-layer"):
+        load_dictionaries(tmp_path / "other")
+    # post-norm model: mlp.hook_out is before the norm
+    cfg.write_text("model_kind: transcoder_set\nfeature_input_hook: mlp.hook_in\nfeature_output_hook: mlp.hook_out\n")
+    with pytest.raises(LogitlabError, match="post-MLP norm"):
+        load_dictionaries(tmp_path / "other", tiny_model, check_name=False)
+    # an SAE folder of a residual-stream point
+    sae = tmp_path / "sae"
+    save_saelens(random_set(tiny_model, kind="sae"), sae)
+    c = json.loads((sae / "layer_0" / "cfg.json").read_text())
+    c["metadata"]["hook_name"] = "blocks.0.hook_resid_post"
+    (sae / "layer_0" / "cfg.json").write_text(json.dumps(c))
+    with pytest.raises(LogitlabError, match="hook_resid_post"):
+        load_dictionaries(sae)
+
+
+def test_hub_name_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("logitlab.model.hub.hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(LogitlabError, match="hub cannot be reached") as e:
+        load_dictionaries("google/gemma-scope-2-270m-pt")
+    assert "train-transcoders" in str(e.value)
+
+
+# ---- quality and the replacement model -----------------------------------------------------------------------
+@pytest.mark.parametrize("tiny_model", KINDS, indirect=True)
+def test_replacement_loop_and_agreement(tiny_model) -> None:
+    from logitlab.task import tokenize_task, task_from_dict
+    import yaml
+    from tests.tiny import TASK_YAML
+    tt = tokenize_task(task_from_dict(yaml.safe_load(TASK_YAML)), tiny_model.tokenizer)
+    r = tiny_model.runner
+    # the loop with the real MLP is the runner's own forward pass
+    real = r.run_from(0, "pre", r.embed_sum(tt.tokens))
+    mine = replacement_final(tiny_model, tt.tokens, lambda _l, _x, true_out: true_out)
+    assert torch.allclose(real, mine, atol=1e-5), (real - mine).abs().max()
+    io = mlp_io(tiny_model, tt.tokens)
+    cache = r.run_with_cache(tt.tokens)
+    for l, (x_in, y) in io.items():
+        assert torch.allclose(y, cache.mlp_out[l], atol=1e-6)
+        assert torch.allclose(r.mlp(l, cache.resid_mid[l]), y, atol=1e-5)
+    dset = random_set(tiny_model, activation="jumprelu", skip=True)
+    exact = agreement(dset, tiny_model, tt.tokens, tt.final_pos, tt.correct_ids, tt.incorrect_ids, error_terms=True)
+    assert exact.kl < 1e-8 and exact.top1 == 1.0
+    assert abs(exact.logit_diff_real - exact.logit_diff_replacement) < 1e-4
+    rough = agreement(dset, tiny_model, tt.tokens, tt.final_pos, tt.correct_ids, tt.incorrect_ids)
+    assert rough.kl > 1e-3, rough  # random dictionaries do not reproduce the model
+    assert rough.logit_diff_real == pytest.approx(exact.logit_diff_real)
+    q = layer_quality(dset, tiny_model, tt.tokens)
+    assert len(q) == tiny_model.spec.n_layers and all(0 <= x.dead_fraction <= 1 for x in q)
+    assert all(x.l0 > 0 for x in q)
+
+
+@pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
+def test_quality_by_hand(tiny_model) -> None:
+    """EV 1 for a dictionary that reproduces the output exactly (W_skip fit by least squares on a linear target)."""
+    tokens = torch.randint(2, 200, (3, 9))
+    io = mlp_io(tiny_model, tokens)
+    dset = random_set(tiny_model)
+    q = layer_quality(dset, tiny_model, tokens)
+    x, y = io[1][0][:, 1:].reshape(-1, 64), io[1][1][:, 1:].reshape(-1, 64)
+    tc = dset.layers[1]
+    yhat = tc(x)
+    ev = 1 - ((y - yhat) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    f = tc.encode(x)
+    assert q[1].explained_variance == pytest.approx(float(ev), rel=1e-4)
+    assert q[1].l0 == pytest.approx(float((f != 0).sum(-1).float().mean()), rel=1e-5)
+    assert q[1].dead_fraction == pytest.approx(float(((f != 0).sum(0) == 0).float().mean()))
+
+
+# ---- training -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
+def test_training_reduces_error_and_resumes(tiny_model, tmp_path: Path) -> None:
+    cfg = TrainConfig(n_features=32, n_tokens=6000, k=8, seq_len=16, chunk_seqs=8, batch_tokens=32, lr=3e-3,
+                      holdout_seqs=8)
+    dset = train_transcoders(tiny_model, tmp_path / "a", cfg, progress=False)
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    evs = [m["explained_variance"] for m in metrics["layers"]]
+    assert min(evs) > 0.2, evs  # the initial (random) dictionaries explain none: EV < 0 (checked below)
+    # the same pipeline after 0 steps (lr 0: the initial dictionaries, thresholds at the first steps' k-th value)
+    still = train_transcoders(tiny_model, tmp_path / "z", TrainConfig(**{**cfg.__dict__, "lr": 0.0}), progress=False)
+    tokens = torch.randint(2, 200, (4, 16))
+    before = [q.explained_variance for q in layer_quality(still, tiny_model, tokens)]
+    after = [q.explained_variance for q in layer_quality(dset, tiny_model, tokens)]
+    assert all(a > b + 0.2 for a, b in zip(after, before)), (before, after)
+    again = load_dictionaries(tmp_path / "a", tiny_model)
+    assert_same(dset, again)
+    # resume: a run stopped part-way and continued equals one run straight through
+    (tmp_path / "b").mkdir()
+    import logitlab.features.train as tr
+    n_chunks = -(-(-(-cfg.n_tokens // (cfg.seq_len - 1))) // cfg.chunk_seqs)
+    orig = tr.mlp_io
+    calls = {"n": 0}
+
+    def stop_half(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] > n_chunks // 2:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+    tr.mlp_io = stop_half
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_transcoders(tiny_model, tmp_path / "b", cfg, progress=False, checkpoint_every=1)
+    finally:
+        tr.mlp_io = orig
+    assert not (tmp_path / "b" / "layer_0.safetensors").exists()
+    resumed = train_transcoders(tiny_model, tmp_path / "b", cfg, progress=False, checkpoint_every=1)
+    for x, y in zip(dset.layers, resumed.layers):
+        assert torch.allclose(x.W_enc, y.W_enc, atol=1e-5), (x.W_enc - y.W_enc).abs().max()
+    with pytest.raises(LogitlabError, match="other settings"):
+        train_transcoders(tiny_model, tmp_path / "b", TrainConfig(n_features=16, n_tokens=6000, k=8, seq_len=16),
+                          progress=False)
+
+
+@pytest.mark.parametrize("tiny_model", ["llama_gqa"], indirect=True)
+def test_train_transcoders_command(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from logitlab.cli import main
+    monkeypatch.setenv("LOGITLAB_CACHE", str(tmp_path / "cache"))
+    args = ["train-transcoders", "--model", tiny_model.source, "--features", "16", "--tokens", "1500",
+            "--device", "cpu", "--layers", "0"]
+    assert main(args) == 2  # only layer 0 trained: the set cannot be written yet
+    cached = list((tmp_path / "cache" / "transcoders").iterdir())
+    assert len(cached) == 1 and (cached[0] / "checkpoints" / "layer_0.pt").exists()
+    assert main(args[:-2]) == 0  # the other layers, in the same cached folder
+    assert load_dictionaries(cached[0], tiny_model).n_layers == tiny_model.spec.n_layers
+    out = tmp_path / "tc"
+    rc = main(["train-transcoders", "--model", tiny_model.source, "--out", str(out), "--features", "16",
+               "--tokens", "1500", "--device", "cpu"])
+    assert rc == 0
+    dset = load_dictionaries(out, tiny_model)
+    assert dset.n_features == 16 and dset.layers[0].activation == "jumprelu"
+    assert len(json.loads((out / "metrics.json").read_text())["layers"]) == tiny_model.spec.n_layers
