@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -246,3 +247,21 @@ patching:
   - {clean: "Mary is a great friend, isn’t", corrupted: "John is a great friend, isn’t", class: she}
   - {clean: "Amy is a great friend, isn’t", corrupted: "John is a great friend, isn’t", class: she}
 """
+
+
+def random_dictionaries(d_model: int, n_layers: int, variant: str, seed: int = 0, n_features: int = 48) -> Any:
+    """Random transcoders (a logitlab.features DictionarySet) whose features are active on about a third of
+    positions; ``variant``: relu, jumprelu or topk, with ``_skip`` for a skip connection."""
+    from logitlab.features.dictionary import DictionarySet, Transcoder
+    g = torch.Generator().manual_seed(seed)
+    act = variant.split("_")[0]
+    layers = []
+    for _ in range(n_layers):
+        W_enc = torch.randn(d_model, n_features, generator=g) / d_model ** 0.5
+        layers.append(Transcoder(
+            W_enc=W_enc, b_enc=torch.randn(n_features, generator=g) * 0.3 - 0.2,
+            W_dec=torch.randn(n_features, d_model, generator=g) * 0.1, b_dec=torch.randn(d_model, generator=g) * 0.05,
+            activation=act, threshold=torch.rand(n_features, generator=g) * 0.3 if act == "jumprelu" else None,
+            k=6 if act == "topk" else None,
+            W_skip=torch.randn(d_model, d_model, generator=g) * 0.05 if variant.endswith("_skip") else None))
+    return DictionarySet(layers=tuple(layers), d_model=d_model)

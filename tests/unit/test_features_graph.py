@@ -4,34 +4,18 @@ differences on edges, batched = one target at a time, pruning and scores."""
 from __future__ import annotations
 
 import copy
+import zlib
 
 import pytest
 import torch
 
-from logitlab.features.dictionary import DictionarySet, Transcoder
 from logitlab.features.graph import attribute, compute_influence, graph_scores, prune_graph
 from logitlab.features.replacement import build_replacement
+from tests.tiny import random_dictionaries
 from logitlab.model.runner import Runner
 
 PROMPT = "Mary is a great friend, isn’t"
-N_FEATURES = 48
 VARIANTS = ("relu", "jumprelu_skip", "topk", "relu_skip", "jumprelu", "topk_skip")
-
-
-def random_dictionaries(d_model: int, n_layers: int, variant: str, seed: int = 0) -> DictionarySet:
-    """Random transcoders whose features are active on about a third of positions."""
-    g = torch.Generator().manual_seed(seed)
-    act = variant.split("_")[0]
-    layers = []
-    for _ in range(n_layers):
-        W_enc = torch.randn(d_model, N_FEATURES, generator=g) / d_model ** 0.5
-        layers.append(Transcoder(
-            W_enc=W_enc, b_enc=torch.randn(N_FEATURES, generator=g) * 0.3 - 0.2,
-            W_dec=torch.randn(N_FEATURES, d_model, generator=g) * 0.1, b_dec=torch.randn(d_model, generator=g) * 0.05,
-            activation=act, threshold=torch.rand(N_FEATURES, generator=g) * 0.3 if act == "jumprelu" else None,
-            k=6 if act == "topk" else None,
-            W_skip=torch.randn(d_model, d_model, generator=g) * 0.05 if variant.endswith("_skip") else None))
-    return DictionarySet(layers=tuple(layers), d_model=d_model)
 
 
 def _float64(model):  # noqa: ANN001, ANN202
@@ -45,7 +29,8 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def _variant(model) -> str:  # noqa: ANN001
-    return VARIANTS[hash(model.spec.model_type + str(model.spec.n_kv_heads)) % len(VARIANTS)]
+    # a stable hash (str hashes change from process to process), so each kind gets the same variant every run
+    return VARIANTS[zlib.crc32((model.spec.model_type + str(model.spec.n_kv_heads)).encode()) % len(VARIANTS)]
 
 
 def _graph(model, variant: str, dtype=torch.float64, **kw):  # noqa: ANN001, ANN202

@@ -36,8 +36,14 @@ def gpt2_results(gpt2: Model, tiny_task_file: Path) -> Results:
     return run_battery(gpt2, load_task(str(tiny_task_file)), RunConfig())
 
 
-def test_battery_output_validates_on_every_kind(tiny_model: Model, tiny_task_file: Path) -> None:
-    config = RunConfig(n_predictions=2, analyses=ANALYSES, circuit=CircuitConfig(pairs=4, ig_steps=2, n_random=2))
+def test_battery_output_validates_on_every_kind(tiny_model: Model, tiny_task_file: Path, tmp_path: Path) -> None:
+    # every analysis, the features one over random transcoders written to a folder as a user would pass them
+    from logitlab.features.formats import save_circuit_tracer
+    from tests.tiny import random_dictionaries
+    folder = save_circuit_tracer(random_dictionaries(tiny_model.spec.d_model, tiny_model.spec.n_layers, "relu"),
+                                 tmp_path / "transcoders")
+    config = RunConfig(n_predictions=2, analyses=ANALYSES, circuit=CircuitConfig(pairs=4, ig_steps=2, n_random=2),
+                       transcoders=str(folder), feature_prompts=3, feature_top=5)
     results = run_battery(tiny_model, load_task(str(tiny_task_file)), config)
     validate_results(results)
     validate_results(json.loads(json.dumps(results)))  # as read back from results.json
@@ -144,7 +150,8 @@ def test_schema_required_and_optional_sections() -> None:
     optional = set(schema["properties"]) - set(schema["required"])
     # robustness: absent with fewer than two templates; the others when not selected (RunConfig.analyses) or
     # without clean/corrupted pairs.
-    allowed = PATCHING | {"robustness", "attention", "head_ablation", "attribution_patching", "path_patching", "circuit"}
+    allowed = PATCHING | {"robustness", "attention", "head_ablation", "attribution_patching", "path_patching", "circuit",
+                          "features"}
     assert optional == allowed, f"unexpected optional sections {optional ^ allowed}"
 
 
