@@ -157,6 +157,9 @@ def run(
     analyses: Annotated[str, _ANALYSES_OPT] = "default",
     circuit: Annotated[bool, typer.Option("--circuit", help="Also discover the circuit (EAP-IG edge scores and the "
                                           "faithfulness curve); same as adding circuit to --analyses.")] = False,
+    features: Annotated[bool, typer.Option("--features", help="Also build attribution graphs over transcoder "
+                                           "features (needs --transcoders); same as adding features to "
+                                           "--analyses.")] = False,
     trust_remote_code: TrustOpt = False,
     **settings: Any,
 ) -> None:
@@ -166,12 +169,12 @@ def run(
     device = _device(device)
     config = RunConfig(model=model, task=task, device=device, dtype=_dtype(dtype, device),
                        max_memory=None if max_memory is None else int(max_memory * 2**30),
-                       analyses=_analyses(analyses, circuit), **_settings("run", settings))
+                       analyses=_analyses(analyses, circuit, features), **_settings("run", settings))
     _run(config, out, force, report, figures, trust_remote_code)
 
 
-def _analyses(text: str, circuit: bool) -> tuple[str, ...]:
-    """``--analyses`` (plus ``--circuit``) as RunConfig.analyses; unknown names are an error."""
+def _analyses(text: str, circuit: bool, features: bool = False) -> tuple[str, ...]:
+    """``--analyses`` (plus ``--circuit``, ``--features``) as RunConfig.analyses; unknown names are an error."""
     names, default = registry.selectable(), registry.default_selection()
     asked: list[str] = []
     for name in (a.strip().lower() for a in text.split(",") if a.strip()):
@@ -181,6 +184,8 @@ def _analyses(text: str, circuit: bool) -> tuple[str, ...]:
         raise LogitlabError(f"unknown analysis {bad[0]!r}", f"choose from {', '.join(names)}, default or all")
     if circuit:
         asked.append("circuit")
+    if features:
+        asked.append("features")
     return tuple(a for a in names if a in asked)
 
 

@@ -217,3 +217,26 @@ def test_task_features(tiny_model, tiny_task_file) -> None:  # noqa: ANN001
     assert means == sorted(means, reverse=True) and len(means) == 5
     for r in out["top"]:
         assert r["ci"][0] - 1e-9 <= r["mean"] <= r["ci"][1] + 1e-9 and 1 <= r["n_active"] <= 4
+
+
+def test_run_features_from_the_command_line(tmp_path, tiny_task_file) -> None:  # noqa: ANN001
+    """``logitlab run --features --transcoders DIR``: transcoders written as circuit-tracer's files, read back by
+    the run, the features section in results.json (schema-checked on write) and in report.html."""
+    import json
+
+    from logitlab.cli import main
+    from logitlab.features.formats import save_circuit_tracer
+    from tests.tiny import make_model_folder
+    folder = make_model_folder("llama_gqa", tmp_path / "model")
+    import logitlab
+    spec = logitlab.load_model(str(folder), cache=False).spec
+    tc = save_circuit_tracer(random_dictionaries(spec.d_model, spec.n_layers, "jumprelu_skip"), tmp_path / "tc")
+    out = tmp_path / "out"
+    assert main(["run", "--model", str(folder), "--task", str(tiny_task_file), "--out", str(out),
+                 "--analyses", "attention", "--features", "--transcoders", str(tc)]) == 0
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert "features" in results["config"]["analyses"] and results["config"]["transcoders"] == str(tc)
+    feats = results["features"]
+    assert feats["n_prompts"] >= 2 and feats["transcoders"] == str(tc)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="features"' in html and "Transcoder features" in html
