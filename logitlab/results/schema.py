@@ -161,9 +161,18 @@ def validate_results(obj: object, kind: type | None = None) -> None:
                             "schema") from None
 
 
+def _v5_to_v6(obj: dict[str, Any]) -> dict[str, Any]:
+    """Version 6 added the features analysis: its settings in ``config`` (here at their defaults, which a version-5
+    run could not have changed) and the optional ``features`` section and soft-cap keys of ``dla``."""
+    config = dict(obj.get("config") or {})
+    for key, value in (("transcoders", ""), ("feature_prompts", 16), ("feature_top", 20)):
+        config.setdefault(key, value)
+    return {**obj, "config": config}
+
+
 #: Migrations of an older results.json: ``MIGRATIONS[v]`` turns a version-``v`` dict into version ``v + 1``.
-#: Empty: versions before 5 changed sections' meaning (not only their keys), so they are refused.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+#: Versions before 5 changed sections' meaning (not only their keys), so they are refused.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {5: _v5_to_v6}
 
 
 def load_results(source: str | Path | Mapping[str, Any]) -> Any:

@@ -160,3 +160,23 @@ def test_load_results_refuses_other_versions(tmp_path: Path) -> None:
     path.write_text("[1]")
     with pytest.raises(LogitlabError, match="not a JSON object"):
         load_results(path)
+
+
+def test_load_results_migrates_version_5(tmp_path: Path, tiny_task_file: Path) -> None:
+    """A version-5 file (no features settings in its config) loads as version 6 with those settings at their
+    defaults, every number unchanged; the report reads it."""
+    import copy
+
+    from logitlab.battery import run_battery
+    from logitlab.model.load import load_model
+    from logitlab.report import build_report
+    from logitlab.task import load_task
+    model = load_model(str(make_model_folder("gpt2", tmp_path / "gpt2")), cache=False)
+    new = run_battery(model, load_task(str(tiny_task_file)), RunConfig(analyses=("attention",)))
+    old = copy.deepcopy(dict(new))
+    old["schema_version"] = 5
+    old["config"] = {k: v for k, v in new["config"].items() if k not in ("transcoders", "feature_prompts", "feature_top")}
+    with pytest.raises(LogitlabError, match="schema_version"):
+        validate_results(old)
+    assert load_results(old) == new
+    assert "Logit difference" in str(build_report(old))
