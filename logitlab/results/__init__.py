@@ -79,7 +79,7 @@ class Results(TypedDict):
     """A battery run's ``results.json`` with the built-in analyses, for type checkers (validation uses
     :func:`results_type`, built from the registry; ``tests/unit/test_registry.py`` checks the two agree)."""
 
-    schema_version: Literal[5]
+    schema_version: Literal[6]
     logitlab_version: str
     config: dict[str, Any]  # ConfigSection, derived from RunConfig at import (so not spelled out here)
     model: ModelSection
