@@ -163,7 +163,8 @@ def compare(kind: str, variant: str, work: Path, py: Path, as_exported: bool) ->
     ids = [tok.bos_token_id] + tok(PROMPT, add_special_tokens=False)["input_ids"]
     g = attribute(model, ids, dicts, dtype=torch.float32)
     targets = [int(t) for t in g.logit_tokens]
-    ct = run_circuit_tracer(py, copy_for_old_transformers(model_dir, folder / "model_ct"), tc_dir, ids, targets, folder / f"{tc_dir.name}.npz")
+    ct = run_circuit_tracer(py, copy_for_old_transformers(model_dir, folder / "model_ct"), tc_dir, ids, targets,
+                            folder / f"{tc_dir.name}.npz")
 
     L, T = s.n_layers, len(ids)
     assert ct["tokens"].tolist() == ids, (ct["tokens"].tolist(), ids)
