@@ -16,7 +16,9 @@ adjacency: a feature edge is its activation times a derivative), i.e. ``−(v A)
 It is exact for the frozen model as long as no other feature crosses its threshold; the real model also moves
 attention patterns and norm scales, so agreement is approximate (Spearman rank correlation and sign agreement
 are reported). The first-order derivative is also measured directly: the actual change for scaling a feature by
-``1 + step`` divided by ``step`` against ``a_s · dΔ/da_s``.
+``1 + step`` divided by ``step`` against ``a_s · dΔ/da_s``, with every feature's on/off state held at the clean
+run's (``hold_gates``: JumpReLU and TopK features jump on and off, so the free model's finite differences are
+dominated by features crossing their thresholds), and so is the zeroing with gates held.
 
 :func:`faithfulness_curve` keeps only the top-n features by influence (every other feature zeroed at every
 position but the frozen ones, errors held; kept features recomputed from their inputs) and reports the fraction
@@ -89,17 +91,19 @@ def _diff_dir(model: Any, answer: Any, contrast: Any) -> tuple[int, list[int]] |
 
 
 def _forward(model: Any, ids: list[int], dicts: DictionarySet, mul: Tensor | None, add: Tensor | None,
-             batch: int) -> Tensor:
+             batch: int, hold_gates: bool = False) -> Tensor:
     """Pre-cap logits at the last position, (batch, vocab), of ``batch`` intervened copies of the prompt.
 
     Each layer's MLP output is ``decode(f·mul + add) + error``, f the transcoder's activations on the layer's
-    real (recomputed) input and error the clean run's; ``mul``/``add`` are (batch, L, T, F) or None (clean)."""
+    real (recomputed) input and error the clean run's; ``mul``/``add`` are (batch, L, T, F) or None (clean).
+    ``hold_gates``: each feature's on/off state held at the clean run's (f = pre-activation where it was active),
+    so activations move continuously with their inputs (JumpReLU and TopK otherwise jump)."""
     r = staged(model)
     s = r.spec
     tokens = torch.tensor([ids], device=r.device)
     dt = torch.float64 if r.w.W_U.dtype == torch.float64 else torch.float32
     ds = dicts.to(r.device, dt)
-    errors = _clean_errors(r, tokens, ds)
+    errors, gates = _clean_errors(r, tokens, ds)
     x = r.embed_sum(tokens.expand(batch, -1))
     for layer in range(s.n_layers):
         z, _ = r.attention(layer, x, None, False)
@@ -107,7 +111,7 @@ def _forward(model: Any, ids: list[int], dicts: DictionarySet, mul: Tensor | Non
         src = x if s.parallel else x + attn_out
         tc = ds.layers[layer]
         xin = (r.mlp(layer, src) if ds.input_point == "mlp_out" else r.pre_norm(layer, 2, src)).to(dt)
-        f = tc.encode(xin)
+        f = tc.pre(xin) * gates[layer] if hold_gates else tc.encode(xin)
         if mul is not None:
             f = f * mul[:, layer]
         if add is not None:
@@ -118,9 +122,9 @@ def _forward(model: Any, ids: list[int], dicts: DictionarySet, mul: Tensor | Non
     return normed @ r.w.W_U + r.w.b_U
 
 
-def _clean_errors(r: Any, tokens: Tensor, ds: DictionarySet) -> list[Tensor]:
-    """Per layer, (T, D) in the dictionaries' dtype: the real MLP output minus the transcoder's output on the clean run."""
-    errors = []
+def _clean_errors(r: Any, tokens: Tensor, ds: DictionarySet) -> tuple[list[Tensor], list[Tensor]]:
+    """Per layer, the error and the features' on/off gates (T, F) on the clean run. Error: per layer, (T, D) in the dictionaries' dtype: the real MLP output minus the transcoder's output on the clean run."""
+    errors, gates = [], []
     x = r.embed_sum(tokens)
     for layer in range(r.spec.n_layers):
         z, _ = r.attention(layer, x, None, False)
@@ -129,9 +133,11 @@ def _clean_errors(r: Any, tokens: Tensor, ds: DictionarySet) -> list[Tensor]:
         true_out = r.mlp(layer, src)
         dt = ds.layers[layer].W_enc.dtype
         xin = (true_out if ds.input_point == "mlp_out" else r.pre_norm(layer, 2, src)).to(dt)
-        errors.append((true_out.to(dt) - ds.layers[layer](xin))[0])
+        f = ds.layers[layer].encode(xin)
+        errors.append((true_out.to(dt) - ds.layers[layer].decode(f, xin))[0])
+        gates.append((f[0] != 0).to(dt))
         x = x + attn_out + true_out
-    return errors
+    return errors, gates
 
 
 def _edit_tensors(edit_sets: list[list[Edit]], L: int, T: int, F: int, dev: Any) -> tuple[Tensor, Tensor]:
@@ -158,7 +164,7 @@ def _logit_diffs(logits: Tensor, diff: tuple[int, list[int]] | None) -> Tensor:
 
 
 def _run_many(model: Any, ids: list[int], dicts: DictionarySet, edit_sets: list[list[Edit]],
-              chunk: int = 16) -> Tensor:
+              chunk: int = 16, hold_gates: bool = False) -> Tensor:
     """Pre-cap last-position logits (n, vocab) for each set of edits (one batch row per set)."""
     r = staged(model)
     L, T, F = r.spec.n_layers, len(ids), dicts.n_features
@@ -169,16 +175,17 @@ def _run_many(model: Any, ids: list[int], dicts: DictionarySet, edit_sets: list[
             mul, add = _edit_tensors(part, L, T, F, r.device)
             if r.w.W_U.dtype == torch.float64:
                 mul, add = mul.double(), add.double()
-            outs.append(_forward(model, ids, dicts, mul, add, len(part)).double().cpu())
+            outs.append(_forward(model, ids, dicts, mul, add, len(part), hold_gates).double().cpu())
     return torch.cat(outs)
 
 
 def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, edits: list[Edit] | tuple = (),
-              answer: str | int | None = None, contrast: Any = None) -> Intervention:
+              answer: str | int | None = None, contrast: Any = None, hold_gates: bool = False) -> Intervention:
     """The real forward pass with transcoders and clean errors in place of the MLPs and ``edits`` applied.
 
     Edits are :class:`Edit` or tuples ``(layer, pos, feature[, mode[, value]])``. Returns the logit difference
-    (answer − mean of the contrasts) and the logits (before any final soft-cap) at the last position."""
+    (answer − mean of the contrasts) and the logits (before any final soft-cap) at the last position.
+    ``hold_gates``: every feature's on/off state held at the clean run's (see :func:`_forward`)."""
     dictionaries.check(model, check_name=False)
     ids = _ids(model, prompt)
     es = [e if isinstance(e, Edit) else Edit(*e) for e in edits]
@@ -186,7 +193,7 @@ def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
         if not (0 <= e.layer < len(dictionaries) and 0 <= e.pos < len(ids) and 0 <= e.feature < dictionaries.n_features):
             raise LogitlabError(f"edit {e} out of range ({len(dictionaries)} layers, {len(ids)} positions, "
                                 f"{dictionaries.n_features} features)")
-    logits = _run_many(model, ids, dictionaries, [es])
+    logits = _run_many(model, ids, dictionaries, [es], hold_gates=hold_gates)
     return Intervention(float(_logit_diffs(logits, _diff_dir(model, answer, contrast))[0]), logits[0])
 
 
@@ -251,13 +258,16 @@ class TopFeatureCheck:
     predicted: list[float]  # graph: change of Δ when the feature is zeroed, first order = −a·dΔ/da
     actual: list[float]  # real model: change of Δ when the feature is zeroed
     derivative_predicted: list[float]  # graph: a·dΔ/da
-    derivative_actual: list[float]  # real model: (Δ(a·(1+step)) − Δ) / step
+    derivative_actual: list[float]  # real model, gates held: (Δ(a·(1+step)) − Δ) / step
+    actual_gates_held: list[float]  # real model with every feature's on/off state held: change when zeroed
     step: float
     logit_diff: float  # the clean logit difference
     spearman: float  # rank correlation of predicted and actual (zeroing)
     sign_agreement: float  # fraction of the top-k whose predicted and actual changes agree in sign
     spearman_derivative: float
     sign_agreement_derivative: float
+    spearman_gates_held: float
+    sign_agreement_gates_held: float
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -283,18 +293,21 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
     deriv = predicted_effects(graph)[top]
     feats = [tuple(int(v) for v in graph.features[i]) for i in top.tolist()]
     sets = [[]] + [[Edit(*f, "zero")] for f in feats] + [[Edit(*f, "scale", 1 + step)] for f in feats]
-    ld = _logit_diffs(_run_many(model, ids, dictionaries, sets), diff)
+    ld = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + len(feats)]), diff)
+    held = _logit_diffs(_run_many(model, ids, dictionaries, sets, hold_gates=True), diff)
     clean, n = float(ld[0]), len(feats)
     actual = ld[1:1 + n] - clean
-    d_actual = (ld[1 + n:] - clean) / step
+    actual_held = held[1:1 + n] - float(held[0])
+    d_actual = (held[1 + n:] - float(held[0])) / step
     pred = -deriv
     agree = lambda a, b: float((torch.sign(a) == torch.sign(b)).double().mean()) if len(a) else float("nan")  # noqa: E731
     return TopFeatureCheck(
         features=[list(f) for f in feats], activations=graph.activations[top].double().tolist(),
         predicted=pred.tolist(), actual=actual.tolist(), derivative_predicted=deriv.tolist(),
-        derivative_actual=d_actual.tolist(), step=step, logit_diff=clean,
+        derivative_actual=d_actual.tolist(), actual_gates_held=actual_held.tolist(), step=step, logit_diff=clean,
         spearman=spearman(pred, actual), sign_agreement=agree(pred, actual),
-        spearman_derivative=spearman(deriv, d_actual), sign_agreement_derivative=agree(deriv, d_actual))
+        spearman_derivative=spearman(deriv, d_actual), sign_agreement_derivative=agree(deriv, d_actual),
+        spearman_gates_held=spearman(pred, actual_held), sign_agreement_gates_held=agree(pred, actual_held))
 
 
 # ---- faithfulness ----------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ def test_no_edits_is_the_real_model(setup) -> None:  # noqa: ANN001
     want = _real_diff(m, g.tokens)
     assert abs(got.logit_diff - want) < 1e-5, (kind, got.logit_diff, want)
     assert abs(got.logit_diff - float(g.values[-1])) < 1e-5
+    held = intervene(m, PROMPT, d, [], hold_gates=True, **AC)  # gates held at their clean states: the same
+    assert abs(held.logit_diff - got.logit_diff) < 1e-10
     assert got.logits.shape[-1] == m.runner.w.W_U.shape[1]
 
 
@@ -98,6 +100,7 @@ def test_top_features_agree_with_the_model(setup) -> None:  # noqa: ANN001
     assert c.sign_agreement >= 0.7, (kind, c.sign_agreement)
     assert c.spearman >= 0.3, (kind, c.spearman)
     assert c.sign_agreement_derivative >= 0.7 and c.spearman_derivative >= 0.3, (kind, c)
+    assert c.sign_agreement_gates_held >= 0.7 and c.spearman_gates_held >= 0.3, (kind, c)
     # the first-order prediction is minus the derivative; the top feature's derivative within 25%
     assert c.predicted == pytest.approx([-v for v in c.derivative_predicted])
     rel = abs(c.derivative_actual[0] - c.derivative_predicted[0]) / abs(c.derivative_predicted[0])
