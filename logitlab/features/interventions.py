@@ -123,7 +123,8 @@ def _forward(model: Any, ids: list[int], dicts: DictionarySet, mul: Tensor | Non
 
 
 def _clean_errors(r: Any, tokens: Tensor, ds: DictionarySet) -> tuple[list[Tensor], list[Tensor]]:
-    """Per layer, the error and the features' on/off gates (T, F) on the clean run. Error: per layer, (T, D) in the dictionaries' dtype: the real MLP output minus the transcoder's output on the clean run."""
+    """Per layer, on the clean run: the error (T, D), real MLP output − transcoder output, and the features'
+    on/off gates (T, F), both in the dictionaries' dtype."""
     errors, gates = [], []
     x = r.embed_sum(tokens)
     for layer in range(r.spec.n_layers):
