@@ -35,6 +35,8 @@ def graph_cmd(
     node_threshold: Annotated[float, typer.Option(help="Keep nodes holding this share of influence.")] = 0.8,
     edge_threshold: Annotated[float, typer.Option(help="Keep edges holding this share of influence.")] = 0.98,
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda or cuda:N.")] = "auto",
+    check: Annotated[int, typer.Option("--check", help="Check the top k features against interventions in the "
+                                       "real model, and the faithfulness curve (needs --answer).")] = 0,
 ) -> None:
     """Attribution graph of one prompt over transcoder features: graph.json and an offline graph.html."""
     from rich.console import Console
@@ -46,12 +48,22 @@ def graph_cmd(
     console = Console(stderr=True)
     if (answer is None) != (contrast is None):
         raise LogitlabError("give both --answer and --contrast, or neither")
+    if check and answer is None:
+        raise LogitlabError("--check needs --answer and --contrast (it checks the logit difference)")
     m = load_model(model, device=device_option(device))
     dicts = load_dictionaries(transcoders, m)
     with console.status("attributing…"):
         g = attribute(m, prompt, dicts, answer=answer, contrast=contrast)
         pruned = prune_graph(g, node_threshold, edge_threshold)
         data = graph_to_dict(g, pruned, model=m.name)
+    if check > 0:
+        from logitlab.features.interventions import check_top_features, faithfulness_curve
+        with console.status("checking against the real model…"):
+            top = check_top_features(m, None, dicts, g, check, answer=answer, contrast=contrast)
+            faith = faithfulness_curve(m, None, dicts, g, answer=answer, contrast=contrast)
+        data["intervention_check"] = {"top_features": top.to_dict(), "faithfulness": faith.to_dict()}
+        console.print(f"top {check} features, predicted vs actual change of the logit difference when zeroed: "
+                      f"Spearman {top.spearman:.2f}, sign agreement {top.sign_agreement:.2f}", highlight=False)
     js, html = write_graph(data, out)
     s, c = data["scores"], data["check"]
     console.print(f"{data['counts']['kept_features']} of {data['counts']['features']} features kept, "

@@ -1,0 +1,381 @@
+"""Feature interventions in the real forward pass: the attribution graph checked against the model.
+
+:func:`intervene` runs the real model (logitlab's staged runner: real attention, real norms, nothing frozen) with
+every layer's MLP output replaced by its transcoder's output plus that layer's error term held at its clean value
+(error = real MLP output − transcoder output on the clean run, per position). With no edits this is the real
+model. Edits set feature activations at (layer, position, feature): ``zero``, ``scale`` by a factor, or ``steer``
+(add a value). Every other feature is recomputed from its (possibly changed) input, so features downstream of an
+edit respond as in the model (as circuit-tracer's ``feature_intervention`` with errors held).
+
+:func:`check_top_features` compares, for the graph's top-k features by influence on the logit-difference target,
+the graph's prediction of the change of the logit difference when a feature is zeroed with the actual change.
+The prediction is the first-order effect in the graph's frozen linear model, direct and indirect:
+``−a_s · dΔ/da_s``, where ``dΔ/da_s = Σ_paths`` of products of edge derivatives ``A[t, s] / a_s`` (A the signed
+adjacency: a feature edge is its activation times a derivative), i.e. ``−(v A)[s]`` with
+``v = w (I + C + C² + …)``, ``C = A · diag(1/a)`` on feature columns and ``w`` one on the logit-difference target.
+It is exact for the frozen model as long as no other feature crosses its threshold; the real model also moves
+attention patterns and norm scales, so agreement is approximate (Spearman rank correlation and sign agreement
+are reported). The first-order derivative is also measured directly: the actual change for scaling a feature by
+``1 + step`` divided by ``step`` against ``a_s · dΔ/da_s``, with every feature's on/off state held at the clean
+run's (``hold_gates``: JumpReLU and TopK features jump on and off, so the free model's finite differences are
+dominated by features crossing their thresholds), and so is the zeroing with gates held.
+
+:func:`faithfulness_curve` keeps only the top-n features by influence (every other feature zeroed at every
+position but the frozen ones, errors held; kept features recomputed from their inputs) and reports the fraction
+of the logit difference recovered, ``(m − m_0) / (m_clean − m_0)``, ``m_0`` with every feature zeroed, against
+random sets of n of the graph's features (seeded), as the circuit analysis does for edges.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from logitlab.errors import LogitlabError
+from logitlab.features.dictionary import DictionarySet
+from logitlab.features.graph import AttributionGraph, _normalise, compute_influence
+from logitlab.features.quality import staged
+from logitlab.task import encode_prompt, single_token_id
+
+__all__ = ["Edit", "Intervention", "intervene", "predicted_effects", "top_features", "check_top_features",
+           "TopFeatureCheck", "faithfulness_curve", "Faithfulness", "spearman"]
+
+MODES = ("zero", "scale", "steer")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Set one feature's activation: ``zero``; ``scale`` (times ``value``); ``steer`` (plus ``value``)."""
+
+    layer: int
+    pos: int
+    feature: int
+    mode: str = "zero"
+    value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise LogitlabError(f"unknown edit {self.mode!r}", f"one of: {', '.join(MODES)}")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Result of one intervened forward pass, at the last position (logits before any final soft-cap)."""
+
+    logit_diff: float  # answer − mean(contrasts); nan without answer and contrast
+    logits: Tensor  # (vocab,)
+
+
+def _ids(model: Any, prompt: str | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        tok = model.tokenizer
+        return encode_prompt(tok, prompt, prepend_bos=tok.bos_token_id is not None)
+    return [int(i) for i in prompt]
+
+
+def _token(model: Any, t: str | int) -> int:
+    return t if isinstance(t, int) else single_token_id(model.tokenizer, t)
+
+
+def _diff_dir(model: Any, answer: Any, contrast: Any) -> tuple[int, list[int]] | None:
+    if answer is None and contrast is None:
+        return None
+    if (answer is None) != (contrast is None):
+        raise LogitlabError("give both answer and contrast, or neither")
+    cs = contrast if isinstance(contrast, (list, tuple)) else [contrast]
+    return _token(model, answer), [_token(model, c) for c in cs]
+
+
+def _forward(model: Any, ids: list[int], dicts: DictionarySet, mul: Tensor | None, add: Tensor | None,
+             batch: int, hold_gates: bool = False) -> Tensor:
+    """Pre-cap logits at the last position, (batch, vocab), of ``batch`` intervened copies of the prompt.
+
+    Each layer's MLP output is ``decode(f·mul + add) + error``, f the transcoder's activations on the layer's
+    real (recomputed) input and error the clean run's; ``mul``/``add`` are (batch, L, T, F) or None (clean).
+    ``hold_gates``: each feature's on/off state held at the clean run's (f = pre-activation where it was active),
+    so activations move continuously with their inputs (JumpReLU and TopK otherwise jump)."""
+    r = staged(model)
+    s = r.spec
+    tokens = torch.tensor([ids], device=r.device)
+    dt = torch.float64 if r.w.W_U.dtype == torch.float64 else torch.float32
+    ds = dicts.to(r.device, dt)
+    errors, gates = _clean_errors(r, tokens, ds)
+    x = r.embed_sum(tokens.expand(batch, -1))
+    for layer in range(s.n_layers):
+        z, _ = r.attention(layer, x, None, False)
+        attn_out, _ = r.post_attention(layer, r.heads_to_attn_pre(layer, z))
+        src = x if s.parallel else x + attn_out
+        tc = ds.layers[layer]
+        xin = (r.mlp(layer, src) if ds.input_point == "mlp_out" else r.pre_norm(layer, 2, src)).to(dt)
+        f = tc.pre(xin) * gates[layer] if hold_gates else tc.encode(xin)
+        if mul is not None:
+            f = f * mul[:, layer]
+        if add is not None:
+            f = f + add[:, layer]
+        out = (tc.decode(f, xin) + errors[layer]).to(x.dtype)
+        x = x + attn_out + out
+    normed = r.final_norm(x[:, -1])[0]
+    return normed @ r.w.W_U + r.w.b_U
+
+
+def _clean_errors(r: Any, tokens: Tensor, ds: DictionarySet) -> tuple[list[Tensor], list[Tensor]]:
+    """Per layer, on the clean run: the error (T, D), real MLP output − transcoder output, and the features'
+    on/off gates (T, F), both in the dictionaries' dtype."""
+    errors, gates = [], []
+    x = r.embed_sum(tokens)
+    for layer in range(r.spec.n_layers):
+        z, _ = r.attention(layer, x, None, False)
+        attn_out, _ = r.post_attention(layer, r.heads_to_attn_pre(layer, z))
+        src = x if r.spec.parallel else x + attn_out
+        true_out = r.mlp(layer, src)
+        dt = ds.layers[layer].W_enc.dtype
+        xin = (true_out if ds.input_point == "mlp_out" else r.pre_norm(layer, 2, src)).to(dt)
+        f = ds.layers[layer].encode(xin)
+        errors.append((true_out.to(dt) - ds.layers[layer].decode(f, xin))[0])
+        gates.append((f[0] != 0).to(dt))
+        x = x + attn_out + true_out
+    return errors, gates
+
+
+def _edit_tensors(edit_sets: list[list[Edit]], L: int, T: int, F: int, dev: Any) -> tuple[Tensor, Tensor]:
+    mul = torch.ones(len(edit_sets), L, T, F, device=dev)
+    add = torch.zeros(len(edit_sets), L, T, F, device=dev)
+    for b, edits in enumerate(edit_sets):
+        for e in edits:
+            if e.mode == "zero":
+                mul[b, e.layer, e.pos, e.feature] = 0.0
+                add[b, e.layer, e.pos, e.feature] = 0.0
+            elif e.mode == "scale":
+                mul[b, e.layer, e.pos, e.feature] *= e.value
+                add[b, e.layer, e.pos, e.feature] *= e.value
+            else:
+                add[b, e.layer, e.pos, e.feature] += e.value
+    return mul, add
+
+
+def _logit_diffs(logits: Tensor, diff: tuple[int, list[int]] | None) -> Tensor:
+    if diff is None:
+        return torch.full(logits.shape[:1], float("nan"), dtype=torch.float64)
+    a, cs = diff
+    return (logits[:, a].double() - logits[:, cs].double().mean(-1)).cpu()
+
+
+def _run_many(model: Any, ids: list[int], dicts: DictionarySet, edit_sets: list[list[Edit]],
+              chunk: int = 16, hold_gates: bool = False) -> Tensor:
+    """Pre-cap last-position logits (n, vocab) for each set of edits (one batch row per set)."""
+    r = staged(model)
+    L, T, F = r.spec.n_layers, len(ids), dicts.n_features
+    outs = []
+    with torch.no_grad():
+        for c0 in range(0, len(edit_sets), chunk):
+            part = edit_sets[c0:c0 + chunk]
+            mul, add = _edit_tensors(part, L, T, F, r.device)
+            if r.w.W_U.dtype == torch.float64:
+                mul, add = mul.double(), add.double()
+            outs.append(_forward(model, ids, dicts, mul, add, len(part), hold_gates).double().cpu())
+    return torch.cat(outs)
+
+
+def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, edits: list[Edit] | tuple = (),
+              answer: str | int | None = None, contrast: Any = None, hold_gates: bool = False) -> Intervention:
+    """The real forward pass with transcoders and clean errors in place of the MLPs and ``edits`` applied.
+
+    Edits are :class:`Edit` or tuples ``(layer, pos, feature[, mode[, value]])``. Returns the logit difference
+    (answer − mean of the contrasts) and the logits (before any final soft-cap) at the last position.
+    ``hold_gates``: every feature's on/off state held at the clean run's (see :func:`_forward`)."""
+    dictionaries.check(model, check_name=False)
+    ids = _ids(model, prompt)
+    es = [e if isinstance(e, Edit) else Edit(*e) for e in edits]
+    for e in es:
+        if not (0 <= e.layer < len(dictionaries) and 0 <= e.pos < len(ids) and 0 <= e.feature < dictionaries.n_features):
+            raise LogitlabError(f"edit {e} out of range ({len(dictionaries)} layers, {len(ids)} positions, "
+                                f"{dictionaries.n_features} features)")
+    logits = _run_many(model, ids, dictionaries, [es], hold_gates=hold_gates)
+    return Intervention(float(_logit_diffs(logits, _diff_dir(model, answer, contrast))[0]), logits[0])
+
+
+# ---- the graph's predictions -----------------------------------------------------------------------------------
+def predicted_effects(graph: AttributionGraph) -> Tensor:
+    """Per feature node, ``a_s · dΔ/da_s`` in the graph's frozen linear model (direct + indirect), Δ the
+    logit-difference target (module docstring). Zeroing feature s changes Δ by about minus this."""
+    if not graph.has_logit_diff:
+        raise LogitlabError("this graph has no logit-difference target (give an answer and a contrast)")
+    A = graph.adjacency.double()
+    n_f = graph.n_features
+    act = graph.activations.double()
+    C = torch.zeros_like(A)
+    C[:, :n_f] = A[:, :n_f] / act.where(act != 0, torch.ones_like(act))
+    w = graph.logit_weights("logit_diff").double()
+    v, cur = w.clone(), w.clone()
+    for _ in range(graph.n_layers + 2):
+        cur = cur @ C
+        if not bool(cur.any()):
+            break
+        v += cur
+    else:
+        if bool(cur.any()):
+            raise LogitlabError("the graph's feature adjacency is not acyclic")
+    return (v @ A)[:n_f]
+
+
+def top_features(graph: AttributionGraph, k: int | None = None) -> Tensor:
+    """Feature node indices by influence on the logit-difference target (circuit-tracer's normalised absolute
+    adjacency), highest first; the first ``k``."""
+    infl = compute_influence(_normalise(graph.adjacency), graph.logit_weights("logit_diff"))[:graph.n_features]
+    order = infl.argsort(descending=True)
+    return order if k is None else order[:k]
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    def ranks(x: Tensor) -> Tensor:
+        x = x.double()
+        r = torch.empty_like(x)
+        order = x.argsort()
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for v in x.unique():  # average ranks over ties
+            m = x == v
+            if int(m.sum()) > 1:
+                r[m] = r[m].mean()
+        return r
+    if len(a) < 2:
+        return float("nan")
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float((ra.norm() * rb.norm()))
+    return float((ra @ rb) / den) if den > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class TopFeatureCheck:
+    """The graph's predicted changes of the logit difference against interventions in the real model."""
+
+    features: list[tuple[int, int, int]]  # (layer, position, feature) of the top-k, by influence
+    activations: list[float]
+    predicted: list[float]  # graph: change of Δ when the feature is zeroed, first order = −a·dΔ/da
+    actual: list[float]  # real model: change of Δ when the feature is zeroed
+    derivative_predicted: list[float]  # graph: a·dΔ/da
+    derivative_actual: list[float]  # real model, gates held: (Δ(a·(1+step)) − Δ) / step
+    actual_gates_held: list[float]  # real model with every feature's on/off state held: change when zeroed
+    step: float
+    logit_diff: float  # the clean logit difference
+    spearman: float  # rank correlation of predicted and actual (zeroing)
+    sign_agreement: float  # fraction of the top-k whose predicted and actual changes agree in sign
+    spearman_derivative: float
+    sign_agreement_derivative: float
+    spearman_gates_held: float
+    sign_agreement_gates_held: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+def _graph_ids(model: Any, prompt: str | list[int] | None, graph: AttributionGraph) -> list[int]:
+    ids = list(graph.tokens) if prompt is None else _ids(model, prompt)
+    if ids != list(graph.tokens):
+        raise LogitlabError("the prompt's tokens differ from the graph's", "give the prompt the graph was made of")
+    return ids
+
+
+def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries: DictionarySet,
+                       graph: AttributionGraph, k: int = 10, *, answer: str | int, contrast: Any,
+                       step: float = 1e-3) -> TopFeatureCheck:
+    """Zero each of the graph's top-k features (by influence on the logit difference) in the real model and
+    compare the change of the logit difference with the graph's prediction (module docstring)."""
+    ids = _graph_ids(model, prompt, graph)
+    diff = _diff_dir(model, answer, contrast)
+    if diff is None:
+        raise LogitlabError("check_top_features needs the answer and contrast of the graph's logit difference")
+    top = top_features(graph, k)
+    deriv = predicted_effects(graph)[top]
+    feats = [tuple(int(v) for v in graph.features[i]) for i in top.tolist()]
+    sets = [[]] + [[Edit(*f, "zero")] for f in feats] + [[Edit(*f, "scale", 1 + step)] for f in feats]
+    ld = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + len(feats)]), diff)
+    held = _logit_diffs(_run_many(model, ids, dictionaries, sets, hold_gates=True), diff)
+    clean, n = float(ld[0]), len(feats)
+    actual = ld[1:1 + n] - clean
+    actual_held = held[1:1 + n] - float(held[0])
+    d_actual = (held[1 + n:] - float(held[0])) / step
+    pred = -deriv
+    agree = lambda a, b: float((torch.sign(a) == torch.sign(b)).double().mean()) if len(a) else float("nan")  # noqa: E731
+    return TopFeatureCheck(
+        features=[list(f) for f in feats], activations=graph.activations[top].double().tolist(),
+        predicted=pred.tolist(), actual=actual.tolist(), derivative_predicted=deriv.tolist(),
+        derivative_actual=d_actual.tolist(), actual_gates_held=actual_held.tolist(), step=step, logit_diff=clean,
+        spearman=spearman(pred, actual), sign_agreement=agree(pred, actual),
+        spearman_derivative=spearman(deriv, d_actual), sign_agreement_derivative=agree(deriv, d_actual),
+        spearman_gates_held=spearman(pred, actual_held), sign_agreement_gates_held=agree(pred, actual_held))
+
+
+# ---- faithfulness ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Faithfulness:
+    """Fraction of the logit difference recovered when only n features are kept (others zeroed, errors held)."""
+
+    sizes: list[int]
+    logit_diff: list[float]  # Δ with the top-n kept
+    recovered: list[float]  # (Δ_n − Δ_0) / (Δ_clean − Δ_0)
+    random_recovered: list[list[float]]  # per size, one value per random set
+    random_mean: list[float]
+    logit_diff_clean: float
+    logit_diff_none: float  # every feature zeroed (errors held)
+    n_random: int
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+def _keep_sets(graph: AttributionGraph, kept: list[Tensor], L: int, F: int) -> list[Tensor]:
+    """Per kept set, the multiplier (L, T, F): 1 for the kept feature nodes and the frozen positions, else 0."""
+    T = graph.n_pos
+    frozen0 = bool(graph.meta.get("zero_first", True))
+    out = []
+    for idx in kept:
+        m = torch.zeros(L, T, F)
+        if frozen0:
+            m[:, 0] = 1.0
+        f = graph.features[idx]
+        m[f[:, 0], f[:, 1], f[:, 2]] = 1.0
+        out.append(m)
+    return out
+
+
+def faithfulness_curve(model: Any, prompt: str | list[int] | None, dictionaries: DictionarySet,
+                       graph: AttributionGraph, *, answer: str | int, contrast: Any, sizes: list[int] | None = None,
+                       n_random: int = 5, seed: int = 0) -> Faithfulness:
+    """Recovery of the logit difference keeping the top-n features by influence, against random n-feature sets."""
+    ids = _graph_ids(model, prompt, graph)
+    diff = _diff_dir(model, answer, contrast)
+    if diff is None:
+        raise LogitlabError("faithfulness_curve needs the answer and contrast of the graph's logit difference")
+    n_f = graph.n_features
+    if sizes is None:
+        sizes = sorted({min(n_f, v) for v in [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]} | {n_f})
+    sizes = [int(s) for s in sizes if 0 <= s <= n_f]
+    order = top_features(graph)
+    gen = torch.Generator().manual_seed(seed)
+    rand = [[torch.randperm(n_f, generator=gen)[:s] for _ in range(n_random)] for s in sizes]
+    kept = [order[:0], order] + [order[:s] for s in sizes] + [r for rs in rand for r in rs]
+    r = staged(model)
+    L, F = r.spec.n_layers, dictionaries.n_features
+    lds = []
+    with torch.no_grad():
+        for c0 in range(0, len(kept), 8):
+            muls = torch.stack(_keep_sets(graph, kept[c0:c0 + 8], L, F)).to(r.device, r.w.W_U.dtype)
+            lds.append(_logit_diffs(_forward(model, ids, dictionaries, muls, None, len(muls)).double().cpu(), diff))
+    ld = torch.cat(lds)
+    none, clean = float(ld[0]), float(ld[1])
+    span = clean - none
+    rec = lambda v: float((v - none) / span) if span != 0 else float("nan")  # noqa: E731
+    top_ld = ld[2:2 + len(sizes)]
+    rnd = ld[2 + len(sizes):].view(len(sizes), n_random) if n_random else torch.zeros(len(sizes), 0)
+    rnd_rec = [[rec(v) for v in row.tolist()] for row in rnd]
+    return Faithfulness(
+        sizes=sizes, logit_diff=top_ld.tolist(), recovered=[rec(v) for v in top_ld.tolist()],
+        random_recovered=rnd_rec, random_mean=[sum(r) / len(r) if r else math.nan for r in rnd_rec],
+        logit_diff_clean=clean, logit_diff_none=none, n_random=n_random, seed=seed)
