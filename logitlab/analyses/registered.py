@@ -180,7 +180,7 @@ register(Analysis("circuit", {"circuit": Circuit}, _circuit, default=False, sett
 
 def _features(ctx: RunContext) -> Sections:
     from logitlab.features.analysis import task_features
-    from logitlab.features.formats import load_dictionaries  # type: ignore[import-not-found]
+    from logitlab.features.formats import load_dictionaries
     s = ctx.settings(FeatureSettings)
     if not s.transcoders:
         raise LogitlabError("the features analysis needs transcoders", "pass --transcoders DIR")

@@ -41,7 +41,7 @@ def graph_cmd(
     """Attribution graph of one prompt over transcoder features: graph.json and an offline graph.html."""
     from rich.console import Console
 
-    from logitlab.features.formats import load_dictionaries  # type: ignore[import-not-found]
+    from logitlab.features.formats import load_dictionaries
     from logitlab.features.graph import attribute, graph_to_dict, prune_graph
     from logitlab.model.device import device_option
     from logitlab.model.load import load_model
