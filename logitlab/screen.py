@@ -31,12 +31,37 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-__all__ = ["EXACT", "ESTIMATED", "SCREEN_SEED", "Screen", "select", "methods"]
+from logitlab.errors import LogitlabError
+from logitlab.registry import setting
+
+__all__ = ["EXACT", "ESTIMATED", "SCREEN_SEED", "Screen", "ScreenSettings", "select", "methods"]
 
 EXACT = "exact"
 ESTIMATED = "estimated"
 #: The screen's sampling seed (fixed: the same cells on every machine and run).
 SCREEN_SEED = 20251206
+
+
+@dataclass(frozen=True)
+class ScreenSettings:
+    """What head ablation and activation patching compute exactly, and what they screen first."""
+
+    exact: bool = setting(False, "every ablation and patching cell computed exactly (no screening)", flag="--exact",
+                          commands=("run", "circuit"),
+                          help="Compute every head ablation and every patching cell exactly, without screening "
+                               "(slower; the default screens and says which numbers are exact).")
+    screen_top: int = setting(12, "cells per map computed exactly because their estimate is largest",
+                              flag="--screen-top", commands=("run", "circuit"),
+                              help="Cells per map (heads, or layer × position) computed exactly because their "
+                                   "first-order estimate is largest.")
+    screen_sample: int = setting(8, "cells per map computed exactly at random (seeded), to measure what the screen "
+                                    "leaves out", flag="--screen-sample", commands=("run", "circuit"),
+                                 help="Further cells per map computed exactly at random (seeded), to measure what "
+                                      "the screen leaves out.")
+
+    def __post_init__(self) -> None:
+        if self.screen_top < 0 or self.screen_sample < 0:
+            raise LogitlabError("screen_top and screen_sample must be ≥ 0", "--exact computes every cell")
 
 
 @dataclass(frozen=True)

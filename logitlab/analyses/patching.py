@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -69,9 +70,18 @@ class PatchingSettings:
                                   help="Patching pairs generated per template (each costs as much as the task's "
                                        "own pair; 0: the task's explicit pairs only).")
 
+    patching_target: float = setting(0.1, "95% CI half-width (in units of each pair's gap) that generated pairs are "
+                                          "added until the pooled residual-stream cells reach (0: use every pair)",
+                                     flag="--patching-target", commands=("run", "circuit"),
+                                     help="Add generated pairs (in a fixed order) until every pooled residual-stream "
+                                          "cell's 95% CI half-width is below this, in units of the gap, or "
+                                          "--patching-pairs per template are used (0: use them all).")
+
     def __post_init__(self) -> None:
         if self.patching_pairs < 0:
             raise LogitlabError("patching_pairs must be ≥ 0", "0 patches the task's explicit pairs only")
+        if not (self.patching_target >= 0 and math.isfinite(self.patching_target)):
+            raise LogitlabError("patching_target must be ≥ 0", "0 uses every generated pair")
 
 
 #: Pairs whose |clean − corrupted| logit difference is below this (logits) are not normalised, only counted.

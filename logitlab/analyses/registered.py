@@ -29,6 +29,7 @@ from logitlab.errors import LogitlabError
 from logitlab.features.analysis import FeatureSettings
 from logitlab.model.backend import GRAD, SWEEP, has
 from logitlab.registry import Analysis, register
+from logitlab.screen import ScreenSettings
 from logitlab.results.ablation import HeadAblation
 from logitlab.results.circuit import AttributionPatching, Circuit, PathPatching
 from logitlab.results.features import Features
@@ -98,7 +99,8 @@ def _ablation(ctx: RunContext) -> Sections:
                               "baseline_loss": float(run.loss.mean())}}
 
 
-register(Analysis("ablation", {"head_ablation": HeadAblation}, _ablation, summary="zero- and mean-ablating each head"))
+register(Analysis("ablation", {"head_ablation": HeadAblation}, _ablation, settings=ScreenSettings,
+                  summary="zero- and mean-ablating each head"))
 
 
 def _patching(ctx: RunContext) -> Sections:

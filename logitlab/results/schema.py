@@ -170,9 +170,18 @@ def _v5_to_v6(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "config": config}
 
 
+def _v6_to_v7(obj: dict[str, Any]) -> dict[str, Any]:
+    """Version 7 added screening and precision-targeted patching pairs: their settings in ``config``. A version-6
+    run computed every ablation and patching cell exactly, on every generated pair: ``exact`` true, target 0."""
+    config = dict(obj.get("config") or {})
+    for key, value in (("exact", True), ("screen_top", 12), ("screen_sample", 8), ("patching_target", 0.0)):
+        config.setdefault(key, value)
+    return {**obj, "config": config}
+
+
 #: Migrations of an older results.json: ``MIGRATIONS[v]`` turns a version-``v`` dict into version ``v + 1``.
 #: Versions before 5 changed sections' meaning (not only their keys), so they are refused.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {5: _v5_to_v6}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {5: _v5_to_v6, 6: _v6_to_v7}
 
 
 def load_results(source: str | Path | Mapping[str, Any]) -> Any:

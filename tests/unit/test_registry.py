@@ -163,8 +163,9 @@ def test_load_results_refuses_other_versions(tmp_path: Path) -> None:
 
 
 def test_load_results_migrates_version_5(tmp_path: Path, tiny_task_file: Path) -> None:
-    """A version-5 file (no features settings in its config) loads as version 6 with those settings at their
-    defaults, every number unchanged; the report reads it."""
+    """A version-5 file (no features settings in its config) loads as the current version with those settings at
+    their defaults and the version-7 settings as a version-5 or 6 run used them (every cell exact, every pair),
+    every number unchanged; the report reads it. A version-6 file likewise."""
     import copy
 
     from logitlab.battery import run_battery
@@ -175,8 +176,14 @@ def test_load_results_migrates_version_5(tmp_path: Path, tiny_task_file: Path) -
     new = run_battery(model, load_task(str(tiny_task_file)), RunConfig(analyses=("attention",)))
     old = copy.deepcopy(dict(new))
     old["schema_version"] = 5
-    old["config"] = {k: v for k, v in new["config"].items() if k not in ("transcoders", "feature_prompts", "feature_top")}
+    v7 = ("exact", "screen_top", "screen_sample", "patching_target")
+    old["config"] = {k: v for k, v in new["config"].items()
+                     if k not in ("transcoders", "feature_prompts", "feature_top", *v7)}
     with pytest.raises(LogitlabError, match="schema_version"):
         validate_results(old)
-    assert load_results(old) == new
+    expected = {**new, "config": {**new["config"], "exact": True, "patching_target": 0.0}}
+    assert load_results(old) == expected
+    six = {**copy.deepcopy(dict(new)), "schema_version": 6}
+    six["config"] = {k: v for k, v in new["config"].items() if k not in v7}
+    assert load_results(six) == expected
     assert "Logit difference" in str(build_report(old))
