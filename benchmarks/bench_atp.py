@@ -42,7 +42,7 @@ def _time(f: Callable[[], object], repeats: int) -> tuple[float, float]:
 
 def main() -> None:
     import logitlab
-    from logitlab.analyses.atp import _estimate
+    from logitlab.analyses.pairset import first_order as _estimate
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="builtin")

@@ -89,7 +89,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from logitlab.analyses.patching import MIN_GAP, PairSet, PatchingResult, pool_positions
+from logitlab.analyses.pairset import MIN_GAP, AtPSet, PairSet, first_order, pool_positions
+from logitlab.analyses.patching import PatchingResult
 from logitlab.errors import LogitlabError
 from logitlab.model.backend import GRAD, require
 from logitlab.model.load import Model
@@ -104,23 +105,6 @@ __all__ = ["AtPSet", "Miss", "Comparison", "AtPSummary", "AtPResult", "attributi
 TOP_K = 10
 #: How many of the worst misses (largest |AtP − exact|) a comparison lists.
 N_WORST = 5
-
-
-@dataclass(frozen=True)
-class AtPSet(PairSet):
-    """First-order estimates for one set of pairs sharing one token length (not normalised), every pair kept.
-
-    Aligned with the :class:`PairSet` exact patching computes for the same pairs (same fields: ``label`` is
-    ``"reference"`` or the template, ``tokens`` the first clean prompt's token strings, ``roles`` the pooling
-    labels), except that ``resid``/``attn``/``mlp`` ((layer, pos, pair): (a_clean − a_corr) · ∂m/∂a) and ``heads``
-    ((layer, head, pair), summed over positions) hold the estimated *change* patched − corrupted of the clean
-    answers' logit difference, not the patched value.
-    """
-
-    def normalised(self, what: str) -> Float[Tensor, "layer width used_pair"]:
-        """estimate / (clean − corrupted) of the used pairs, each by its own gap (as :meth:`PairSet.normalised`)."""
-        u = self.used
-        return getattr(self, what)[..., u] / (self.clean[u] - self.corrupted[u])
 
 
 @dataclass(frozen=True)
@@ -251,42 +235,10 @@ def attribution_patching(model: Model, task: TokenizedTask, exact: PatchingResul
 # ---- the estimate ----------------------------------------------------------------------------------------
 
 
-def _estimate(runner: Runner, clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor,
-              incorrect: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """Clean and corrupted logit differences (pair,) and the first-order effects of every patch.
-
-    Returns ``(clean, corrupted, effects)`` with ``effects`` keyed by ``resid``/``attn``/``mlp`` (layer, pos,
-    pair) and ``heads`` (layer, head, pair), in at least float32 (float64 for a float64 runner). Two cached
-    forwards and one forward + backward, whatever the number of pairs.
-    """
-    dev = runner.device
-    clean_t, corr_t = clean_tokens.to(dev), corrupted_tokens.to(dev)
-    correct, incorrect = correct.to(dev), incorrect.to(dev)
-    n, T = clean_t.shape
-    fp = torch.full((n,), T - 1, device=dev)  # every pair ends at T-1
-    with torch.no_grad():
-        clean, corr = runner.run_with_cache(clean_t), runner.run_with_cache(corr_t)
-        clean_ld = runner.answer_metrics(clean.resid_final[:, T - 1], correct, incorrect, False)[0]
-        corr_ld = runner.answer_metrics(corr.resid_final[:, T - 1], correct, incorrect, False)[0]
-    _, grads = runner.grad_run(corr_t, fp, correct, incorrect)  # ∂m/∂a at the corrupted run, every layer
-    with torch.no_grad():
-        # Differences in at least float32: in bfloat16 a - b would round before the product.
-        d = lambda name: wide(getattr(clean, name)) - wide(getattr(corr, name))  # noqa: E731  (layer, B, T, ...)
-        effects = {
-            what: torch.einsum("lbpd,lbpd->lpb", d(name), wide(grads[name]))  # (layer, pos, pair)
-            for what, name in (("resid", "resid_pre"), ("attn", "attn_out"), ("mlp", "mlp_out"))}
-        effects["heads"] = torch.einsum("lbphe,lbphe->lhb", d("z"), wide(grads["z"]))  # (layer, head, pair)
-    bad = [what for what, x in effects.items() if not bool(torch.isfinite(x).all())]
-    if bad:
-        raise LogitlabError(f"attribution patching produced non-finite estimates for {', '.join(bad)}",
-                            "the gradients overflow in this dtype; load the model in float32")
-    return wide(clean_ld).cpu(), wide(corr_ld).cpu(), {k: v.cpu() for k, v in effects.items()}
-
-
 def _atp_set(runner: Runner, label: str, template: int, tokens: tuple[str, ...], roles: tuple[str, ...],
              clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor, incorrect: Tensor,
              min_gap: float) -> AtPSet:
-    clean, corr, e = _estimate(runner, clean_tokens, corrupted_tokens, correct, incorrect)
+    clean, corr, e = first_order(runner, clean_tokens, corrupted_tokens, correct, incorrect)
     return AtPSet(label=label, template=template, tokens=tokens, roles=roles, clean=clean, corrupted=corr,
                   resid=e["resid"], attn=e["attn"], mlp=e["mlp"], heads=e["heads"], min_gap=min_gap)
 

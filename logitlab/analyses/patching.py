@@ -45,6 +45,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from logitlab.analyses.pairset import MIN_GAP, WHATS, PairSet, PatchingSummary, pool_positions, summarise
 from logitlab.errors import LogitlabError
 from logitlab.interventions import head_entry, position_entries
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
@@ -52,7 +53,6 @@ from logitlab.model.load import Model
 from logitlab.model.readout import CleanCache
 from logitlab.registry import setting
 from logitlab.results.patching import PatchingSections
-from logitlab.stats import Paired, paired
 from logitlab.sweep import SweepSettings, run_sweep
 from logitlab.task import MAX_PAIRS_PER_TEMPLATE, TokenizedTask, generated_pairs
 
@@ -82,127 +82,6 @@ class PatchingSettings:
             raise LogitlabError("patching_pairs must be ≥ 0", "0 patches the task's explicit pairs only")
         if not (self.patching_target >= 0 and math.isfinite(self.patching_target)):
             raise LogitlabError("patching_target must be ≥ 0", "0 uses every generated pair")
-
-
-#: Pairs whose |clean − corrupted| logit difference is below this (logits) are not normalised, only counted.
-MIN_GAP = 1.0
-_WHATS = ("resid", "attn", "mlp", "heads")
-
-
-@dataclass(frozen=True)
-class PairSet:
-    """Raw patching of one set of pairs sharing one token length (not normalised), every pair kept.
-
-    ``label`` is ``"reference"`` or the template; ``tokens`` the first clean prompt's token strings, ``roles``
-    the position labels used for pooling.
-    """
-
-    label: str
-    template: int  # -1 for the reference pairs
-    tokens: tuple[str, ...]
-    roles: tuple[str, ...]
-    clean: Float[Tensor, " pair"]  # each pair's clean logit difference (clean answers)
-    corrupted: Float[Tensor, " pair"]  # the corrupted prompt's, on the clean answers
-    resid: Float[Tensor, "layer pos pair"]  # patched logit difference
-    attn: Float[Tensor, "layer pos pair"]
-    mlp: Float[Tensor, "layer pos pair"]
-    heads: Float[Tensor, "layer head pair"]
-    min_gap: float = MIN_GAP
-
-    @property
-    def n(self) -> int:
-        return int(self.clean.shape[0])
-
-    @property
-    def used(self) -> Tensor:
-        """(pair,) bool: pairs whose gap is at least ``min_gap``."""
-        return (self.clean - self.corrupted).abs() >= self.min_gap
-
-    @property
-    def n_used(self) -> int:
-        return int(self.used.sum())
-
-    def normalised(self, what: str) -> Float[Tensor, "layer width used_pair"]:
-        """(patched − corrupted) / (clean − corrupted) of the used pairs, each by its own gap."""
-        u = self.used
-        x = getattr(self, what)[..., u]
-        return (x - self.corrupted[u]) / (self.clean[u] - self.corrupted[u])
-
-
-@dataclass(frozen=True)
-class PatchingSummary:
-    """Normalised patching of one set of pairs (reference, one template, or pooled), over its used pairs."""
-
-    label: str  # "reference", the template, or "pooled"
-    tokens: tuple[str, ...]  # position labels
-    n_pairs: int  # pairs used
-    n_excluded: int  # pairs below the gap
-    clean_logit_diff: float  # mean over the used pairs
-    corrupted_logit_diff: float
-    # mean (layer, pos) or (layer, head), stderr, ci (..., 2); None when no pair is used
-    resid: Paired | None
-    attn: Paired | None
-    mlp: Paired | None
-    heads: Paired | None
-
-    def to_dict(self, what: str) -> dict[str, Any]:
-        """One results section's numbers; empty lists when no pair is used."""
-        s: Paired | None = getattr(self, what)
-        nums = ([], [], []) if s is None else (s.mean.tolist(), s.stderr.tolist(), s.ci.tolist())
-        out: dict[str, Any] = {"values": nums[0], "stderr": nums[1], "ci": nums[2],
-                               "n_pairs": self.n_pairs, "n_excluded": self.n_excluded}
-        if what != "heads":
-            out = {"tokens": list(self.tokens), **out}
-        if what == "resid":
-            out.update(clean_logit_diff=self.clean_logit_diff, corrupted_logit_diff=self.corrupted_logit_diff)
-        return out
-
-
-def pool_positions(roles: list[tuple[str, ...]]) -> list[tuple[str, list[int]]]:
-    """The pooled positions of groups with role sequences ``roles``: (label, the position in each group).
-
-    Identical sequences pool position by position; otherwise the positions shared from the start while the
-    roles agree, and from the end while they agree (the final position always).
-    """
-    if len(set(roles)) == 1:
-        return [(r, [p] * len(roles)) for p, r in enumerate(roles[0])]
-    shortest = min(len(r) for r in roles)
-    head = 0
-    while head < shortest and len({r[head] for r in roles}) == 1:
-        head += 1
-    out = [(roles[0][p], [p] * len(roles)) for p in range(head)]
-    tail: list[tuple[str, list[int]]] = []  # from the final position backwards
-    for back in range(1, shortest - head + 1):
-        labels = {r[-back] for r in roles}
-        if len(labels) > 1 and back > 1:
-            break
-        tail.append((labels.pop() if len(labels) == 1 else "[final]", [len(r) - back for r in roles]))
-        if tail[-1][0] == "[final]":
-            break
-    return out + tail[::-1]
-
-
-def _summary(label: str, tokens: tuple[str, ...], sets: list[PairSet], pos: list[list[int]] | None) -> PatchingSummary:
-    """Summarise ``sets`` pooled: positions ``pos[k]`` of each set (None: all, one set).
-
-    With no used pair the numbers are None and the logit differences are the means over all pairs.
-    """
-    used = torch.cat([s.used for s in sets])
-    clean, corr = torch.cat([s.clean for s in sets]), torch.cat([s.corrupted for s in sets])
-    n_used = int(used.sum())
-    norm: dict[str, Paired | None] = dict.fromkeys(_WHATS)
-    for what in _WHATS if n_used else ():
-        parts = []
-        for k, s in enumerate(sets):
-            x = s.normalised(what)  # (L, width, used)
-            if what != "heads" and pos is not None:
-                x = x[:, [p[k] for p in pos]]
-            parts.append(x)
-        norm[what] = paired(torch.cat(parts, -1))
-    if n_used:
-        clean, corr = clean[used], corr[used]
-    return PatchingSummary(label, tokens, n_used, len(used) - n_used, float(clean.mean()), float(corr.mean()),
-                           norm["resid"], norm["attn"], norm["mlp"], norm["heads"])
 
 
 @dataclass(frozen=True)
@@ -277,7 +156,7 @@ class PatchingResult:
             return {}
         source = "reference" if main is self.reference_summary else "pooled"
         out = {}
-        for what, key in zip(_WHATS, ("resid_patching", "attn_patching", "mlp_patching", "head_patching")):
+        for what, key in zip(WHATS, ("resid_patching", "attn_patching", "mlp_patching", "head_patching")):
             d = main.to_dict(what)
             pooled = self.pooled.to_dict(what) if self.pooled is not None and source == "reference" else None
             per = [{"template": t.label, **t.to_dict(what)} for t in self.per_template]
@@ -319,13 +198,13 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
         groups.append(_patch_set(model, g.template_text, g.template, tuple(model.to_str_tokens(g.clean_tokens[0])),
                                  g.roles, g.clean_tokens, g.corrupted_tokens, g.correct_ids, g.incorrect_ids,
                                  settings, min_gap))
-    ref_summary = _summary("reference", ref.tokens, [ref], None) if ref is not None else None
+    ref_summary = summarise("reference", ref.tokens, [ref], None) if ref is not None else None
     live = [g for g in groups if g.n_used]
-    per_template = tuple(_summary(g.label, g.roles, [g], None) for g in live)
+    per_template = tuple(summarise(g.label, g.roles, [g], None) for g in live)
     pooled = None
     if groups:
         pos = pool_positions([g.roles for g in live or groups])
-        pooled = _summary("pooled", tuple(lab for lab, _ in pos), live or list(groups), [p for _, p in pos])
+        pooled = summarise("pooled", tuple(lab for lab, _ in pos), live or list(groups), [p for _, p in pos])
         # Pairs of groups without a used pair count as excluded in the pooled set.
         dead = sum(g.n for g in groups if not g.n_used) if live else 0
         pooled = PatchingSummary(**{**pooled.__dict__, "n_excluded": pooled.n_excluded + dead})

@@ -15,8 +15,9 @@ import torch
 
 from logitlab import answers
 from logitlab.analyses.atp import (
-    N_WORST, TOP_K, AtPSummary, _compare, _estimate, _pearson, _ranks, _spearman, attribution_patching,
+    N_WORST, TOP_K, AtPSummary, _compare, _pearson, _ranks, _spearman, attribution_patching,
 )
+from logitlab.analyses.pairset import first_order as _estimate
 from logitlab.analyses.patching import activation_patching
 from logitlab.errors import LogitlabError
 from logitlab.interventions import with_head_change

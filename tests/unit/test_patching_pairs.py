@@ -12,8 +12,9 @@ import yaml
 from pydantic import TypeAdapter
 
 from logitlab.analyses.patching import (
-    MIN_GAP, PairSet, _summary, activation_patching, patching_items, pool_positions,
+    MIN_GAP, PairSet, activation_patching, patching_items, pool_positions,
 )
+from logitlab.analyses.pairset import summarise
 from logitlab.answers import PAD
 from logitlab.reference import hooked_metrics, loop_patching
 from logitlab.results import HeadPatching, ResidPatching
@@ -171,7 +172,7 @@ def test_gap_threshold_excludes_and_counts() -> None:
     resid = torch.tensor([[[1.0, 0.04, 3.0]]])  # (L=1, T=1, pair=3)
     s = _pair_set([2.0, 0.05, 4.0], [0.0, 0.0, 2.0], resid)
     assert s.used.tolist() == [True, False, True] and s.n_used == 2
-    summ = _summary("t", s.tokens, [s], None)
+    summ = summarise("t", s.tokens, [s], None)
     assert summ.n_pairs == 2 and summ.n_excluded == 1
     expected = (0.5 + 0.5) / 2  # (1 − 0)/2 and (3 − 2)/2
     assert abs(float(summ.resid.mean[0, 0]) - expected) < 1e-6, f"{float(summ.resid.mean[0, 0])} != {expected}"
@@ -180,7 +181,7 @@ def test_gap_threshold_excludes_and_counts() -> None:
     assert d["n_excluded"] == 1 and d["ci"][0][0][0] <= expected <= d["ci"][0][0][1]
     # A negative gap of at least 1 is used; every pair below the gap: no numbers, all counted.
     assert _pair_set([-2.0], [0.0], torch.zeros(1, 1, 1)).n_used == 1
-    none = _summary("t", ("a",), [_pair_set([0.1, 0.2], [0.0, 0.0], torch.zeros(1, 1, 2))], None)
+    none = summarise("t", ("a",), [_pair_set([0.1, 0.2], [0.0, 0.0], torch.zeros(1, 1, 2))], None)
     assert none.n_pairs == 0 and none.n_excluded == 2 and none.resid is None
     assert none.to_dict("resid")["values"] == [] and abs(none.clean_logit_diff - 0.15) < 1e-6
 
