@@ -217,10 +217,17 @@ def attribution_patching(model: Model, task: TokenizedTask, exact: PatchingResul
         tokens = tuple(model.to_str_tokens(task.clean_tokens[0]))
         ref = _atp_set(model.runner, "reference", -1, tokens, tokens, task.clean_tokens, task.corrupted_tokens,
                        task.pair_correct_ids, task.pair_incorrect_ids, min_gap)
-    groups = tuple(
-        _atp_set(model.runner, g.template_text, g.template, tuple(model.to_str_tokens(g.clean_tokens[0])), g.roles,
-                 g.clean_tokens, g.corrupted_tokens, g.correct_ids, g.incorrect_ids, min_gap)
-        for g in (generated_pairs(task, max_pairs) if generated and max_pairs > 0 else ()))
+    # With exact patching given: its generated pairs (it may have used fewer, precision-targeted), and its
+    # first-order estimates of them when its screen computed them already.
+    pairs = exact.pair_groups if exact is not None and exact.pair_groups is not None else (
+        generated_pairs(task, max_pairs) if generated and max_pairs > 0 else ())
+    if exact is not None and exact.estimates is not None:
+        groups = exact.estimates
+    else:
+        groups = tuple(
+            _atp_set(model.runner, g.template_text, g.template, tuple(model.to_str_tokens(g.clean_tokens[0])),
+                     g.roles, g.clean_tokens, g.corrupted_tokens, g.correct_ids, g.incorrect_ids, min_gap)
+            for g in pairs)
     if exact is not None:
         _check_aligned(ref, groups, exact)
     exact_ref = None if exact is None else exact.reference
@@ -267,8 +274,10 @@ def _check_aligned(ref: AtPSet | None, groups: tuple[AtPSet, ...], exact: Patchi
 
 
 def _exact_normalised(s: PairSet, what: str, used: Tensor) -> Tensor:
-    """(patched − corrupted) / (clean − corrupted) of exact patching for the pairs ``used``."""
-    return (getattr(s, what)[..., used].float() - s.corrupted[used]) / (s.clean[used] - s.corrupted[used])
+    """(patched − corrupted) / (clean − corrupted) of exact patching for the pairs ``used``; NaN at the cells
+    the screen left to the estimate (they are not exact patching's numbers)."""
+    x = (getattr(s, what)[..., used].float() - s.corrupted[used]) / (s.clean[used] - s.corrupted[used])
+    return torch.where(s.is_exact(what)[..., None], x, torch.full_like(x, math.nan))
 
 
 def _head_summary(ref: AtPSet | None, groups: tuple[AtPSet, ...], exact_ref: PairSet | None,
@@ -323,7 +332,12 @@ def _with_comparison(s: AtPSummary) -> AtPSummary:
 
 
 def _compare(atp: Tensor, exact: Tensor, labels: list[str]) -> Comparison:
+    """AtP against exact patching over the components exact patching computed (NaN: screened out, skipped)."""
     a, e = atp.flatten().double(), exact.flatten().double()
+    keep = torch.isfinite(e)
+    if not bool(keep.all()):
+        idx = keep.nonzero().flatten().tolist()
+        a, e, labels = a[keep], e[keep], [labels[i] for i in idx]
     k = min(TOP_K, a.numel())
     top = lambda x: set(torch.sort(x.abs(), descending=True, stable=True).indices[:k].tolist())  # noqa: E731
     overlap = len(top(a) & top(e)) / k if k else 0.0

@@ -20,6 +20,7 @@ from torch import Tensor
 from logitlab.errors import LogitlabError
 from logitlab.model.readout import wide
 from logitlab.model.runner import Runner
+from logitlab.screen import ESTIMATED, EXACT
 from logitlab.stats import Paired, paired
 
 __all__ = ["MIN_GAP", "WHATS", "PairSet", "AtPSet", "PatchingSummary", "first_order", "pool_positions", "summarise"]
@@ -49,6 +50,16 @@ class PairSet:
     mlp: Float[Tensor, "layer pos pair"]
     heads: Float[Tensor, "layer head pair"]
     min_gap: float = MIN_GAP
+    # Per kind, the (layer, width) cells patched exactly when not all of them were (the others hold
+    # corrupted + the first-order estimate; see :mod:`logitlab.analyses.patching_plan`). None: every cell exact.
+    exact_cells: dict[str, Tensor] | None = None
+
+    def is_exact(self, what: str) -> Tensor:
+        """(layer, width) bool: the cells of ``what`` patched exactly."""
+        x = getattr(self, what)
+        if self.exact_cells is None or what not in self.exact_cells:
+            return torch.ones(x.shape[:2], dtype=torch.bool)
+        return self.exact_cells[what].cpu()
 
     @property
     def n(self) -> int:
@@ -102,13 +113,20 @@ class PatchingSummary:
     attn: Paired | None
     mlp: Paired | None
     heads: Paired | None
+    # Per kind, the (layer, width) cells whose every set patched them exactly (absent kind: all of them).
+    exact_cells: dict[str, Tensor] | None = None
 
     def to_dict(self, what: str) -> dict[str, Any]:
-        """One results section's numbers; empty lists when no pair is used."""
+        """One results section's numbers; empty lists when no pair is used. ``method`` labels each cell
+        ``exact`` or ``estimated`` (:mod:`logitlab.screen`)."""
         s: Paired | None = getattr(self, what)
         nums = ([], [], []) if s is None else (s.mean.tolist(), s.stderr.tolist(), s.ci.tolist())
         out: dict[str, Any] = {"values": nums[0], "stderr": nums[1], "ci": nums[2],
                                "n_pairs": self.n_pairs, "n_excluded": self.n_excluded}
+        if s is not None:
+            cells = (self.exact_cells or {}).get(what)
+            exact = torch.ones(s.mean.shape, dtype=torch.bool) if cells is None else cells
+            out["method"] = [[EXACT if e else ESTIMATED for e in row] for row in exact.tolist()]
         if what != "heads":
             out = {"tokens": list(self.tokens), **out}
         if what == "resid":
@@ -149,18 +167,23 @@ def summarise(label: str, tokens: tuple[str, ...], sets: list[PairSet], pos: lis
     clean, corr = torch.cat([s.clean for s in sets]), torch.cat([s.corrupted for s in sets])
     n_used = int(used.sum())
     norm: dict[str, Paired | None] = dict.fromkeys(WHATS)
+    exact: dict[str, Tensor] = {}
     for what in WHATS if n_used else ():
-        parts = []
+        parts, cells = [], []
         for k, s in enumerate(sets):
-            x = s.normalised(what)  # (L, width, used)
+            x, e = s.normalised(what), s.is_exact(what)  # (L, width, used), (L, width)
             if what != "heads" and pos is not None:
-                x = x[:, [p[k] for p in pos]]
+                cols = [p[k] for p in pos]
+                x, e = x[:, cols], e[:, cols]
             parts.append(x)
+            cells.append(e)
         norm[what] = paired(torch.cat(parts, -1))
+        if any(s.exact_cells is not None for s in sets):
+            exact[what] = torch.stack(cells).all(0)
     if n_used:
         clean, corr = clean[used], corr[used]
     return PatchingSummary(label, tokens, n_used, len(used) - n_used, float(clean.mean()), float(corr.mean()),
-                           norm["resid"], norm["attn"], norm["mlp"], norm["heads"])
+                           norm["resid"], norm["attn"], norm["mlp"], norm["heads"], exact or None)
 
 
 def first_order(runner: Runner, clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor,

@@ -38,23 +38,26 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from logitlab.analyses.pairset import MIN_GAP, WHATS, PairSet, PatchingSummary, pool_positions, summarise
+from logitlab.analyses.pairset import MIN_GAP, WHATS, AtPSet, PairSet, PatchingSummary, pool_positions, summarise
+from logitlab.analyses.patching_plan import (
+    FIRST_PAIRS, Precision, estimate_group, ordered, patch_set, resid_width, screen_plan, take,
+)
 from logitlab.errors import LogitlabError
-from logitlab.interventions import head_entry, position_entries
-from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
+from logitlab.model.backend import GRAD, SWEEP, has
 from logitlab.model.load import Model
-from logitlab.model.readout import CleanCache
 from logitlab.registry import setting
 from logitlab.results.patching import PatchingSections
-from logitlab.sweep import SweepSettings, run_sweep
-from logitlab.task import MAX_PAIRS_PER_TEMPLATE, TokenizedTask, generated_pairs
+from logitlab.screen import Screen, ScreenSettings
+from logitlab.stats import Paired
+from logitlab.sweep import SweepSettings
+from logitlab.task import MAX_PAIRS_PER_TEMPLATE, PairGroup, TokenizedTask, generated_pairs
 
 __all__ = ["PatchingSettings", "MIN_GAP", "PairSet", "PatchingSummary", "PatchingResult", "activation_patching", "patching_items",
            "pool_positions"]
@@ -99,6 +102,11 @@ class PatchingResult:
     reference_summary: PatchingSummary | None
     per_template: tuple[PatchingSummary, ...]
     pooled: PatchingSummary | None
+    # How the generated pairs were chosen and screened (None: every pair, every cell exact):
+    precision: Precision | None = None
+    screens: dict[str, Screen] | None = None  # attn, mlp, heads: over the pooled maps, measured
+    pair_groups: tuple[PairGroup, ...] | None = None  # the generated pairs patched, aligned with ``groups``
+    estimates: tuple[AtPSet, ...] | None = None  # their first-order estimates when screened (aligned too)
 
     # The reference pairs as one mean (the view of earlier versions; formation and benchmarks read it):
     # raw patched logit differences averaged over the pairs, normalised by the mean gap.
@@ -162,7 +170,11 @@ class PatchingResult:
             per = [{"template": t.label, **t.to_dict(what)} for t in self.per_template]
             if pooled is not None:
                 pooled = {"template": None, **pooled}
-            out[key] = {**d, "pairs": source, "pooled": pooled, "per_template": per}
+            screen = (self.screens or {}).get(what)
+            out[key] = {**d, "pairs": source, "pooled": pooled, "per_template": per,
+                        "screen": None if screen is None else screen.to_dict()}
+            if what == "resid":
+                out[key]["precision"] = None if self.precision is None else self.precision.to_dict()
         return cast(PatchingSections, out)
 
 
@@ -178,10 +190,16 @@ def patching_items(model: Model, tt: TokenizedTask, generated: bool = True,
 
 def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettings | None = None,
                         generated: bool = True, min_gap: float = MIN_GAP,
-                        max_pairs: int = MAX_PAIRS_PER_TEMPLATE) -> PatchingResult:
+                        max_pairs: int = MAX_PAIRS_PER_TEMPLATE, target: float = 0.0,
+                        screen: ScreenSettings | None = None) -> PatchingResult:
     """Patch clean activations into the corrupted run for the reference pairs and, if ``generated``, the
     pairs built from the task's templates (at most ``max_pairs`` per template), one (layer, position) or
     (layer, head) at a time. Each generated pair costs as much as a reference pair.
+
+    ``target`` > 0 adds generated pairs only until the pooled residual-stream cells' 95% CIs are that narrow;
+    ``screen`` (unless its ``exact``) patches the generated pairs' attention, MLP and head cells exactly only where
+    attribution patching flags them, plus a seeded sample (:mod:`logitlab.analyses.patching_plan`). The reference
+    pairs are always patched exactly everywhere. Defaults: every pair, every cell exact.
 
     Pairs with |clean − corrupted| < ``min_gap`` are excluded from the normalised numbers and counted.
     """
@@ -191,13 +209,34 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
         assert task.corrupted_tokens is not None and task.pair_correct_ids is not None
         assert task.pair_incorrect_ids is not None
         tokens = tuple(model.to_str_tokens(task.clean_tokens[0]))
-        ref = _patch_set(model, "reference", -1, tokens, tokens, task.clean_tokens, task.corrupted_tokens,
-                         task.pair_correct_ids, task.pair_incorrect_ids, settings, min_gap)
-    groups = []
-    for g in generated_pairs(task, max_pairs) if generated and max_pairs > 0 else ():
-        groups.append(_patch_set(model, g.template_text, g.template, tuple(model.to_str_tokens(g.clean_tokens[0])),
-                                 g.roles, g.clean_tokens, g.corrupted_tokens, g.correct_ids, g.incorrect_ids,
-                                 settings, min_gap))
+        ref = patch_set(model, "reference", -1, tokens, tokens, task.clean_tokens, task.corrupted_tokens,
+                        task.pair_correct_ids, task.pair_incorrect_ids, settings, min_gap)
+    raw = generated_pairs(task, max_pairs) if generated and max_pairs > 0 else ()
+    screening = (screen is not None and not screen.exact and has(model, GRAD) and has(model, SWEEP)
+                 and bool(raw))
+    precision, screens, estimates = None, None, None
+    if target > 0 and raw and has(model, SWEEP):
+        use, resid, precision = _targeted(model, raw, target, settings, min_gap)
+    else:
+        use, resid = list(raw), None
+    strs = [tuple(model.to_str_tokens(g.clean_tokens[0])) for g in use]
+    kinds = ("attn", "mlp", "heads") if resid is not None else ("resid", "attn", "mlp", "heads")
+    if screening:
+        assert screen is not None
+        est = [estimate_group(model, g, t, min_gap) for g, t in zip(use, strs)]
+        plans = {what: screen_plan(what, est, screen.screen_top, screen.screen_sample) for what in ("attn", "mlp", "heads")}
+        groups = [patch_set(model, g.template_text, g.template, t, g.roles, g.clean_tokens, g.corrupted_tokens,
+                            g.correct_ids, g.incorrect_ids, settings, min_gap, kinds,
+                            {what: plan.masks[k] for what, plan in plans.items()}, est[k])
+                  for k, (g, t) in enumerate(zip(use, strs))]
+        groups = [replace(g, exact_cells={what: plan.masks[k] for what, plan in plans.items()})
+                  for k, g in enumerate(groups)]
+        estimates = tuple(est)
+    else:
+        groups = [patch_set(model, g.template_text, g.template, t, g.roles, g.clean_tokens, g.corrupted_tokens,
+                            g.correct_ids, g.incorrect_ids, settings, min_gap, kinds) for g, t in zip(use, strs)]
+    if resid is not None:  # the residual stream, patched round by round on the same pairs in the same order
+        groups = [replace(g, resid=r) for g, r in zip(groups, resid)]
     ref_summary = summarise("reference", ref.tokens, [ref], None) if ref is not None else None
     live = [g for g in groups if g.n_used]
     per_template = tuple(summarise(g.label, g.roles, [g], None) for g in live)
@@ -208,68 +247,54 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
         # Pairs of groups without a used pair count as excluded in the pooled set.
         dead = sum(g.n for g in groups if not g.n_used) if live else 0
         pooled = PatchingSummary(**{**pooled.__dict__, "n_excluded": pooled.n_excluded + dead})
-    return PatchingResult(ref, tuple(groups), ref_summary, per_template, pooled)
+        if screening and pooled.n_pairs:
+            screens = {}
+            for what, plan in plans.items():
+                exact_mean: Paired | None = getattr(pooled, what)
+                assert exact_mean is not None
+                screens[what] = plan.screen.measured(plan.estimate.flatten(), exact_mean.mean.flatten())
+    return PatchingResult(ref, tuple(groups), ref_summary, per_template, pooled, precision, screens, tuple(use),
+                          estimates)
 
 
-def _score(model: Model, cache: CleanCache, T: int, correct: Tensor, incorrect: Tensor) -> Tensor:
-    final = cache.resid_final[:, T - 1]
-    d, _ = model.runner.answer_metrics(final, correct, incorrect, with_loss=False)
-    return d.float()
+def _targeted(model: Model, raw: tuple[PairGroup, ...], target: float, settings: SweepSettings,
+              min_gap: float) -> tuple[list[PairGroup], list[Tensor], Precision]:
+    """Patch the residual stream on more and more generated pairs (each group in its fixed order) until the
+    pooled cells' widest 95% CI half-width is at most ``target`` or every pair is used.
+
+    Returns the pairs used per group, their residual-stream patching (layer, pos, pair) and the precision.
+    """
+    ordered_groups = [ordered(g, k) for k, g in enumerate(raw)]
+    sizes = [len(g.clean_index) for g in ordered_groups]
+    taken, parts = [0] * len(sizes), [[] for _ in sizes]  # type: list[int], list[list[PairSet]]
+    want, rounds, width = FIRST_PAIRS, 0, None
+    while True:
+        for k, g in enumerate(ordered_groups):
+            upto = min(want, sizes[k])
+            if upto > taken[k]:
+                sub = take(g, list(range(taken[k], upto)))
+                parts[k].append(patch_set(model, g.template_text, g.template,
+                                          tuple(model.to_str_tokens(sub.clean_tokens[0])), g.roles, sub.clean_tokens,
+                                          sub.corrupted_tokens, sub.correct_ids, sub.incorrect_ids, settings,
+                                          min_gap, ("resid",)))
+                taken[k] = upto
+        rounds += 1
+        sets = [_joined(p) for p in parts]
+        width = resid_width(sets)
+        if (width is not None and width <= target) or all(t >= n for t, n in zip(taken, sizes)):
+            break
+        # The half-width shrinks as 1/√n: ask for as many pairs as this width says are needed (10% more).
+        grow = 2.0 if width is None else 1.1 * (width / target) ** 2
+        want = max(want + 1, math.ceil(want * grow))
+    use = [take(g, list(range(t))) for g, t in zip(ordered_groups, taken)]
+    precision = Precision(target, width, sum(taken), sum(sizes), rounds)
+    return use, [s.resid for s in (_joined(p) for p in parts)], precision
 
 
-def _patch_set(model: Model, label: str, template: int, tokens: tuple[str, ...], roles: tuple[str, ...],
-               clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor, incorrect: Tensor,
-               settings: SweepSettings, min_gap: float) -> PairSet:
-    """Every patch of every pair of one token length: one sweep (or, on the fallback, hooked loops)."""
-    r, spec = model.runner, model.spec
-    dev = r.device
-    clean_t, corr_t = clean_tokens.to(dev), corrupted_tokens.to(dev)
-    correct, incorrect = correct.to(dev), incorrect.to(dev)
-    n_pairs, T = clean_t.shape
-    with torch.no_grad():
-        clean, corr = r.run_with_cache(clean_t), r.run_with_cache(corr_t)
-    clean_ld = _score(model, clean, T, correct, incorrect).cpu()
-    corr_ld = _score(model, corr, T, correct, incorrect).cpu()
-    common = dict(label=label, template=template, tokens=tokens, roles=roles, clean=clean_ld, corrupted=corr_ld,
-                  min_gap=min_gap)
-    if not has(model, SWEEP):
-        require(model, HOOKED_LOOPS, "activation patching")
-        from logitlab.reference import loop_patching
-        args = (model, clean_t, corr_t, correct, incorrect)
-        loops = [loop_patching(*args, what, progress=settings.progress, per_pair=True)
-                 for what in ("resid_pre", "attn_out", "mlp_out", "z")]
-        return PairSet(**common, resid=loops[0], attn=loops[1], mlp=loops[2], heads=loops[3])
-    H, L = spec.n_heads, spec.n_layers
-    fp = torch.full((n_pairs,), T - 1, device=dev)  # every pair ends at T-1
-    # Patching position p leaves positions < p as in the corrupted run: those items skip them, reading their
-    # keys and values from the corrupted run.
-    corr_kv = [r.keys_values(layer, corr.resid_pre[layer]) for layer in range(L)]
-    heads = torch.arange(H, device=dev)
-    entries = []
-    for layer in range(L):
-        after_attn = r.after_attention(layer, corr.resid_pre[layer], corr.attn_out[layer], corr.mlp_out[layer])
-        post = corr.resid_mid[layer] + corr.mlp_out[layer]
-        for what, stage, base, delta in (
-                ("resid_pre", "pre", corr.resid_pre[layer], clean.resid_pre[layer] - corr.resid_pre[layer]),
-                ("attn_out", r.attn_entry_stage, after_attn, clean.attn_out[layer] - corr.attn_out[layer]),
-                ("mlp_out", "post", post, clean.mlp_out[layer] - corr.mlp_out[layer])):
-            # A position where no pair's clean and corrupted activations differ (those before the subject, such
-            # as BOS) cannot change anything: its patched score is the corrupted run's, and it is not swept.
-            same = (delta == 0).flatten(2).all(-1).all(0).tolist()  # (T,)
-            entries += [e for e, skip in zip(position_entries((what, layer), r, layer, stage, base, delta, corr_kv,
-                                                              fp, correct, incorrect), same) if not skip]
-        # Each head's z from the clean run, per pair, into the corrupted run.
-        clean_z = clean.z[layer][:, :, heads].permute(2, 0, 1, 3)  # (H, pair, T, dh)
-        entries.append(head_entry(("z", layer), r, corr, layer, heads, clean_z, fp, correct, incorrect))
-    out = run_sweep(r, entries, False, settings)  # all patches of all pairs in a few growing batches
-    if settings.progress is not None:  # the skipped items count as done
-        skipped = n_pairs * (L * (3 * T + H)) - sum(e.n for e in entries)
-        if skipped:
-            settings.progress(skipped)
-    unchanged = corr_ld.to(dev)
-    per_pos = lambda what: torch.stack([torch.stack([out[(what, l, p)].logit_diff if (what, l, p) in out  # noqa: E731
-                                                     else unchanged for p in range(T)])
-                                        for l in range(L)]).cpu()  # (L, T, pair)
-    head = torch.stack([out[("z", l)].logit_diff.view(H, n_pairs) for l in range(L)]).cpu()  # (L, H, pair)
-    return PairSet(**common, resid=per_pos("resid_pre"), attn=per_pos("attn_out"), mlp=per_pos("mlp_out"),
-                   heads=head)
+def _joined(parts: list[PairSet]) -> PairSet:
+    """Pair sets of one group (disjoint pairs, in order) as one."""
+    if len(parts) == 1:
+        return parts[0]
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts], -1)  # noqa: E731
+    return replace(parts[0], clean=cat("clean"), corrupted=cat("corrupted"), resid=cat("resid"), attn=cat("attn"),
+                   mlp=cat("mlp"), heads=cat("heads"))

@@ -9,6 +9,7 @@ runs by default or always, and its settings dataclass (declared next to the anal
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -106,8 +107,19 @@ register(Analysis("ablation", {"head_ablation": HeadAblation}, _ablation, settin
 def _patching(ctx: RunContext) -> Sections:
     if not ctx.pair_items:
         return {}
-    patching = activation_patching(ctx.model, ctx.tt, ctx.sweep("activation patching", ctx.pair_items),
-                                   max_pairs=ctx.settings(PatchingSettings).patching_pairs)
+    s = ctx.settings(PatchingSettings)
+    sweep = ctx.sweep("activation patching", ctx.pair_items)  # at most this many items: every pair, every cell
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if sweep.progress is not None:
+            sweep.progress(n)
+    patching = activation_patching(ctx.model, ctx.tt, dataclasses.replace(sweep, progress=advance),
+                                   max_pairs=s.patching_pairs, target=s.patching_target,
+                                   screen=ctx.settings(ScreenSettings))
+    if sweep.progress is not None and ctx.pair_items > done[0]:
+        sweep.progress(ctx.pair_items - done[0])  # what precision targeting and the screen left out
     if patching.main is not None and not patching.main.n_pairs:
         log.warning("activation patching: no clean/corrupted pair has a gap of at least %g logits, so none is "
                     "normalised (the sections hold no values)", MIN_GAP)

@@ -40,8 +40,9 @@ class AtPKind(TypedDict):
     """pairs in the means"""
     atp: Matrix
     """[L][H or pos] mean AtP estimate, as a fraction of each pair's clean − corrupted gap ([] without a used pair)"""
-    exact: NotRequired[Matrix]
-    """[L][H or pos] exact activation patching of the same pairs, same units"""
+    exact: NotRequired[MaybeMatrix]
+    """[L][H or pos] exact activation patching of the same pairs, same units; null where activation patching's
+    screen left the cell to this estimate (the comparison statistics then use the exact cells only)"""
     pearson: NotRequired[float | None]
     """Pearson r of AtP against exact over the components (null if undefined)"""
     spearman: NotRequired[float | None]

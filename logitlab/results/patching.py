@@ -40,6 +40,10 @@ class PatchingSet(TypedDict):
     """pairs used"""
     n_excluded: int
     """pairs left out: |clean − corrupted| < 1 logit"""
+    method: NotRequired[list[list[Literal["exact", "estimated"]]]]
+    """[L][P] how each cell was computed: `exact` (patched on every used pair) or `estimated` (screened out: the
+    mean first-order estimate, attribution patching, on the same pairs); absent in files from before screening
+    (all exact)"""
     clean_logit_diff: NotRequired[float]
     """(resid only) mean clean logit difference over the used pairs"""
     corrupted_logit_diff: NotRequired[float]
@@ -62,6 +66,10 @@ class HeadPatchingSet(TypedDict):
     """pairs used"""
     n_excluded: int
     """pairs left out (gap < 1 logit)"""
+    method: NotRequired[list[list[Literal["exact", "estimated"]]]]
+    """[L][H] how each cell was computed: `exact` (patched on every used pair) or `estimated` (screened out: the
+    mean first-order estimate, attribution patching, on the same pairs); absent in files from before screening
+    (all exact)"""
 
 
 @section
@@ -86,6 +94,19 @@ class PositionPatching(TypedDict):
     """pairs used in `values`"""
     n_excluded: int
     """pairs of that set left out: |clean − corrupted| < 1 logit"""
+    method: NotRequired[list[list[Literal["exact", "estimated"]]]]
+    """[L][P] how each cell was computed: `exact` (patched on every used pair) or `estimated` (screened out: the
+    mean first-order estimate, attribution patching, on the same pairs); absent in files from before screening
+    (all exact)"""
+    screen: NotRequired[dict[str, Any] | None]
+    """how the generated pairs' cells were screened (null: every cell exact): `estimator` (atp), `n_cells`,
+    `n_flagged` (the top cells by |estimate|), `n_sampled` (a seeded random sample of the others), `n_exact`,
+    `left_out_max_estimate`, `sample_max_error` (max |exact − estimate| on the sample), `sample_max_exact`,
+    `max_error` (over every exact cell), `bound` (how large a screened-out cell can be expected to be)"""
+    precision: NotRequired[dict[str, Any] | None]
+    """(on `resid_patching`) how many generated pairs the precision target took: `target` (95% CI half-width
+    asked for, units of the gap; 0: every pair), `achieved` (the widest half-width over the pooled cells),
+    `met`, `n_pairs` (generated pairs patched), `n_available`, `rounds`; null without generated pairs"""
     pairs: Literal["reference", "pooled"]
     """which pairs `values` holds"""
     pooled: PatchingSet | None
@@ -143,6 +164,15 @@ class HeadPatching(TypedDict):
     """pairs used"""
     n_excluded: int
     """pairs left out (gap < 1 logit)"""
+    method: NotRequired[list[list[Literal["exact", "estimated"]]]]
+    """[L][H] how each cell was computed: `exact` (patched on every used pair) or `estimated` (screened out: the
+    mean first-order estimate, attribution patching, on the same pairs); absent in files from before screening
+    (all exact)"""
+    screen: NotRequired[dict[str, Any] | None]
+    """how the generated pairs' cells were screened (null: every cell exact): `estimator` (atp), `n_cells`,
+    `n_flagged` (the top cells by |estimate|), `n_sampled` (a seeded random sample of the others), `n_exact`,
+    `left_out_max_estimate`, `sample_max_error` (max |exact − estimate| on the sample), `sample_max_exact`,
+    `max_error` (over every exact cell), `bound` (how large a screened-out cell can be expected to be)"""
     pairs: Literal["reference", "pooled"]
     """as `resid_patching.pairs`"""
     pooled: HeadPatchingSet | None
