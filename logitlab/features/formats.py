@@ -25,13 +25,15 @@ models without a post-MLP norm) → ``mlp_out``. Refused by name: residual-strea
 The MLP's input. logitlab's ``mlp_in`` is the pre-MLP norm's output *without* its weight (and bias): the staged
 runner folds them into the MLP, as TransformerLens does with ``fold_ln``. ``ln2.hook_normalized`` is that point
 (TransformerLens's RMSNorm hooks it before the weight; circuit-tracer's nnsight backend maps it on Gemma-2/3 to
-the norm's output before ``1 + weight``), read and written without conversion. ``mlp.hook_in`` is what the MLP
+the norm's output before ``1 + weight``), read and written without conversion (a TransformerLens LayerNorm hooks
+it after its weight and bias on an unfolded model: the name is still read as ``mlp_in``, and LayerNorm models are
+written on ``mlp.hook_in`` when the model is given). ``mlp.hook_in`` is what the MLP
 reads on an *unfolded* model, as circuit-tracer (its TransformerLens backend loads with ``fold_ln=False``, its
 nnsight backend reads the Hugging Face norm's output) and SAELens (``from_pretrained_no_processing``) run it:
 ``y = x · w + b`` with ``x`` logitlab's ``mlp_in`` and ``w``, ``b`` the pre-MLP norm's effective weight (Gemma:
 ``1 + weight``) and bias (LayerNorm only). A dictionary on ``mlp.hook_in`` is converted with the model's
-unfolded norm (:func:`mlp_norm`): read, ``W_enc = w · W_enc'``, ``b_enc = b_enc' + b @ W_enc'`` (the same
-pre-activations), and a skip connection likewise (``W_skip = w · W_skip'``, ``b_dec = b_dec' + b @ W_skip'``);
+unfolded norm (:func:`mlp_norm`): read, ``W_enc = w[:, None] · W_enc'``, ``b_enc = b_enc' + b @ W_enc'`` (the same
+pre-activations), and a skip connection likewise (``W_skip = w[:, None] · W_skip'``, ``b_dec = b_dec' + b @ W_skip'``);
 written, the inverse, refused where ``w`` is about 0. Without a model, a file on ``mlp.hook_in`` is refused.
 
 What is written for ``mlp_in`` (:func:`input_hook`): ``mlp.hook_in`` with the model given (circuit-tracer's
