@@ -90,16 +90,6 @@ def hook_point(hook: str, layer: int | None = None) -> tuple[str, int | None]:
     raise LogitlabError(f"unsupported hook point {hook!r} ({what})", SUPPORTED_HELP)
 
 
-def _to_hook_in(dset: DictionarySet, model: Any) -> tuple[str, tuple[Transcoder, ...]]:
-    """(input hook name, layers) of a transcoder set as written for ``model`` (see :func:`input_hook`)."""
-    hook = input_hook(model)
-    if hook != _HOOK_IN:
-        return hook, dset.layers
-    dset.check(model, check_name=False)
-    w, b = mlp_norm(model)
-    return hook, tuple(_convert(tc, w[i], b[i], i, to_hook_in=True) for i, tc in enumerate(dset.layers))
-
-
 def _check_hooks(hooks: set[str], model: Any) -> None:
     if model is not None and model.spec.post_norms and any(h.endswith("mlp.hook_out") for h in hooks):
         raise LogitlabError(f"mlp.hook_out is before the post-MLP norm of {model.name!r}; logitlab's mlp_out "
@@ -145,8 +135,8 @@ def mlp_norm(model: Any) -> tuple[Tensor, Tensor]:
     from logitlab.model.spec import _norm_params
     need = (f"converting between logitlab's mlp_in and mlp.hook_in needs the unfolded pre-MLP norm weights of "
             f"{model.name!r}, read from its checkpoint {model.source!r}")
-    hint = ("load the model by name or path (a model loaded from an object in memory keeps only folded weights), "
-            "or use ln2.hook_normalized, which needs no conversion")
+    hint = ("load the model by name or path (a model loaded from an object in memory keeps only folded weights); "
+            "dictionaries on ln2.hook_normalized need no conversion")
     try:
         hf, tok = load_hf(model.source, bool(getattr(model, "_trust", False)))
     except LogitlabError as e:
@@ -161,7 +151,8 @@ def mlp_norm(model: Any) -> tuple[Tensor, Tensor]:
     w = torch.stack([n[0] for n in norms]).double()  # (layer, d_model)
     b = torch.stack([n[1] for n in norms]).double()
     runner_w = getattr(model.runner, "w", None)
-    if runner_w is not None and spec.moe is None:  # the staged runner's W_in holds the folded weight
+    # the staged runner's W_in holds the weight folded in (mixtures of experts: not checked)
+    if runner_w is not None and spec.moe is None:
         folded = w[:, :, None] * bridge.W_in.detach().double()  # (layer, d_model, d_mlp)
         if spec.normalization == "LN":  # TransformerLens centres what reads a LayerNorm's (mean-zero) output
             folded = folded - folded.mean(1, keepdim=True)
@@ -179,6 +170,7 @@ def _convert(tc: Transcoder, w: Tensor, b: Tensor, layer: int, to_hook_in: bool)
     """``tc`` rewritten from logitlab's ``mlp_in`` to ``mlp.hook_in = mlp_in · w + b`` (``to_hook_in``) or back,
     with the same pre-activations and output (computed in float64, returned in ``tc``'s dtype)."""
     dt = tc.W_enc.dtype
+    w, b = w.to(tc.W_enc.device, torch.float64), b.to(tc.W_enc.device, torch.float64)
     W, S = tc.W_enc.double(), None if tc.W_skip is None else tc.W_skip.double()
     b_enc, b_dec = tc.b_enc.double(), tc.b_dec.double()
     if to_hook_in:
@@ -217,6 +209,16 @@ def _from_hook_in(layers: list[Transcoder], which: list[int], model: Any, where:
                             f"has {model.spec.n_layers} of width {model.spec.d_model}")
     w, b = mlp_norm(model)
     return [_convert(tc, w[i], b[i], i, to_hook_in=False) if i in which else tc for i, tc in enumerate(layers)]
+
+
+def _to_hook_in(dset: DictionarySet, model: Any) -> tuple[str, tuple[Transcoder, ...]]:
+    """(input hook name, layers) of a transcoder set as written for ``model`` (see :func:`input_hook`)."""
+    hook = input_hook(model)
+    if hook != _HOOK_IN:
+        return hook, dset.layers
+    dset.check(model, check_name=False)
+    w, b = mlp_norm(model)
+    return hook, tuple(_convert(tc, w[i], b[i], i, to_hook_in=True) for i, tc in enumerate(dset.layers))
 
 
 # ---- circuit-tracer -------------------------------------------------------------------------------------------
@@ -451,7 +453,8 @@ def load_dictionaries(name_or_path: str | Path, model: Any = None, check_name: b
 
     A name that is not an existing path is downloaded with ``huggingface_hub.snapshot_download`` (``owner/repo``,
     or ``owner/repo//subfolder``), only where the hub is reachable. With ``model`` the set is checked against it
-    (layers, width, hook points and, with ``check_name``, the model it was trained on).
+    (layers, width, hook points and, with ``check_name``, the model it was trained on); a transcoder set on
+    ``mlp.hook_in`` needs it, to be converted to logitlab's ``mlp_in`` (see the module docstring).
     """
     path = Path(name_or_path).expanduser()
     if not path.exists():
