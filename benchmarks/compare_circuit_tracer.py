@@ -18,11 +18,11 @@ unembedding column − mean column). Position 0 (BOS) has no features on either 
 logitlab makes none); its error nodes are zero columns on both. Differences: max |Δ| over the block, and that
 divided by max |logitlab| over the block ("rel").
 
-MLP input: circuit-tracer's nnsight backend reads ``mlp.hook_in`` as the MLP norm's output with its weight
-applied; logitlab's ``mlp_in`` has that weight folded into the MLP (TransformerLens's fold_ln convention), and
-``save_circuit_tracer`` writes ``W_enc`` for logitlab's ``mlp_in``. The transcoders handed to circuit-tracer
-therefore have the norm weight divided out of ``W_enc`` and ``W_skip`` (the same features on either side);
-``--as-exported`` gives it the files as written instead (then about 10% of the features differ).
+MLP input: the transcoders are handed to circuit-tracer as ``save_circuit_tracer(dicts, folder, model)``
+writes them. logitlab's ``mlp_in`` is the MLP norm's output without its weight (folded into the MLP); on Llama
+the file reads circuit-tracer's ``mlp.hook_in`` (the norm's output with its weight: the writer divides the weight
+out of ``W_enc`` and ``W_skip``), on Gemma-3 ``ln2.hook_normalized`` (before the weight: written as is). The
+tiny models' norm weights are random, so a wrong input point shows as different features.
 
 BOS: with a skip connection, logitlab freezes position 0's whole MLP output (skip included) into the bias, while
 circuit-tracer lets the BOS token's edges run through position 0's skip path; the token blocks are also printed
@@ -62,30 +62,6 @@ np.savez(out, adjacency=g.adjacency_matrix.float().numpy(), features=g.active_fe
          activations=g.activation_values.float().numpy(), tokens=g.input_tokens.cpu().numpy(),
          logit_tokens=np.array(tok), n_layers=g.cfg.n_layers)
 """
-
-
-# The MLP's norm weight as circuit-tracer's nnsight backend reads it (``mlp.hook_in`` = the norm's output, weight
-# applied); logitlab's ``mlp_in`` has it folded into the MLP (TransformerLens's fold_ln convention).
-NORM_WEIGHT = {"llama_gqa": ("model.layers.{l}.post_attention_layernorm.weight", 0.0),
-               "gemma3": ("model.layers.{l}.pre_feedforward_layernorm.weight", 1.0)}  # Gemma: x·(1 + w)
-
-
-def unfold_norm_weight(dicts, kind: str, model_dir: Path):  # noqa: ANN001, ANN201
-    """The same transcoders for an input that carries the MLP norm's weight w: W_enc and W_skip rows divided by w
-    (so x·w read through them gives logitlab's pre-activations and skip output on x)."""
-    import dataclasses
-
-    from safetensors.torch import load_file
-    state = {}
-    for f in sorted(model_dir.glob("*.safetensors")):
-        state.update(load_file(str(f)))
-    name, offset = NORM_WEIGHT[kind]
-    layers = []
-    for l, tc in enumerate(dicts.layers):
-        w = (state[name.format(l=l)].double() + offset).to(tc.W_enc.dtype)
-        layers.append(dataclasses.replace(tc, W_enc=tc.W_enc / w[:, None],
-                                          W_skip=None if tc.W_skip is None else tc.W_skip / w[:, None]))
-    return dataclasses.replace(dicts, layers=tuple(layers))
 
 
 def ensure_env(env: Path) -> Path:
@@ -144,7 +120,7 @@ def _block(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float, floa
     return d, d / max(scale, 1e-30), scale
 
 
-def compare(kind: str, variant: str, work: Path, py: Path, as_exported: bool) -> None:
+def compare(kind: str, variant: str, work: Path, py: Path) -> None:
     from logitlab.features.formats import save_circuit_tracer
     from logitlab.features.graph import attribute
     from logitlab.model.load import load_model
@@ -156,8 +132,8 @@ def compare(kind: str, variant: str, work: Path, py: Path, as_exported: bool) ->
     model = load_model(str(model_dir), cache=False)
     s = model.spec
     dicts = random_dictionaries(s.d_model, s.n_layers, variant)
-    tc_dir = save_circuit_tracer(dicts if as_exported else unfold_norm_weight(dicts, kind, model_dir),
-                                 folder / f"tc_{variant}{'_as_exported' if as_exported else ''}")
+    tc_dir = save_circuit_tracer(dicts, folder / f"tc_{variant}", model)
+    hook = (tc_dir / "config.yaml").read_text().split("feature_input_hook: ")[1].split()[0]
 
     tok = model.tokenizer
     ids = [tok.bos_token_id] + tok(PROMPT, add_special_tokens=False)["input_ids"]
@@ -196,7 +172,7 @@ def compare(kind: str, variant: str, work: Path, py: Path, as_exported: bool) ->
     act_ct = torch.as_tensor(ct["activations"], dtype=torch.float64)[fi_ct]
 
     print(f"\n== {kind} ({s.model_type}, d_model {s.d_model}, {L} layers, embed scale {s.embed_scale:.4g}), "
-          f"transcoders {variant}{' (as exported)' if as_exported else ''}, {T} tokens")
+          f"transcoders {variant} on {hook}, {T} tokens")
     print(f"   features: logitlab {len(feats_ll)}, circuit-tracer {n_ct}, common {len(common)}; "
           f"only logitlab {only_ll[:5]}, only circuit-tracer {only_ct[:5]}; "
           f"position-0 features in circuit-tracer: {sum(1 for f in feats_ct if f[1] == 0)}")
@@ -224,9 +200,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--env", default="/tmp/ct-env", help="circuit-tracer's venv (built when missing)")
     ap.add_argument("--work", default=None, help="folder for the models, transcoders and outputs (default: temp)")
-    ap.add_argument("--as-exported", action="store_true",
-                    help="give circuit-tracer the transcoder files as save_circuit_tracer writes them (their W_enc "
-                         "reads logitlab's mlp_in, without the norm weight), not divided by the MLP norm's weight")
     args = ap.parse_args()
     torch.set_num_threads(1)
     py = ensure_env(Path(args.env))
@@ -235,7 +208,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         for kind, variant in (("llama_gqa", "relu"), ("llama_gqa", "jumprelu_skip"),
                               ("gemma3", "relu"), ("gemma3", "jumprelu_skip")):
-            compare(kind, variant, work, py, args.as_exported)
+            compare(kind, variant, work, py)
 
 
 if __name__ == "__main__":

@@ -137,10 +137,11 @@ class DictionarySet:
     """Per-layer transcoders (one per layer, layer i reads layer i's MLP input and writes its MLP output).
 
     ``input_point``/``output_point``: ``"mlp_in"`` is what the MLP reads in logitlab's staged runner (its
-    pre-norm's output: ``Runner.pre_norm(layer, 2, resid_mid)``, of resid_pre in parallel blocks; circuit-tracer's
-    ``ln2.hook_normalized``/``mlp.hook_in``); ``"mlp_out"`` is what it adds to the residual stream
-    (``CleanCache.mlp_out``: after Gemma's post-MLP norm; ``hook_mlp_out``). A transcoder set reads ``mlp_in``
-    and writes ``mlp_out``; an SAE set (``kind="sae"``) reads and writes ``mlp_out``.
+    pre-norm's output without the norm's weight, which is folded into the MLP: ``Runner.pre_norm(layer, 2,
+    resid_mid)``, of resid_pre in parallel blocks; TransformerLens's ``ln2.hook_normalized``, while ``mlp.hook_in``
+    on an unfolded model is after the weight: see :mod:`logitlab.features.formats`); ``"mlp_out"`` is what it adds
+    to the residual stream (``CleanCache.mlp_out``: after Gemma's post-MLP norm; ``hook_mlp_out``). A transcoder
+    set reads ``mlp_in`` and writes ``mlp_out``; an SAE set (``kind="sae"``) reads and writes ``mlp_out``.
     """
 
     layers: tuple[Transcoder, ...]  # index = model layer

@@ -22,9 +22,23 @@ models without a post-MLP norm) → ``mlp_out``. Refused by name: residual-strea
 ``hook_resid_mid``, ``hook_resid_post``), attention (``attn.hook_z``, ``hook_attn_out``), ``hook_mlp_in``
 (before the MLP's norm in TransformerLens) and anything else.
 
-logitlab's ``mlp_in`` is the normalised input with the norm's weight folded into the MLP (as TransformerLens
-computes ``ln2.hook_normalized`` with ``fold_ln``); a dictionary trained on an unfolded model's norm output
-needs that weight folded into its ``W_enc`` first.
+The MLP's input. logitlab's ``mlp_in`` is the pre-MLP norm's output *without* its weight (and bias): the staged
+runner folds them into the MLP, as TransformerLens does with ``fold_ln``. ``ln2.hook_normalized`` is that point
+(TransformerLens's RMSNorm hooks it before the weight; circuit-tracer's nnsight backend maps it on Gemma-2/3 to
+the norm's output before ``1 + weight``), read and written without conversion (a TransformerLens LayerNorm hooks
+it after its weight and bias on an unfolded model: the name is still read as ``mlp_in``, and LayerNorm models are
+written on ``mlp.hook_in`` when the model is given). ``mlp.hook_in`` is what the MLP
+reads on an *unfolded* model, as circuit-tracer (its TransformerLens backend loads with ``fold_ln=False``, its
+nnsight backend reads the Hugging Face norm's output) and SAELens (``from_pretrained_no_processing``) run it:
+``y = x · w + b`` with ``x`` logitlab's ``mlp_in`` and ``w``, ``b`` the pre-MLP norm's effective weight (Gemma:
+``1 + weight``) and bias (LayerNorm only). A dictionary on ``mlp.hook_in`` is converted with the model's
+unfolded norm (:func:`mlp_norm`): read, ``W_enc = w[:, None] · W_enc'``, ``b_enc = b_enc' + b @ W_enc'`` (the same
+pre-activations), and a skip connection likewise (``W_skip = w[:, None] · W_skip'``, ``b_dec = b_dec' + b @ W_skip'``);
+written, the inverse, refused where ``w`` is about 0. Without a model, a file on ``mlp.hook_in`` is refused.
+
+What is written for ``mlp_in`` (:func:`input_hook`): ``mlp.hook_in`` with the model given (circuit-tracer's
+nnsight backend maps only that name on Llama, Qwen and the other families), except on Gemma-2/3, where
+``ln2.hook_normalized`` is exact and the only name it maps on Gemma-2; ``ln2.hook_normalized`` without a model.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +58,7 @@ from logitlab.errors import LogitlabError
 from logitlab.features.dictionary import DictionarySet, Transcoder
 
 __all__ = ["load_dictionaries", "load_circuit_tracer", "save_circuit_tracer", "load_saelens", "save_saelens",
-           "hook_point"]
+           "hook_point", "input_hook", "mlp_norm"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +94,131 @@ def _check_hooks(hooks: set[str], model: Any) -> None:
     if model is not None and model.spec.post_norms and any(h.endswith("mlp.hook_out") for h in hooks):
         raise LogitlabError(f"mlp.hook_out is before the post-MLP norm of {model.name!r}; logitlab's mlp_out "
                             "(hook_mlp_out) is after it", SUPPORTED_HELP)
+
+
+# ---- the MLP's input: logitlab's mlp_in and mlp.hook_in -------------------------------------------------------
+#: Families on which circuit-tracer's nnsight backend maps ``ln2.hook_normalized`` (the norm's output before its
+#: weight, i.e. logitlab's mlp_in exactly); on the others it maps only ``mlp.hook_in``.
+_EXACT_INPUT = ("gemma2", "gemma3_text")
+_HOOK_IN = "mlp.hook_in"
+_NORMALIZED = "ln2.hook_normalized"
+_TINY = 1e-6  # |w| below this fraction of max |w|: dividing by the norm weight is ill-posed
+
+
+def input_hook(model: Any = None) -> str:
+    """The TransformerLens hook name logitlab writes for a transcoder's input (see the module docstring)."""
+    if model is None or model.spec.model_type in _EXACT_INPUT:
+        return _NORMALIZED
+    return _HOOK_IN
+
+
+def _reads_hook_in(hook: str) -> bool:
+    return re.sub(r"^blocks\.\d+\.", "", hook) == _HOOK_IN
+
+
+def mlp_norm(model: Any) -> tuple[Tensor, Tensor]:
+    """(w, b), each (layer, d_model): the pre-MLP norms' effective weight (Gemma: ``1 + weight``) and bias (zero for
+    RMSNorm) before folding, so that ``mlp.hook_in = mlp_in · w + b`` on an unfolded model.
+
+    logitlab keeps only folded weights, so they are read from the model's checkpoint (``model.source``), through a
+    TransformerLens bridge booted without processing (its ``ln2``, as ``read_weights`` reads norms); the
+    checkpoint is checked against the loaded model (its MLP input weights with the norm folded in must be the
+    model's). Models without a pre-MLP norm (OLMo-2) give ones and zeros.
+    """
+    spec = model.spec
+    L, D = spec.n_layers, spec.d_model
+    if not spec.pre_norms:
+        return torch.ones(L, D, dtype=torch.float64), torch.zeros(L, D, dtype=torch.float64)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from logitlab.model.hub import load_hf
+    from logitlab.model.spec import _norm_params
+    need = (f"converting between logitlab's mlp_in and mlp.hook_in needs the unfolded pre-MLP norm weights of "
+            f"{model.name!r}, read from its checkpoint {model.source!r}")
+    hint = ("load the model by name or path (a model loaded from an object in memory keeps only folded weights); "
+            "dictionaries on ln2.hook_normalized need no conversion")
+    try:
+        hf, tok = load_hf(model.source, bool(getattr(model, "_trust", False)))
+    except LogitlabError as e:
+        raise LogitlabError(f"{need}, which cannot be loaded: {e.args[0]}", hint) from e
+    try:
+        bridge = TransformerBridge.boot_transformers(model.source, hf_model=hf, tokenizer=tok)  # not processed
+        offset = bool(getattr(bridge.cfg, "rmsnorm_uses_offset", False))
+        norms = [_norm_params(block.ln2, offset, D) for block in bridge.blocks]
+    except Exception as e:  # noqa: BLE001  any architecture whose bridge has no ln2
+        raise LogitlabError(f"{need}: TransformerLens's unprocessed bridge gives none "
+                            f"({type(e).__name__}: {e})", hint) from e
+    w = torch.stack([n[0] for n in norms]).double()  # (layer, d_model)
+    b = torch.stack([n[1] for n in norms]).double()
+    runner_w = getattr(model.runner, "w", None)
+    # the staged runner's W_in holds the weight folded in (mixtures of experts: not checked)
+    if runner_w is not None and spec.moe is None:
+        folded = w[:, :, None] * bridge.W_in.detach().double()  # (layer, d_model, d_mlp)
+        if spec.normalization == "LN":  # TransformerLens centres what reads a LayerNorm's (mean-zero) output
+            folded = folded - folded.mean(1, keepdim=True)
+        have = runner_w.W_in.detach().double().cpu()
+        err = float((have - folded).abs().max()) if have.shape == folded.shape else float("inf")
+        tol = (1e-4 if model.dtype == "float32" else 2e-2) * float(folded.abs().max())
+        if not err <= tol:
+            raise LogitlabError(f"the checkpoint {model.source!r} is not the loaded model {model.name!r}: its MLP "
+                                f"input weights with the pre-MLP norm folded in differ from the model's by {err:.2e}",
+                                hint)
+    return w, b
+
+
+def _convert(tc: Transcoder, w: Tensor, b: Tensor, layer: int, to_hook_in: bool) -> Transcoder:
+    """``tc`` rewritten from logitlab's ``mlp_in`` to ``mlp.hook_in = mlp_in · w + b`` (``to_hook_in``) or back,
+    with the same pre-activations and output (computed in float64, returned in ``tc``'s dtype)."""
+    dt = tc.W_enc.dtype
+    w, b = w.to(tc.W_enc.device, torch.float64), b.to(tc.W_enc.device, torch.float64)
+    W, S = tc.W_enc.double(), None if tc.W_skip is None else tc.W_skip.double()
+    b_enc, b_dec = tc.b_enc.double(), tc.b_dec.double()
+    if to_hook_in:
+        small = w.abs() <= _TINY * float(w.abs().max())
+        if bool(small.any()):
+            idx = small.nonzero().flatten().tolist()
+            raise LogitlabError(f"layer {layer}: the pre-MLP norm's weight is about 0 at {len(idx)} coordinate(s) "
+                                f"{idx[:5]}, so a dictionary on logitlab's mlp_in cannot be rewritten for mlp.hook_in "
+                                "(the norm's output after that weight) by dividing by it",
+                                "write it on ln2.hook_normalized instead: save without the model")
+        W = W / w[:, None]  # (x·w + b) @ (W / w) = x @ W + b @ (W / w)
+        b_enc = b_enc - b @ W
+        if S is not None:
+            S = S / w[:, None]
+            b_dec = b_dec - b @ S
+    else:
+        b_enc = b_enc + b @ W  # read on x·w + b: x @ (w·W) + b @ W + b_enc
+        W = w[:, None] * W
+        if S is not None:
+            b_dec = b_dec + b @ S
+            S = w[:, None] * S
+    return replace(tc, W_enc=W.to(dt), b_enc=b_enc.to(dt), b_dec=b_dec.to(dt),
+                   W_skip=None if S is None else S.to(dt))
+
+
+def _from_hook_in(layers: list[Transcoder], which: list[int], model: Any, where: Path) -> list[Transcoder]:
+    """``layers`` with those in ``which`` (read on mlp.hook_in) converted to logitlab's mlp_in."""
+    if not which:
+        return layers
+    if model is None:
+        raise LogitlabError(f"{where} reads mlp.hook_in, the MLP's input after its norm's weight on an unfolded "
+                            "model; converting it to logitlab's mlp_in needs that weight, from the model",
+                            "pass the model it was trained on: load_dictionaries(path, model)")
+    if len(layers) != model.spec.n_layers or layers[0].d_in != model.spec.d_model:
+        raise LogitlabError(f"{where} covers {len(layers)} layers of width {layers[0].d_in}; model {model.name!r} "
+                            f"has {model.spec.n_layers} of width {model.spec.d_model}")
+    w, b = mlp_norm(model)
+    return [_convert(tc, w[i], b[i], i, to_hook_in=False) if i in which else tc for i, tc in enumerate(layers)]
+
+
+def _to_hook_in(dset: DictionarySet, model: Any) -> tuple[str, tuple[Transcoder, ...]]:
+    """(input hook name, layers) of a transcoder set as written for ``model`` (see :func:`input_hook`)."""
+    hook = input_hook(model)
+    if hook != _HOOK_IN:
+        return hook, dset.layers
+    dset.check(model, check_name=False)
+    w, b = mlp_norm(model)
+    return hook, tuple(_convert(tc, w[i], b[i], i, to_hook_in=True) for i, tc in enumerate(dset.layers))
 
 
 # ---- circuit-tracer -------------------------------------------------------------------------------------------
@@ -119,24 +259,32 @@ def load_circuit_tracer(folder: str | Path, model: Any = None) -> DictionarySet:
             W_enc=f32(s["W_enc"]).T.contiguous(), b_enc=f32(s["b_enc"]), W_dec=f32(s["W_dec"]).contiguous(),
             b_dec=f32(s["b_dec"]), activation=act, threshold=f32(threshold), k=int(k) if act == "topk" else None,
             W_skip=None if skip is None else f32(skip).T.contiguous()))
+    if _reads_hook_in(config["feature_input_hook"]):
+        layers = _from_hook_in(layers, list(range(len(layers))), model, folder)
     return DictionarySet(layers=tuple(layers), kind="transcoder", model=config.get("model_name"),
                          d_model=layers[0].d_in)
 
 
-def save_circuit_tracer(dset: DictionarySet, folder: str | Path) -> Path:
-    """Write a transcoder set in circuit-tracer's local format (readable by its ``load_transcoder_set``)."""
+def save_circuit_tracer(dset: DictionarySet, folder: str | Path, model: Any = None) -> Path:
+    """Write a transcoder set in circuit-tracer's local format (readable by its ``load_transcoder_set``).
+
+    With ``model`` (the loaded model the set is for) the input is written as circuit-tracer's backends read it on
+    that model: ``mlp.hook_in`` with the norm weight divided out, or ``ln2.hook_normalized`` on Gemma-2/3;
+    without, ``ln2.hook_normalized`` (see the module docstring).
+    """
     if dset.kind != "transcoder":
         raise LogitlabError("circuit-tracer's format holds transcoders; this set is an SAE set")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    acts = {tc.activation for tc in dset.layers}
-    config: dict[str, Any] = {"model_kind": "transcoder_set", "feature_input_hook": "mlp.hook_in",
+    hook, layers = _to_hook_in(dset, model)
+    acts = {tc.activation for tc in layers}
+    config: dict[str, Any] = {"model_kind": "transcoder_set", "feature_input_hook": hook,
                               "feature_output_hook": "hook_mlp_out"}
     if dset.model:
         config["model_name"] = dset.model
     if acts == {"topk"}:
-        config.update(activation="topk", k=dset.layers[0].k)
-    for i, tc in enumerate(dset.layers):
+        config.update(activation="topk", k=layers[0].k)
+    for i, tc in enumerate(layers):
         state = {"W_enc": tc.W_enc.T, "W_dec": tc.W_dec, "b_enc": tc.b_enc, "b_dec": tc.b_dec}
         if tc.threshold is not None:
             state["activation_function.threshold"] = tc.threshold
@@ -163,8 +311,9 @@ _TC_ARCH = {"transcoder": "relu", "skip_transcoder": "relu", "jumprelu_transcode
             "jumprelu_skip_transcoder": "jumprelu"}
 
 
-def _read_saelens_one(folder: Path) -> tuple[Transcoder, str, str, int | None, str | None, set[str]]:
-    """(dictionary, input point, output point, layer, model name, raw hooks) of one SAELens folder."""
+def _read_saelens_one(folder: Path) -> tuple[Transcoder, str, str, int | None, str | None, set[str], str]:
+    """(dictionary, input point, output point, layer, model name, raw hooks, raw input hook) of one SAELens
+    folder (the dictionary as stored: not yet converted from mlp.hook_in)."""
     from safetensors.torch import load_file
     cfg = json.loads((folder / "cfg.json").read_text(encoding="utf-8"))
     meta = {**cfg, **(cfg.get("metadata") or {})}
@@ -216,7 +365,7 @@ def _read_saelens_one(folder: Path) -> tuple[Transcoder, str, str, int | None, s
     k = int(cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k") or 0) if act == "topk" else None
     tc = Transcoder(W_enc=W_enc.contiguous(), b_enc=b_enc, W_dec=W_dec.contiguous(), b_dec=b_dec, activation=act,
                     threshold=threshold if act == "jumprelu" else None, k=k, W_skip=W_skip)
-    return tc, p_in, p_out, layer, meta.get("model_name"), hooks
+    return tc, p_in, p_out, layer, meta.get("model_name"), hooks, hook
 
 
 def load_saelens(folder: str | Path, model: Any = None) -> DictionarySet:
@@ -247,15 +396,22 @@ def load_saelens(folder: str | Path, model: Any = None) -> DictionarySet:
                             "supported: transcoders mlp_in → mlp_out and SAEs on mlp_out (hook_mlp_out)")
     _check_hooks(set().union(*(r[5] for r in read)), model)
     names = {r[4] for r in read if r[4]}
-    layers = tuple(by_layer[i][0] for i in range(len(by_layer)))
-    return DictionarySet(layers=layers, kind=kind, input_point=p_in, output_point="mlp_out",
+    layers = [by_layer[i][0] for i in range(len(by_layer))]
+    if kind == "transcoder":
+        layers = _from_hook_in(layers, [i for i in by_layer if _reads_hook_in(by_layer[i][6])], model, folder)
+    return DictionarySet(layers=tuple(layers), kind=kind, input_point=p_in, output_point="mlp_out",
                          model=names.pop() if len(names) == 1 else None, d_model=layers[0].d_in)
 
 
-def save_saelens(dset: DictionarySet, folder: str | Path) -> Path:
-    """Write a set in SAELens's format: ``folder/layer_{i}/`` with ``cfg.json`` and ``sae_weights.safetensors``."""
+def save_saelens(dset: DictionarySet, folder: str | Path, model: Any = None) -> Path:
+    """Write a set in SAELens's format: ``folder/layer_{i}/`` with ``cfg.json`` and ``sae_weights.safetensors``.
+
+    A transcoder set's input is written as :func:`save_circuit_tracer` writes it (``model``: the loaded model it
+    is for); an SAE set reads ``hook_mlp_out`` and needs no model.
+    """
     folder = Path(folder)
-    for i, tc in enumerate(dset.layers):
+    hook, layers = _to_hook_in(dset, model) if dset.kind == "transcoder" else ("", dset.layers)
+    for i, tc in enumerate(layers):
         sub = folder / f"layer_{i}"
         sub.mkdir(parents=True, exist_ok=True)
         if tc.threshold is not None and bool((tc.threshold < 0).any()):
@@ -269,7 +425,9 @@ def save_saelens(dset: DictionarySet, folder: str | Path) -> Path:
                 raise LogitlabError("SAELens has no TopK transcoder architecture")
             arch = ("jumprelu_" if tc.activation == "jumprelu" else "") + ("skip_" if tc.W_skip is not None else "") \
                 + "transcoder"
-            meta.update(hook_name=f"blocks.{i}.mlp.hook_in", hook_name_out=f"blocks.{i}.hook_mlp_out")
+            meta.update(hook_name=f"blocks.{i}.{hook}", hook_name_out=f"blocks.{i}.hook_mlp_out")
+            if hook == _HOOK_IN:  # the MLP's input after the norm's weight: an unfolded model
+                meta["model_from_pretrained_kwargs"] = {"fold_ln": False}
             if tc.W_skip is not None:
                 state["W_skip"] = tc.W_skip.T
         else:
@@ -295,7 +453,8 @@ def load_dictionaries(name_or_path: str | Path, model: Any = None, check_name: b
 
     A name that is not an existing path is downloaded with ``huggingface_hub.snapshot_download`` (``owner/repo``,
     or ``owner/repo//subfolder``), only where the hub is reachable. With ``model`` the set is checked against it
-    (layers, width, hook points and, with ``check_name``, the model it was trained on).
+    (layers, width, hook points and, with ``check_name``, the model it was trained on); a transcoder set on
+    ``mlp.hook_in`` needs it, to be converted to logitlab's ``mlp_in`` (see the module docstring).
     """
     path = Path(name_or_path).expanduser()
     if not path.exists():

@@ -328,7 +328,7 @@ def _finish(model: Any, out: Path, cfg: TrainConfig, holdout: Tensor) -> Diction
         st.load(torch.load(out / "checkpoints" / f"layer_{l}.pt", weights_only=False))
         tcs.append(st.transcoder())
     dset = DictionarySet(layers=tuple(tcs), kind="transcoder", model=model.name, d_model=D)
-    save_circuit_tracer(dset, out)
+    save_circuit_tracer(dset, out, model)  # the input hook circuit-tracer reads on this model
     metrics = []
     with torch.no_grad():
         ys: dict[int, list[Tensor]] = {l: [] for l in range(L)}
