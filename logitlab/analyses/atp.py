@@ -207,7 +207,10 @@ def attribution_patching(model: Model, task: TokenizedTask, exact: PatchingResul
     :func:`activation_patching` with the same arguments.
 
     With ``exact`` (that function's result on the same pairs) each kind is compared with it; a result on other
-    pairs raises :class:`LogitlabError`. A backend without gradients raises too.
+    pairs raises :class:`LogitlabError`. When ``exact`` chose its own generated pairs (a precision target) or
+    screened them, its pairs are used (``generated`` and ``max_pairs`` are then ignored), and its first-order
+    estimates when it made them; the comparison then covers the cells it patched exactly. A backend without
+    gradients raises too.
     """
     require(model, GRAD, "attribution patching")
     ref = None
@@ -219,9 +222,10 @@ def attribution_patching(model: Model, task: TokenizedTask, exact: PatchingResul
                        task.pair_correct_ids, task.pair_incorrect_ids, min_gap)
     # With exact patching given: its generated pairs (it may have used fewer, precision-targeted), and its
     # first-order estimates of them when its screen computed them already.
-    pairs = exact.pair_groups if exact is not None and exact.pair_groups is not None else (
+    chosen = exact is not None and (exact.precision is not None or exact.estimates is not None)
+    pairs = exact.pair_groups if chosen and exact.pair_groups is not None else (
         generated_pairs(task, max_pairs) if generated and max_pairs > 0 else ())
-    if exact is not None and exact.estimates is not None:
+    if chosen and exact.estimates is not None:
         groups = exact.estimates
     else:
         groups = tuple(

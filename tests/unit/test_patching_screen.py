@@ -1,0 +1,120 @@
+"""Screened activation patching and precision-targeted pairs (logitlab/analyses/patching_plan.py), on every tiny
+kind: the cells computed exactly equal full exact patching, the others the first-order estimate, labels say which;
+pairs are added in a fixed order until the pooled residual-stream CIs reach the target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from logitlab.analyses.atp import attribution_patching
+from logitlab.analyses.pairset import first_order
+from logitlab.analyses.patching import activation_patching
+from logitlab.analyses.patching_plan import FIRST_PAIRS, ordered, resid_width, take
+from logitlab.screen import ESTIMATED, EXACT, ScreenSettings
+from logitlab.task import generated_pairs, load_task, tokenize_task
+
+TOL = 1e-4
+
+
+@pytest.fixture()
+def tt(tiny_model, tiny_task_file):  # noqa: ANN001, ANN201
+    return tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+
+
+def test_screened_cells_are_exact_and_the_others_the_estimate(tiny_model, tt) -> None:  # noqa: ANN001
+    full = activation_patching(tiny_model, tt)
+    scr = activation_patching(tiny_model, tt, screen=ScreenSettings(screen_top=2, screen_sample=1))
+    kind = tiny_model.spec.model_type
+    assert scr.estimates is not None and scr.screens is not None and len(scr.groups) == len(full.groups) > 0
+    assert _max_diff(scr.reference.heads, full.reference.heads) <= TOL, "the reference pairs stay exact"
+    n_estimated = 0
+    for g, f, est in zip(scr.groups, full.groups, scr.estimates):
+        assert _max_diff(g.resid, f.resid) <= TOL, f"{kind}: the residual stream is always exact"
+        for what in ("attn", "mlp", "heads"):
+            exact = g.is_exact(what)
+            got, want = getattr(g, what), getattr(f, what)
+            assert _max_diff(got[exact], want[exact]) <= TOL, f"{kind} {what}: exact cells differ from full patching"
+            guess = getattr(est, what).float() + g.corrupted
+            assert _max_diff(got[~exact], guess[~exact]) <= TOL, f"{kind} {what}: screened-out cells ≠ estimate"
+            n_estimated += int((~exact).sum())
+    assert n_estimated > 0, f"{kind}: a screen of 2 + 1 cells per map must leave cells out"
+    d = scr.to_dict()
+    for key, what in (("attn_patching", "attn"), ("mlp_patching", "mlp"), ("head_patching", "heads")):
+        screen = d[key]["screen"]
+        assert screen is not None and screen["n_flagged"] >= 2 and screen["n_sampled"] <= 1
+        labels = d[key]["pooled"]["method"] if d[key]["pooled"] is not None else d[key]["method"]
+        flat = [x for row in labels for x in row]
+        assert set(flat) <= {EXACT, ESTIMATED} and flat.count(EXACT) >= 1
+        measured = scr.screens[what]
+        assert measured.sample_max_error is not None and measured.bound is not None and measured.bound >= 0
+    assert all(x == EXACT for row in d["resid_patching"]["method"] for x in row)
+    assert d["resid_patching"]["screen"] is None
+
+
+def test_exact_setting_and_defaults_patch_every_cell(tiny_model, tt) -> None:  # noqa: ANN001
+    full = activation_patching(tiny_model, tt)
+    ex = activation_patching(tiny_model, tt, screen=ScreenSettings(exact=True))
+    assert ex.screens is None and ex.estimates is None and ex.precision is None
+    for a, b in zip(ex.groups, full.groups):
+        assert a.exact_cells is None
+        for what in ("resid", "attn", "mlp", "heads"):
+            assert torch.equal(getattr(a, what), getattr(b, what)), "--exact is the full computation, bit for bit"
+    assert ex.to_dict() == full.to_dict()
+
+
+def test_precision_target_adds_pairs_in_a_fixed_order(tiny_model, tt) -> None:  # noqa: ANN001
+    raw = generated_pairs(tt)
+    sizes = [g.n_pairs for g in raw]
+    loose = activation_patching(tiny_model, tt, target=1e6)
+    p = loose.precision
+    assert p is not None and p.met and p.rounds == 1 and p.n_available == sum(sizes)
+    assert p.n_pairs == sum(min(FIRST_PAIRS, n) for n in sizes)
+    strict = activation_patching(tiny_model, tt, target=1e-9)
+    q = strict.precision
+    assert q is not None and q.n_pairs == q.n_available == sum(sizes), "an unreachable target uses every pair"
+    assert q.met == (q.achieved is not None and q.achieved <= 1e-9)
+    again = activation_patching(tiny_model, tt, target=1e6)
+    assert again.pair_groups is not None and loose.pair_groups is not None
+    assert [g.clean_index for g in again.pair_groups] == [g.clean_index for g in loose.pair_groups]
+    # The pairs used are each group's first ones in its fixed order; their patching is exact patching of them.
+    for k, (g, used) in enumerate(zip(raw, loose.pair_groups)):
+        first = take(ordered(g, k), list(range(min(FIRST_PAIRS, g.n_pairs))))
+        assert used.clean_index == first.clean_index and used.corrupted_index == first.corrupted_index
+    assert p.achieved == resid_width(list(loose.groups))
+
+
+def test_precision_pairs_equal_exact_patching_of_those_pairs(tiny_model, tt) -> None:  # noqa: ANN001
+    """Round by round the residual stream is patched on new pairs only; the result equals patching the final pairs
+    at once, and the other kinds are computed on the same pairs."""
+    from logitlab.analyses.patching_plan import patch_set
+    from logitlab.sweep import SweepSettings
+    res = activation_patching(tiny_model, tt, target=1e-9)
+    assert res.pair_groups is not None
+    for g, used in zip(res.groups, res.pair_groups):
+        once = patch_set(tiny_model, used.template_text, used.template, g.tokens, used.roles, used.clean_tokens,
+                         used.corrupted_tokens, used.correct_ids, used.incorrect_ids, SweepSettings(), g.min_gap)
+        for what in ("resid", "attn", "mlp", "heads"):
+            assert _max_diff(getattr(g, what), getattr(once, what)) <= TOL, what
+        assert _max_diff(g.clean, once.clean) <= TOL
+
+
+def test_atp_reuses_the_screen_and_compares_exact_cells_only(tiny_model, tt) -> None:  # noqa: ANN001
+    scr = activation_patching(tiny_model, tt, target=1e6, screen=ScreenSettings(screen_top=2, screen_sample=1))
+    atp = attribution_patching(tiny_model, tt, exact=scr)
+    assert atp.groups == scr.estimates, "the screen's estimates are attribution patching's"
+    assert atp.heads.exact is not None and atp.heads.atp is not None
+    screened = torch.stack([g.is_exact("heads") for g in scr.groups]).all(0)
+    assert bool(torch.isnan(atp.heads.exact[~screened]).all()) and bool(torch.isfinite(atp.heads.exact[screened]).all())
+    d = atp.to_dict()
+    assert any(v is None for row in d["heads"]["exact"] for v in row)
+    # Estimates of the same pairs computed afresh agree with the reused ones.
+    g = scr.pair_groups[0]
+    _, _, e = first_order(tiny_model.runner, g.clean_tokens, g.corrupted_tokens, g.correct_ids, g.incorrect_ids)
+    assert _max_diff(e["heads"], scr.estimates[0].heads) <= TOL
+    c = atp.heads.comparison
+    assert c is not None and c.top_k == min(10, int(screened.sum())), "compared over the exact cells only"
