@@ -109,7 +109,8 @@ def loop_ablation(model, tt) -> dict[str, torch.Tensor]:  # noqa: ANN001
     return out
 
 
-def loop_patching(bridge, clean_t, corr_t, pc, pi, min_gap: float | None = None) -> dict[str, torch.Tensor]:  # noqa: ANN001
+def loop_patching(bridge, clean_t, corr_t, pc, pi,  # noqa: ANN001
+                  min_gap: float | None = None) -> dict[str, torch.Tensor]:
     """resid/attn/mlp patching per (layer, position) and head patching (all positions) of one set of pairs of
     one token length, with TransformerLens's ``patching`` functions (one hooked forward per cell, the pairs
     batched). ``pi``: one incorrect answer per pair.
