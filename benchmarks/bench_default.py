@@ -60,6 +60,7 @@ PATCH_SECTIONS = ("resid_patching", "attn_patching", "mlp_patching", "head_patch
 EXACT_SECTIONS = ("logit_diff", "dla", "logit_lens", "layer_attribution", "head_attribution",
                   "head_attribution_detail")
 PATH_KEYS = ("q", "k", "v", "mlp", "direct", "node")
+GNU_TIME = Path("/usr/bin/time")  # its -v reports the child's peak RSS; without it, os.wait4's rusage
 
 
 # ---- running both versions -----------------------------------------------------------------------------------
@@ -76,12 +77,11 @@ def run_child(src: Path, argv: list[str], out: Path, log: Path) -> Child:
     """Run ``python -m logitlab *argv`` with ``src`` as the only PYTHONPATH entry; wall time and peak RSS."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     cmd = [sys.executable, "-m", "logitlab", *argv]
-    gnu_time = Path("/usr/bin/time")
     rss_file = log.with_suffix(".time")
     with open(log, "w") as sink:
         t0 = time.perf_counter()
-        if gnu_time.exists():
-            rc = subprocess.run([str(gnu_time), "-v", "-o", str(rss_file), *cmd], env=env, cwd=src,
+        if GNU_TIME.exists():
+            rc = subprocess.run([str(GNU_TIME), "-v", "-o", str(rss_file), *cmd], env=env, cwd=src,
                                 stdout=sink, stderr=subprocess.STDOUT).returncode
             seconds = time.perf_counter() - t0
             found = re.findall(r"Maximum resident set size \(kbytes\): (\d+)", rss_file.read_text())
@@ -313,8 +313,7 @@ def precision(r: dict[str, Any]) -> str:
     return text + (f"; {json.dumps(found)}" if found else "; no precision entry in resid_patching")
 
 
-def print_comparison(part: str, new: Child, old: Child, new_src: Path, old_src: Path, tol: float,
-                     target: float | None) -> dict[str, bool]:
+def print_comparison(part: str, new: Child, old: Child, new_src: Path, old_src: Path, tol: float) -> dict[str, bool]:
     """Shared numbers, headline CIs and findings of one part; returns its checks."""
     rn = json.loads((new.out / "results.json").read_text())
     ro = json.loads((old.out / "results.json").read_text())
@@ -325,7 +324,7 @@ def print_comparison(part: str, new: Child, old: Child, new_src: Path, old_src: 
         worst, count = max(worst, d.max_abs), count + d.n
     print(f"  {'all':48s} {count:8d} numbers  {worst:.2e}  (tolerance {tol:.0e})")
     cis_n, cis_o = headline_cis(rn), headline_cis(ro)
-    tgt = target if target is not None else (rn.get("config") or {}).get("patching_target")
+    tgt = (rn.get("config") or {}).get("patching_target")
     print(f"[{part}] headline 95% CI half-widths (old → new); new: {precision(rn)}")
     ci_ok = True
     for key in cis_n.keys() | cis_o.keys():
@@ -582,7 +581,7 @@ def main() -> None:
                 so, sn = statistics.median(c.seconds for c in o), statistics.median(c.seconds for c in n)
                 ro, rn = max(c.peak_rss_gib for c in o), max(c.peak_rss_gib for c in n)
                 print(f"{part:10s} {so:9.1f} {sn:9.1f} {so / sn:7.2f}× {ro:8.2f} {rn:8.2f}")
-                checks = print_comparison(part, n[-1], o[-1], REPO, old_src, args.tol, None)
+                checks = print_comparison(part, n[-1], o[-1], REPO, old_src, args.tol)
                 summary.append(f"{part}: new {so / sn:.2f}× faster than the old code (target ≥ {TARGET_OLD:g}×): "
                                f"{'PASS' if so / sn >= TARGET_OLD else 'FAIL'}; shared numbers equal within "
                                f"{args.tol:.0e}: {'PASS' if checks['numbers'] else 'FAIL'}; headline CIs no wider or "
@@ -597,8 +596,11 @@ def main() -> None:
                     print(f"  default new (reference for the peers and the notebook): {ref[0].seconds:.1f} s")
                 new_s = statistics.median(c.seconds for c in ref)
                 r = json.loads((ref[-1].out / "results.json").read_text())
-                sys.path.insert(0, str(REPO / "benchmarks"))
+                # In this process too, this checkout's logitlab (not an installed one) and its benchmarks' helpers.
+                sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
                 import logitlab
+                if Path(logitlab.__file__).resolve().parents[1] != REPO:
+                    raise SystemExit(f"imported logitlab from {logitlab.__file__}, not from {REPO}")
                 m = logitlab.load_model(args.model, **({"device": args.device} if args.device else {}))
                 tt = logitlab.tokenize_task(logitlab.load_task(args.task), m.tokenizer)
                 m.bridge  # boot outside the timings  # noqa: B018
