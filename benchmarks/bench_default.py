@@ -9,8 +9,9 @@ Everything is measured side by side in one run, on one machine, and reported as 
 * ``large``: the same with ``--task pronouns-large`` (``--large-task``); ``circuit``: ``logitlab circuit``;
 * for each of those, the max |new − old| over the numbers both versions compute exactly (the always-run
   sections; head ablation where new's ``method`` says ``exact``; patching on the task's explicit pairs and on
-  generated pair sets of the same size; path patching on the same pairs and senders) with the count of numbers
-  compared, the headline 95% CI half-widths of both, and both versions' key findings (each read by its own code);
+  generated pair sets of the same size; path patching on the same pairs and senders; the circuit's edge scores
+  and faithfulness curve on the same pairs) with the count of numbers compared, the headline 95% CI half-widths
+  of both, and both versions' key findings (each read by its own code);
 * ``peers``: the exact ablation and patching of the new default (every head, zero and mean; every cell of the
   task's explicit pairs and of the generated pairs the new default used) written the way nnsight 0.8 and
   TransformerLens 4.3 users batch them (``bench_peers.py``), timed, with the max |peer − logitlab| over the
@@ -274,6 +275,24 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> list[Diff]:
         else:
             d.note = "other pairs or senders"
         out.append(d)
+    if "circuit" in new and "circuit" in old:
+        n, o = new["circuit"], old["circuit"]
+        d = Diff("circuit (EAP-IG edges, faithfulness)")
+        if all(n.get(k) == o.get(k) for k in ("n_pairs", "n_excluded", "ig_steps", "nodes")):
+            old_edges = {(e["sender"], e["receiver"], e["input"]): e for e in o["edges"]}
+            for e in n["edges"]:
+                match = old_edges.get((e["sender"], e["receiver"], e["input"]))
+                if match is not None:
+                    d.add([e["score"], *e["score_ci"]], [match["score"], *match["score_ci"]])
+            old_leaves = {p: v for key in ("faithfulness", "chosen", "full", "empty") if key in o
+                          for p, v in _leaves(o[key], key)}
+            for key in ("faithfulness", "chosen", "full", "empty"):
+                for path, value in _leaves(n.get(key), key):
+                    if path in old_leaves:
+                        d.add(value, old_leaves[path])
+        else:
+            d.note = "other pairs, steps or nodes"
+        out.append(d)
     return out
 
 
@@ -327,7 +346,7 @@ def print_comparison(part: str, new: Child, old: Child, new_src: Path, old_src: 
     tgt = (rn.get("config") or {}).get("patching_target")
     print(f"[{part}] headline 95% CI half-widths (old → new); new: {precision(rn)}")
     ci_ok = True
-    for key in cis_n.keys() | cis_o.keys():
+    for key in dict.fromkeys([*cis_o, *cis_n]):
         a, b = cis_o.get(key, math.nan), cis_n.get(key, math.nan)
         within = "patching" in key and bool(tgt) and b <= tgt
         ok = (b <= a * (1 + 1e-6) + 1e-9) or within
@@ -337,9 +356,7 @@ def print_comparison(part: str, new: Child, old: Child, new_src: Path, old_src: 
     fo, fn = findings(old_src, old.out / "results.json"), findings(new_src, new.out / "results.json")
     same = fo == fn
     print(f"[{part}] key findings: {'identical text' if same else 'they differ: judge the substance'}")
-    for label, lines in (("old", fo), ("new", fn)):
-        if same and label == "new":
-            break
+    for label, lines in ((("both", fo),) if same else (("old", fo), ("new", fn))):
         print(f"  {label}:")
         for line in lines:
             print(f"    • {line}")
@@ -527,6 +544,73 @@ def run_notebook(m: Any, tt: Any, r: dict[str, Any], new_s: float, cap: int | No
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
+def end_to_end(args: argparse.Namespace, e2e: list[str], versions: dict[str, Path], base: Path,
+               summary: list[str]) -> dict[tuple[str, str], list[Child]]:
+    """The end-to-end parts, new and old alternated; their table, comparisons and summary lines."""
+    runs: dict[tuple[str, str], list[Child]] = {}
+    for part in e2e:
+        for rep in range(args.repeats):
+            for v in (("new", "old") if rep % 2 == 0 else ("old", "new")):
+                out = base / f"{part}-{v}-{rep}"
+                child = run_child(versions[v], command(part, args, out), out, base / f"{part}-{v}-{rep}.log")
+                runs.setdefault((part, v), []).append(child)
+                print(f"  {part:8s} {v} #{rep + 1}: {child.seconds:7.1f} s, peak RSS {child.peak_rss_gib:.2f} GiB",
+                      flush=True)
+    if e2e:
+        print(f"\n{'part':10s} {'old s':>9s} {'new s':>9s} {'old/new':>8s} {'old GiB':>8s} {'new GiB':>8s}"
+              "   (median of the repeats; peak RSS: the largest)")
+    for part in e2e:
+        o, n = runs[(part, "old")], runs[(part, "new")]
+        so, sn = statistics.median(c.seconds for c in o), statistics.median(c.seconds for c in n)
+        ro, rn = max(c.peak_rss_gib for c in o), max(c.peak_rss_gib for c in n)
+        print(f"{part:10s} {so:9.1f} {sn:9.1f} {so / sn:7.2f}× {ro:8.2f} {rn:8.2f}")
+        checks = print_comparison(part, n[-1], o[-1], versions["new"], versions["old"], args.tol)
+        summary.append(f"{part}: new {so / sn:.2f}× faster than the old code (target ≥ {TARGET_OLD:g}×): "
+                       f"{'PASS' if so / sn >= TARGET_OLD else 'FAIL'}; shared numbers equal within "
+                       f"{args.tol:.0e}: {'PASS' if checks['numbers'] else 'FAIL'}; headline CIs no wider or "
+                       f"within the target: {'PASS' if checks['ci'] else 'FAIL'}; findings "
+                       f"{'identical' if checks['findings'] else 'differ (read them above)'}")
+    return runs
+
+
+def in_process(args: argparse.Namespace, parts: list[str], runs: dict[tuple[str, str], list[Child]], base: Path,
+               summary: list[str]) -> None:
+    """The peers and the notebook's method, in this process, against the new default end to end."""
+    if args.device not in (None, "cpu"):
+        print(f"peers and notebook: skipped (they run on the CPU; --device {args.device})")
+        return
+    if ("default", "new") in runs:
+        ref = runs[("default", "new")]
+    else:
+        out = base / "default-new-ref"
+        ref = [run_child(REPO, command("default", args, out), out, base / "default-new-ref.log")]
+        print(f"  default new (reference for the peers and the notebook): {ref[0].seconds:.1f} s")
+    new_s = statistics.median(c.seconds for c in ref)
+    r = json.loads((ref[-1].out / "results.json").read_text())
+    # In this process too, this checkout's logitlab (not an installed one) and its benchmarks' helpers.
+    sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+    import logitlab
+    if Path(logitlab.__file__).resolve().parents[1] != REPO:
+        raise SystemExit(f"imported logitlab from {logitlab.__file__}, not from {REPO}")
+    m = logitlab.load_model(args.model, device="cpu")
+    tt = logitlab.tokenize_task(logitlab.load_task(args.task), m.tokenizer)
+    m.bridge  # boot outside the timings  # noqa: B018
+    if "peers" in parts:
+        print("\n[peers] the new default's exact ablation and patching, batched as each library's users write it "
+              "(computation only, model loaded)")
+        for name, ratio in run_peers(m, tt, r, new_s).items():
+            summary.append(f"peers: {name} takes {ratio:.2f}× the new default's end-to-end time")
+    if "notebook" in parts:
+        print("\n[notebook] the new default's ablation and patching, one hooked forward per intervention "
+              "(computation only, model loaded; the default's other analyses not included)")
+        total, extrapolated = run_notebook(m, tt, r, new_s, args.notebook_groups)
+        ratio = total / new_s
+        if math.isfinite(ratio):
+            summary.append(f"notebook: new default {ratio:.2f}× faster than the notebook's method "
+                           f"{'(EXTRAPOLATED) ' if extrapolated else ''}(target ≥ {TARGET_NOTEBOOK:g}×): "
+                           f"{'PASS' if ratio >= TARGET_NOTEBOOK else 'FAIL'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
@@ -548,8 +632,9 @@ def main() -> None:
             setattr(args, key, str(Path(getattr(args, key)).resolve()))
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [p for p in parts if p not in PARTS]
-    if bad or args.repeats < 1:
-        raise SystemExit(f"unknown part {bad[0]!r} (choose from {', '.join(PARTS)})" if bad else "--repeats ≥ 1")
+    if bad or args.repeats < 1 or (args.notebook_groups is not None and args.notebook_groups < 0):
+        raise SystemExit(f"unknown part {bad[0]!r} (choose from {', '.join(PARTS)})" if bad
+                         else "--repeats ≥ 1 and --notebook-groups ≥ 0")
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', '(unset)')}; model {args.model}, task {args.task}; "
           f"old: {args.old_src or args.old_commit}")
@@ -563,61 +648,9 @@ def main() -> None:
             if not args.no_warm and (e2e or {"peers", "notebook"} & set(parts)):
                 for src in (versions.values() if e2e else [REPO]):
                     warm(src, args.model)
-            runs: dict[tuple[str, str], list[Child]] = {}
-            for part in e2e:
-                for rep in range(args.repeats):
-                    for v in (("new", "old") if rep % 2 == 0 else ("old", "new")):
-                        out = base / f"{part}-{v}-{rep}"
-                        child = run_child(versions[v], command(part, args, out), out, base / f"{part}-{v}-{rep}.log")
-                        runs.setdefault((part, v), []).append(child)
-                        print(f"  {part:8s} {v} #{rep + 1}: {child.seconds:7.1f} s, "
-                              f"peak RSS {child.peak_rss_gib:.2f} GiB",
-                              flush=True)
-            if e2e:
-                print(f"\n{'part':10s} {'old s':>9s} {'new s':>9s} {'old/new':>8s} {'old GiB':>8s} {'new GiB':>8s}"
-                      "   (median of the repeats)")
-            for part in e2e:
-                o, n = runs[(part, "old")], runs[(part, "new")]
-                so, sn = statistics.median(c.seconds for c in o), statistics.median(c.seconds for c in n)
-                ro, rn = max(c.peak_rss_gib for c in o), max(c.peak_rss_gib for c in n)
-                print(f"{part:10s} {so:9.1f} {sn:9.1f} {so / sn:7.2f}× {ro:8.2f} {rn:8.2f}")
-                checks = print_comparison(part, n[-1], o[-1], REPO, old_src, args.tol)
-                summary.append(f"{part}: new {so / sn:.2f}× faster than the old code (target ≥ {TARGET_OLD:g}×): "
-                               f"{'PASS' if so / sn >= TARGET_OLD else 'FAIL'}; shared numbers equal within "
-                               f"{args.tol:.0e}: {'PASS' if checks['numbers'] else 'FAIL'}; headline CIs no wider or "
-                               f"within the target: {'PASS' if checks['ci'] else 'FAIL'}; findings "
-                               f"{'identical' if checks['findings'] else 'differ (read them above)'}")
+            runs = end_to_end(args, e2e, versions, base, summary)
             if {"peers", "notebook"} & set(parts):
-                if ("default", "new") in runs:
-                    ref = runs[("default", "new")]
-                else:  # the peers and the notebook are measured against the new default end to end
-                    out = base / "default-new-ref"
-                    ref = [run_child(REPO, command("default", args, out), out, base / "default-new-ref.log")]
-                    print(f"  default new (reference for the peers and the notebook): {ref[0].seconds:.1f} s")
-                new_s = statistics.median(c.seconds for c in ref)
-                r = json.loads((ref[-1].out / "results.json").read_text())
-                # In this process too, this checkout's logitlab (not an installed one) and its benchmarks' helpers.
-                sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
-                import logitlab
-                if Path(logitlab.__file__).resolve().parents[1] != REPO:
-                    raise SystemExit(f"imported logitlab from {logitlab.__file__}, not from {REPO}")
-                m = logitlab.load_model(args.model, **({"device": args.device} if args.device else {}))
-                tt = logitlab.tokenize_task(logitlab.load_task(args.task), m.tokenizer)
-                m.bridge  # boot outside the timings  # noqa: B018
-                if "peers" in parts:
-                    print("\n[peers] the new default's exact ablation and patching, batched as each library's users "
-                          "write it (computation only, model loaded)")
-                    for name, ratio in run_peers(m, tt, r, new_s).items():
-                        summary.append(f"peers: {name} takes {ratio:.2f}× the new default's end-to-end time")
-                if "notebook" in parts:
-                    print("\n[notebook] the new default's ablation and patching, one hooked forward per intervention "
-                          "(computation only, model loaded; the default's other analyses not included)")
-                    total, extrapolated = run_notebook(m, tt, r, new_s, args.notebook_groups)
-                    ratio = total / new_s
-                    if math.isfinite(ratio):
-                        summary.append(f"notebook: new default {ratio:.2f}× faster than the notebook's method "
-                                       f"{'(EXTRAPOLATED) ' if extrapolated else ''}(target ≥ "
-                                       f"{TARGET_NOTEBOOK:g}×): {'PASS' if ratio >= TARGET_NOTEBOOK else 'FAIL'}")
+                in_process(args, parts, runs, base, summary)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
