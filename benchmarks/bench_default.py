@@ -189,6 +189,17 @@ def exact_mask(d: dict[str, Any], key: str = "values") -> np.ndarray | None:
     return None if method is None else np.asarray(method) == "exact"
 
 
+def ablation_mask(ablation: dict[str, Any], kind: str, metric: str = "logit_diff") -> np.ndarray | None:
+    """Where head ablation's ``kind`` (zero, mean) was computed exactly: its own ``method``, else the section's
+    (one matrix, or one per kind or metric); None (all) when unmarked."""
+    if "method" in ablation[kind]:
+        return exact_mask(ablation[kind], metric)
+    method = ablation.get("method")
+    if isinstance(method, dict) and kind in method:
+        return exact_mask({"method": method[kind]}, metric)
+    return exact_mask(ablation, metric)
+
+
 def _numeric(x: Any) -> bool:
     if isinstance(x, bool) or x is None:
         return False
@@ -225,13 +236,13 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> list[Diff]:
         for kind in ("zero", "mean"):
             n, o = new["head_ablation"][kind], old["head_ablation"][kind]
             d = Diff(f"head_ablation.{kind}")
-            mask = exact_mask(n, "logit_diff") if "method" in n else exact_mask(new["head_ablation"], "logit_diff")
             shape = np.asarray(n["logit_diff"], dtype=float).shape  # (L, H)
             for key in ("logit_diff", "loss", "logit_diff_stderr", "loss_stderr", "delta_logit_diff",
                         "delta_logit_diff_stderr", "delta_logit_diff_ci", "delta_logit_diff_per_prompt",
                         "delta_loss", "delta_loss_stderr", "delta_loss_ci", "delta_loss_per_prompt"):
                 if key in n and key in o and np.asarray(n[key], dtype=float).shape[:2] == shape:
-                    d.add(n[key], o[key], mask)
+                    d.add(n[key], o[key], ablation_mask(new["head_ablation"], kind,
+                                                        "loss" if "loss" in key else "logit_diff"))
             out.append(d)
         d = Diff("head_ablation.baseline")
         for key in ("baseline_logit_diff", "baseline_loss"):
@@ -439,7 +450,7 @@ def check_ablation(d: Diff, r: dict[str, Any], ablated: dict[str, Any]) -> None:
     """``ablated``: (kind, metric) → (L, H) mean over prompts, against the new default's exact heads."""
     for (kind, metric), v in ablated.items():
         n = r["head_ablation"][kind]
-        d.add(v.numpy(), n[metric], exact_mask(n, metric) if "method" in n else exact_mask(r["head_ablation"], metric))
+        d.add(v.numpy(), n[metric], ablation_mask(r["head_ablation"], kind, metric))
 
 
 def run_peers(m: Any, tt: Any, r: dict[str, Any], new_s: float) -> dict[str, float]:
