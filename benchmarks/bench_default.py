@@ -40,6 +40,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -79,20 +80,25 @@ def run_child(src: Path, argv: list[str], out: Path, log: Path) -> Child:
     env = {**os.environ, "PYTHONPATH": str(src)}
     cmd = [sys.executable, "-m", "logitlab", *argv]
     rss_file = log.with_suffix(".time")
+    gnu = GNU_TIME.exists()
     with open(log, "w") as sink:
         t0 = time.perf_counter()
-        if GNU_TIME.exists():
-            rc = subprocess.run([str(GNU_TIME), "-v", "-o", str(rss_file), *cmd], env=env, cwd=src,
-                                stdout=sink, stderr=subprocess.STDOUT).returncode
-            seconds = time.perf_counter() - t0
-            found = re.findall(r"Maximum resident set size \(kbytes\): (\d+)", rss_file.read_text())
-            rss_kib = int(found[-1]) if found else math.nan
-        else:
-            proc = subprocess.Popen(cmd, env=env, cwd=src, stdout=sink, stderr=subprocess.STDOUT)
+        # Its own process group: a benchmark stopped midway stops the command too (GNU time does not pass it on).
+        proc = subprocess.Popen([str(GNU_TIME), "-v", "-o", str(rss_file), *cmd] if gnu else cmd, env=env, cwd=src,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
             _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = rc = os.waitstatus_to_exitcode(status)
-            seconds = time.perf_counter() - t0
-            rss_kib = usage.ru_maxrss  # KiB on Linux: this child's own peak
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        proc.returncode = rc = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - t0
+    if gnu:
+        found = re.findall(r"Maximum resident set size \(kbytes\): (\d+)", rss_file.read_text())
+        rss_kib = int(found[-1]) if found else math.nan
+    else:
+        rss_kib = usage.ru_maxrss  # KiB on Linux: this child's own peak
     if rc != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
         raise SystemExit(f"`logitlab {' '.join(argv)}` (PYTHONPATH={src}) failed with exit code {rc}:\n{tail}")
@@ -649,6 +655,8 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', '(unset)')}; model {args.model}, task {args.task}; "
           f"old: {args.old_src or args.old_commit}")
+    # A terminated benchmark still removes its temporary worktree and outputs (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="logitlab-bench-"))
     base.mkdir(parents=True, exist_ok=True)
     summary: list[str] = []
