@@ -131,8 +131,10 @@ def command(part: str, args: argparse.Namespace, out: Path) -> list[str]:
 
 def warm(src: Path, model: str) -> None:
     """Load the model once, untimed, so that the timed runs read the cached weights from a warm page cache."""
-    subprocess.run([sys.executable, "-c", f"import logitlab; logitlab.load_model({model!r})"], check=True,
-                   capture_output=True, env={**os.environ, "PYTHONPATH": str(src)}, cwd=src)
+    proc = subprocess.run([sys.executable, "-c", f"import logitlab; logitlab.load_model({model!r})"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)}, cwd=src)
+    if proc.returncode != 0:
+        raise SystemExit(f"loading {model!r} with the code in {src} failed:\n{proc.stderr[-3000:]}")
 
 
 def findings(src: Path, results: Path) -> list[str]:
