@@ -55,8 +55,17 @@ def matmul_flops(n: int = 2048, reps: int = 6, device: str = "cpu") -> dict[str,
 
 def loop_method(model, tt) -> dict[str, torch.Tensor]:  # noqa: ANN001
     """The reference analysis, one hooked forward per intervention."""
-    from transformer_lens import patching
+    dev = model.runner.device
+    out = loop_ablation(model, tt)
+    patched = loop_patching(model.bridge, tt.clean_tokens.to(dev), tt.corrupted_tokens.to(dev),
+                            tt.pair_correct_ids.to(dev), tt.pair_incorrect_ids[:, 0].to(dev))
+    return {**out, **{f"patch_{name}": v for name, v in patched.items()}}
 
+
+def loop_ablation(model, tt) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """Zero- and mean-ablation of every head, logit difference and loss as separate loops of one hooked forward
+    per head (with the clean run's cheap read-outs, as the reference notebook computes them first): ``baseline``,
+    ``{zero,mean}_{logit_diff,loss}`` (L, H), each the mean over prompts."""
     bridge = model.bridge
     spec = model.spec
     dev = model.runner.device
@@ -97,18 +106,47 @@ def loop_method(model, tt) -> dict[str, torch.Tensor]:  # noqa: ANN001
                     logits = bridge.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
                     res[layer, h] = metric(logits)
             out[f"{kind}_{metric_name}"] = res
-    clean_t, corr_t = tt.clean_tokens.to(dev), tt.corrupted_tokens.to(dev)
-    pc, pi = tt.pair_correct_ids.to(dev), tt.pair_incorrect_ids[:, 0].to(dev)
-    prow = torch.arange(clean_t.shape[0], device=dev)
+    return out
 
-    def pair_metric(logits: torch.Tensor) -> torch.Tensor:
-        return (logits[prow, -1, pc] - logits[prow, -1, pi]).mean()
+
+def loop_patching(bridge, clean_t, corr_t, pc, pi,  # noqa: ANN001
+                  min_gap: float | None = None) -> dict[str, torch.Tensor]:
+    """resid/attn/mlp patching per (layer, position) and head patching (all positions) of one set of pairs of
+    one token length, with TransformerLens's ``patching`` functions (one hooked forward per cell, the pairs
+    batched). ``pi``: one incorrect answer per pair.
+
+    The metric is the mean over the pairs of the final position's logit difference; with ``min_gap``, the mean
+    over the pairs whose |clean − corrupted| ≥ ``min_gap`` of each one's (patched − corrupted)/(clean −
+    corrupted), as logitlab normalises (NaN everywhere when no pair is left)."""
+    from transformer_lens import patching
+
+    prow = torch.arange(clean_t.shape[0], device=clean_t.device)
+
+    def diff(logits: torch.Tensor) -> torch.Tensor:
+        return logits[prow, -1, pc] - logits[prow, -1, pi]
 
     _, clean_cache = bridge.run_with_cache(clean_t)
-    for name, fn in (("resid", patching.get_act_patch_resid_pre), ("attn", patching.get_act_patch_attn_out),
-                     ("mlp", patching.get_act_patch_mlp_out), ("heads", patching.get_act_patch_attn_head_out_all_pos)):
+    fns = (("resid", patching.get_act_patch_resid_pre), ("attn", patching.get_act_patch_attn_out),
+           ("mlp", patching.get_act_patch_mlp_out), ("heads", patching.get_act_patch_attn_head_out_all_pos))
+    if min_gap is None:
+        def pair_metric(logits: torch.Tensor) -> torch.Tensor:
+            return diff(logits).mean()
+    else:
+        clean_d, corr_d = diff(bridge(clean_t)), diff(bridge(corr_t))
+        gap = clean_d - corr_d
+        used = gap.abs() >= min_gap
+        if not bool(used.any()):
+            L, H, T = bridge.cfg.n_layers, bridge.cfg.n_heads, clean_t.shape[1]
+            nan = float("nan")
+            return {"resid": torch.full((L, T), nan), "attn": torch.full((L, T), nan),
+                    "mlp": torch.full((L, T), nan), "heads": torch.full((L, H), nan)}
+
+        def pair_metric(logits: torch.Tensor) -> torch.Tensor:
+            return ((diff(logits) - corr_d) / gap)[used].mean()
+    out = {}
+    for name, fn in fns:
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):  # its per-call progress bars
-            out[f"patch_{name}"] = fn(bridge, corr_t, clean_cache, pair_metric)
+            out[name] = fn(bridge, corr_t, clean_cache, pair_metric)
     return out
 
 

@@ -78,8 +78,18 @@ def nnsight_ablation(lm, tokens, correct, incorrect, L, H, dh):  # noqa: ANN001,
     return out_d, out_l
 
 
-def nnsight_patching(lm, hf, clean, corrupted, correct, incorrect, L, H, dh):  # noqa: ANN001, ANN201
-    """Patching of resid_pre/attn_out/mlp_out per position and of each head: one trace per layer."""
+def nnsight_logit_diff(lm, tokens, correct, incorrect):  # noqa: ANN001, ANN201
+    """Each row's logit difference at the last position, unpatched (a pair's clean or corrupted end)."""
+    with lm.trace(tokens, logits_to_keep=1):
+        logits = lm.output.logits.save()
+    return _metrics(logits[:, -1], correct, incorrect)[0]
+
+
+def nnsight_patching(lm, hf, clean, corrupted, correct, incorrect, L, H, dh, per_pair=False):  # noqa: ANN001, ANN201
+    """Patching of resid_pre/attn_out/mlp_out per position and of each head: one trace per layer.
+
+    Returns the patched logit difference, mean over the pairs ((L, T) and (L, H) for heads), or per pair
+    ((L, T, n), (L, H, n)) with ``per_pair``."""
     n, T = clean.shape
     kinds = ("resid_pre", "attn_out", "mlp_out")
     saved: dict = {}
@@ -92,8 +102,9 @@ def nnsight_patching(lm, hf, clean, corrupted, correct, incorrect, L, H, dh):  #
     cl = {key: (v[0] if isinstance(v, tuple) else v) for key, v in saved.items()}
     groups = 3 * T + H
     rep = corrupted.repeat(groups, 1)
-    out = {k: torch.zeros(L, T) for k in kinds}
-    out["z"] = torch.zeros(L, H)
+    extra = (n,) if per_pair else ()
+    out = {k: torch.zeros(L, T, *extra) for k in kinds}
+    out["z"] = torch.zeros(L, H, *extra)
     for l in range(L):
         mods = _modules(lm, l)
         with lm.trace(rep, logits_to_keep=1):
@@ -115,7 +126,7 @@ def nnsight_patching(lm, hf, clean, corrupted, correct, incorrect, L, H, dh):  #
                 m[g:g + n, p] = cl[("mlp_out", l)][:, p]
             logits = lm.output.logits.save()
         d, _ = _metrics(logits[:, -1], correct.repeat(groups), incorrect.repeat(groups, 1))
-        d = d.view(groups, n).mean(-1)
+        d = d.view(groups, n) if per_pair else d.view(groups, n).mean(-1)
         for i, k in enumerate(kinds):
             out[k][l] = d[i * T:(i + 1) * T]
         out["z"][l] = d[3 * T:]
@@ -167,14 +178,21 @@ def tl_ablation(bridge, tokens, correct, incorrect, L, H):  # noqa: ANN001, ANN2
     return out_d, out_l
 
 
-def tl_patching(bridge, clean, corrupted, correct, incorrect, L, H):  # noqa: ANN001, ANN201
+def tl_logit_diff(bridge, tokens, correct, incorrect, L):  # noqa: ANN001, ANN201
+    """Each row's logit difference at the last position, unpatched (a pair's clean or corrupted end)."""
+    return _metrics(_tl_final(bridge, tokens, [], L), correct, incorrect)[0]
+
+
+def tl_patching(bridge, clean, corrupted, correct, incorrect, L, H, per_pair=False):  # noqa: ANN001, ANN201
+    """As :func:`nnsight_patching`, with one ``run_with_hooks`` per layer."""
     n, T = clean.shape
     kinds = ("resid_pre", "attn_out", "mlp_out")
     _, cache = bridge.run_with_cache(clean)
     groups = 3 * T + H
     rep = corrupted.repeat(groups, 1)
-    out = {k: torch.zeros(L, T) for k in kinds}
-    out["z"] = torch.zeros(L, H)
+    extra = (n,) if per_pair else ()
+    out = {k: torch.zeros(L, T, *extra) for k in kinds}
+    out["z"] = torch.zeros(L, H, *extra)
     for l in range(L):
         def pos_hook(i):  # noqa: ANN001, ANN202
             def hook(x, hook):  # noqa: ANN001, ANN202
@@ -193,7 +211,7 @@ def tl_patching(bridge, clean, corrupted, correct, incorrect, L, H):  # noqa: AN
         hooks.append((f"blocks.{l}.attn.hook_z", z_hook))
         logits = _tl_final(bridge, rep, hooks, L)
         d, _ = _metrics(logits, correct.repeat(groups), incorrect.repeat(groups, 1))
-        d = d.view(groups, n).mean(-1)
+        d = d.view(groups, n) if per_pair else d.view(groups, n).mean(-1)
         for i, k in enumerate(kinds):
             out[k][l] = d[i * T:(i + 1) * T]
         out["z"][l] = d[3 * T:]
