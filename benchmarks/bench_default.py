@@ -398,7 +398,8 @@ class PairSet:
 def pair_sets(tt: Any, r: dict[str, Any]) -> tuple[list[PairSet], list[str]]:
     """The task's explicit pairs (when the new default's values are on them) and, per template and length, the
     generated pairs it used: the first n_pairs + n_excluded of each generated group, generated pairs being
-    added in their fixed order (:func:`logitlab.task.generated_pairs`)."""
+    added in their fixed order (:func:`logitlab.task.generated_pairs`; with a precision target, the seeded order
+    of :func:`logitlab.analyses.patching_plan.ordered`)."""
     from logitlab.task import generated_pairs
 
     notes: list[str] = []
@@ -420,6 +421,9 @@ def pair_sets(tt: Any, r: dict[str, Any]) -> tuple[list[PairSet], list[str]]:
             continue
         k = entry["n_pairs"] + entry["n_excluded"]
         g = g[0]
+        if (r.get("resid_patching") or {}).get("precision"):  # precision-targeted: pairs in their seeded order
+            from logitlab.analyses.patching_plan import ordered
+            g = ordered(g, list(groups).index(g))
         sets.append(PairSet(f"{entry['template']} ({len(entry['tokens'])} tokens, {k} pairs)", g.clean_tokens[:k],
                             g.corrupted_tokens[:k], g.correct_ids[:k], g.incorrect_ids[:k],
                             {s: per[s][i] for s in PATCH_SECTIONS if per[s]}))

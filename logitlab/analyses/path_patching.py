@@ -24,14 +24,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from logitlab.analyses.ablation import AblationResult
-from logitlab.analyses.circuit import CIRCUIT_PAIRS, plain_metric, recorded_runs, edge_patch_metric, pair_batches
+from logitlab.analyses.circuit import (
+    CIRCUIT_PAIRS, PairBatch, edge_patch_metric, pair_batches, plain_metric, recorded_runs,
+)
 from logitlab.analyses.heads import HeadAttributionResult
 from logitlab.analyses.patching import MIN_GAP
 from logitlab.errors import LogitlabError
@@ -59,6 +61,8 @@ class PathPatchingSettings:
 
 
 _KINDS = ("q", "k", "v", "mlp", "direct", "node")
+#: Pairs path patching runs before its first precision check (with a target).
+FIRST_PATH_PAIRS = 4
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,25 @@ class PathPatchingResult:
     kv_groups: int
     n_pairs: int
     n_excluded: int
+    precision: dict[str, Any] | None = None  # with a precision target: target, achieved, pairs used/available
+
+    def headline_width(self) -> float | None:
+        """The widest 95% CI half-width of the numbers the findings quote: each sender's whole-head value and its
+        largest path (None when no pair is used)."""
+        widths = []
+        for si in range(len(self.senders)):
+            best, best_w = None, None
+            for kind in ("q", "k", "v", "mlp", "direct"):
+                p: Paired = getattr(self, kind)
+                m, c = p.mean[si].flatten(), p.ci[si].reshape(-1, 2)
+                for j in range(m.numel()):
+                    if m[j] == m[j] and (best is None or abs(float(m[j])) > best):
+                        best, best_w = abs(float(m[j])), float(c[j, 1] - c[j, 0]) / 2
+            node = self.node.ci[si]
+            if bool(node.isnan().any()) or best_w is None or best_w != best_w:
+                return None
+            widths += [float(node[1] - node[0]) / 2, best_w]
+        return round(max(widths), 6) if widths else None
 
     def to_dict(self) -> PathPatching:
         def vals(t: Tensor) -> Any:
@@ -91,6 +114,7 @@ class PathPatchingResult:
         for kind in _KINDS:
             p: Paired = getattr(self, kind)
             out[kind], out[f"{kind}_ci"] = vals(p.mean), cis(p.ci)
+        out["precision"] = self.precision
         return cast(PathPatching, out)
 
 
@@ -142,8 +166,13 @@ def path_items(model: Model, tt: TokenizedTask, senders: list[tuple[int, int]], 
 
 def path_patching(model: Model, tt: TokenizedTask, senders: list[tuple[int, int]], *,
                   max_pairs: int = CIRCUIT_PAIRS, min_gap: float = MIN_GAP,
-                  progress: Callable[[int], None] | None = None) -> PathPatchingResult:
-    """Every path of every sender head, over the task's pairs (module docstring); batched by the reader's layer."""
+                  progress: Callable[[int], None] | None = None, target: float = 0.0,
+                  first_pairs: int = FIRST_PATH_PAIRS) -> PathPatchingResult:
+    """Every path of every sender head, over the task's pairs (module docstring); batched by the reader's layer.
+
+    ``target`` > 0: the first ``first_pairs`` pairs are patched first, and the others (up to ``max_pairs``) only
+    when a quoted number's 95% CI is wider than ``target`` (:meth:`PathPatchingResult.headline_width`).
+    """
     require(model, SWEEP, "path patching")
     spec = model.spec
     for l, h in senders:
@@ -154,21 +183,58 @@ def path_patching(model: Model, tt: TokenizedTask, senders: list[tuple[int, int]
         raise LogitlabError("path patching needs clean/corrupted pairs",
                             "give the task a patching: list, or templates with subjects of two classes")
     graph = EdgeGraph(spec)
-    L, H, K, S = spec.n_layers, spec.n_heads, spec.n_kv_heads, len(senders)
     plan = [(si, m) for si, (l, h) in enumerate(senders) for m in _masks(graph, l, h)]
-    fracs = []  # per batch: (item, pair) fractions of the gap
-    gaps = []
+    n_available = sum(b.n for b in batches)
+    stages = [batches] if target <= 0 or first_pairs >= n_available else list(_split(batches, first_pairs))
+    fracs: list[Tensor] = []  # per batch: (item, pair) fractions of the gap
+    gaps: list[Tensor] = []
+    for k, stage in enumerate(stages):
+        for b in stage:
+            clean, corr = plain_metric(model, b, b.clean_tokens), plain_metric(model, b, b.corrupted_tokens)
+            gaps.append(clean - corr)
+            vals = torch.empty(len(plan), b.n)
+            runs = recorded_runs(model, graph, b)
+            for start in sorted({m[2] for _, m in plan}):  # one batch per reader layer: earlier ones unchanged
+                idx = [i for i, (_, m) in enumerate(plan) if m[2] == start]
+                patches = torch.stack([plan[i][1][3] for i in idx])
+                vals[idx] = edge_patch_metric(model, graph, b, patches, base="corrupted", start=start,
+                                              progress=progress, runs=runs)
+            fracs.append((vals - corr) / (clean - corr))
+        res = _result(spec, senders, plan, fracs, gaps, min_gap)
+        width = res.headline_width()
+        if target > 0 and (k == len(stages) - 1 or (width is not None and width <= target)):
+            n_used = sum(int(g.numel()) for g in gaps)
+            if progress is not None and n_used < n_available:  # the pairs not needed count as done
+                progress(len(plan) * (n_available - n_used))
+            return replace(res, precision={"target": target, "achieved": width,
+                                           "met": width is not None and width <= target, "n_pairs": n_used,
+                                           "n_available": n_available, "rounds": k + 1})
+    return res
+
+
+def _split(batches: list[PairBatch], n: int) -> tuple[list[PairBatch], list[PairBatch]]:
+    """The first ``n`` pairs of ``batches`` and the rest, in order."""
+    head: list[PairBatch] = []
+    tail: list[PairBatch] = []
+    left = n
     for b in batches:
-        clean, corr = plain_metric(model, b, b.clean_tokens), plain_metric(model, b, b.corrupted_tokens)
-        gaps.append(clean - corr)
-        vals = torch.empty(len(plan), b.n)
-        runs = recorded_runs(model, graph, b)
-        for start in sorted({m[2] for _, m in plan}):  # one batch per reader layer: earlier layers are unchanged
-            idx = [i for i, (_, m) in enumerate(plan) if m[2] == start]
-            patches = torch.stack([plan[i][1][3] for i in idx])
-            vals[idx] = edge_patch_metric(model, graph, b, patches, base="corrupted", start=start, progress=progress,
-                                          runs=runs)
-        fracs.append((vals - corr) / (clean - corr))
+        if left >= b.n:
+            head.append(b)
+        elif left <= 0:
+            tail.append(b)
+        else:
+            cut = lambda lo, hi: PairBatch(b.label, b.clean_tokens[lo:hi], b.corrupted_tokens[lo:hi],  # noqa: E731
+                                           b.correct[lo:hi], b.incorrect[lo:hi])
+            head.append(cut(0, left))
+            tail.append(cut(left, b.n))
+        left -= b.n
+    return head, tail
+
+
+def _result(spec: Any, senders: list[tuple[int, int]], plan: list[Any], fracs: list[Tensor], gaps: list[Tensor],
+            min_gap: float) -> PathPatchingResult:
+    """The paired summaries of every pair patched so far."""
+    L, H, K, S = spec.n_layers, spec.n_heads, spec.n_kv_heads, len(senders)
     gap = torch.cat(gaps)
     used = gap.abs() >= min_gap  # without a used pair every value is NaN (null in the results), n_pairs 0
     frac = torch.cat(fracs, dim=1)[:, used]  # (item, used pair)

@@ -153,7 +153,9 @@ def _path_patching(ctx: RunContext) -> Sections:
     ablations = ctx.value("ablation") or {}
     senders = top_senders(ctx.value("head_attribution"), ablations.get("zero"), s.n_senders)
     adv = ctx.progress("path patching", path_items(ctx.model, ctx.tt, senders, s.path_pairs))
-    return {"path_patching": path_patching(ctx.model, ctx.tt, senders, max_pairs=s.path_pairs, progress=adv).to_dict()}
+    target = ctx.settings(PatchingSettings).patching_target
+    return {"path_patching": path_patching(ctx.model, ctx.tt, senders, max_pairs=s.path_pairs, progress=adv,
+                                           target=target).to_dict()}
 
 
 register(Analysis("path_patching", {"path_patching": PathPatching}, _path_patching,

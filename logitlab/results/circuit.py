@@ -6,7 +6,7 @@ Written by :mod:`logitlab.analyses.atp`, :mod:`logitlab.analyses.path_patching` 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from typing_extensions import NotRequired, TypedDict
 
@@ -84,6 +84,10 @@ class PathPatching(TypedDict):
 
     n_pairs: int
     """pairs whose gap is at least 1 logit"""
+    precision: NotRequired[dict[str, Any] | None]
+    """with a precision target (`config.patching_target`): `target`, `achieved` (the widest 95% CI half-width of
+    each sender's whole-head value and largest path), `met`, `n_pairs` patched, `n_available` (`path_pairs`),
+    `rounds`; null: every pair patched"""
     n_excluded: int
     """pairs below the gap"""
     senders: list[str]

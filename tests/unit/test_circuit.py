@@ -164,3 +164,26 @@ def test_edge_equals_transformerlens_direct_path_patching(tiny_dir, component) -
         ours = edge_patch_metric(m, g, b, patches, base="corrupted")[:, 0].view(L - 1, H)
         err = (ours - tl[1:].cpu()).abs().max().item()
         assert err < 1e-4, f"{kind} {component}: max |logitlab − TransformerLens| = {err:.2e}"
+
+
+def test_path_patching_precision_target(tiny_model, tt) -> None:  # noqa: ANN001
+    """With a target, path patching runs its first pairs and adds the rest only while a quoted CI is too wide: a
+    loose target equals path patching of the first pairs; an unreachable one uses every pair, as without a target."""
+    from logitlab.analyses.path_patching import FIRST_PATH_PAIRS
+    spec = tiny_model.spec
+    senders = [(0, 1), (spec.n_layers - 2, spec.n_heads - 1)]
+    n_all = sum(b.n for b in pair_batches(tt, 8))
+    loose = path_patching(tiny_model, tt, senders, max_pairs=8, target=1e6)
+    first = path_patching(tiny_model, tt, senders, max_pairs=FIRST_PATH_PAIRS)
+    assert loose.precision is not None and loose.precision["n_pairs"] == min(FIRST_PATH_PAIRS, n_all)
+    assert loose.precision["met"] and loose.precision["n_available"] == n_all
+    for kind in ("q", "k", "v", "mlp", "direct", "node"):
+        a, b = getattr(loose, kind).mean, getattr(first, kind).mean
+        assert torch.allclose(a, b, atol=1e-5, equal_nan=True), kind
+    strict = path_patching(tiny_model, tt, senders, max_pairs=8, target=1e-12)
+    plain = path_patching(tiny_model, tt, senders, max_pairs=8)
+    assert strict.precision is not None and strict.precision["n_pairs"] == n_all and plain.precision is None
+    assert torch.allclose(strict.node.mean, plain.node.mean, atol=1e-5, equal_nan=True)
+    assert strict.n_pairs == plain.n_pairs
+    w = plain.headline_width()
+    assert w is None or (w >= 0 and strict.precision["achieved"] == w)

@@ -332,7 +332,8 @@ def test_figures_and_section_show_pairs_and_cis() -> None:
     hm = fig.data[0]
     assert "1 pair" in fig.layout.title.text and hm.customdata is not None and "95% CI" in hm.hovertemplate
     ci = r["resid_patching"]["ci"]
-    assert list(hm.customdata[1][2][1:]) == pytest.approx(ci[1][2]), "hover shows each cell's CI"
+    assert list(hm.customdata[1][2][1:3]) == pytest.approx(ci[1][2]), "hover shows each cell's CI"
+    assert hm.customdata[1][2][3] == "exact", "hover says how the cell was computed"
     buttons = fig.layout.updatemenus[0].buttons
     assert len(buttons) == 3, "the set values holds, the pooled templates, one template"
     assert "30 pairs, 2 excluded" in buttons[1].args[1]["title.text"]

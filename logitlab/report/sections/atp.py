@@ -82,6 +82,12 @@ def _atp_stats(part: Mapping[str, Any]) -> str:
         bits.append(f"ρ = {fmt(part['spearman'])}")
     if (ov := _overlap(part)) is not None:
         bits.append(f"top-{part['top_k']} overlap {ov}")
+    exact = part.get("exact")
+    if isinstance(exact, list):  # screened: compared over the cells activation patching computed exactly
+        flat = [v for row in exact if isinstance(row, list) for v in row]
+        n = sum(v is not None for v in flat)
+        if n < len(flat):
+            bits.append(f"over the {n} of {len(flat)} cells patched exactly")
     return ", ".join(bits)
 
 

@@ -120,18 +120,19 @@ def _resid_patching(results: Results) -> Finding | None:
         src_layers = other[src]
     if other and final_layers:
         moves = max(src_layers) < min(final_layers)  # the two layer ranges do not overlap, the source first
-        text = (f"{head} {value(src, src_layers)} {gap} at {where(src)} in {_layers_phrase(src_layers)} and "
-                f"{value(final, final_layers)} at the final position {where(final)} in {_layers_phrase(final_layers)}")
+        text = (f"{head} up to {value(src, src_layers)} {gap} at {where(src)} in {_layers_phrase(src_layers)} and "
+                f"up to {value(final, final_layers)} at the final position {where(final)} in "
+                f"{_layers_phrase(final_layers)}")
         if moves:
             text += (f": the information moves from {quoted(tokens[src])} to the final "
                      f"position between layer {max(src_layers)} and layer {min(final_layers)}.")
         else:
             text += " (the layer ranges overlap: no clean hand-over)."
     elif other:
-        text = (f"{head} {value(src, src_layers)} {gap} at {where(src)} in "
+        text = (f"{head} up to {value(src, src_layers)} {gap} at {where(src)} in "
                 f"{_layers_phrase(src_layers)}, but at no layer's final position.")
     else:
-        text = (f"{head} {value(final, final_layers)} {gap} only at the final position "
+        text = (f"{head} up to {value(final, final_layers)} {gap} only at the final position "
                 f"{where(final)}, in {_layers_phrase(final_layers)}.")
     return Finding(text, "resid_patching")
 
@@ -158,11 +159,27 @@ def _patching_view(p: Any, width_labels: Callable[[int], list[str]] | None) -> t
     else:
         x = width_labels(width)
     err, ci = p.get("stderr"), p.get("ci")
+    method = p.get("method") if isinstance(p.get("method"), list) and len(p["method"]) == len(z) else None
     custom = None
     if is_matrix(err) and isinstance(ci, list) and len(ci) == len(z) and len(err) == len(z):
-        custom = [[[float(err[l][j]), float(ci[l][j][0]), float(ci[l][j][1])] for j in range(len(row))]
-                  for l, row in enumerate(z)]
+        custom = [[[float(err[l][j]), float(ci[l][j][0]), float(ci[l][j][1]),
+                    _METHOD_NOTE.get(method[l][j] if method is not None else "exact", "")]
+                   for j in range(len(row))] for l, row in enumerate(z)]
     return z, x, custom
+
+
+#: What the hover says of a cell's method (``method`` in the results).
+_METHOD_NOTE = {"exact": "exact", "estimated": "estimated (screened out: attribution patching, not patched exactly)"}
+
+
+def _estimated_note(p: Any) -> str:
+    """``"; 20 of 126 cells exact, the others estimated"`` when the set's cells were screened, else ``""``."""
+    method = p.get("method")
+    if not isinstance(method, list):
+        return ""
+    flat = [m for row in method if isinstance(row, list) for m in row]
+    n_exact = sum(m == "exact" for m in flat)
+    return "" if n_exact == len(flat) else f"; {n_exact} of {len(flat)} cells exact, the others estimated"
 
 
 def _patching_figure(p: Any, what: str, xaxis_title: str, width_labels: Callable[[int], list[str]] | None = None,
@@ -181,11 +198,11 @@ def _patching_figure(p: Any, what: str, xaxis_title: str, width_labels: Callable
     built = []
     for label, v in views:
         z, x, custom = _patching_view(v, width_labels)
-        title = f"Patching: {what}" + (f", {label}" if label else "") + _pairs_note(v)
+        title = f"Patching: {what}" + (f", {label}" if label else "") + _pairs_note(v) + _estimated_note(v)
         built.append((label, z, x, custom, title))
     _, z, x, custom, title = built[0]
     hover = "%{y}, %{x}: %{z:.3f}" + (" ± %{customdata[0]:.3f} (stderr), 95% CI [%{customdata[1]:.3f}, "
-                                      "%{customdata[2]:.3f}]" if custom is not None else "")
+                                      "%{customdata[2]:.3f}]; %{customdata[3]}" if custom is not None else "")
     fig = diverging_heatmap(z, x, layer_labels(len(z)), title, "restored<br>(1 = clean)", xaxis_title, hover,
                              custom)
     if not z:
@@ -248,7 +265,34 @@ def _pairs_sentence(rp: dict) -> str:
     if per:
         text += (f" The menu at the top right of each heatmap switches to the pooled templates and to each of the "
                  f"{len(per)} template sets; hover shows the standard error and 95% bootstrap CI over pairs.")
+    prec = rp.get("precision")
+    if isinstance(prec, dict) and finite(prec.get("target")):
+        reached = (f"reached {fmt(prec['achieved'])}" if finite(prec.get("achieved")) else "no pair was usable")
+        text += (f" Generated pairs were added in a fixed, seeded order until every pooled residual-stream cell's "
+                 f"95% CI half-width was at most {fmt(prec['target'])} of the gap or all were used: "
+                 f"{prec.get('n_pairs')} of {prec.get('n_available')} pairs, widest half-width {reached}"
+                 + ("" if prec.get("met") else " (target not met)") + ".")
     return text
+
+
+def _screen_sentence(results: Results) -> str:
+    """How the generated pairs' attention, MLP and head cells were screened, and what the screen missed."""
+    parts = []
+    for key, what in (("attn_patching", "attention-output"), ("mlp_patching", "MLP-output"),
+                      ("head_patching", "head")):
+        sc = (results.get(key) or {}).get("screen")  # type: ignore[attr-defined]
+        if not isinstance(sc, dict) or not isinstance(sc.get("n_exact"), int):
+            continue
+        parts.append(f"{what} cells: {sc['n_exact']} of {sc.get('n_cells')} exact ({sc.get('n_flagged')} flagged, "
+                     f"{sc.get('n_sampled')} at random); on the random ones attribution patching was off by at most "
+                     f"{fmt(sc.get('sample_max_error'))}, and no screened-out cell is expected above "
+                     f"{fmt(sc.get('bound'))}")
+    if not parts:
+        return ""
+    return (" On the generated pairs the residual stream is patched exactly everywhere; the other components are "
+            "first estimated by attribution patching, then the cells with the largest estimates and a seeded random "
+            "sample of the rest are patched exactly (the explicit pairs: every cell exact). " + "; ".join(parts)
+            + ". Hover says which cells are estimated; no finding rests on an estimated cell.")
 
 
 def section_patching(results: Results, figures: Figures,
@@ -267,7 +311,8 @@ def section_patching(results: Results, figures: Figures,
              "(patched − corrupted) / (clean − corrupted) for each pair, by its own gap: 1 = that activation "
              "alone fully restores the clean answer, 0 = no effect; the heatmaps show the mean over pairs. "
              "x-axis: the clean prompt's tokens with their position index ({name} = the subject's tokens where "
-             "templates are pooled)." + base + esc(_pairs_sentence(rp)))  # type: ignore[arg-type]
+             "templates are pooled)." + base + esc(_pairs_sentence(rp))  # type: ignore[arg-type]
+             + esc(_screen_sentence(results)))
         + figure_html(figures, "resid_patching")
         + figure_html(figures, "attn_patching")
         + figure_html(figures, "mlp_patching")

@@ -214,6 +214,17 @@ def path_finding(results: Results) -> Finding | None:
     return Finding(f"{head}: {'; '.join(parts)}{rest}.", "path_patching")
 
 
+def _precision_note(pp: Any) -> str:
+    """How many pairs the precision target took, or ``""`` without one."""
+    prec = pp.get("precision") if isinstance(pp, dict) else None
+    if not isinstance(prec, dict) or not finite(prec.get("target")):
+        return ""
+    reached = f"reached {fmt(prec['achieved'])}" if finite(prec.get("achieved")) else "no pair was usable"
+    return (f" Pairs were added until each sender's whole-head value and largest path had a 95% CI half-width of at "
+            f"most {fmt(prec['target'])} or all {prec.get('n_available')} were used: {prec.get('n_pairs')} patched, "
+            f"widest half-width {reached}" + ("" if prec.get("met") else " (target not met)") + ".")
+
+
 def section_path_patching(results: Results, figures: Mapping[str, go.Figure],
                           findings: Sequence[Finding]) -> str | None:
     """Path patching from the top senders: the faceted heatmap and each sender's top path; None when absent."""
@@ -244,7 +255,7 @@ def section_path_patching(results: Results, figures: Mapping[str, go.Figure],
              "everything else stays corrupted. Each cell is the fraction of the clean − corrupted gap restored "
              "(mean over pairs, 95% CI on hover); blank cells are receivers not after the sender. "
              "\"Whole head\" patches all of the sender's paths at once." + gq
-             + (f" {esc(pairs)}." if pairs else ""))
+             + (f" {esc(pairs)}." if pairs else "") + esc(_precision_note(pp)))
         + figure_html(figures, "path_patching")
         + (table(["sender", "whole head [95% CI]", "direct [95% CI]", "largest path [95% CI]", "vs the others"],
                  rows, "kv") if rows else "")
