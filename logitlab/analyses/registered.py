@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from logitlab.analyses.ablation import head_ablation
+from logitlab.analyses.ablation_screen import screened_ablation
 from logitlab.analyses.atp import attribution_patching
 from logitlab.analyses.attribution import dla, layer_attribution, logit_lens
 from logitlab.analyses.circuit import CircuitSettings, eap_ig_circuit
@@ -89,9 +89,9 @@ register(Analysis("attention", {"attention": Attention}, _attention, needs=("hea
 
 
 def _ablation(ctx: RunContext) -> Sections:
-    spec, run = ctx.model.spec, ctx.run
-    n_items = spec.n_layers * spec.n_heads * ctx.tt.n_prompts
-    ablations = {kind: head_ablation(run, kind, ctx.sweep(f"{kind}-ablating heads", n_items))
+    run, screen = ctx.run, ctx.settings(ScreenSettings)
+    # The progress bar counts the items actually swept (the screen's exact heads × prompts).
+    ablations = {kind: screened_ablation(run, kind, screen, lambda n, k=kind: ctx.sweep(f"{k}-ablating heads", n))
                  for kind in ("zero", "mean")}
     ctx.keep("ablation", ablations)
     return {"head_ablation": {"zero": ablations["zero"].to_dict(), "mean": ablations["mean"].to_dict(),

@@ -1,0 +1,217 @@
+"""Screened head ablation on tiny random models of every kind: exact heads equal the full sweep, screened-out
+heads carry the first-order estimate, the estimate is the linear limit of exact ablation, findings read exact
+heads only; and, on the built-in model, the screen finds the heads that matter."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from logitlab.analyses import clean_run
+from logitlab.analyses.ablation import AblationResult, head_ablation
+from logitlab.analyses.ablation_screen import _metric_grads, ablation_estimates, screened_ablation
+from logitlab.interventions import ablation_replacement, with_head_change
+from logitlab.model.runner import Runner
+from logitlab.screen import ESTIMATED, EXACT, ScreenSettings, select
+from logitlab.task import load_task, tokenize_task
+
+SMALL = ScreenSettings(screen_top=2, screen_sample=1)
+_full: dict[tuple[int, str], AblationResult] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # noqa: ANN202
+    """Tiny models run thousands of microsecond-sized ops: one thread avoids stalls on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def run(tiny_model, tiny_task_file):  # noqa: ANN001, ANN201
+    return clean_run(tiny_model, tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer))
+
+
+def _full_ablation(run, kind: str) -> AblationResult:  # noqa: ANN001
+    """Every head ablated exactly, once per model and kind."""
+    key = (id(run.model), kind)
+    if key not in _full:  # (the session's models live as long as this cache)
+        _full[key] = head_ablation(run, kind)
+    return _full[key]
+
+
+def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max())
+
+
+# --- the screened result -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["zero", "mean"])
+def test_exact_cells_are_the_full_sweep_and_the_others_the_estimate(run, kind) -> None:  # noqa: ANN001
+    spec = run.model.spec
+    L, H = spec.n_layers, spec.n_heads
+    full = _full_ablation(run, kind)
+    res = screened_ablation(run, kind, SMALL)
+    est = ablation_estimates(run, kind)
+    assert res.screen is not None and res.loss_screen is not None
+    exact = res.exact
+    # The exact set: top 2 by |mean Δ logit diff estimate| ∪ top 2 by |mean Δ loss estimate| ∪ 1 random other.
+    for metric in (est.logit_diff, est.loss):
+        top2 = metric.mean(-1).flatten().abs().argsort(descending=True)[:2]
+        assert bool(res.screen.flagged[top2].all()), f"a top-2 head by |estimate| is not flagged ({metric.shape})"
+    assert int(res.screen.sampled.sum()) == 1 and not bool((res.screen.sampled & res.screen.flagged).any())
+    assert 3 <= int(exact.sum()) <= 5 < L * H
+    for name, got, ref in (("logit diff", res.logit_diff, full.logit_diff), ("loss", res.loss, full.loss)):
+        d = _maxdiff(got[exact], ref[exact])
+        assert d <= 1e-5, f"{spec.model_type} {kind} {name}: exact heads vs full sweep, max abs diff {d:.3g}"
+    for name, got, base, e in (("logit diff", res.logit_diff, res.baseline_logit_diff, est.logit_diff),
+                               ("loss", res.loss, res.baseline_loss, est.loss)):
+        d = _maxdiff(got[~exact], base + e[~exact])
+        assert d <= 1e-6, f"{spec.model_type} {kind} {name}: screened-out heads vs baseline + estimate, {d:.3g}"
+    out = res.to_dict()
+    labels = [[EXACT if bool(exact[l, h]) else ESTIMATED for h in range(H)] for l in range(L)]
+    assert out["method"] == labels
+    scr = out["screen"]
+    assert scr["n_exact"] == int(exact.sum()) and scr["n_cells"] == L * H
+    assert scr["bound"] is not None and scr["bound"] >= scr["left_out_max_estimate"]
+    assert scr["loss_bound"] is not None and scr["loss_sample_max_error"] is not None
+    # The recorded sample error is the exact value of the sampled head against its estimate.
+    s = int(res.screen.sampled.nonzero()[0, 0])
+    delta = (full.logit_diff - full.baseline_logit_diff).mean(-1).flatten()
+    assert abs(scr["sample_max_error"] - abs(float(delta[s]) - float(est.logit_diff.mean(-1).flatten()[s]))) < 1e-5
+    top = out["top_drop"]
+    assert bool(exact[top["layer"], top["head"]]), "top_drop is a screened-out head"
+    assert all(bool(exact[l, h]) for l, h in top["tied"] + [top["runner_up"]])
+
+
+def test_subset_of_heads_equals_the_full_sweep(run) -> None:  # noqa: ANN001
+    spec = run.model.spec
+    full = _full_ablation(run, "mean")
+    mask = torch.zeros(spec.n_layers, spec.n_heads, dtype=torch.bool)
+    mask[0, spec.n_heads - 1] = mask[spec.n_layers - 1, 0] = mask[1, 1] = True
+    some = head_ablation(run, "mean", heads=mask)
+    assert _maxdiff(some.logit_diff[mask], full.logit_diff[mask]) <= 1e-5
+    assert _maxdiff(some.loss[mask], full.loss[mask]) <= 1e-5
+    assert bool(some.logit_diff[~mask].isnan().all() and some.loss[~mask].isnan().all())
+    every = head_ablation(run, "mean", heads=torch.ones_like(mask))
+    assert _maxdiff(every.logit_diff, full.logit_diff) <= 1e-5
+
+
+def test_metrics_of_the_gradient_pass_are_the_clean_run(run) -> None:  # noqa: ANN001
+    """The forward pass the gradients come from scores what the clean run scores (the loss is recomputed)."""
+    t = run.task
+    diff, loss, g_diff, g_loss = _metric_grads(run.model.runner, t.tokens, t.final_pos, t.correct_ids,
+                                               t.incorrect_ids)
+    assert _maxdiff(diff.cpu(), run.logit_diff) <= 1e-4 and _maxdiff(loss.cpu(), run.loss) <= 1e-4
+    assert g_diff.shape == run.cache.z.shape == g_loss.shape
+    assert float(g_loss.abs().max()) > 0 and float(g_diff.abs().max()) > 0
+
+
+def test_exact_setting_and_a_screen_covering_every_head_ablate_every_head(run) -> None:  # noqa: ANN001
+    spec = run.model.spec
+    full = _full_ablation(run, "zero")
+    for settings in (ScreenSettings(exact=True), ScreenSettings(screen_top=spec.n_layers * spec.n_heads)):
+        res = screened_ablation(run, "zero", settings)
+        assert res.screen is None and bool(res.exact.all())
+        assert _maxdiff(res.logit_diff, full.logit_diff) <= 1e-5 and _maxdiff(res.loss, full.loss) <= 1e-5
+        out = res.to_dict()
+        assert "method" not in out and "screen" not in out
+        assert out["top_drop"] == full.to_dict()["top_drop"]
+
+
+def test_progress_counts_the_items_swept(run) -> None:  # noqa: ANN001
+    from logitlab.sweep import SweepSettings
+    totals: list[int] = []
+    steps: list[int] = []
+
+    def sweep(n: int) -> SweepSettings:
+        totals.append(n)
+        return SweepSettings(progress=steps.append)
+
+    res = screened_ablation(run, "zero", SMALL, sweep)
+    assert totals == [int(res.exact.sum()) * run.task.n_prompts] and sum(steps) == totals[0]
+
+
+# --- the estimate is first order -----------------------------------------------------------------------------
+
+
+def _float64(model):  # noqa: ANN001, ANN202
+    """A shallow copy of ``model`` whose runner computes in float64."""
+    m = copy.copy(model)
+    m.runner = Runner(model.spec, model.runner.w.to(model.runner.device, torch.float64))
+    return m
+
+
+def _scaled_ablation(run, kind: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """Logit difference and loss (layer, head, batch) when each head's z becomes z + α (r − z), exactly (the
+    runner's own entry points; the loss from the full logits)."""
+    r, t, c = run.model.runner, run.task, run.cache
+    L, H, B = r.spec.n_layers, r.spec.n_heads, t.n_prompts
+    rep = ablation_replacement(kind, c, t.final_pos)  # (L, H, T, dh) or (L, H, B, T, dh)
+    prompts, heads = torch.arange(B).repeat(H), torch.arange(H).repeat_interleave(B)  # head-major items
+    ld, lo = torch.empty(L, H, B, dtype=torch.float64), torch.empty(L, H, B, dtype=torch.float64)
+    for l in range(L):
+        new = rep[l][heads] if rep.dim() == 4 else rep[l][heads, prompts]  # (H·B, T, dh)
+        dz = alpha * (new - c.z[l][prompts, :, heads])
+        x = with_head_change(r, c, l, prompts, heads, dz)
+        final = r.run_from(l, r.attn_entry_stage, x, final_pos=t.final_pos[prompts])
+        d, _ = r.answer_metrics(final, t.correct_ids[prompts], t.incorrect_ids[prompts], False)
+        logp = torch.log_softmax(r.unembed(final).double(), -1)
+        ld[l] = d.view(H, B)
+        lo[l] = -logp[torch.arange(H * B), t.correct_ids[prompts]].view(H, B)
+    return ld, lo
+
+
+@pytest.mark.parametrize("kind", ["zero", "mean"])
+def test_estimate_is_the_linear_limit_of_exact_ablation(tiny_model, tiny_task_file, kind) -> None:  # noqa: ANN001
+    """(m(z + α (r − z)) − m(z)) / α → (r − z) · ∂m/∂z as α → 0, both metrics, in float64.
+
+    One-sided difference: error α·m''/2 plus rounding eps64·|m|/α (about 1e-9), as attribution patching's test.
+    """
+    m64 = _float64(tiny_model)
+    run = clean_run(m64, tokenize_task(load_task(tiny_task_file), m64.tokenizer))
+    est = ablation_estimates(run, kind)
+    assert est.logit_diff.dtype == torch.float64
+    alpha = 1e-7
+    ld0, lo0 = _scaled_ablation(run, kind, 0.0)
+    assert _maxdiff(ld0, run.logit_diff.double().expand_as(ld0)) < 1e-5, "α = 0 is not the clean run"
+    ld1, lo1 = _scaled_ablation(run, kind, alpha)
+    for name, e, fd in (("logit diff", est.logit_diff, (ld1 - ld0) / alpha), ("loss", est.loss, (lo1 - lo0) / alpha)):
+        d, scale = _maxdiff(e, fd), max(1.0, float(fd.abs().max()))
+        assert d <= 1e-5 * scale, (f"{tiny_model.spec.model_type} {kind} {name}: estimate vs linear limit, max abs "
+                                   f"diff {d:.3g} (scale {scale:.3g})")
+        assert float(e.abs().max()) > 1e-3, f"vacuous: every {name} estimate is 0"
+
+
+# --- findings read exact heads only --------------------------------------------------------------------------
+
+
+def test_top_drop_is_chosen_among_exact_heads() -> None:
+    g = torch.Generator().manual_seed(0)
+    L, H, B = 3, 4, 6
+    base = torch.randn(B, generator=g)
+    ld = base + 0.1 * torch.randn(L, H, B, generator=g)
+    ld[2, 3] -= 5.0  # the largest drop, left out by the screen below
+    ld[1, 0] -= 2.0  # the largest exact drop
+    mean = (ld - base).mean(-1).flatten()
+    estimate = mean.clone()
+    estimate[2 * H + 3] = 0.0  # badly estimated: screened out
+    screen = select(estimate, top=3, sample=2)
+    assert not bool(screen.exact[2 * H + 3]) and bool(screen.flagged[1 * H + 0])
+    exact_vals = torch.where(screen.exact, mean, torch.full_like(mean, float("nan")))
+    screen = screen.measured(estimate, exact_vals)
+    res = AblationResult("zero", ld, ld.clone(), base, base.clone(), screen=screen, loss_screen=screen)
+    top = res.top_drop()
+    assert (top["layer"], top["head"]) == (1, 0)
+    assert all(bool(screen.exact[l * H + h]) for l, h in top["tied"] + [top["runner_up"]])
+    assert top["above_bound"] == (abs(top["delta"]) > screen.bound)
+    # A bound above the top head's drop: not "the largest".
+    wide = type(screen)(screen.estimator, screen.flagged, screen.sampled, 10.0, 0.0, 0.0, 0.0)
+    assert AblationResult("zero", ld, ld, base, base, screen=wide).top_drop()["above_bound"] is False
+    # Without a screen: every head, the screened-out one wins.
+    full = AblationResult("zero", ld, ld, base, base).top_drop()
+    assert (full["layer"], full["head"]) == (2, 3) and full["above_bound"] is True
