@@ -215,3 +215,63 @@ def test_top_drop_is_chosen_among_exact_heads() -> None:
     # Without a screen: every head, the screened-out one wins.
     full = AblationResult("zero", ld, ld, base, base).top_drop()
     assert (full["layer"], full["head"]) == (2, 3) and full["above_bound"] is True
+
+
+def test_robustness_tops_are_exact_heads(run) -> None:  # noqa: ANN001
+    """A screened-out head with the largest drop on every template is never a template's top head."""
+    import dataclasses
+
+    from logitlab.analyses import head_attribution
+    from logitlab.analyses.robustness import robustness
+    res = screened_ablation(run, "zero", SMALL)
+    l, h = [int(i) for i in (~res.exact).nonzero()[0]]
+    ld = res.logit_diff.clone()
+    ld[l, h] -= 100.0  # an estimate far below every exact head
+    res = dataclasses.replace(res, logit_diff=ld)
+    rob = robustness(run, head_attribution(run), {"zero": res}).to_dict()
+    tops = [t["top_ablation"]["zero"]["head"] for t in rob["templates"]]
+    assert len(tops) >= 2 and all(bool(res.exact[a, b]) for a, b in tops), tops
+
+
+# --- results and report --------------------------------------------------------------------------------------
+
+
+def _section(run) -> dict:  # noqa: ANN001
+    """The head_ablation results section of a screened run, validated against the results schema."""
+    from logitlab.results.ablation import HeadAblation
+    from logitlab.results.schema import validate_results
+    out = {"zero": screened_ablation(run, "zero", SMALL).to_dict(), "mean": screened_ablation(run, "mean", SMALL).to_dict(),
+           "baseline_logit_diff": float(run.logit_diff.mean()), "baseline_loss": float(run.loss.mean())}
+    validate_results(out, HeadAblation)
+    return out
+
+
+@pytest.mark.parametrize("tiny_model", ["gpt2", "gemma3"], indirect=True)  # the report reads results only
+def test_report_marks_estimated_cells_and_quotes_exact_numbers(tiny_model, tiny_task_file) -> None:  # noqa: ANN001
+    from logitlab.report.sections.ablation import SCREENED_OUT, _ablation, _ablation_figure, section_head_ablation
+    run = clean_run(tiny_model, tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer))
+    ab = _section(run)
+    results = {"head_ablation": ab}
+    for kind in ("zero", "mean"):
+        est = [[m == ESTIMATED for m in row] for row in ab[kind]["method"]]
+        n_est = sum(map(sum, est))
+        fig = _ablation_figure(results, kind, "logit_diff")
+        heat, marks = fig.data[0], fig.data[1]
+        hover = [[c[3] for c in row] for row in heat.customdata]
+        assert [[SCREENED_OUT in t for t in row] for row in hover] == est
+        assert len(marks.x) == n_est and marks.hoverinfo == "skip"
+    html = section_head_ablation(results, {}, [])
+    scr = ab["zero"]["screen"]
+    assert f"{scr['n_exact']} of {scr['n_cells']} heads computed exactly" in html and SCREENED_OUT in html
+    finding = _ablation(results)
+    assert finding is not None
+    # The finding names the larger of the two kinds' exact top drops, and qualifies "largest" by the bounds.
+    kind = min(("zero", "mean"), key=lambda k: ab[k]["top_drop"]["delta"])
+    top = ab[kind]["top_drop"]
+    assert finding.figure_id == f"head_ablation_{kind}_logit_diff"
+    assert ab[kind]["method"][top["layer"]][top["head"]] == "exact"
+    assert f"{kind.capitalize()}-ablating L{top['layer']}H{top['head']}" in finding.text, finding.text
+    largest = all(-top["delta"] > ab[k]["screen"]["bound"] for k in ("zero", "mean"))
+    qualified = f"heads (of {scr['n_cells']}) computed exactly" in finding.text
+    assert qualified == (not largest or "No head ablation" in finding.text), finding.text
+    assert ("screen's bound is" in finding.text) == largest, finding.text
