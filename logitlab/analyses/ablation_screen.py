@@ -4,7 +4,7 @@ Exact head ablation (:func:`logitlab.analyses.ablation.head_ablation`) runs one 
 prompt. Most heads do little, so the default run screens them first (:mod:`logitlab.screen`):
 
 1. **Estimate** every head's effect on every prompt, for the logit difference and for the loss, from one forward
-   and two backward passes of the clean run (attribution patching's linearisation, Nanda 2023, applied to
+   and two backward passes of the clean run (shared by zero- and mean-ablation, :func:`screened_ablations`) (attribution patching's linearisation, Nanda 2023, applied to
    ablation)::
 
        Δm[l, h, b] ≈ Σ_pos (r − z)[l, b, pos, h, :] · ∂m_b/∂z[l, b, pos, h, :]
@@ -56,7 +56,8 @@ from logitlab.model.runner import Runner
 from logitlab.screen import ScreenSettings, select
 from logitlab.sweep import SweepSettings
 
-__all__ = ["AblationEstimate", "ablation_estimates", "screened_ablation"]
+__all__ = ["AblationEstimate", "MetricGrads", "ablation_estimates", "metric_grads", "screened_ablation",
+           "screened_ablations"]
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +128,39 @@ def _metric_grads(r: Runner, tokens: Tensor, final_pos: Tensor, correct: Tensor,
     return diff.detach(), torch.cat(losses), stack(gz_diff), stack(gz_loss)
 
 
-def ablation_estimates(run: CleanRun, kind: Literal["zero", "mean"] = "zero") -> AblationEstimate:
-    """First-order estimate of ablating each head, per prompt, for the logit difference and the loss.
+@dataclass(frozen=True)
+class MetricGrads:
+    """Each prompt's ∂(logit difference)/∂z and ∂loss/∂z at the clean run, every layer: what every ablation kind's
+    estimate needs (computed once for both kinds)."""
+
+    logit_diff: Float[Tensor, "layer batch pos head d_head"]
+    loss: Float[Tensor, "layer batch pos head d_head"]
+
+
+def metric_grads(run: CleanRun) -> MetricGrads:
+    """:class:`MetricGrads` of the clean run (one forward, two backward passes).
 
     Raises:
-        LogitlabError: when the model's backend has no gradients, or the estimates are not finite.
+        LogitlabError: when the model's backend has no gradients.
     """
     model, t = run.model, run.task
     if not has(model, GRAD):
         raise LogitlabError(f"{model.spec.model_type}: screening ablation needs gradients through the forward "
                             "pass, which this backend lacks", "use --exact")
-    r = model.runner
-    diff, loss, g_diff, g_loss = _metric_grads(r, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids)
+    _, _, g_diff, g_loss = _metric_grads(model.runner, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids)
+    return MetricGrads(g_diff, g_loss)
+
+
+def ablation_estimates(run: CleanRun, kind: Literal["zero", "mean"] = "zero",
+                       grads: MetricGrads | None = None) -> AblationEstimate:
+    """First-order estimate of ablating each head, per prompt, for the logit difference and the loss.
+
+    Raises:
+        LogitlabError: when the model's backend has no gradients, or the estimates are not finite.
+    """
+    t = run.task
+    grads = grads or metric_grads(run)
+    g_diff, g_loss = grads.logit_diff, grads.loss
     rep = ablation_replacement(kind, run.cache, t.final_pos)  # (L, H, T, dh) shared, or (L, H, B, T, dh)
     z = run.cache.z  # (L, B, T, H, dh)
     # What ablation puts in place of z, laid out like z: (L, 1 or B, T, H, dh).
@@ -157,9 +179,31 @@ def ablation_estimates(run: CleanRun, kind: Literal["zero", "mean"] = "zero") ->
     return AblationEstimate(kind, est["logit_diff"], est["loss"])
 
 
+def _screens(run: CleanRun, settings: ScreenSettings) -> bool:
+    spec = run.model.spec
+    if settings.exact or settings.screen_top >= spec.n_layers * spec.n_heads:
+        return False
+    if not has(run.model, GRAD):
+        log.info("head ablation: every head exact (this backend has no gradients to screen with)")
+        return False
+    return True
+
+
+def screened_ablations(run: CleanRun, kinds: tuple[Literal["zero", "mean"], ...] = ("zero", "mean"),
+                       settings: ScreenSettings | None = None,
+                       sweep: Callable[[str, int], SweepSettings] | None = None) -> dict[str, AblationResult]:
+    """:func:`screened_ablation` of each kind, the gradients computed once; ``sweep(kind, n)``."""
+    settings = settings or ScreenSettings()
+    grads = metric_grads(run) if _screens(run, settings) else None
+    return {kind: screened_ablation(run, kind, settings, None if sweep is None else
+                                    (lambda n, k=kind: sweep(k, n)), grads)  # type: ignore[misc]
+            for kind in kinds}
+
+
 def screened_ablation(run: CleanRun, kind: Literal["zero", "mean"] = "zero",
                       settings: ScreenSettings | None = None,
-                      sweep: Callable[[int], SweepSettings] | None = None) -> AblationResult:
+                      sweep: Callable[[int], SweepSettings] | None = None,
+                      grads: MetricGrads | None = None) -> AblationResult:
     """Head ablation with a first-order screen (module docstring); every head exact when screening is off.
 
     Args:
@@ -167,16 +211,15 @@ def screened_ablation(run: CleanRun, kind: Literal["zero", "mean"] = "zero",
         kind: zero- or mean-ablation.
         settings: what to compute exactly (default :class:`ScreenSettings`).
         sweep: the sweep settings for a sweep of ``n`` items (e.g. a progress bar of that total).
+        grads: :func:`metric_grads` of ``run``, if already computed.
     """
     settings = settings or ScreenSettings()
     sweep = sweep or (lambda _n: SweepSettings())
     spec, B = run.model.spec, run.task.n_prompts
     L, H = spec.n_layers, spec.n_heads
-    if settings.exact or settings.screen_top >= L * H or not has(run.model, GRAD):
-        if not settings.exact and not has(run.model, GRAD):
-            log.info("%s-ablation: every head exact (this backend has no gradients to screen with)", kind)
+    if not _screens(run, settings):
         return head_ablation(run, kind, sweep(L * H * B))
-    est = ablation_estimates(run, kind)
+    est = ablation_estimates(run, kind, grads)
     ld_est, loss_est = est.logit_diff.mean(-1).flatten(), est.loss.mean(-1).flatten()  # (L·H,)
     by_loss = select(loss_est, settings.screen_top, 0).flagged
     screen = select(ld_est, settings.screen_top, settings.screen_sample, always=by_loss)

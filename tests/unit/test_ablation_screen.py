@@ -123,17 +123,24 @@ def test_exact_setting_and_a_screen_covering_every_head_ablate_every_head(run) -
         assert out["top_drop"] == full.to_dict()["top_drop"]
 
 
-def test_progress_counts_the_items_swept(run) -> None:  # noqa: ANN001
+def test_both_kinds_at_once_count_the_items_swept(run) -> None:  # noqa: ANN001
+    """screened_ablations (gradients shared by the kinds) equals one kind at a time; each progress bar's total
+    is the items it sweeps."""
+    from logitlab.analyses.ablation_screen import screened_ablations
     from logitlab.sweep import SweepSettings
-    totals: list[int] = []
-    steps: list[int] = []
+    totals: dict[str, int] = {}
+    steps: dict[str, list[int]] = {"zero": [], "mean": []}
 
-    def sweep(n: int) -> SweepSettings:
-        totals.append(n)
-        return SweepSettings(progress=steps.append)
+    def sweep(kind: str, n: int) -> SweepSettings:
+        totals[kind] = n
+        return SweepSettings(progress=steps[kind].append)
 
-    res = screened_ablation(run, "zero", SMALL, sweep)
-    assert totals == [int(res.exact.sum()) * run.task.n_prompts] and sum(steps) == totals[0]
+    both = screened_ablations(run, ("zero", "mean"), SMALL, sweep)
+    for kind, res in both.items():
+        alone = screened_ablation(run, kind, SMALL)
+        assert torch.equal(res.logit_diff, alone.logit_diff) and torch.equal(res.loss, alone.loss)
+        assert torch.equal(res.exact, alone.exact)
+        assert totals[kind] == int(res.exact.sum()) * run.task.n_prompts == sum(steps[kind])
 
 
 # --- the estimate is first order -----------------------------------------------------------------------------
@@ -275,3 +282,38 @@ def test_report_marks_estimated_cells_and_quotes_exact_numbers(tiny_model, tiny_
     qualified = f"heads (of {scr['n_cells']}) computed exactly" in finding.text
     assert qualified == (not largest or "No head ablation" in finding.text), finding.text
     assert ("screen's bound is" in finding.text) == largest, finding.text
+
+
+# --- the built-in model --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_builtin_screen_keeps_the_heads_that_matter(builtin_model) -> None:  # noqa: ANN001
+    """The default screen ablates exactly the top 3 heads of the full exact ablation (by drop and by |Δ|), and
+    records the estimate's measured error."""
+    import math
+    import time
+    run = clean_run(builtin_model, tokenize_task(load_task("pronouns"), builtin_model.tokenizer))
+    for kind in ("zero", "mean"):
+        t0 = time.perf_counter()
+        full = head_ablation(run, kind)
+        t1 = time.perf_counter()
+        res = screened_ablation(run, kind, ScreenSettings())
+        t2 = time.perf_counter()
+        assert res.screen is not None and res.loss_screen is not None
+        exact = res.screen.exact
+        delta = (full.logit_diff - full.baseline_logit_diff).mean(-1).flatten()  # (L·H,)
+        for what, order in (("drop", delta.argsort()), ("|Δ|", delta.abs().argsort(descending=True))):
+            missed = [divmod(int(i), builtin_model.spec.n_heads) for i in order[:3] if not bool(exact[i])]
+            assert not missed, f"{kind}: top-3 heads by {what} screened out: {missed}"
+        ex = res.exact
+        d = _maxdiff(res.logit_diff[ex], full.logit_diff[ex])
+        assert d <= 1e-4, f"{kind}: exact heads vs full sweep, max abs diff {d:.3g}"
+        scr = res.to_dict()["screen"]
+        for key in ("sample_max_error", "loss_sample_max_error", "bound", "loss_bound"):
+            assert scr[key] is not None and math.isfinite(scr[key]), key
+        assert scr["n_sampled"] == 8 and scr["n_exact"] < scr["n_cells"]
+        print(f"{kind}: full {t1 - t0:.1f}s, screened {t2 - t1:.1f}s; {scr['n_exact']}/{scr['n_cells']} exact, "
+              f"sample error {scr['sample_max_error']:.3g}, bound {scr['bound']:.3g}, max error {scr['max_error']:.3g}, "
+              f"loss sample error {scr['loss_sample_max_error']:.3g}, loss bound {scr['loss_bound']:.3g}; "
+              f"top drop {res.to_dict()['top_drop']['delta']:.3g} (full {float(delta.min()):.3g})")
