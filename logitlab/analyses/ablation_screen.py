@@ -219,6 +219,9 @@ def screened_ablation(run: CleanRun, kind: Literal["zero", "mean"] = "zero",
     L, H = spec.n_layers, spec.n_heads
     if not _screens(run, settings):
         return head_ablation(run, kind, sweep(L * H * B))
+    if settings.screen_top == 0 and settings.screen_sample == 0:  # no head exact: no finding could be made
+        raise LogitlabError("head ablation with --screen-top 0 and --screen-sample 0 would ablate no head exactly",
+                            "give --screen-top or --screen-sample a positive value, or use --exact")
     est = ablation_estimates(run, kind, grads)
     ld_est, loss_est = est.logit_diff.mean(-1).flatten(), est.loss.mean(-1).flatten()  # (L·H,)
     by_loss = select(loss_est, settings.screen_top, 0).flagged

@@ -123,6 +123,17 @@ def test_exact_setting_and_a_screen_covering_every_head_ablate_every_head(run) -
         assert out["top_drop"] == full.to_dict()["top_drop"]
 
 
+@pytest.mark.parametrize("tiny_model", ["llama_gqa"], indirect=True)
+def test_a_screen_with_no_exact_head_is_refused_and_a_sample_alone_works(run) -> None:  # noqa: ANN001
+    from logitlab.errors import LogitlabError
+    with pytest.raises(LogitlabError, match="no head exactly"):
+        screened_ablation(run, "zero", ScreenSettings(screen_top=0, screen_sample=0))
+    res = screened_ablation(run, "zero", ScreenSettings(screen_top=0, screen_sample=2))
+    assert res.screen is not None and int(res.exact.sum()) == 2 == int(res.screen.sampled.sum())
+    top = res.top_drop()
+    assert bool(res.exact[top["layer"], top["head"]])
+
+
 def test_both_kinds_at_once_count_the_items_swept(run) -> None:  # noqa: ANN001
     """screened_ablations (gradients shared by the kinds) equals one kind at a time; each progress bar's total
     is the items it sweeps."""
