@@ -117,7 +117,8 @@ class AblationResult:
         L, H, _ = self.logit_diff.shape
         return pd.DataFrame({"ablation": self.kind, "layer": [l for l in range(L) for _ in range(H)],
                              "head": list(range(H)) * L, "logit_diff": self.logit_diff.mean(-1).flatten().numpy(),
-                             "loss": self.loss.mean(-1).flatten().numpy()})
+                             "loss": self.loss.mean(-1).flatten().numpy(),
+                             "method": [m for row in methods(self.screen, (L, H)) for m in row]})
 
 
 def _screen_dict(screen: Screen, loss: Screen | None) -> dict[str, Any]:

@@ -75,6 +75,7 @@ def test_exact_cells_are_the_full_sweep_and_the_others_the_estimate(run, kind) -
     out = res.to_dict()
     labels = [[EXACT if bool(exact[l, h]) else ESTIMATED for h in range(H)] for l in range(L)]
     assert out["method"] == labels
+    assert list(res.to_frame()["method"]) == [m for row in labels for m in row]
     scr = out["screen"]
     assert scr["n_exact"] == int(exact.sum()) and scr["n_cells"] == L * H
     assert scr["bound"] is not None and scr["bound"] >= scr["left_out_max_estimate"]
@@ -278,6 +279,9 @@ def test_report_marks_estimated_cells_and_quotes_exact_numbers(tiny_model, tiny_
         hover = [[c[3] for c in row] for row in heat.customdata]
         assert [[SCREENED_OUT in t for t in row] for row in hover] == est
         assert len(marks.x) == n_est and marks.hoverinfo == "skip"
+    from logitlab.battery import _ablation_rows
+    rows = _ablation_rows(ab)  # tables/head_ablation.csv
+    assert [r["method"] for r in rows] == [m for k in ("zero", "mean") for row in ab[k]["method"] for m in row]
     html = section_head_ablation(results, {}, [])
     scr = ab["zero"]["screen"]
     assert f"{scr['n_exact']} of {scr['n_cells']} heads computed exactly" in html and SCREENED_OUT in html
