@@ -297,6 +297,13 @@ def test_report_marks_estimated_cells_and_quotes_exact_numbers(tiny_model, tiny_
     qualified = f"heads (of {scr['n_cells']}) computed exactly" in finding.text
     assert qualified == (not largest or "No head ablation" in finding.text), finding.text
     assert ("screen's bound is" in finding.text) == largest, finding.text
+    # A bound above every exact drop: the finding speaks of the exact heads only.
+    wide = copy.deepcopy(ab)
+    for k in ("zero", "mean"):
+        wide[k]["screen"]["bound"] = wide[k]["screen"]["loss_bound"] = 100.0
+    text = _ablation({"head_ablation": wide}).text
+    assert f"heads (of {scr['n_cells']}) computed exactly" in text and "screen's bound is" not in text, text
+    assert "largest loss increase (" not in text, text
 
 
 # --- the built-in model --------------------------------------------------------------------------------------

@@ -221,11 +221,11 @@ def _ablation(results: Results) -> Finding | None:
     best_rise = max(rises) if rises else None
     if best_rise and best_rise[0] > 0 and best_rise[1:] != (kind, layer, h):
         r, rk, rl, rh = best_rise
-        rs = ab[rk].get("screen") or {}  # type: ignore[literal-required]
         rc = _n_exact(ab[rk])  # type: ignore[literal-required]
-        bound = rs.get("loss_bound")
-        rise_scope = "" if rc is None or (finite(bound) and r > float(bound)) else \
-            f" of the {rc[0]} heads computed exactly"
+        loss_bounds = [(ab[k].get("screen") or {}).get("loss_bound")  # type: ignore[literal-required]
+                       for k in ("zero", "mean") if ab.get(k) and _n_exact(ab[k]) is not None]  # type: ignore[literal-required]
+        rise_scope = "" if all(finite(b) and r > float(b) for b in loss_bounds) else \
+            (f" of the {rc[0]} heads computed exactly" if rc else " among the heads computed exactly")
         text += (f"; the largest loss increase{rise_scope} ({fmt(r, signed=True)} nats) comes from "
                  f"{rk}-ablating {head_name(rl, rh)}")
     if bounds and largest:
