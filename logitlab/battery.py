@@ -147,7 +147,8 @@ def _ablation_rows(ab: Any) -> list[dict[str, Any]]:
                               for suffix, value in (("", ab[k][f"delta_{m}"][l][h]),
                                                     ("_stderr", ab[k][f"delta_{m}_stderr"][l][h]),
                                                     ("_ci_low", ab[k][f"delta_{m}_ci"][l][h][0]),
-                                                    ("_ci_high", ab[k][f"delta_{m}_ci"][l][h][1]))}}
+                                                    ("_ci_high", ab[k][f"delta_{m}_ci"][l][h][1]))},
+                           "method": ab[k]["method"][l][h] if "method" in ab[k] else "exact"}
                           for k in ("zero", "mean") for l, row in enumerate(ab[k]["logit_diff"]) for h, v in enumerate(row)]
 
 

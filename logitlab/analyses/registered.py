@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from logitlab.analyses.ablation import head_ablation
+from logitlab.analyses.ablation_screen import screened_ablations
 from logitlab.analyses.atp import attribution_patching
 from logitlab.analyses.attribution import dla, layer_attribution, logit_lens
 from logitlab.analyses.circuit import CircuitSettings, eap_ig_circuit
@@ -90,10 +90,9 @@ register(Analysis("attention", {"attention": Attention}, _attention, needs=("hea
 
 
 def _ablation(ctx: RunContext) -> Sections:
-    spec, run = ctx.model.spec, ctx.run
-    n_items = spec.n_layers * spec.n_heads * ctx.tt.n_prompts
-    ablations = {kind: head_ablation(run, kind, ctx.sweep(f"{kind}-ablating heads", n_items))
-                 for kind in ("zero", "mean")}
+    run, screen = ctx.run, ctx.settings(ScreenSettings)
+    # The progress bar counts the items actually swept (the screen's exact heads × prompts).
+    ablations = screened_ablations(run, ("zero", "mean"), screen, lambda k, n: ctx.sweep(f"{k}-ablating heads", n))
     ctx.keep("ablation", ablations)
     return {"head_ablation": {"zero": ablations["zero"].to_dict(), "mean": ablations["mean"].to_dict(),
                               "baseline_logit_diff": float(run.logit_diff.mean()),

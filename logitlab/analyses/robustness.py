@@ -9,7 +9,8 @@ reports, per template:
 * the top head by direct logit attribution: the largest |mean| over the template's prompts, as
   :meth:`HeadAttributionResult.top`;
 * the top head by each ablation: the head whose ablation lowers the template's mean logit difference most,
-  from the per-prompt paired changes ``ablated − baseline`` (as the ablation's ``top_drop``);
+  from the per-prompt paired changes ``ablated − baseline`` (as the ablation's ``top_drop``: among the heads
+  ablated exactly when the ablation was screened);
 
 and, per subject, the mean logit difference over its templates. ``key_heads`` counts in how many templates
 each head is the top one; ``agree`` is true when one head is top in every template.
@@ -144,6 +145,7 @@ def robustness(run: CleanRun, heads: HeadAttributionResult,
     per_prompt = run.logit_diff.cpu().double()
     H = heads.values.shape[1]
     deltas = {k: (a.logit_diff - a.baseline_logit_diff).double() for k, a in ablations.items()}  # (L, H, B)
+    exact = {k: a.exact.flatten() for k, a in ablations.items()}  # (L·H,) a screened ablation: its exact heads
     rows = []
     for ti in sorted({t for t in origin if t >= 0}):
         idx = [i for i, t in enumerate(origin) if t == ti]
@@ -153,7 +155,8 @@ def robustness(run: CleanRun, heads: HeadAttributionResult,
         tops = []
         for kind, delta in deltas.items():
             m = delta[..., idx].mean(-1).flatten()  # (L·H,) mean change of this template's prompts
-            a = int(m.argmin())  # the largest drop, as AblationResult.top_drop
+            # The largest drop among the exact heads, as AblationResult.top_drop (an estimate is no finding).
+            a = int(m.masked_fill(~exact[kind], float("inf")).argmin())
             tops.append((kind, (a // H, a % H, float(m[a]))))
         rows.append(TemplateRobustness(ti, _group(label, idx, per_prompt), (d // H, d % H, float(dla_mean[d])),
                                        tuple(tops)))

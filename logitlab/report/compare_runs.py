@@ -129,12 +129,15 @@ def top_dla_heads(results: dict[str, Any], k: int) -> list[Head]:
 
 
 def top_ablation_heads(results: dict[str, Any], k: int) -> list[Head]:
-    """The k heads whose zero-ablation lowers the mean logit difference most, with the paired CIs."""
+    """The k heads whose zero-ablation lowers the mean logit difference most, with the paired CIs (of a screened
+    ablation: among the heads ablated exactly)."""
     zero = (results.get("head_ablation") or {}).get("zero") or {}
     z, cis = zero.get("delta_logit_diff"), zero.get("delta_logit_diff_ci") or []
     if not is_matrix(z):
         return []
-    flat = [(float(v), l, h) for l, row in enumerate(z) for h, v in enumerate(row) if finite(v)]
+    method = zero.get("method") if is_matrix(zero.get("method")) else None
+    flat = [(float(v), l, h) for l, row in enumerate(z) for h, v in enumerate(row)
+            if finite(v) and (method is None or method[l][h] != "estimated")]
     n = _n_layers(results)
     return [Head(l, h, n, v, pair(cis[l][h] if l < len(cis) and h < len(cis[l]) else None, v))
             for v, l, h in sorted(flat)[:k]]
@@ -189,11 +192,12 @@ def models_word(n: int) -> str:
 
 
 def separated(sep: Any, head: Head | None) -> bool:
-    """Whether a run's paired test separates ``head`` from its runner-up."""
+    """Whether a run's paired test separates ``head`` from its runner-up (and, after a screen, from every
+    screened-out head: ``above_bound``)."""
     if not isinstance(sep, dict) or head is None or (sep.get("layer"), sep.get("head")) != (head.layer, head.head):
         return False
     d = pair(sep.get("difference_ci"), math.nan)
-    return finite(d[0]) and d[0] > 0 and not sep.get("tied")
+    return finite(d[0]) and d[0] > 0 and not sep.get("tied") and sep.get("above_bound", True) is not False
 
 
 def ci_cell(v: float, ci: Any) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing_extensions import TypedDict
+from typing import Literal
+
+from typing_extensions import NotRequired, TypedDict
 
 from logitlab.results._base import Cube, Matrix, section
 
-__all__ = ["AblationTop", "AblationScores", "HeadAblation"]
+__all__ = ["AblationTop", "AblationScreen", "AblationScores", "HeadAblation"]
 
 
 @section
@@ -29,6 +31,48 @@ class AblationTop(TypedDict):
     """[2] its 95% bootstrap CI; includes 0 when the top head is not separated from the runner-up"""
     tied: list[list[int]]
     """[[layer, head], …] heads whose paired difference to the top head has a CI including 0"""
+    above_bound: NotRequired[bool]
+    """|`delta`| is larger than the screen's `bound` on every screened-out head (true without a screen when
+    `delta` ≠ 0). False: a head computed only to first order may drop more. Top, runner-up and ties are chosen
+    among the exact heads only"""
+
+
+@section
+class AblationScreen(TypedDict):
+    """How a screened ablation chose its exact heads and how far its first-order estimate missed (logit
+    difference; the `loss_…` keys: the same heads measured on the loss). Means over prompts per head."""
+
+    estimator: str
+    """"first-order": Σ over positions of (replacement − z) · ∂metric/∂z at the clean run"""
+    n_cells: int
+    """heads in the model (layers × heads)"""
+    n_flagged: int
+    """heads computed exactly for their large estimate (top by |Δ logit diff| ∪ top by |Δ loss|)"""
+    n_sampled: int
+    """further heads computed exactly, drawn at random (seeded) to measure the estimate"""
+    n_exact: int
+    """heads computed exactly (`n_flagged` + `n_sampled`)"""
+    left_out_max_estimate: float | None
+    """largest |estimated Δ logit diff| among the screened-out heads (0: none)"""
+    sample_max_error: float | None
+    """largest |exact − estimate| of Δ logit diff on the random sample"""
+    sample_max_exact: float | None
+    """largest |exact Δ logit diff| on the random sample"""
+    max_error: float | None
+    """largest |exact − estimate| of Δ logit diff over every exact head"""
+    bound: float | None
+    """how large a screened-out head's |Δ logit diff| can be expected to be: `left_out_max_estimate` +
+    `sample_max_error`, at least `sample_max_exact`"""
+    loss_left_out_max_estimate: float | None
+    """as `left_out_max_estimate`, for Δ loss"""
+    loss_sample_max_error: float | None
+    """as `sample_max_error`, for Δ loss"""
+    loss_sample_max_exact: float | None
+    """as `sample_max_exact`, for Δ loss"""
+    loss_max_error: float | None
+    """as `max_error`, for Δ loss"""
+    loss_bound: float | None
+    """as `bound`, for Δ loss"""
 
 
 @section
@@ -63,7 +107,13 @@ class AblationScores(TypedDict):
     delta_loss_per_prompt: Cube
     """[L][H][prompt] ablated − baseline loss"""
     top_drop: AblationTop
-    """the head that lowers the logit difference most, and whether that is separated from the others"""
+    """the head that lowers the logit difference most (among the exact heads), and whether that is separated
+    from the others"""
+    method: NotRequired[list[list[Literal["exact", "estimated"]]]]
+    """[L][H] "exact" (ablated) or "estimated" (screened out: baseline + first-order estimate, per prompt, in
+    every key above); absent when every head was ablated exactly"""
+    screen: NotRequired[AblationScreen]
+    """the screen that chose the exact heads; absent when every head was ablated exactly"""
 
 
 @section

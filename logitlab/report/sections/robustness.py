@@ -49,6 +49,8 @@ def section_robustness(results: Results, figures: Figures,
     if not rob:  # it ran (else the report says it was not run) and found fewer than two templates
         return note("No robustness analysis: the task's prompts come from fewer than two templates.")
     kinds = sorted({k for r in rob["templates"] for k in r["top_ablation"]}, key=lambda k: k != "zero")
+    ab = results.get("head_ablation") or {}
+    screened = any("method" in (ab.get(k) or {}) for k in ("zero", "mean"))
 
     def ci(r: Mapping[str, Any]) -> str:
         return esc(f"{fmt(r['mean'])} [{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]")
@@ -64,7 +66,9 @@ def section_robustness(results: Results, figures: Figures,
         note("The logit difference and the key heads, template by template: the mean over each template's "
              "prompts with its 95% bootstrap CI, the head with the largest |mean| direct logit attribution "
              "on those prompts, and the head whose ablation lowers their mean logit difference most "
-             "(mean of the per-prompt changes). Explicit prompts are not counted.")
+             "(mean of the per-prompt changes"
+             + ("; among the heads ablated exactly, the others screened out" if screened else "")
+             + "). Explicit prompts are not counted.")
         + figure_html(figures, "robustness")
         + '<div class="scroll">' + table(header, rows, "prompts") + "</div>"
         + "<details><summary>Per subject</summary>"
