@@ -50,7 +50,7 @@ class ScreenSettings:
                           commands=("run", "circuit"),
                           help="Compute every head ablation and every patching cell exactly, without screening "
                                "(slower; the default screens and says which numbers are exact).")
-    screen_top: int = setting(12, "cells per map computed exactly because their estimate is largest",
+    screen_top: int = setting(8, "cells per map computed exactly because their estimate is largest",
                               flag="--screen-top", commands=("run", "circuit"),
                               help="Cells per map (heads, or layer × position) computed exactly because their "
                                    "first-order estimate is largest.")

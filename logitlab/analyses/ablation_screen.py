@@ -31,7 +31,7 @@ Invariants (tested): exact heads equal the full sweep's values; estimated heads 
 architecture, zero and mean).
 
 Example:
-    >>> res = screened_ablation(run, "zero", ScreenSettings(screen_top=12, screen_sample=8))
+    >>> res = screened_ablation(run, "zero", ScreenSettings(screen_top=8, screen_sample=8))
     >>> res.screen.bound, res.exact.sum()          # what the screen leaves out; how many heads are exact
 """
 

@@ -215,12 +215,21 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
     screening = (screen is not None and not screen.exact and has(model, GRAD) and has(model, SWEEP)
                  and bool(raw))
     precision, screens, estimates = None, None, None
+    resid_masks = None
+    if screening:  # the residual stream of generated pairs: exact at the positions the templates pool on
+        L, shared = model.spec.n_layers, pool_positions([g.roles for g in raw])
+        resid_masks = [torch.zeros(L, len(g.roles), dtype=torch.bool) for g in raw]
+        for _, where in shared:
+            for m, p in zip(resid_masks, where):
+                m[:, p] = True
     if target > 0 and raw and has(model, SWEEP):
-        use, resid, precision = _targeted(model, raw, target, settings, min_gap)
+        use, resid, precision = _targeted(model, raw, target, settings, min_gap, resid_masks)
     else:
         use, resid = list(raw), None
     strs = [tuple(model.to_str_tokens(g.clean_tokens[0])) for g in use]
     kinds = ("attn", "mlp", "heads") if resid is not None else ("resid", "attn", "mlp", "heads")
+    if resid is None:
+        resid_masks = None  # without a target the residual stream is patched in the final sweep, everywhere
     if screening:
         assert screen is not None
         est = [estimate_group(model, g, t, min_gap) for g, t in zip(use, strs)]
@@ -237,6 +246,10 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
                             g.correct_ids, g.incorrect_ids, settings, min_gap, kinds) for g, t in zip(use, strs)]
     if resid is not None:  # the residual stream, patched round by round on the same pairs in the same order
         groups = [replace(g, resid=r) for g, r in zip(groups, resid)]
+        if resid_masks is not None and estimates is not None:  # positions not pooled: the estimate
+            groups = [replace(g, resid=torch.where(m[..., None], g.resid, e.resid.float() + g.corrupted),
+                              exact_cells={**(g.exact_cells or {}), "resid": m})
+                      for g, m, e in zip(groups, resid_masks, estimates)]
     ref_summary = summarise("reference", ref.tokens, [ref], None) if ref is not None else None
     live = [g for g in groups if g.n_used]
     per_template = tuple(summarise(g.label, g.roles, [g], None) for g in live)
@@ -258,9 +271,10 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
 
 
 def _targeted(model: Model, raw: tuple[PairGroup, ...], target: float, settings: SweepSettings,
-              min_gap: float) -> tuple[list[PairGroup], list[Tensor], Precision]:
+              min_gap: float, masks: list[Tensor] | None = None) -> tuple[list[PairGroup], list[Tensor], Precision]:
     """Patch the residual stream on more and more generated pairs (each group in its fixed order) until the
-    pooled cells' widest 95% CI half-width is at most ``target`` or every pair is used.
+    pooled cells' widest 95% CI half-width is at most ``target`` or every pair is used (with ``masks``: only
+    each group's True cells, NaN elsewhere).
 
     Returns the pairs used per group, their residual-stream patching (layer, pos, pair) and the precision.
     """
@@ -276,15 +290,16 @@ def _targeted(model: Model, raw: tuple[PairGroup, ...], target: float, settings:
                 parts[k].append(patch_set(model, g.template_text, g.template,
                                           tuple(model.to_str_tokens(sub.clean_tokens[0])), g.roles, sub.clean_tokens,
                                           sub.corrupted_tokens, sub.correct_ids, sub.incorrect_ids, settings,
-                                          min_gap, ("resid",)))
+                                          min_gap, ("resid",), None if masks is None else {"resid": masks[k]}))
                 taken[k] = upto
         rounds += 1
         sets = [_joined(p) for p in parts]
         width = resid_width(sets)
         if (width is not None and width <= target) or all(t >= n for t, n in zip(taken, sizes)):
             break
-        # The half-width shrinks as 1/√n: ask for as many pairs as this width says are needed (10% more).
-        grow = 2.0 if width is None else 1.1 * (width / target) ** 2
+        # The half-width shrinks as 1/√n: ask for as many pairs as this width says are needed, at most twice as
+        # many per round (a width from few pairs is itself uncertain).
+        grow = 2.0 if width is None or width != width else min(2.0, (width / target) ** 2)
         want = max(want + 1, math.ceil(want * grow))
     use = [take(g, list(range(t))) for g, t in zip(ordered_groups, taken)]
     precision = Precision(target, width, sum(taken), sum(sizes), rounds)

@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from logitlab.analyses.pairset import AtPSet, PairSet, first_order, pool_positions, summarise
+from logitlab.analyses.pairset import AtPSet, PairSet, first_order, pool_positions
 from logitlab.interventions import head_entry, position_entries
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
 from logitlab.model.load import Model
 from logitlab.model.readout import CleanCache
 from logitlab.screen import Screen, select
+from logitlab.stats import paired
 from logitlab.sweep import SweepSettings, run_sweep
 from logitlab.task import PairGroup
 
@@ -99,10 +100,12 @@ def resid_width(groups: list[PairSet]) -> float | None:
     if not live:
         return None
     pos = pool_positions([g.roles for g in live])
-    s = summarise("pooled", tuple(lab for lab, _ in pos), live, [p for _, p in pos])
-    assert s.resid is not None
+    x = torch.cat([g.normalised("resid")[:, [where[k] for _, where in pos]] for k, g in enumerate(live)], -1)
+    ci = paired(x).ci
+    half = (ci[..., 1] - ci[..., 0]) / 2
+    half = half[torch.isfinite(half)]  # cells not patched (NaN) are not the target's
     # Rounded so that float noise across machines cannot change how many pairs are used.
-    return round(float((s.resid.ci[..., 1] - s.resid.ci[..., 0]).max()) / 2, 6)
+    return round(float(half.max()), 6) if half.numel() else None
 
 
 def _score(model: Model, cache: CleanCache, T: int, correct: Tensor, incorrect: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -185,10 +186,12 @@ def path_patching(model: Model, tt: TokenizedTask, senders: list[tuple[int, int]
     graph = EdgeGraph(spec)
     plan = [(si, m) for si, (l, h) in enumerate(senders) for m in _masks(graph, l, h)]
     n_available = sum(b.n for b in batches)
-    stages = [batches] if target <= 0 or first_pairs >= n_available else list(_split(batches, first_pairs))
     fracs: list[Tensor] = []  # per batch: (item, pair) fractions of the gap
     gaps: list[Tensor] = []
-    for k, stage in enumerate(stages):
+    left, done, rounds = list(batches), 0, 0
+    want = n_available if target <= 0 else min(first_pairs, n_available)
+    while True:
+        stage, left = _split(left, want - done)
         for b in stage:
             clean, corr = plain_metric(model, b, b.clean_tokens), plain_metric(model, b, b.corrupted_tokens)
             gaps.append(clean - corr)
@@ -200,16 +203,20 @@ def path_patching(model: Model, tt: TokenizedTask, senders: list[tuple[int, int]
                 vals[idx] = edge_patch_metric(model, graph, b, patches, base="corrupted", start=start,
                                               progress=progress, runs=runs)
             fracs.append((vals - corr) / (clean - corr))
+        done, rounds = want, rounds + 1
         res = _result(spec, senders, plan, fracs, gaps, min_gap)
+        if target <= 0:
+            return res
         width = res.headline_width()
-        if target > 0 and (k == len(stages) - 1 or (width is not None and width <= target)):
-            n_used = sum(int(g.numel()) for g in gaps)
-            if progress is not None and n_used < n_available:  # the pairs not needed count as done
-                progress(len(plan) * (n_available - n_used))
-            return replace(res, precision={"target": target, "achieved": width,
-                                           "met": width is not None and width <= target, "n_pairs": n_used,
-                                           "n_available": n_available, "rounds": k + 1})
-    return res
+        if (width is not None and width <= target) or done >= n_available:
+            break
+        # As for activation patching: the pairs this width asks for (it shrinks as 1/√n), at most twice as many.
+        grow = 2.0 if width is None or width != width else min(2.0, (width / target) ** 2)
+        want = min(n_available, max(done + 1, math.ceil(done * grow)))
+    if progress is not None and done < n_available:  # the pairs not needed count as done
+        progress(len(plan) * (n_available - done))
+    return replace(res, precision={"target": target, "achieved": width, "met": width is not None and width <= target,
+                                   "n_pairs": done, "n_available": n_available, "rounds": rounds})
 
 
 def _split(batches: list[PairBatch], n: int) -> tuple[list[PairBatch], list[PairBatch]]:

@@ -174,7 +174,7 @@ def _v6_to_v7(obj: dict[str, Any]) -> dict[str, Any]:
     """Version 7 added screening and precision-targeted patching pairs: their settings in ``config``. A version-6
     run computed every ablation and patching cell exactly, on every generated pair: ``exact`` true, target 0."""
     config = dict(obj.get("config") or {})
-    for key, value in (("exact", True), ("screen_top", 12), ("screen_sample", 8), ("patching_target", 0.0)):
+    for key, value in (("exact", True), ("screen_top", 8), ("screen_sample", 8), ("patching_target", 0.0)):
         config.setdefault(key, value)
     return {**obj, "config": config}
 

@@ -292,7 +292,7 @@ def make_results(
             "feature_prompts": 16,
             "feature_top": 20,
             "exact": False,
-            "screen_top": 12,
+            "screen_top": 8,
             "screen_sample": 8,
             "patching_target": 0.1,
             "analyses": ["attention", "ablation", "patching", "atp", "path_patching", "robustness"],
