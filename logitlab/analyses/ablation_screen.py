@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: Rows of the loss's log-partition function differentiated at once (each holds a row × vocabulary of logits).
 _LOSS_ROWS = 16
+#: Prompts per forward + backward pass of the estimates (bounds the autograd graph held at once).
+_GRAD_ROWS = 64
 #: Vocabulary columns per block of the log-partition function (bounds the float32 copy of W_U's columns).
 _LOSS_COLS = 32768
 
@@ -147,8 +149,13 @@ def metric_grads(run: CleanRun) -> MetricGrads:
     if not has(model, GRAD):
         raise LogitlabError(f"{model.spec.model_type}: screening ablation needs gradients through the forward "
                             "pass, which this backend lacks", "use --exact")
-    _, _, g_diff, g_loss = _metric_grads(model.runner, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids)
-    return MetricGrads(g_diff, g_loss)
+    # Prompts do not interact, so the passes run on chunks of prompts: the autograd graph of one chunk at a time.
+    parts = [_metric_grads(model.runner, t.tokens[i:i + _GRAD_ROWS], t.final_pos[i:i + _GRAD_ROWS],
+                           t.correct_ids[i:i + _GRAD_ROWS], t.incorrect_ids[i:i + _GRAD_ROWS])
+             for i in range(0, t.tokens.shape[0], _GRAD_ROWS)]
+    if len(parts) == 1:
+        return MetricGrads(parts[0][2], parts[0][3])
+    return MetricGrads(torch.cat([p[2] for p in parts], 1), torch.cat([p[3] for p in parts], 1))
 
 
 def ablation_estimates(run: CleanRun, kind: Literal["zero", "mean"] = "zero",

@@ -112,6 +112,18 @@ def test_metrics_of_the_gradient_pass_are_the_clean_run(run) -> None:  # noqa: A
     assert float(g_loss.abs().max()) > 0 and float(g_diff.abs().max()) > 0
 
 
+def test_gradient_pass_in_chunks_of_prompts_equals_one_pass(run, monkeypatch) -> None:  # noqa: ANN001
+    """Prompts do not interact: the estimates' gradients computed a few prompts at a time (as large tasks are)
+    equal one pass over every prompt."""
+    import logitlab.analyses.ablation_screen as screen_mod
+    t = run.task
+    _, _, g_diff, g_loss = _metric_grads(run.model.runner, t.tokens, t.final_pos, t.correct_ids, t.incorrect_ids)
+    monkeypatch.setattr(screen_mod, "_GRAD_ROWS", 2)
+    assert t.tokens.shape[0] > 2, "the tiny task must span several chunks"
+    chunked = screen_mod.metric_grads(run)
+    assert _maxdiff(chunked.logit_diff, g_diff) <= 1e-5 and _maxdiff(chunked.loss, g_loss) <= 1e-5
+
+
 def test_exact_setting_and_a_screen_covering_every_head_ablate_every_head(run) -> None:  # noqa: ANN001
     spec = run.model.spec
     full = _full_ablation(run, "zero")
