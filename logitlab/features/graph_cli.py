@@ -1,4 +1,5 @@
-"""``logitlab graph PROMPT --transcoders DIR``: one prompt's attribution graph as graph.json and graph.html."""
+"""``logitlab graph PROMPT --transcoders DIR``: one prompt's attribution graph as graph.json and graph.html (with
+feature cards), optionally circuit-tracer's graph files (``--export DIR``) and supernodes (``--supernodes FILE``)."""
 
 from __future__ import annotations
 
@@ -37,10 +38,20 @@ def graph_cmd(
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda or cuda:N.")] = "auto",
     check: Annotated[int, typer.Option("--check", help="Check the top k features against interventions in the "
                                        "real model, and the faithfulness curve (needs --answer).")] = 0,
+    export: Annotated[Path | None, typer.Option("--export", help="Also write circuit-tracer's graph files "
+                                                "(SLUG.json, graph-metadata.json) into this folder.")] = None,
+    slug: Annotated[str, typer.Option("--slug", help="The graph's name in the exported files.")] = "graph",
+    supernodes: Annotated[Path | None, typer.Option("--supernodes", help="JSON {\"name\": [node ids, labels or "
+                                                    "circuit-tracer node ids]}: nodes drawn (and exported) as one "
+                                                    "supernode.")] = None,
+    contexts: Annotated[Path | None, typer.Option("--contexts", help="Feature contexts file (default: "
+                                                  "feature_contexts.json in the transcoders folder, if there).")] = None,
 ) -> None:
     """Attribution graph of one prompt over transcoder features: graph.json and an offline graph.html."""
     from rich.console import Console
 
+    from logitlab.features.cards import CONTEXTS_FILE, add_cards, load_contexts
+    from logitlab.features.export import export_circuit_tracer, read_supernodes
     from logitlab.features.formats import load_dictionaries
     from logitlab.features.graph import attribute, graph_to_dict, prune_graph
     from logitlab.model.device import device_option
@@ -52,10 +63,19 @@ def graph_cmd(
         raise LogitlabError("--check needs --answer and --contrast (it checks the logit difference)")
     m = load_model(model, device=device_option(device))
     dicts = load_dictionaries(transcoders, m)
+    if contexts is None and (Path(transcoders) / CONTEXTS_FILE).is_file():
+        contexts = Path(transcoders) / CONTEXTS_FILE
+    ctx = load_contexts(contexts) if contexts is not None else None  # read first: a bad file fails fast
     with console.status("attributing…"):
         g = attribute(m, prompt, dicts, answer=answer, contrast=contrast)
         pruned = prune_graph(g, node_threshold, edge_threshold)
         data = graph_to_dict(g, pruned, model=m.name)
+    data.update(transcoders=str(transcoders), vocab_size=int(m.runner.w.W_U.shape[1]),
+                pruning={"node_threshold": node_threshold, "edge_threshold": edge_threshold})
+    if supernodes is not None:
+        data["supernodes"] = read_supernodes(supernodes, data)
+    with console.status("feature cards…"):
+        add_cards(data, m, dicts, ctx)
     if check > 0:
         from logitlab.features.interventions import check_top_features, faithfulness_curve
         with console.status("checking against the real model…"):
@@ -65,6 +85,9 @@ def graph_cmd(
         console.print(f"top {check} features, predicted vs actual change of the logit difference when zeroed: "
                       f"Spearman {top.spearman:.2f}, sign agreement {top.sign_agreement:.2f}", highlight=False)
     js, html = write_graph(data, out)
+    if export is not None:
+        ct = export_circuit_tracer(data, export, slug)
+        console.print(f"[green]circuit-tracer graph:[/green] {ct}")
     s, c = data["scores"], data["check"]
     console.print(f"{data['counts']['kept_features']} of {data['counts']['features']} features kept, "
                   f"{data['counts']['kept_edges']} edges; replacement {s['replacement']:.3f}, completeness "
