@@ -45,7 +45,8 @@ def graph_cmd(
                                                     "circuit-tracer node ids]}: nodes drawn (and exported) as one "
                                                     "supernode.")] = None,
     contexts: Annotated[Path | None, typer.Option("--contexts", help="Feature contexts file (default: "
-                                                  "feature_contexts.json in the transcoders folder, if there).")] = None,
+                                                  "feature_contexts.json in the transcoders folder, if "
+                                                  "there).")] = None,
 ) -> None:
     """Attribution graph of one prompt over transcoder features: graph.json and an offline graph.html."""
     from rich.console import Console

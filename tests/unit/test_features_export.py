@@ -77,7 +77,8 @@ def test_export_schema(built, tmp_path) -> None:  # noqa: ANN001
     # links: exactly the kept edges, weights the adjacency entries
     assert len(ct["links"]) == int(emask.sum()) == data["counts"]["kept_edges"]
     index: dict[str, int] = {}
-    kept_feats = {f"{n['layer']}_{n['feature']}_{n['pos']}" for n in data["nodes"] if n["kind"] == "feature" and n["kept"]}
+    kept_feats = {f"{n['layer']}_{n['feature']}_{n['pos']}" for n in data["nodes"]
+                  if n["kind"] == "feature" and n["kept"]}
     for n in data["nodes"]:
         if not n["kept"]:
             continue
@@ -119,7 +120,8 @@ def test_export_needs_the_vocabulary_for_the_difference(built, tmp_path) -> None
     data = {k: v for k, v in built["data"].items() if k != "vocab_size"}
     with pytest.raises(LogitlabError, match="vocabulary size"):
         to_circuit_tracer(data, "x", scan="s")
-    assert to_circuit_tracer(data, "x", scan="s", vocab_size=7)["nodes"][-1]["feature"] == 7 + built["graph"].n_logits - 1
+    last = to_circuit_tracer(data, "x", scan="s", vocab_size=7)["nodes"][-1]
+    assert last["feature"] == 7 + built["graph"].n_logits - 1
 
 
 CT_SCRIPT = r"""
@@ -195,7 +197,8 @@ for f in (ours, ours_sn):
     if dumped != f:
         problems.append("model_dump differs from the file")
 sn = Model.model_validate(ours_sn).qParams
-print(json.dumps({"problems": problems[:20], "renamed": renamed, "n_nodes": len(theirs["nodes"]), "n_links": len(theirs["links"]),
+print(json.dumps({"problems": problems[:20], "renamed": renamed, "n_nodes": len(theirs["nodes"]),
+                  "n_links": len(theirs["links"]),
                   "supernodes": sn.supernodes, "pinned": sn.pinnedIds}))
 """
 
@@ -336,3 +339,27 @@ def test_graph_command_exports(tmp_path) -> None:
     assert ct["qParams"]["supernodes"] == [["first", f"{first['layer']}_{first['feature']}_{first['pos']}"]]
     assert json.loads((tmp_path / "ct" / "graph-metadata.json").read_text())["graphs"][0]["slug"] == "mary"
     assert "graph-cards" in (tmp_path / "g" / "graph.html").read_text(encoding="utf-8")
+
+
+def test_view_cards_data(built) -> None:  # noqa: ANN001
+    """graph.html's card data: a feature's strongest incoming and outgoing kept edges (signed, by |weight|), its
+    logit effects; the page keeps the report's CSP and its JSON block cannot close its script tag."""
+    import re
+
+    from logitlab.features.cards import add_cards
+    from logitlab.report.page import CSP
+    from logitlab.report.sections._graph_view import CARD_EDGES, card_data, graph_page
+    data = json.loads(json.dumps(built["data"]))
+    add_cards(data, built["model"], built["dicts"])
+    node = next(n for n in data["nodes"] if n["id"] == _kept_feature_ids(data)[0])
+    label = {n["id"]: n["label"] for n in data["nodes"]}
+    card = card_data(data)[f"n{node['id']}"]
+    ins = sorted(((label[s], w) for s, t, w in data["edges"] if t == node["id"]), key=lambda e: -abs(e[1]))
+    outs = sorted(((label[t], w) for s, t, w in data["edges"] if s == node["id"]), key=lambda e: -abs(e[1]))
+    assert card["in"] == [list(e) for e in ins[:CARD_EDGES]] and card["out"] == [list(e) for e in outs[:CARD_EDGES]]
+    assert card["out"] and card["top_logits"] == node["top_logits"] and "contexts" not in card
+    data["prompt"] = "</script><script>alert(1)</script>"
+    page = graph_page(data)
+    block = re.search(r'<script type="application/json" id="graph-cards">(.*?)</script>', page, re.S)
+    assert CSP in page and block is not None and "<" not in block.group(1)
+    assert len(json.loads(block.group(1))) == sum(1 for n in data["nodes"] if n["kept"])
