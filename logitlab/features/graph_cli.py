@@ -41,6 +41,8 @@ def graph_cmd(
     export: Annotated[Path | None, typer.Option("--export", help="Also write circuit-tracer's graph files "
                                                 "(SLUG.json, graph-metadata.json) into this folder.")] = None,
     slug: Annotated[str, typer.Option("--slug", help="The graph's name in the exported files.")] = "graph",
+    scan: Annotated[str | None, typer.Option("--scan", help="The transcoder set's name in the exported files "
+                                             "(default: the --transcoders argument).")] = None,
     supernodes: Annotated[Path | None, typer.Option("--supernodes", help="JSON {\"name\": [node ids, labels or "
                                                     "circuit-tracer node ids]}: nodes drawn (and exported) as one "
                                                     "supernode.")] = None,
@@ -87,7 +89,7 @@ def graph_cmd(
                       f"Spearman {top.spearman:.2f}, sign agreement {top.sign_agreement:.2f}", highlight=False)
     js, html = write_graph(data, out)
     if export is not None:
-        ct = export_circuit_tracer(data, export, slug)
+        ct = export_circuit_tracer(data, export, slug, scan=scan)
         console.print(f"[green]circuit-tracer graph:[/green] {ct}")
     s, c = data["scores"], data["check"]
     console.print(f"{data['counts']['kept_features']} of {data['counts']['features']} features kept, "

@@ -328,14 +328,16 @@ def test_graph_command_exports(tmp_path) -> None:
     first = next(n for n in data["nodes"] if n["kind"] == "feature" and n["kept"])
     assert "top_logits" in first and first["contexts"] == [] and data["cards"]["contexts"] == "c"
     assert data["pruning"] == {"node_threshold": 0.98, "edge_threshold": 0.99} and data["vocab_size"] > 0
+    meta = json.loads((tmp_path / "ct" / "mary.json").read_text(encoding="utf-8"))["metadata"]
+    assert meta["scan"] == str(tc) == data["transcoders"]
     sn.write_text(json.dumps({"first": [first["id"], first["label"]]}))  # the same node twice: refused
     assert main([*args, "--supernodes", str(sn)]) == 2
     sn.write_text(json.dumps({"first": [first["id"]]}))
-    assert main([*args, "--supernodes", str(sn)]) == 0
+    assert main([*args, "--supernodes", str(sn), "--scan", "my-transcoders"]) == 0
     data = json.loads((tmp_path / "g" / "graph.json").read_text(encoding="utf-8"))
     assert data["supernodes"] == {"first": [first["id"]]}
     ct = json.loads((tmp_path / "ct" / "mary.json").read_text(encoding="utf-8"))
-    assert ct["metadata"]["scan"] == str(tc) and ct["metadata"]["node_threshold"] == 0.98
+    assert ct["metadata"]["scan"] == "my-transcoders" and ct["metadata"]["node_threshold"] == 0.98
     assert ct["qParams"]["supernodes"] == [["first", f"{first['layer']}_{first['feature']}_{first['pos']}"]]
     assert json.loads((tmp_path / "ct" / "graph-metadata.json").read_text())["graphs"][0]["slug"] == "mary"
     assert "graph-cards" in (tmp_path / "g" / "graph.html").read_text(encoding="utf-8")
