@@ -203,7 +203,7 @@ print(json.dumps({"problems": problems[:20], "renamed": renamed, "n_nodes": len(
 """
 
 
-@pytest.mark.skipif(not CT_PYTHON.is_file(), reason="circuit-tracer's environment (/tmp/ct-env) is absent")
+@pytest.mark.skipif(not CT_PYTHON.is_file(), reason=f"circuit-tracer's environment ({CT_PYTHON}) is absent")
 def test_export_equals_circuit_tracers_own(built, tmp_path) -> None:  # noqa: ANN001
     """circuit-tracer 0.5.0's ``create_nodes``, ``create_used_nodes_and_edges`` and ``build_model`` on the same
     pruned graph produce the same nodes (every field; the cumulative influence to 1e-5), links and metadata; the
