@@ -54,7 +54,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite results alrea
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")]
 _FORMATS = ("png", "svg")
-_CONTEXT_TOKENS = 40_000  # corpus tokens read for the features' top contexts (feature_contexts.json)
+_CONTEXT_TOKENS = 30_000  # corpus tokens read for the features' top contexts (feature_contexts.json)
 
 
 def _formats(figures: str) -> tuple[str, ...]:

@@ -16,8 +16,8 @@ text outside the listed ones has a larger activation than the feature's last con
 File (:func:`save_contexts`): ``feature_contexts.json`` next to the dictionaries, ``{"version": 1, "corpus": str,
 "n_tokens": int, "layers": {"<layer>": {"<feature>": [{"tokens": [str, …], "acts": [float, …], "max": float,
 "pos": int}, …]}}}``: contexts by ``max`` descending, tokens decoded one by one (``tokenizer.decode([id])``),
-``pos`` the index in ``tokens`` of the position ranked, floats to 4 significant digits, features that are never
-active (> 0) left out.
+``pos`` the index in ``tokens`` of the position ranked, floats to 4 significant digits (zero written ``0``),
+features that are never active (> 0) left out.
 
 Example::
 
@@ -81,9 +81,10 @@ class FeatureContexts:
                            for l, feats in self.layers.items()}}
 
 
-def _round(x: float) -> float:
-    """``x`` to 4 significant digits (keeps the file small; activations are not known better than that)."""
-    return float(f"{x:.4g}")
+def _round(x: float) -> float | int:
+    """``x`` to 4 significant digits (keeps the file small), zero as ``0`` (most of a window's activations; a
+    JumpReLU's inactive ones are often −0.0)."""
+    return 0 if x == 0 else float(f"{x:.4g}")
 
 
 class _TopK:

@@ -135,6 +135,8 @@ def test_file_format(tiny_model, tmp_path: Path) -> None:
                 assert len(c["tokens"]) == len(c["acts"]) and all(isinstance(t, str) for t in c["tokens"])
                 assert c["acts"][c["pos"]] == c["max"] > 0
                 assert c["max"] == float(f"{full.max:.4g}") and abs(c["max"] - full.max) <= 5e-4 * full.max
+                for a, b in zip(c["acts"], full.acts):
+                    assert (a == 0 and type(a) is int) if b == 0 else abs(a - b) <= 5e-4 * abs(b)
                 assert len(c["tokens"]) == min(full.position + 3, 20) - max(1, full.position - 8)
 
 
