@@ -103,6 +103,13 @@ class _TopK:
         b, t, f = (acts[:, first:] > 0).nonzero(as_tuple=True)  # the batch's active (sequence, position, feature)
         t = t + first
         val = acts[b, t, f]
+        # a feature that already has `top` entries takes only larger values (an equal one is at a later position)
+        counts = torch.bincount(self.feat, minlength=self.F)
+        full = counts >= self.top
+        bar = torch.full((self.F,), -math.inf, device=acts.device)
+        bar[full] = self.val[(counts.cumsum(0) - 1)[full]]  # each full feature's smallest kept value (sorted)
+        live = val > bar[f]
+        b, t, f, val = b[live], t[live], f[live], val[live]
         gpos = (seq0 + b) * T + t
         n_old = len(self.feat)
         feat_all, val_all, gpos_all = (torch.cat([self.feat, f]), torch.cat([self.val, val]),

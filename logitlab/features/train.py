@@ -33,7 +33,7 @@ import inspect
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,9 @@ from torch import Tensor
 
 from logitlab._io import atomic_write
 from logitlab.errors import LogitlabError
-from logitlab.features.dictionary import DictionarySet, Transcoder
-from logitlab.features.formats import save_circuit_tracer
+from logitlab.features.contexts import feature_contexts, save_contexts
+from logitlab.features.dictionary import DictionarySet, Transcoder, same_model
+from logitlab.features.formats import load_dictionaries, save_circuit_tracer
 from logitlab.features.quality import layer_stats, mlp_io, staged
 
 __all__ = ["TrainConfig", "train_transcoders", "corpus_text", "corpus_sequences", "default_out", "corpus_contexts"]
@@ -370,9 +371,6 @@ def corpus_contexts(model: Any, folder: str | Path, n_tokens: int, dictionaries:
     sequences after its training ones (the metrics' held-out sequences first), as many as there are; else the
     corpus's sequences from the first (seq_len 128, seed 0). Returns the file's path.
     """
-    from logitlab.features.contexts import feature_contexts, save_contexts
-    from logitlab.features.dictionary import same_model
-    from logitlab.features.formats import load_dictionaries
     if n_tokens < 1:
         raise LogitlabError(f"the number of context tokens must be positive, got {n_tokens}")
     folder = Path(folder)
@@ -382,13 +380,13 @@ def corpus_contexts(model: Any, folder: str | Path, n_tokens: int, dictionaries:
     if config_path.exists():
         saved = json.loads(config_path.read_text(encoding="utf-8"))
         if same_model(str(saved.get("model", "")), model.name):
-            cfg = TrainConfig(**{k: v for k, v in saved.items() if k != "model"})
+            cfg = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
             skip, held = n_train_seqs(cfg), "sequences held out from training"
     seqs = corpus_sequences(model.tokenizer, None, cfg.seq_len, cfg.seed)[skip:]
     want = math.ceil(n_tokens / (cfg.seq_len - 1))
     if want > seqs.shape[0]:
-        log.warning("the corpus holds %d sequences past those used for training; feature contexts read those "
-                    "(%d tokens, not %d)", seqs.shape[0], seqs.shape[0] * (cfg.seq_len - 1), n_tokens)
+        log.warning("feature contexts: the corpus has %d such sequences, %d tokens (not %d); reading those",
+                    seqs.shape[0], seqs.shape[0] * (cfg.seq_len - 1), n_tokens)
     seqs = seqs[:want]
     corpus = (f"logitlab's training corpus (Python documentation topics, standard-library docstrings): {held}, "
               f"{seqs.shape[0]} × {cfg.seq_len - 1} tokens after BOS (shuffle seed {cfg.seed})")
