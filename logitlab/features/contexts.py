@@ -99,7 +99,7 @@ class _TopK:
 
     def update(self, acts: Tensor, seq0: int, first: int, offsets: Tensor) -> None:
         """Merge a batch's activations ``acts`` (B, T, F) of sequences ``seq0``, ``seq0 + 1``, …"""
-        B, T, _ = acts.shape
+        T = acts.shape[1]
         b, t, f = (acts[:, first:] > 0).nonzero(as_tuple=True)  # the batch's active (sequence, position, feature)
         t = t + first
         val = acts[b, t, f]
