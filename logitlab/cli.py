@@ -54,6 +54,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite results alrea
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Also write report.html.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (off by default).")]
 _FORMATS = ("png", "svg")
+_CONTEXT_TOKENS = 30_000  # corpus tokens read for the features' top contexts (feature_contexts.json)
 
 
 def _formats(figures: str) -> tuple[str, ...]:
@@ -313,6 +314,8 @@ def train_transcoders(
     features: Annotated[int, typer.Option("--features", help="Features per layer.")] = 1024,
     tokens: Annotated[int, typer.Option("--tokens", help="Training tokens (one pass).")] = 150_000,
     layers: Annotated[str | None, typer.Option("--layers", help="Only these layers, e.g. '0,1,5' (default: all).")] = None,
+    context_tokens: Annotated[int, typer.Option("--context-tokens", help="Held-out tokens for the features' top "
+                                                "contexts (feature_contexts.json); 0 = skip.")] = _CONTEXT_TOKENS,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train per-layer transcoders (MLP input -> output) offline, resumably; writes circuit-tracer's format."""
@@ -321,8 +324,24 @@ def train_transcoders(
     wanted = None if layers is None else [int(x) for x in layers.split(",") if x.strip()]
     m = _load(model, _device(device), "float32")
     folder = out or default_out(m, cfg)
-    _train(m, folder, cfg, wanted)
+    _train(m, folder, cfg, wanted, context_tokens=context_tokens)
     console.print(f"[green]transcoders:[/green] {folder}")
+
+
+@app.command("feature-contexts")
+def feature_contexts(
+    transcoders: Annotated[Path, typer.Option("--transcoders", help="Folder of per-layer transcoders "
+                                              "(circuit-tracer or SAELens format); the file is written there.")],
+    model: ModelOpt = "builtin",
+    tokens: Annotated[int, typer.Option("--tokens", help="Corpus tokens to read.")] = _CONTEXT_TOKENS,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Write the features' top-activating contexts (feature_contexts.json) for an existing transcoder folder."""
+    from logitlab.features.train import corpus_contexts
+    if not transcoders.is_dir():
+        raise LogitlabError(f"no folder {transcoders}", "pass the folder that holds the transcoders")
+    path = corpus_contexts(_load(model, _device(device), "float32"), transcoders, tokens)
+    console.print(f"[green]feature contexts:[/green] {path}")
 
 
 @app.command()

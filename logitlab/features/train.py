@@ -33,7 +33,7 @@ import inspect
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,12 @@ from torch import Tensor
 
 from logitlab._io import atomic_write
 from logitlab.errors import LogitlabError
-from logitlab.features.dictionary import DictionarySet, Transcoder
-from logitlab.features.formats import save_circuit_tracer
+from logitlab.features.contexts import feature_contexts, save_contexts
+from logitlab.features.dictionary import DictionarySet, Transcoder, same_model
+from logitlab.features.formats import load_dictionaries, save_circuit_tracer
 from logitlab.features.quality import layer_stats, mlp_io, staged
 
-__all__ = ["TrainConfig", "train_transcoders", "corpus_text", "corpus_sequences", "default_out"]
+__all__ = ["TrainConfig", "train_transcoders", "corpus_text", "corpus_sequences", "default_out", "corpus_contexts"]
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,15 @@ def corpus_text() -> str:
     return "\n\n".join(parts)
 
 
-def corpus_sequences(tokenizer: Any, n_seqs: int, seq_len: int, seed: int = 0) -> Tensor:
-    """``n_seqs`` sequences (BOS + seq_len − 1 corpus tokens), shuffled with ``seed``; (n_seqs, seq_len)."""
+def corpus_sequences(tokenizer: Any, n_seqs: int | None, seq_len: int, seed: int = 0) -> Tensor:
+    """``n_seqs`` sequences (BOS + seq_len − 1 corpus tokens), shuffled with ``seed``; (n_seqs, seq_len).
+
+    ``None``: every sequence the corpus holds. The first ``n`` are the same whatever ``n_seqs`` is asked for.
+    """
     ids = tokenizer(corpus_text(), add_special_tokens=False)["input_ids"]
     body = seq_len - 1
     n_avail = len(ids) // body
+    n_seqs = n_avail if n_seqs is None else n_seqs
     if n_avail < n_seqs:
         raise LogitlabError(f"the corpus has {n_avail * body:,} tokens; {n_seqs * body:,} were asked for",
                             "ask for fewer tokens (--tokens)")
@@ -127,6 +132,11 @@ def corpus_sequences(tokenizer: Any, n_seqs: int, seq_len: int, seed: int = 0) -
     g = torch.Generator().manual_seed(seed)
     seqs = seqs[torch.randperm(n_avail, generator=g)[:n_seqs]]
     return torch.cat([torch.full((n_seqs, 1), bos), seqs], dim=1)
+
+
+def n_train_seqs(cfg: TrainConfig) -> int:
+    """How many corpus sequences (the first of the shuffled order) training reads."""
+    return math.ceil(cfg.n_tokens / (cfg.seq_len - 1))
 
 
 def default_out(model: Any, cfg: TrainConfig) -> Path:
@@ -232,12 +242,13 @@ class _Layer:
 
 
 def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), layers: list[int] | None = None,
-                      progress: bool = True, checkpoint_every: int = 5) -> DictionarySet:
+                      progress: bool = True, checkpoint_every: int = 5, context_tokens: int = 0) -> DictionarySet:
     """Train (or continue training) per-layer transcoders for ``model`` into ``out``; returns the set.
 
     Writes circuit-tracer's format (``config.yaml``, ``layer_{i}.safetensors``), ``metrics.json`` (per layer
-    explained variance, L0 and dead fraction on the held-out sequences) and ``train_config.json``. ``layers``
-    trains only those (the written set then needs every layer already trained in ``out``).
+    explained variance, L0 and dead fraction on the held-out sequences) and ``train_config.json``; with
+    ``context_tokens`` > 0 also ``feature_contexts.json`` (:func:`corpus_contexts`, on that many held-out
+    tokens). ``layers`` trains only those (the written set then needs every layer already trained in ``out``).
     """
     r = staged(model)
     L, D = r.spec.n_layers, r.spec.d_model
@@ -255,8 +266,7 @@ def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), l
     with atomic_write(config_path) as f:
         f.write(json.dumps(wanted_cfg, indent=1))
 
-    body = cfg.seq_len - 1
-    n_train = math.ceil(cfg.n_tokens / body)
+    n_train = n_train_seqs(cfg)
     seqs = corpus_sequences(model.tokenizer, n_train + cfg.holdout_seqs, cfg.seq_len, cfg.seed)
     train, holdout = seqs[:n_train], seqs[n_train:]
     n_chunks = math.ceil(n_train / cfg.chunk_seqs)
@@ -307,7 +317,10 @@ def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), l
                 if (c + 1) % checkpoint_every == 0 or c + 1 == n_chunks:
                     _save_ckpt(st, ckpt / f"layer_{layer}.pt")
             bar.update(task, advance=1, info=f"loss (1 − EV) {sum(losses) / max(len(losses), 1):.3f}")
-    return _finish(model, out, cfg, holdout)
+    dset = _finish(model, out, cfg, holdout)
+    if context_tokens > 0:
+        corpus_contexts(model, out, context_tokens, dset, progress)
+    return dset
 
 
 def _save_ckpt(st: _Layer, path: Path) -> None:
@@ -347,3 +360,35 @@ def _finish(model: Any, out: Path, cfg: TrainConfig, holdout: Tensor) -> Diction
     with atomic_write(out / "metrics.json") as f:
         f.write(json.dumps(summary, indent=1))
     return dset
+
+
+def corpus_contexts(model: Any, folder: str | Path, n_tokens: int, dictionaries: DictionarySet | None = None,
+                    progress: bool = True) -> Path:
+    """Write ``folder/feature_contexts.json`` (:mod:`logitlab.features.contexts`): the top contexts of the
+    dictionaries in ``folder`` on about ``n_tokens`` tokens of the training corpus they were not trained on.
+
+    Where ``folder`` holds a logitlab training run for this model (``train_config.json``), those are the
+    sequences after its training ones (the metrics' held-out sequences first), as many as there are; else the
+    corpus's sequences from the first (seq_len 128, seed 0). Returns the file's path.
+    """
+    if n_tokens < 1:
+        raise LogitlabError(f"the number of context tokens must be positive, got {n_tokens}")
+    folder = Path(folder)
+    dset = load_dictionaries(folder, model) if dictionaries is None else dictionaries
+    cfg, skip, held = TrainConfig(), 0, "the corpus's first sequences"
+    config_path = folder / "train_config.json"
+    if config_path.exists():
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+        if same_model(str(saved.get("model", "")), model.name):
+            cfg = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
+            skip, held = n_train_seqs(cfg), "sequences held out from training"
+    seqs = corpus_sequences(model.tokenizer, None, cfg.seq_len, cfg.seed)[skip:]
+    want = math.ceil(n_tokens / (cfg.seq_len - 1))
+    if want > seqs.shape[0]:
+        log.warning("feature contexts: the corpus has %d such sequences, %d tokens (not %d); reading those",
+                    seqs.shape[0], seqs.shape[0] * (cfg.seq_len - 1), n_tokens)
+    seqs = seqs[:want]
+    corpus = (f"logitlab's training corpus (Python documentation topics, standard-library docstrings): {held}, "
+              f"{seqs.shape[0]} × {cfg.seq_len - 1} tokens after BOS (shuffle seed {cfg.seed})")
+    ctx = feature_contexts(model, dset, seqs, batch=cfg.chunk_seqs, corpus=corpus, progress=progress)
+    return save_contexts(ctx, folder)
