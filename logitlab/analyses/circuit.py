@@ -11,7 +11,7 @@ carries the clean instead of the corrupted value, estimated with integrated grad
 
 averaged over the task's clean/corrupted pairs (``ig_steps`` = N). Where a layer's heads pass a post-attention
 norm, the head's write reaches the reader through that norm, and the gradient is taken through it (the norm's
-Jacobian at x_k; :func:`_post_norm_vjp`).
+Jacobian at x_k; :func:`_post_norm_terms`).
 
 Faithfulness: keep the top-n edges by |score|, give every other edge the corrupted run's value (the clean
 prompt runs; each reader's input mixes current writes on kept edges and corrupted writes on the others, see
@@ -140,20 +140,23 @@ def recorded_runs(model: Model, graph: EdgeGraph, b: PairBatch) -> tuple[Tensor,
     return ce, xe, clean, corr
 
 
-def _post_norm_vjp(model: Model, layer: int, x: Tensor, g: Tensor) -> Tensor:
-    """Jᵀg of layer ``layer``'s post-attention RMSNorm y = w ⊙ x / rms(x) at x (B, T, D), for cotangents g (B, r, T, D).
-
-    Jᵀg = (w ⊙ g) / rms − x · ((w ⊙ g) · x) / (D · rms³).
+def _post_norm_terms(model: Model, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """What scoring head writes through the post-attention RMSNorms y = w_l ⊙ x_l / rms(x_l) at x (B, L, T, D)
+    needs: a head's score for a reader with cotangent g is ⟨Jᵀg, δ⟩ with
+    Jᵀg = (w ⊙ g) / rms − x · ((w ⊙ g) · x) / (D · rms³), i.e. Σ_td g · A − Σ_t (Σ_d g · W) · Q with
+    A = w ⊙ δ / rms (B, L, H, T, D), W = w ⊙ x (B, L, T, D) and Q = (x · δ) / (D · rms³) (B, L, H, T), for the
+    heads' clean − corrupted writes δ (B, L, H, T, D). Jᵀg itself (one per reader and layer) is never formed.
     """
     spec, w = model.spec, model.runner.w
     if spec.normalization != "RMS":
         raise LogitlabError("edge scores through a post-attention LayerNorm are not implemented",
                             f"{spec.model_type} has post-attention norms of type {spec.normalization}")
-    xf = x.double() if x.dtype == torch.float64 else x.float()
-    rms = (xf.pow(2).mean(-1, keepdim=True) + spec.eps).sqrt()[:, None]  # (B, 1, T, 1)
-    u = g.to(xf.dtype) * w.post1_w[layer].to(xf.dtype)
-    xr = xf[:, None]
-    return (u / rms - xr * (u * xr).sum(-1, keepdim=True) / (spec.d_model * rms**3)).to(g.dtype)
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf, df, wf = x.to(dt), delta.to(dt), w.post1_w.to(dt)[None, :, None]  # wf (1, L, 1, D)
+    rms = (xf.pow(2).mean(-1, keepdim=True) + spec.eps).sqrt()  # (B, L, T, 1)
+    A = df * (wf / rms)[:, :, None]
+    Q = torch.einsum("bltd,blhtd->blht", xf, df) / (spec.d_model * rms[..., 0] ** 3)[:, :, None]
+    return A, xf * wf, Q
 
 
 def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_STEPS,
@@ -173,6 +176,8 @@ def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_ST
     delta = clean - corr  # (pair, S, T, D): each sender's clean − corrupted write
     scores = torch.zeros(b.n, graph.n_receivers, graph.n_senders, dtype=torch.float32, device=r.device)
     linear = [0] + [graph.mlp_sender(l) for l in range(L)]
+    heads_idx = torch.tensor([graph.head_sender(l, h) for l in range(L) for h in range(H)], device=delta.device)
+    delta_heads = delta[:, heads_idx].unflatten(1, (L, H))  # (pair, L, H, T, D)
     for k in range(1, steps + 1):
         with torch.enable_grad():
             x = (xe + (k / steps) * (ce - xe)).detach().requires_grad_(True)
@@ -185,6 +190,9 @@ def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_ST
         blocks += [(l * Rl + Rl - 1, grads[2 * l + 1][:, None],
                     graph.head_sender(l, 0) + (0 if spec.parallel else H)) for l in range(L)]
         blocks.append((graph.n_receivers - 1, grads[-1][:, None], graph.n_senders))
+        if spec.post_norms:
+            assert run.attn_pre is not None
+            A, W, Q = _post_norm_terms(model, torch.stack([a.detach() for a in run.attn_pre], 1), delta_heads)
         for row, g, n_read in blocks:
             rows = slice(row, row + g.shape[1])
             if not spec.post_norms:
@@ -192,13 +200,11 @@ def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_ST
                 continue
             lin = [s for s in linear if s < n_read]
             scores[:, rows, lin] += torch.einsum("brtd,bstd->brs", g, delta[:, lin]).float() / steps
-            assert run.attn_pre is not None
-            for l2 in range(L):
-                h0 = graph.head_sender(l2, 0)
-                if h0 >= n_read:
-                    break
-                gj = _post_norm_vjp(model, l2, run.attn_pre[l2].detach(), g)  # through the norm at x_k
-                scores[:, rows, h0:h0 + H] += torch.einsum("brtd,bhtd->brh", gj, delta[:, h0:h0 + H]).float() / steps
+            n_l = sum(1 for l2 in range(L) if graph.head_sender(l2, 0) < n_read)  # earlier layers whose heads it reads
+            gd = g.to(A.dtype)
+            part = torch.einsum("brtd,blhtd->brlh", gd, A[:, :n_l]) - torch.einsum(
+                "brlt,blht->brlh", torch.einsum("brtd,bltd->brlt", gd, W[:, :n_l]), Q[:, :n_l])
+            scores[:, rows, heads_idx[:n_l * H]] += part.flatten(2).float() / steps
     return scores * graph.allowed.to(scores.device)
 
 

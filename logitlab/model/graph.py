@@ -194,34 +194,39 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
             other_state.append((pre, out, res))
         return other_state[0]
 
-    def mixed_input(rows: Tensor, n_read: int, layer: int, cur_base: Tensor, kind: str) -> Tensor:
-        """Inputs (B, r, T, D) of receivers whose ``rows`` (B, r, S) say which senders [0, n_read) they read
-        from the other run; ``cur_base`` (B, T, D) is their input with no patch. ``kind``: "att", "mlp" or
-        "logits" (which of the other run's streams is their unpatched input there).
+    def mixed_input(rows: Tensor, n_read: int, layer: int, cur_base: Tensor, kind: str,
+                    items: Tensor | None = None) -> Tensor:
+        """Inputs (n, r, T, D) of receivers whose ``rows`` (n, r, S) say which senders [0, n_read) they read
+        from the other run; ``cur_base`` (n, T, D) is their input with no patch. ``kind``: "att", "mlp" or
+        "logits" (which of the other run's streams is their unpatched input there). ``items``: which of the B
+        items the n rows are (None: all, in order).
 
         Written relative to whichever run the receivers mostly read, so a sparse patch (path patching) or a
         sparse circuit (faithfulness: most edges patched) costs little; with post-norms only the (item,
         receiver, layer) triples whose mixture differs from that run's are normalised.
         """
         rows = rows[:, :, :n_read]
+        n = rows.shape[0]
+        sel = (lambda t: t) if items is None else (lambda t: t[items])  # noqa: E731  the n items of a (B, …) tensor
         keep = 1 - rows  # 1 where the current value is read (every sender below n_read is an edge of these)
         from_other = bool(keep.sum() < rows.sum())
         m_all = -keep if from_other else rows  # weights on diff = other − current, relative to the chosen run
         if from_other:
             o_pre, o_out, o_res = others()
-            base = o_res[layer] if kind == "att" or (kind == "mlp" and s.parallel) else \
-                (o_res[layer] + o_out[layer] if kind == "mlp" else o_res[L])
+            base = sel(o_res[layer] if kind == "att" or (kind == "mlp" and s.parallel) else
+                       (o_res[layer] + o_out[layer] if kind == "mlp" else o_res[L]))
             pre_ref, out_ref = o_pre, o_out
         else:
             base, pre_ref, out_ref = cur_base, attn_pre_cur, attn_out_cur
         r = rows.shape[1]
-        x = base[:, None].expand(B, r, T, D)
+        x = base[:, None].expand(n, r, T, D)
+        d_read = diff[:, :n_read] if items is None else diff[items, :n_read]  # type: ignore[index]
         if not s.post_norms:  # every write is linear in the residual stream: one product
-            return x + torch.einsum("brs,bstd->brtd", m_all, diff[:, :n_read])  # type: ignore[index]
+            return x + torch.einsum("brs,bstd->brtd", m_all, d_read)
         # Post-norms: the input and MLP writes are linear; each earlier layer's heads pass the layer's norm,
         # which runs on this reader's own mixture of current and other head outputs.
         idx = [0] + [graph.mlp_sender(l) for l in range(L) if graph.mlp_sender(l) < n_read]
-        x = x + torch.einsum("brs,bstd->brtd", m_all[:, :, idx], diff[:, idx])  # type: ignore[index]
+        x = x + torch.einsum("brs,bstd->brtd", m_all[:, :, idx], d_read[:, idx])
         for l2 in range(layer + (1 if n_read > graph.head_sender(layer, 0) else 0)):
             h0 = graph.head_sender(l2, 0)
             m = m_all[:, :, h0:h0 + H]  # (B, r, H)
@@ -229,9 +234,10 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
             if not bool(act.any()):
                 continue
             bi, ri = act.nonzero(as_tuple=True)
-            mixed = pre_ref[l2][bi] + torch.einsum("nh,nhtd->ntd", m[bi, ri], diff[bi, h0:h0 + H])  # type: ignore[index]
+            gi = bi if items is None else items[bi]  # the items' indices among all B
+            mixed = pre_ref[l2][gi] + torch.einsum("nh,nhtd->ntd", m[bi, ri], diff[gi, h0:h0 + H])  # type: ignore[index]
             out, _ = runner.post_attention(l2, mixed)
-            x = x.index_put((bi, ri), out - out_ref[l2][bi], accumulate=True)
+            x = x.index_put((bi, ri), out - out_ref[l2][gi], accumulate=True)
         return x
 
     if start:
@@ -247,17 +253,35 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
             senders[:, :n0] = base[:, :n0]
         if diff is not None:
             diff[:, :n0] = other[:, :n0] - base[:, :n0]  # type: ignore[index]
+    # A node every one of whose inputs reads the other run on every edge computes exactly the other run's write:
+    # patched items skip it (faithfulness of small circuits: most of the graph is the corrupted run).
+    skip = patched and inputs is None
+
+    def attention(x_att: Tensor, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Each head's write (n, H, T, D), their pre-norm sum and the attention output from the receivers' inputs."""
+        xq, xk, xv = x_att[:, :H], x_att[:, H:H + K], x_att[:, H + K:]
+        z = runner.split_attention(layer, xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2))  # (n, T, H, dh)
+        heads = torch.einsum("bthe,hed->bhtd", z, w.W_O[layer])  # (n, H, T, D): each head's write
+        attn_pre = heads.sum(1) + w.b_O[layer]
+        return heads, attn_pre, runner.post_attention(layer, attn_pre)[0]
+
     for layer in range(start, L):
         first = graph.head_sender(layer, 0)
-        x_att = mixed_input(patch[:, layer * Rl: (layer + 1) * Rl - 1], first, layer, resid, "att") if patched \
-            else resid[:, None].expand(B, Rl - 1, T, D).clone()  # type: ignore[index]
-        if inputs is not None:
-            inputs.append(x_att)
-        xq, xk, xv = x_att[:, :H], x_att[:, H:H + K], x_att[:, H + K:]
-        z = runner.split_attention(layer, xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2))  # (B, T, H, dh)
-        heads = torch.einsum("bthe,hed->bhtd", z, w.W_O[layer])  # (B, H, T, D): each head's write
-        attn_pre = heads.sum(1) + w.b_O[layer]
-        attn_out, _ = runner.post_attention(layer, attn_pre)
+        att_rows = patch[:, layer * Rl: (layer + 1) * Rl - 1] if patched else None  # type: ignore[index]
+        live = _reading_current(att_rows, first) if skip else None
+        if live is not None:  # some items' heads read only the other run: its writes
+            o_pre, o_out, _ = others()
+            heads, attn_pre, attn_out = other[:, first:first + H].clone(), o_pre[layer].clone(), o_out[layer].clone()  # type: ignore[index]
+            if len(live):
+                part = attention(mixed_input(att_rows[live], first, layer, resid[live], "att", live), layer)  # type: ignore[index]
+                for full, p in zip((heads, attn_pre, attn_out), part):
+                    full[live] = p
+        else:
+            x_att = mixed_input(att_rows, first, layer, resid, "att") if patched \
+                else resid[:, None].expand(B, Rl - 1, T, D).clone()  # type: ignore[arg-type]
+            if inputs is not None:
+                inputs.append(x_att)
+            heads, attn_pre, attn_out = attention(x_att, layer)
         attn_pre_cur.append(attn_pre)
         attn_out_cur.append(attn_out)
         mlp_row = (layer + 1) * Rl - 1
@@ -271,13 +295,21 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
             senders[:, first:first + H] = heads
         if diff is not None:
             diff[:, first:first + H] = other[:, first:first + H] - heads  # type: ignore[index]
-        if patched:
-            x_mlp = mixed_input(patch[:, mlp_row:mlp_row + 1], n_read, layer, x_mlp, "mlp")[:, 0]  # type: ignore[index]
-        elif inputs is not None:
-            x_mlp = x_mlp.clone()
-        if inputs is not None:
-            inputs.append(x_mlp)
-        mlp_out = runner.mlp(layer, x_mlp)
+        mlp_rows = patch[:, mlp_row:mlp_row + 1] if patched else None  # type: ignore[index]
+        live = _reading_current(mlp_rows, n_read) if skip else None
+        if live is not None:  # some items' MLP reads only the other run: its write
+            mlp_out = other[:, graph.mlp_sender(layer)].clone()  # type: ignore[index]
+            if len(live):
+                mlp_out[live] = runner.mlp(layer, mixed_input(mlp_rows[live], n_read, layer, x_mlp[live], "mlp",  # type: ignore[index]
+                                                              live)[:, 0])
+        else:
+            if patched:
+                x_mlp = mixed_input(mlp_rows, n_read, layer, x_mlp, "mlp")[:, 0]  # type: ignore[arg-type]
+            elif inputs is not None:
+                x_mlp = x_mlp.clone()
+            if inputs is not None:
+                inputs.append(x_mlp)
+            mlp_out = runner.mlp(layer, x_mlp)
         if senders is not None:
             senders[:, graph.mlp_sender(layer)] = mlp_out
         if diff is not None:
@@ -295,3 +327,10 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
     final = x_fin[torch.arange(B, device=x_fin.device), final_pos]
     return GraphRun(final=final, senders=senders if record else None, inputs=inputs,
                     attn_pre=attn_pre_cur if s.post_norms else None)
+
+
+def _reading_current(rows: Tensor, n_read: int) -> Tensor | None:
+    """Which items (indices) have a receiver in ``rows`` (B, r, S) that reads some sender of [0, n_read) from the
+    current run rather than the other one; None when every item does (nothing to skip)."""
+    live = rows[:, :, :n_read].ne(1).flatten(1).any(1)
+    return None if bool(live.all()) else live.nonzero()[:, 0]

@@ -120,6 +120,38 @@ def test_batched_equals_one_at_a_time(tiny_model, tt, monkeypatch) -> None:  # n
     assert (batched - single).abs().max() < 1e-4, f"{(batched - single).abs().max():.2e}"
 
 
+def test_skipping_nodes_that_read_only_the_other_run(tiny_model, tt, monkeypatch) -> None:  # noqa: ANN001
+    """Nodes whose inputs all read the other run take its recorded writes instead of recomputing them: the same
+    metrics (float64) as recomputing every node, for items from the empty circuit to the whole graph mixed in one
+    batch (some layers skipped for some items only)."""
+    import logitlab.model.graph as graph_mod
+    m = _float64(tiny_model)
+    g = EdgeGraph(m.spec)
+    b = pair_batches(tt, 3)[0]
+    gen = torch.Generator().manual_seed(2)
+    allowed = g.allowed.double()
+    edges = g.edge_index
+    patches = allowed[None].repeat(6, 1, 1)
+    for i, n in enumerate((0, 1, 3, 10, len(edges) // 2, len(edges))):  # kept edges carry the current run
+        kept = edges[torch.randperm(len(edges), generator=gen)[:n]]
+        patches[i, kept[:, 0], kept[:, 1]] = 0.0
+    calls: list[int] = []
+    real = graph_mod._reading_current
+
+    def counted(rows, n_read):  # noqa: ANN001, ANN202
+        live = real(rows, n_read)
+        calls.append(-1 if live is None else len(live))
+        return live
+
+    monkeypatch.setattr(graph_mod, "_reading_current", counted)
+    skipped = edge_patch_metric(m, g, b, patches).double()
+    assert any(0 <= c < len(patches) * b.n for c in calls), "no node was skipped for any item"
+    monkeypatch.setattr(graph_mod, "_reading_current", lambda rows, n_read: None)
+    full = edge_patch_metric(m, g, b, patches).double()
+    err = (skipped - full).abs().max().item()
+    assert err < 1e-6 * max(1.0, full.abs().max().item()), f"skipping changed the metric by {err:.2e}"
+
+
 def test_all_paths_of_a_sender_equal_patching_the_head(tiny_model, tt) -> None:  # noqa: ANN001
     """Every out-edge of a head at once = activation patching of its z (an independent sweep)."""
     spec = tiny_model.spec
