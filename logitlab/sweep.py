@@ -125,10 +125,14 @@ def auto_chunk(runner: Runner, seq_len: int, settings: SweepSettings) -> int:
     d_mlp = runner.w.W_in.shape[-1]
     elem = torch.finfo(runner.dtype).bits // 8
     wide = max(elem, 4)  # norms and the attention softmax run in float32 whatever the model's dtype
-    # Live tensors per item in one layer: residual copies, q/k/v, MLP hidden (x3 for gate/up/activation) in the
-    # model's dtype; a norm's input and output, scores and pattern in float32; doubled for temporaries.
-    per_item = (elem * seq_len * (6 * s.d_model + 3 * s.n_heads * s.d_head + 3 * d_mlp)
-                + wide * (2 * seq_len * s.d_model + 2 * s.n_heads * seq_len * seq_len)) * 2
+    mlp = 3 * d_mlp  # MLP hidden units per token (x3 for gate/up/activation)
+    if s.moe is not None:  # a sparse block computes every expert: E hidden layers and E outputs per token
+        mlp = max(mlp, s.moe.n_experts * (3 * s.moe.d_expert + s.d_model))
+    # Live tensors per item in one layer: residual copies, q/k/v, the MLP's hidden units in the model's dtype; a
+    # norm's input and output, scores and pattern (and a router's probabilities) in float32; doubled for temporaries.
+    per_item = (elem * seq_len * (6 * s.d_model + 3 * s.n_heads * s.d_head + mlp)
+                + wide * (2 * seq_len * s.d_model + 2 * s.n_heads * seq_len * seq_len
+                          + (2 * seq_len * s.moe.n_experts if s.moe is not None else 0))) * 2
     budget = settings.max_memory if settings.max_memory else available_memory(runner.device) // 2
     if budget < per_item:
         raise LogitlabError(

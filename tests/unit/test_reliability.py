@@ -60,6 +60,19 @@ def test_memory_guard_refuses_before_starting(tiny_model) -> None:
         auto_chunk(tiny_model.runner, 16, SweepSettings(max_memory=10))
 
 
+@pytest.mark.parametrize("tiny_model", ["qwen3_moe"], indirect=True)
+def test_sweep_chunks_count_every_expert(tiny_model) -> None:
+    """A sparse block computes every expert for every token (model/moe.py): a chunk's estimate holds the experts'
+    hidden units and outputs, so a model with many wide experts gets chunks that fit them."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+    r, seq = tiny_model.runner, 16
+    moe = replace(r.spec.moe, n_experts=128, d_expert=768)  # Qwen3-30B-A3B's expert count and width
+    big = SimpleNamespace(spec=replace(r.spec, moe=moe), w=r.w, dtype=r.dtype, device=r.device)
+    need = seq * moe.n_experts * (2 * moe.d_expert + r.spec.d_model) * 4  # moe_forward's (…, E, f) ×2, (…, E, D)
+    assert auto_chunk(big, seq, SweepSettings(max_memory=10 * need)) <= 10
+
+
 def test_unwritable_output_folder(tiny_task_file: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
