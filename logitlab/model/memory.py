@@ -12,8 +12,8 @@ GGUF), or, with no weight file at hand, from ``config.json``. The estimate is th
   logitlab's processed-weights cache reads one tensor at a time into the weights, so it needs the weights only;
 * **activations**: the sweeps size their chunks to the budget they are given (half the free memory by
   default), so only a margin is added: ``ACTIVATION_MARGIN + ACTIVATION_SHARE × weights`` (or
-  ``max_memory`` plus the fixed margin when the run sets one), plus, in bfloat16 or float16, the float32 copy
-  of the unembedding the loss is read out through;
+  ``max_memory`` plus the fixed margin when the run sets one); in bfloat16 or float16 the loss is read out
+  through the unembedding widened to float32 one block at a time, never as a whole copy;
 * ``BASE`` for the interpreter, torch and transformers.
 
 On a GPU the weights and activations count against the device and the (float32) bridge-booting load against
@@ -307,9 +307,6 @@ def estimate_memory(model_source: str, dtype: str = "float32", device: str = "cp
     cold = not (processed_cache and _processed_cached(folder, dtype))
     load = int(COLD_LOAD_FACTOR * count.n_params * 4) if cold else weights
     activations = ACTIVATION_MARGIN + (max_memory if max_memory is not None else int(ACTIVATION_SHARE * weights))
-    # A model in a lower precision reads its loss out through a float32 copy of the unembedding (readout.py):
-    # 0.98 GiB of the 3.52 GiB peak of a bfloat16 run on a Llama-3.2-1B-wide model (benchmarks/bench_big_model.py).
-    activations += count.embed * 4 if dtype != "float32" else 0
     if device.startswith("cuda"):
         # A cold load processes the weights on the host in float32; a float32 load then keeps the bridge on the
         # GPU beside the weights, a lower-precision one frees it (module docstring). A warm load reads the cache

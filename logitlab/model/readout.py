@@ -91,8 +91,6 @@ class Readout:
         self.w = replace(weights, W_U=weights.W_U.T.contiguous().T)
         self._W_U = self.w.W_U.T  # (vocab, D), contiguous
         self._b_U = self.w.b_U if bool(self.w.b_U.any()) else None  # skipped when all zero
-        self._W_U32: Tensor | None = None  # float32 copy for the log-partition of a lower-precision model
-        self._b_U32: Tensor | None = None
         # Fused norms (one kernel) where the scale is not needed; float32 only, so that other dtypes keep
         # normalising in float32 as the reference implementations do.
         self._fused_norm = self.dtype == torch.float32
@@ -183,32 +181,25 @@ class Readout:
             return diff, None
         return diff, self.log_partition(normed, progress) - lc
 
-    def _float32_unembed(self) -> tuple[Tensor, Tensor | None]:
-        """The (vocab, D) unembedding rows and bias in at least float32."""
-        if self._W_U.dtype in (torch.float32, torch.float64):
-            return self._W_U, self._b_U
-        if self._W_U32 is None:
-            self._W_U32 = self._W_U.float()
-            self._b_U32 = None if self._b_U is None else self._b_U.float()
-        return self._W_U32, self._b_U32
-
     def log_partition(self, normed: Float[Tensor, "n d_model"],
                       progress: Callable[[float], None] | None = None) -> Float[Tensor, " n"]:
         """logsumexp of the logits (the model's own: after any soft-cap) of final-normed residuals, float32, in
         cache-sized blocks.
 
-        For a model in another dtype the unembedding is read in float32 (a float32 copy is made on first use).
+        For a model in another dtype each block of the unembedding is widened to float32 as it is used: no float32
+        copy of the whole unembedding is held (on an 8B model it would take 2 GB).
         """
         n, V = normed.shape[0], self.w.W_U.shape[1]
-        W_U, b_U = self._float32_unembed()
-        normed = normed.to(W_U.dtype)
+        W_U, b_U = self._W_U, self._b_U
+        normed = wide(normed)
         rows, cols = (4096, 32768) if normed.device.type == "cuda" else (512, 4096)
         out = torch.empty(n, dtype=torch.float32, device=normed.device)
         for r in range(0, n, rows):
             x = normed[r:r + rows]
             lse = torch.full((x.shape[0],), -math.inf, dtype=torch.float32, device=normed.device)
             for c in range(0, V, cols):
-                part = self.softcap(self._linear(x, W_U[c:c + cols], None if b_U is None else b_U[c:c + cols]))
+                b = None if b_U is None else wide(b_U[c:c + cols])
+                part = self.softcap(self._linear(x, wide(W_U[c:c + cols]), b))
                 lse = torch.logaddexp(lse, _logsumexp_(part))
             out[r:r + rows] = lse
             if progress is not None:

@@ -69,6 +69,23 @@ def test_bfloat16_load_holds_no_float32_copy(folder: Path) -> None:
     assert m32._bridge is not None and grew32 > f32_model_bytes, (grew32, f32_model_bytes)
 
 
+def test_bfloat16_loss_reads_the_unembedding_without_a_float32_copy(folder: Path) -> None:
+    """The log-partition of a bfloat16 model widens the unembedding block by block: no float32 tensor as large as
+    the unembedding stays alive after it, and it equals logsumexp of the float32 logits of the bfloat16 weights."""
+    m16 = load_model(str(folder), dtype="bfloat16", cache=False)
+    r = m16.runner
+    normed = torch.randn(5, m16.spec.d_model).to(torch.bfloat16)
+    gc.collect()
+    before = _float32_bytes()
+    got = r.log_partition(normed)
+    grew = _float32_bytes() - before
+    W_U = r.w.W_U.float()  # (D, vocab)
+    b_U = torch.zeros(W_U.shape[1]) if r.w.b_U is None else r.w.b_U.float()
+    want = torch.logsumexp(r.softcap(normed.float() @ W_U + b_U), -1)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
+    assert grew < W_U.numel() * 4 // 2, f"{grew} bytes of float32 tensors stayed alive (unembedding {W_U.numel() * 4})"
+
+
 def test_bfloat16_weights_are_the_float32_processing_rounded_once(folder: Path) -> None:
     m32 = load_model(str(folder), cache=False)
     m16 = load_model(str(folder), dtype="bfloat16", cache=False)
