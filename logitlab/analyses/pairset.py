@@ -2,7 +2,8 @@
 
 A :class:`PairSet` holds one set of pairs sharing one token length, patched exactly (the patched logit
 difference per component and pair); an :class:`AtPSet` the first-order estimates of the same patches
-(:func:`first_order`: two cached forwards and one forward + backward for every component at once). Both
+(:func:`first_order`: two cached forwards and one forward + backward for every component at once; :func:`atp_set`
+builds the set). Both
 normalise each pair by its own gap, leaving out pairs below :data:`MIN_GAP`. :func:`pool_positions` lines up the
 positions of sets whose prompts differ (templates pooled by role); :func:`summarise` gives the paired mean,
 standard error and bootstrap CI of one or more sets.
@@ -23,7 +24,8 @@ from logitlab.model.runner import Runner
 from logitlab.screen import ESTIMATED, EXACT
 from logitlab.stats import Paired, paired
 
-__all__ = ["MIN_GAP", "WHATS", "PairSet", "AtPSet", "PatchingSummary", "first_order", "pool_positions", "summarise"]
+__all__ = ["MIN_GAP", "WHATS", "PairSet", "AtPSet", "PatchingSummary", "first_order", "atp_set", "pool_positions",
+           "summarise"]
 
 #: Pairs whose |clean − corrupted| logit difference is below this (logits) are not normalised, only counted.
 MIN_GAP = 1.0
@@ -216,3 +218,16 @@ def first_order(runner: Runner, clean_tokens: Tensor, corrupted_tokens: Tensor, 
         raise LogitlabError(f"attribution patching produced non-finite estimates for {', '.join(bad)}",
                             "the gradients overflow in this dtype; load the model in float32")
     return wide(clean_ld).cpu(), wide(corr_ld).cpu(), {k: v.cpu() for k, v in effects.items()}
+
+
+def atp_set(runner: Runner, label: str, template: int, tokens: tuple[str, ...], roles: tuple[str, ...],
+            clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor, incorrect: Tensor,
+            min_gap: float) -> AtPSet:
+    """The :class:`AtPSet` of one set of pairs: :func:`first_order` of them, labelled as their :class:`PairSet`.
+
+    The one builder of first-order sets: attribution patching (:mod:`logitlab.analyses.atp`) and the patching
+    screen (:mod:`logitlab.analyses.patching_plan`) both call it, so their estimates of the same pairs agree.
+    """
+    clean, corr, e = first_order(runner, clean_tokens, corrupted_tokens, correct, incorrect)
+    return AtPSet(label=label, template=template, tokens=tokens, roles=roles, clean=clean, corrupted=corr,
+                  resid=e["resid"], attn=e["attn"], mlp=e["mlp"], heads=e["heads"], min_gap=min_gap)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from logitlab.analyses.pairset import AtPSet, PairSet, first_order, pool_positions
+from logitlab.analyses.pairset import AtPSet, PairSet, atp_set, pool_positions
 from logitlab.interventions import head_entry, position_entries
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
 from logitlab.model.load import Model
@@ -246,6 +246,5 @@ def screen_plan(what: str, estimates: list[AtPSet], top: int, sample: int) -> Sc
 
 def estimate_group(model: Model, g: PairGroup, tokens: tuple[str, ...], min_gap: float) -> AtPSet:
     """First-order estimates of every patch of ``g``'s pairs (an :class:`AtPSet`)."""
-    clean, corr, e = first_order(model.runner, g.clean_tokens, g.corrupted_tokens, g.correct_ids, g.incorrect_ids)
-    return AtPSet(label=g.template_text, template=g.template, tokens=tokens, roles=g.roles, clean=clean,
-                  corrupted=corr, resid=e["resid"], attn=e["attn"], mlp=e["mlp"], heads=e["heads"], min_gap=min_gap)
+    return atp_set(model.runner, g.template_text, g.template, tokens, g.roles, g.clean_tokens, g.corrupted_tokens,
+                   g.correct_ids, g.incorrect_ids, min_gap)

@@ -118,3 +118,19 @@ def test_atp_reuses_the_screen_and_compares_exact_cells_only(tiny_model, tt) -> 
     assert _max_diff(e["heads"], scr.estimates[0].heads) <= TOL
     c = atp.heads.comparison
     assert c is not None and c.top_k == min(10, int(screened.sum())), "compared over the exact cells only"
+
+
+def _same_sets(a, b) -> list[str]:  # noqa: ANN001
+    """The fields on which two pair sets differ (bit for bit)."""
+    fields = ("clean", "corrupted", "resid", "attn", "mlp", "heads")
+    out = [f for f in fields if not torch.equal(getattr(a, f), getattr(b, f))]
+    return out + [f for f in ("label", "template", "tokens", "roles", "min_gap") if getattr(a, f) != getattr(b, f)]
+
+
+def test_screen_estimates_equal_attribution_patching_bit_for_bit(tiny_model, tt) -> None:  # noqa: ANN001
+    """The screen and attribution patching build their first-order sets of the same pairs identically."""
+    scr = activation_patching(tiny_model, tt, screen=ScreenSettings(screen_top=2, screen_sample=1))
+    atp = attribution_patching(tiny_model, tt)  # its own estimates, on the same generated pairs
+    assert scr.estimates is not None and len(scr.estimates) == len(atp.groups) > 0
+    for k, (a, b) in enumerate(zip(scr.estimates, atp.groups)):
+        assert not _same_sets(a, b), f"{tiny_model.spec.model_type} group {k}: differ in {_same_sets(a, b)}"
