@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from logitlab.analyses.pairset import AtPSet, PairSet, atp_set, pool_positions
+from logitlab.analyses.pairset import AtPSet, PairCaches, PairSet, atp_set, pair_caches, pool_positions
 from logitlab.interventions import head_entry, position_entries
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
 from logitlab.model.load import Model
@@ -117,19 +117,20 @@ def _score(model: Model, cache: CleanCache, T: int, correct: Tensor, incorrect: 
 def patch_set(model: Model, label: str, template: int, tokens: tuple[str, ...], roles: tuple[str, ...],
               clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor, incorrect: Tensor,
               settings: SweepSettings, min_gap: float, kinds: tuple[str, ...] = ("resid", "attn", "mlp", "heads"),
-              masks: dict[str, Tensor] | None = None, estimate: AtPSet | None = None) -> PairSet:
+              masks: dict[str, Tensor] | None = None, estimate: AtPSet | None = None,
+              caches: PairCaches | None = None) -> PairSet:
     """Patch the pairs (one token length) exactly: one sweep (or, on the fallback, hooked loops).
 
     Only ``kinds`` are swept, and of a kind in ``masks`` only its True cells ((layer, T) or (layer, head)). A
-    cell not swept holds corrupted + ``estimate``'s change when an estimate is given, else NaN.
+    cell not swept holds corrupted + ``estimate``'s change when an estimate is given, else NaN. ``caches``: the
+    pairs' clean and corrupted runs (:func:`~logitlab.analyses.pairset.pair_caches`) when the caller has them.
     """
     r, spec = model.runner, model.spec
     dev = r.device
     clean_t, corr_t = clean_tokens.to(dev), corrupted_tokens.to(dev)
     correct, incorrect = correct.to(dev), incorrect.to(dev)
     n_pairs, T = clean_t.shape
-    with torch.no_grad():
-        clean, corr = r.run_with_cache(clean_t), r.run_with_cache(corr_t)
+    clean, corr = caches if caches is not None else pair_caches(r, clean_t, corr_t)
     clean_ld = _score(model, clean, T, correct, incorrect).cpu()
     corr_ld = _score(model, corr, T, correct, incorrect).cpu()
     common = dict(label=label, template=template, tokens=tokens, roles=roles, clean=clean_ld, corrupted=corr_ld,
@@ -244,7 +245,8 @@ def screen_plan(what: str, estimates: list[AtPSet], top: int, sample: int) -> Sc
     return ScreenPlan(screen, est, tuple(masks))
 
 
-def estimate_group(model: Model, g: PairGroup, tokens: tuple[str, ...], min_gap: float) -> AtPSet:
-    """First-order estimates of every patch of ``g``'s pairs (an :class:`AtPSet`)."""
+def estimate_group(model: Model, g: PairGroup, tokens: tuple[str, ...], min_gap: float,
+                   caches: PairCaches | None = None) -> AtPSet:
+    """First-order estimates of every patch of ``g``'s pairs (an :class:`AtPSet`); ``caches``: their cached runs."""
     return atp_set(model.runner, g.template_text, g.template, tokens, g.roles, g.clean_tokens, g.corrupted_tokens,
-                   g.correct_ids, g.incorrect_ids, min_gap)
+                   g.correct_ids, g.incorrect_ids, min_gap, caches)

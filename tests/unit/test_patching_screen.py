@@ -134,3 +134,65 @@ def test_screen_estimates_equal_attribution_patching_bit_for_bit(tiny_model, tt)
     assert scr.estimates is not None and len(scr.estimates) == len(atp.groups) > 0
     for k, (a, b) in enumerate(zip(scr.estimates, atp.groups)):
         assert not _same_sets(a, b), f"{tiny_model.spec.model_type} group {k}: differ in {_same_sets(a, b)}"
+
+
+@pytest.fixture()
+def counted(monkeypatch):  # noqa: ANN001, ANN201
+    """Every batch of prompts the staged runner's cached forward runs (a list of token tensors)."""
+    from logitlab.model.runner import Runner
+    seen: list[torch.Tensor] = []
+    real = Runner.run_with_cache
+
+    def counting(self, tokens):  # noqa: ANN001, ANN202
+        seen.append(tokens.detach().cpu())
+        return real(self, tokens)
+    monkeypatch.setattr(Runner, "run_with_cache", counting)
+    return seen
+
+
+@pytest.mark.parametrize("target", [1e-9, 0.0])
+def test_each_pair_runs_the_cached_forward_once(tiny_model, tt, counted, target) -> None:  # noqa: ANN001
+    """Precision rounds, estimates and exact patching share each group's cached runs: every clean and corrupted
+    prompt of a pair (reference or generated) goes through run_with_cache once, in one call per round and set."""
+    res = activation_patching(tiny_model, tt, target=target, screen=ScreenSettings(screen_top=2, screen_sample=1))
+    assert res.pair_groups is not None and res.estimates is not None
+    n_ref = res.reference.n if res.reference is not None else 0
+    n_generated = sum(g.n_pairs for g in res.pair_groups)
+    rows = sum(t.shape[0] for t in counted)
+    assert rows == 2 * (n_ref + n_generated), (
+        f"{rows} prompts ran through run_with_cache for {n_ref} reference and {n_generated} generated pairs")
+    if target == 0:  # one clean and one corrupted call per set: the reference, then each group once
+        assert len(counted) == 2 * (1 + len(res.pair_groups))
+    else:  # one per round that adds pairs to a group; before, each group ran twice more (estimate, final sweep)
+        p = res.precision
+        assert p is not None and p.rounds >= 2 and len(counted) <= 2 * (1 + p.rounds * len(res.pair_groups))
+
+
+def test_cached_route_equals_the_uncached_one(tiny_model, tt) -> None:  # noqa: ANN001
+    """The caches reused from the precision rounds give the numbers that patching and estimating each group's
+    pairs afresh (their own cached runs, as before the reuse) give: bit for bit where the model's cached forward
+    does not depend on how the pairs are batched, else to float rounding."""
+    from logitlab.analyses.pairset import join_caches, pair_caches
+    from logitlab.analyses.patching_plan import estimate_group, patch_set
+    from logitlab.sweep import SweepSettings
+    scr = activation_patching(tiny_model, tt, target=1e-9, screen=ScreenSettings(screen_top=2, screen_sample=1))
+    assert scr.pair_groups is not None and scr.estimates is not None and scr.precision is not None
+    assert scr.precision.rounds >= 2, "the rounds must split the pairs for the reuse to be tested"
+    for g, used, est in zip(scr.groups, scr.pair_groups, scr.estimates):
+        whole = pair_caches(tiny_model.runner, used.clean_tokens, used.corrupted_tokens)
+        one_by_one = join_caches([pair_caches(tiny_model.runner, used.clean_tokens[i:i + 1],
+                                              used.corrupted_tokens[i:i + 1]) for i in range(used.n_pairs)])
+        invariant = all(torch.equal(a.resid_final, b.resid_final) and torch.equal(a.z, b.z)
+                        for a, b in zip(whole, one_by_one))
+        fresh_est = estimate_group(tiny_model, used, g.tokens, g.min_gap)
+        masks = {what: g.is_exact(what) for what in ("attn", "mlp", "heads")}
+        fresh = patch_set(tiny_model, used.template_text, used.template, g.tokens, used.roles, used.clean_tokens,
+                          used.corrupted_tokens, used.correct_ids, used.incorrect_ids, SweepSettings(), g.min_gap,
+                          ("attn", "mlp", "heads"), masks, fresh_est)
+        for name, got, want in [(f"estimate {w}", getattr(est, w), getattr(fresh_est, w))
+                                for w in ("clean", "corrupted", "resid", "attn", "mlp", "heads")] + \
+                               [(w, getattr(g, w), getattr(fresh, w)) for w in ("clean", "corrupted", "attn", "mlp", "heads")]:
+            if invariant:
+                assert torch.equal(got, want), f"{tiny_model.spec.model_type} {name}: {_max_diff(got, want):.3g}"
+            else:
+                assert _max_diff(got, want) <= 1e-5, f"{tiny_model.spec.model_type} {name}: {_max_diff(got, want):.3g}"
