@@ -187,10 +187,20 @@ def patch_set(model: Model, label: str, template: int, tokens: tuple[str, ...], 
     def per_pos(what: str) -> Tensor:  # (L, T, pair)
         if what not in kinds:
             return fallback(what)
-        swept = torch.stack([torch.stack([out[(_HOOK[what], l, p)].logit_diff if (_HOOK[what], l, p) in out
-                                          else unchanged if not (what in masks and bool(masks[what][l, p]) is False)
-                                          else nan for p in range(T)]) for l in range(L)]).cpu()
-        return _fill(swept, masks.get(what), fallback(what))
+        mask = masks.get(what)
+        rows = []
+        for l in range(L):
+            row = []
+            for p in range(T):
+                key = (_HOOK[what], l, p)
+                if key in out:  # swept
+                    row.append(out[key].logit_diff)
+                elif mask is not None and not bool(mask[l, p]):  # masked out: _fill puts the fallback here
+                    row.append(nan)
+                else:  # skipped: no pair's clean and corrupted activations differ, the corrupted score stands
+                    row.append(unchanged)
+            rows.append(torch.stack(row))
+        return _fill(torch.stack(rows).cpu(), mask, fallback(what))
 
     def per_head() -> Tensor:  # (L, H, pair)
         if "heads" not in kinds:
@@ -218,22 +228,21 @@ def screen_plan(what: str, estimates: list[AtPSet], top: int, sample: int) -> Sc
     """Which cells of ``what`` (attn, mlp or heads) to patch exactly: the pooled map's top cells by |estimate|
     and a seeded sample of the others (:func:`logitlab.screen.select`), mapped back to each group."""
     live = [k for k, s in enumerate(estimates) if s.n_used]
-    keep = live or list(range(len(estimates)))
-    L = estimates[0].heads.shape[0]
-    if what == "heads":
+    keep = live or list(range(len(estimates)))  # no used pair anywhere: every group, and the estimate is 0
+    L, H = estimates[0].heads.shape[:2]
+    if what == "heads":  # heads pool over every pair
         parts = [estimates[k].normalised("heads") for k in keep]
-        est = torch.cat(parts, -1).mean(-1) if sum(p.shape[-1] for p in parts) else torch.zeros(L, 0)
-        if not est.numel():
-            est = torch.zeros(estimates[0].heads.shape[:2])
-        screen = select(est.flatten(), top, sample, estimator="atp")
-        mask = screen.exact.view(est.shape)
-        return ScreenPlan(screen, est, tuple(mask.clone() for _ in estimates))
-    pos = pool_positions([estimates[k].roles for k in keep])
-    parts = [estimates[k].normalised(what)[:, [where[i] for _, where in pos]] for i, k in enumerate(keep)]
+        width = H
+    else:
+        pos = pool_positions([estimates[k].roles for k in keep])
+        parts = [estimates[k].normalised(what)[:, [where[i] for _, where in pos]] for i, k in enumerate(keep)]
+        width = len(pos)
     n = sum(p.shape[-1] for p in parts)
-    est = torch.cat(parts, -1).mean(-1) if n else torch.zeros(L, len(pos))
+    est = torch.cat(parts, -1).mean(-1) if n else torch.zeros(L, width)  # (layer, width)
     screen = select(est.flatten(), top, sample, estimator="atp")
     flat = screen.exact.view(est.shape)
+    if what == "heads":
+        return ScreenPlan(screen, est, tuple(flat.clone() for _ in estimates))
     masks = []
     for k, s in enumerate(estimates):
         m = torch.zeros(L, s.resid.shape[1], dtype=torch.bool)
