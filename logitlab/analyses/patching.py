@@ -228,7 +228,7 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
     # adds it), else here when both the estimate and exact patching need them; None: patch_set runs its own.
     caches: list[PairCaches] | list[None]
     if target > 0 and raw and has(model, SWEEP):
-        use, resid, precision, caches = _targeted(model, raw, target, settings, min_gap, resid_masks)
+        use, resid, precision, caches, resid_masks = _targeted(model, raw, target, settings, min_gap, resid_masks)
     else:
         use, resid = list(raw), None
         caches = ([pair_caches(model.runner, g.clean_tokens, g.corrupted_tokens) for g in use] if screening
@@ -281,14 +281,20 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
 
 def _targeted(model: Model, raw: tuple[PairGroup, ...], target: float, settings: SweepSettings,
               min_gap: float, masks: list[Tensor] | None = None,
-              ) -> tuple[list[PairGroup], list[Tensor], Precision, list[PairCaches]]:
+              ) -> tuple[list[PairGroup], list[Tensor], Precision, list[PairCaches], list[Tensor] | None]:
     """Patch the residual stream on more and more generated pairs (each group in its fixed order) until the
     pooled cells' widest 95% CI half-width is at most ``target`` or every pair is used (with ``masks``: only
     each group's True cells, NaN elsewhere).
 
-    Returns the pairs used per group, their residual-stream patching (layer, pos, pair), the precision, and the
-    used pairs' clean and corrupted runs per group (each pair cached once, in the round that added it).
+    ``masks`` hold the positions every group shares; the pooled map pools only the groups with a used pair,
+    which can share more positions when a group has none. After each round those further positions are patched
+    too (on every pair taken so far, and on later ones), so every pooled cell is exact.
+
+    Returns the pairs used per group, their residual-stream patching (layer, pos, pair), the precision, the
+    used pairs' clean and corrupted runs per group (each pair cached once, in the round that added it), and the
+    cells patched exactly per group (None without ``masks``).
     """
+    masks = None if masks is None else [m.clone() for m in masks]
     ordered_groups = [ordered(g, k) for k, g in enumerate(raw)]
     sizes = [len(g.clean_index) for g in ordered_groups]
     taken, parts = [0] * len(sizes), [[] for _ in sizes]  # type: list[int], list[list[PairSet]]
@@ -309,6 +315,25 @@ def _targeted(model: Model, raw: tuple[PairGroup, ...], target: float, settings:
                 taken[k] = upto
         rounds += 1
         sets = [_joined(p) for p in parts]
+        live = [k for k, x in enumerate(sets) if x.n_used]
+        if masks is not None and live:  # the positions the live groups pool on: exact too
+            pooled = pool_positions([sets[k].roles for k in live])
+            for i, k in enumerate(live):
+                missing = torch.zeros_like(masks[k])
+                for _, where in pooled:
+                    missing[:, where[i]] = True
+                missing &= ~masks[k]
+                if not bool(missing.any()):
+                    continue
+                g, caches_k = ordered_groups[k], join_caches(cached[k])
+                cached[k] = [caches_k]
+                sub = take(g, list(range(taken[k])))
+                extra = patch_set(model, g.template_text, g.template, g.roles, g.roles, sub.clean_tokens,
+                                  sub.corrupted_tokens, sub.correct_ids, sub.incorrect_ids, settings, min_gap,
+                                  ("resid",), {"resid": missing}, caches=caches_k)
+                sets[k] = replace(sets[k], resid=torch.where(missing[..., None], extra.resid, sets[k].resid))
+                parts[k] = [sets[k]]
+                masks[k] |= missing
         width = resid_width(sets)
         if (width is not None and width <= target) or all(t >= n for t, n in zip(taken, sizes)):
             break
@@ -318,7 +343,8 @@ def _targeted(model: Model, raw: tuple[PairGroup, ...], target: float, settings:
         want = max(want + 1, math.ceil(want * grow))
     use = [take(g, list(range(t))) for g, t in zip(ordered_groups, taken)]
     precision = Precision(target, width, sum(taken), sum(sizes), rounds)
-    return use, [s.resid for s in (_joined(p) for p in parts)], precision, [join_caches(c) for c in cached]
+    return (use, [s.resid for s in (_joined(p) for p in parts)], precision, [join_caches(c) for c in cached],
+            masks)
 
 
 def _joined(parts: list[PairSet]) -> PairSet:

@@ -196,3 +196,54 @@ def test_cached_route_equals_the_uncached_one(tiny_model, tt) -> None:  # noqa: 
                 assert torch.equal(got, want), f"{tiny_model.spec.model_type} {name}: {_max_diff(got, want):.3g}"
             else:
                 assert _max_diff(got, want) <= 1e-5, f"{tiny_model.spec.model_type} {name}: {_max_diff(got, want):.3g}"
+
+
+@pytest.mark.parametrize("tiny_model", ["gpt2", "gemma3"], indirect=True)
+def test_no_finding_rests_on_an_estimated_cell_when_a_group_has_no_usable_pair(tiny_model, tt) -> None:  # noqa: ANN001
+    """One template's group has no pair above the gap (min_gap set between the groups' largest gaps): the pooled
+    map then pools the other template alone, on positions the templates do not share. The screen patches those
+    exactly too, and the finding never reads a cell labelled estimated."""
+    from logitlab.analyses.pairset import first_order, pool_positions
+    from logitlab.report.sections.patching import PATCH_THRESHOLD, _resid_patching
+    raw = generated_pairs(tt)
+    gaps = []
+    for g in raw:
+        clean, corr, _ = first_order(tiny_model.runner, g.clean_tokens, g.corrupted_tokens, g.correct_ids,
+                                     g.incorrect_ids)
+        gaps.append(float((clean - corr).abs().max()))
+    dead = min(range(len(raw)), key=gaps.__getitem__)
+    others = [x for k, x in enumerate(gaps) if k != dead]
+    assert others and max(others) > gaps[dead] + 0.1, f"no group to leave out: gaps {gaps}"
+    min_gap = (gaps[dead] + max(others)) / 2
+    shared = pool_positions([g.roles for g in raw])
+    res = activation_patching(tiny_model, tt, min_gap=min_gap, target=1e-9,
+                              screen=ScreenSettings(screen_top=2, screen_sample=1))
+    assert res.groups[dead].n_used == 0 and res.pooled is not None and res.pooled.n_pairs > 0
+    assert len(res.pooled.tokens) > len(shared), "the live groups must pool on more positions than all share"
+    d = res.to_dict()["resid_patching"]
+    pooled = d["pooled"] if d["pooled"] is not None else d
+    assert all(m == EXACT for row in pooled["method"] for m in row), "every pooled cell is patched exactly"
+    # ... and exactly equal to patching every cell of the same pairs.
+    full = activation_patching(tiny_model, tt, min_gap=min_gap, target=1e-9, screen=ScreenSettings(exact=True))
+    assert full.pooled is not None and full.pooled.tokens == res.pooled.tokens
+    got, want = res.pooled.resid.mean, full.pooled.resid.mean
+    assert _max_diff(got, want) <= TOL, f"pooled residual stream differs from exact patching by {_max_diff(got, want)}"
+    # The finding reads exact cells only: label the positions not shared by every template estimated (as the
+    # plan used to leave them), put the only large values there, and no cell is found to carry the information.
+    live = [k for k, g in enumerate(res.groups) if g.n_used]
+    assert len(live) == 1, "two templates, one left out: the pooled map is the other one's positions"
+    extra = set(range(len(pooled["tokens"]))) - {where[live[0]] for _, where in shared}
+    pooled = {**pooled, "method": [[ESTIMATED if p in extra else EXACT for p in range(len(row))]
+                                   for row in pooled["values"]],
+              "values": [[0.99 if p in extra else 0.0 for p in range(len(row))] for row in pooled["values"]],
+              "ci": [[[0.98, 1.0] if p in extra else [0.0, 0.0] for p in range(len(row))] for row in pooled["values"]]}
+    section = {**pooled, "pooled": None, "per_template": []}  # the pooled set as the one the finding reads
+    assert _resid_patching({"resid_patching": section}) is None, "an estimated cell carried a finding"
+    # Exact cells that carry are still found, and the sentence says estimated cells were left out.
+    final = len(pooled["tokens"]) - 1
+    for row, ci, method in zip(pooled["values"], pooled["ci"], pooled["method"]):
+        assert method[final] == EXACT
+        row[final], ci[final] = PATCH_THRESHOLD + 0.4, [PATCH_THRESHOLD + 0.2, PATCH_THRESHOLD + 0.6]
+    text = _resid_patching({"resid_patching": section})
+    assert text is not None and "only at the final position" in text.text, text
+    assert f"{len(extra) * len(pooled['values'])} estimated cells left out" in text.text, text.text
