@@ -315,25 +315,18 @@ def _targeted(model: Model, raw: tuple[PairGroup, ...], target: float, settings:
                 taken[k] = upto
         rounds += 1
         sets = [_joined(p) for p in parts]
-        live = [k for k, x in enumerate(sets) if x.n_used]
-        if masks is not None and live:  # the positions the live groups pool on: exact too
-            pooled = pool_positions([sets[k].roles for k in live])
-            for i, k in enumerate(live):
-                missing = torch.zeros_like(masks[k])
-                for _, where in pooled:
-                    missing[:, where[i]] = True
-                missing &= ~masks[k]
-                if not bool(missing.any()):
-                    continue
-                g, caches_k = ordered_groups[k], join_caches(cached[k])
-                cached[k] = [caches_k]
-                sub = take(g, list(range(taken[k])))
-                extra = patch_set(model, g.template_text, g.template, g.roles, g.roles, sub.clean_tokens,
-                                  sub.corrupted_tokens, sub.correct_ids, sub.incorrect_ids, settings, min_gap,
-                                  ("resid",), {"resid": missing}, caches=caches_k)
-                sets[k] = replace(sets[k], resid=torch.where(missing[..., None], extra.resid, sets[k].resid))
-                parts[k] = [sets[k]]
-                masks[k] |= missing
+        # The pooled map leaves out groups without a used pair, and the others may then pool on positions not
+        # every template shares, which the masks left out: patch those exactly too.
+        for k, missing in (_unpatched_pooled(sets, masks) if masks is not None else {}).items():
+            g, caches_k = ordered_groups[k], join_caches(cached[k])
+            cached[k] = [caches_k]
+            sub = take(g, list(range(taken[k])))  # every pair taken so far
+            extra = patch_set(model, g.template_text, g.template, g.roles, g.roles, sub.clean_tokens,
+                              sub.corrupted_tokens, sub.correct_ids, sub.incorrect_ids, settings, min_gap,
+                              ("resid",), {"resid": missing}, caches=caches_k)
+            sets[k] = replace(sets[k], resid=torch.where(missing[..., None], extra.resid, sets[k].resid))
+            parts[k] = [sets[k]]
+            masks[k] |= missing  # and on the pairs later rounds add
         width = resid_width(sets)
         if (width is not None and width <= target) or all(t >= n for t, n in zip(taken, sizes)):
             break
@@ -345,6 +338,22 @@ def _targeted(model: Model, raw: tuple[PairGroup, ...], target: float, settings:
     precision = Precision(target, width, sum(taken), sum(sizes), rounds)
     return (use, [s.resid for s in (_joined(p) for p in parts)], precision, [join_caches(c) for c in cached],
             masks)
+
+
+def _unpatched_pooled(sets: list[PairSet], masks: list[Tensor]) -> dict[int, Tensor]:
+    """Per group with a used pair, the (layer, pos) residual-stream cells the pooled map reads (the positions the
+    groups with a used pair pool on) that its mask has not patched; groups without such cells are left out."""
+    live = [k for k, s in enumerate(sets) if s.n_used]
+    pooled = pool_positions([sets[k].roles for k in live]) if live else []
+    out = {}
+    for i, k in enumerate(live):
+        missing = torch.zeros_like(masks[k])
+        for _, where in pooled:
+            missing[:, where[i]] = True
+        missing &= ~masks[k]
+        if bool(missing.any()):
+            out[k] = missing
+    return out
 
 
 def _joined(parts: list[PairSet]) -> PairSet:

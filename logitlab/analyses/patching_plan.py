@@ -15,7 +15,10 @@ are first estimated for every pair by attribution patching (:func:`~logitlab.ana
 one forward + backward per group); the ``screen_top`` cells of each pooled map by |estimate| and a seeded random
 ``screen_sample`` of the others are then patched exactly on every pair (:mod:`logitlab.screen`). The other
 cells keep the estimate (the patched value is corrupted + estimate) and are labelled ``estimated``. The
-explicit (reference) pairs are always patched exactly everywhere, and so is the residual stream.
+explicit (reference) pairs are always patched exactly everywhere. The residual stream of the generated pairs is
+patched exactly at every position the pooled map shows (with a precision target: the positions the templates
+share, and those the groups with a used pair pool on when some group has none; the others estimated), and
+everywhere without a target.
 
 With ``target`` 0 and no screen, every pair and every component is patched exactly, in one sweep per group.
 """
