@@ -3,8 +3,8 @@
 Two ways to spend fewer exact sweeps, both deterministic and both reported in the results:
 
 **Precision-targeted pairs** (``target`` > 0). The generated pairs of each (template, token length) group are
-taken in a fixed order (a seeded permutation per group). The residual stream is patched exactly at every
-(layer, position) for the first pairs of every group (:data:`FIRST_PAIRS` each); while the widest 95% CI of the
+taken in a fixed order (a seeded permutation per group). The residual stream is patched exactly (at the
+positions below when screened) for the first pairs of every group (:data:`FIRST_PAIRS` each); while the widest 95% CI of the
 pooled residual-stream cells (the cells the findings read) is wider than ``target`` (in units of each pair's
 gap), more pairs are added — as many as the observed width says are needed (the width shrinks as 1/√n), at
 least one per group — until the target is met or every pair is used (the cap: ``--patching-pairs`` per
