@@ -89,13 +89,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from logitlab.analyses.pairset import MIN_GAP, AtPSet, PairSet, first_order, pool_positions
+from logitlab.analyses.pairset import MIN_GAP, AtPSet, PairSet, atp_set, pool_positions
 from logitlab.analyses.patching import PatchingResult
 from logitlab.errors import LogitlabError
 from logitlab.model.backend import GRAD, require
 from logitlab.model.load import Model
-from logitlab.model.readout import wide
-from logitlab.model.runner import Runner
 from logitlab.results.circuit import AtPKind, AttributionPatching
 from logitlab.task import MAX_PAIRS_PER_TEMPLATE, TokenizedTask, generated_pairs
 
@@ -218,8 +216,8 @@ def attribution_patching(model: Model, task: TokenizedTask, exact: PatchingResul
         assert task.corrupted_tokens is not None and task.pair_correct_ids is not None
         assert task.pair_incorrect_ids is not None
         tokens = tuple(model.to_str_tokens(task.clean_tokens[0]))
-        ref = _atp_set(model.runner, "reference", -1, tokens, tokens, task.clean_tokens, task.corrupted_tokens,
-                       task.pair_correct_ids, task.pair_incorrect_ids, min_gap)
+        ref = atp_set(model.runner, "reference", -1, tokens, tokens, task.clean_tokens, task.corrupted_tokens,
+                      task.pair_correct_ids, task.pair_incorrect_ids, min_gap)
     # With exact patching given: its generated pairs (it may have used fewer, precision-targeted), and its
     # first-order estimates of them when its screen computed them already.
     chosen = exact is not None and (exact.precision is not None or exact.estimates is not None)
@@ -229,8 +227,8 @@ def attribution_patching(model: Model, task: TokenizedTask, exact: PatchingResul
         groups = exact.estimates
     else:
         groups = tuple(
-            _atp_set(model.runner, g.template_text, g.template, tuple(model.to_str_tokens(g.clean_tokens[0])),
-                     g.roles, g.clean_tokens, g.corrupted_tokens, g.correct_ids, g.incorrect_ids, min_gap)
+            atp_set(model.runner, g.template_text, g.template, tuple(model.to_str_tokens(g.clean_tokens[0])),
+                    g.roles, g.clean_tokens, g.corrupted_tokens, g.correct_ids, g.incorrect_ids, min_gap)
             for g in pairs)
     if exact is not None:
         _check_aligned(ref, groups, exact)
@@ -244,14 +242,6 @@ def attribution_patching(model: Model, task: TokenizedTask, exact: PatchingResul
 
 
 # ---- the estimate ----------------------------------------------------------------------------------------
-
-
-def _atp_set(runner: Runner, label: str, template: int, tokens: tuple[str, ...], roles: tuple[str, ...],
-             clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor, incorrect: Tensor,
-             min_gap: float) -> AtPSet:
-    clean, corr, e = first_order(runner, clean_tokens, corrupted_tokens, correct, incorrect)
-    return AtPSet(label=label, template=template, tokens=tokens, roles=roles, clean=clean, corrupted=corr,
-                  resid=e["resid"], attn=e["attn"], mlp=e["mlp"], heads=e["heads"], min_gap=min_gap)
 
 
 def _check_aligned(ref: AtPSet | None, groups: tuple[AtPSet, ...], exact: PatchingResult) -> None:

@@ -2,15 +2,24 @@
 
 A :class:`PairSet` holds one set of pairs sharing one token length, patched exactly (the patched logit
 difference per component and pair); an :class:`AtPSet` the first-order estimates of the same patches
-(:func:`first_order`: two cached forwards and one forward + backward for every component at once). Both
+(:func:`first_order`: two cached forwards and one forward + backward for every component at once; :func:`atp_set`
+builds the set). Both
 normalise each pair by its own gap, leaving out pairs below :data:`MIN_GAP`. :func:`pool_positions` lines up the
 positions of sets whose prompts differ (templates pooled by role); :func:`summarise` gives the paired mean,
 standard error and bootstrap CI of one or more sets.
+
+Cached forwards: exact patching and the first-order estimate of a set of pairs both start from one cached forward
+of the clean and of the corrupted prompts (:func:`pair_caches`). Callers that patch and estimate the same pairs,
+or patch them in several rounds (:mod:`logitlab.analyses.patching_plan`), compute those caches once and pass them
+on (:func:`join_caches` puts the rounds' caches of one group together): no pair runs through the cached forward
+twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -18,12 +27,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.errors import LogitlabError
-from logitlab.model.readout import wide
+from logitlab.model.readout import CleanCache, wide
 from logitlab.model.runner import Runner
 from logitlab.screen import ESTIMATED, EXACT
 from logitlab.stats import Paired, paired
 
-__all__ = ["MIN_GAP", "WHATS", "PairSet", "AtPSet", "PatchingSummary", "first_order", "pool_positions", "summarise"]
+__all__ = ["MIN_GAP", "WHATS", "PairSet", "AtPSet", "PatchingSummary", "PairCaches", "pair_caches", "join_caches",
+           "first_order", "atp_set", "pool_positions", "summarise"]
 
 #: Pairs whose |clean − corrupted| logit difference is below this (logits) are not normalised, only counted.
 MIN_GAP = 1.0
@@ -186,21 +196,60 @@ def summarise(label: str, tokens: tuple[str, ...], sets: list[PairSet], pos: lis
                            norm["resid"], norm["attn"], norm["mlp"], norm["heads"], exact or None)
 
 
+#: The clean and the corrupted run of a set of pairs (on the runner's device), in the pairs' order.
+PairCaches = tuple[CleanCache, CleanCache]
+
+
+def pair_caches(runner: Runner, clean_tokens: Tensor, corrupted_tokens: Tensor) -> PairCaches:
+    """One cached forward of the clean prompts and one of the corrupted prompts."""
+    dev = runner.device
+    with torch.no_grad():
+        return runner.run_with_cache(clean_tokens.to(dev)), runner.run_with_cache(corrupted_tokens.to(dev))
+
+
+def _batch_dim(name: str, annotation: Any) -> int:
+    """Where a :class:`CleanCache` field keeps its batch: 0 (``"batch ..."``) or 1 (``"layer batch ..."``)."""
+    text = str(annotation)
+    shape = re.search(r"Tensor, [\"'](.*?)[\"']\]", text)
+    dims = shape.group(1).split() if shape else []
+    if dims[:1] == ["batch"]:
+        return 0
+    if dims[:2] == ["layer", "batch"]:
+        return 1
+    raise LogitlabError(f"CleanCache.{name} has no batch dimension in its annotation {text!r}",
+                        "join_caches must know how to concatenate every cache field")
+
+
+def join_caches(parts: Sequence[PairCaches]) -> PairCaches:
+    """The caches of disjoint sets of pairs of one token length (in order) as one, concatenated over the batch."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(caches: list[CleanCache]) -> CleanCache:
+        out: dict[str, Tensor | None] = {}
+        for f in fields(CleanCache):
+            xs = [getattr(c, f.name) for c in caches]
+            out[f.name] = None if xs[0] is None else torch.cat(xs, _batch_dim(f.name, f.type))
+        return CleanCache(**out)  # type: ignore[arg-type]
+    return cat([p[0] for p in parts]), cat([p[1] for p in parts])
+
+
 def first_order(runner: Runner, clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor,
-              incorrect: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+                incorrect: Tensor, caches: PairCaches | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Clean and corrupted logit differences (pair,) and the first-order effects of every patch.
 
     Returns ``(clean, corrupted, effects)`` with ``effects`` keyed by ``resid``/``attn``/``mlp`` (layer, pos,
     pair) and ``heads`` (layer, head, pair), in at least float32 (float64 for a float64 runner). Two cached
-    forwards and one forward + backward, whatever the number of pairs.
+    forwards (none when ``caches``, :func:`pair_caches` of these pairs, are given) and one forward + backward,
+    whatever the number of pairs.
     """
     dev = runner.device
-    clean_t, corr_t = clean_tokens.to(dev), corrupted_tokens.to(dev)
+    corr_t = corrupted_tokens.to(dev)
     correct, incorrect = correct.to(dev), incorrect.to(dev)
-    n, T = clean_t.shape
+    n, T = corr_t.shape
     fp = torch.full((n,), T - 1, device=dev)  # every pair ends at T-1
+    clean, corr = caches if caches is not None else pair_caches(runner, clean_tokens, corr_t)
     with torch.no_grad():
-        clean, corr = runner.run_with_cache(clean_t), runner.run_with_cache(corr_t)
         clean_ld = runner.answer_metrics(clean.resid_final[:, T - 1], correct, incorrect, False)[0]
         corr_ld = runner.answer_metrics(corr.resid_final[:, T - 1], correct, incorrect, False)[0]
     _, grads = runner.grad_run(corr_t, fp, correct, incorrect)  # ∂m/∂a at the corrupted run, every layer
@@ -216,3 +265,17 @@ def first_order(runner: Runner, clean_tokens: Tensor, corrupted_tokens: Tensor, 
         raise LogitlabError(f"attribution patching produced non-finite estimates for {', '.join(bad)}",
                             "the gradients overflow in this dtype; load the model in float32")
     return wide(clean_ld).cpu(), wide(corr_ld).cpu(), {k: v.cpu() for k, v in effects.items()}
+
+
+def atp_set(runner: Runner, label: str, template: int, tokens: tuple[str, ...], roles: tuple[str, ...],
+            clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor, incorrect: Tensor,
+            min_gap: float, caches: PairCaches | None = None) -> AtPSet:
+    """The :class:`AtPSet` of one set of pairs: :func:`first_order` of them (``caches``: their cached runs, if
+    already computed), labelled as their :class:`PairSet`.
+
+    The one builder of first-order sets: attribution patching (:mod:`logitlab.analyses.atp`) and the patching
+    screen (:mod:`logitlab.analyses.patching_plan`) both call it, so their estimates of the same pairs agree.
+    """
+    clean, corr, e = first_order(runner, clean_tokens, corrupted_tokens, correct, incorrect, caches)
+    return AtPSet(label=label, template=template, tokens=tokens, roles=roles, clean=clean, corrupted=corr,
+                  resid=e["resid"], attn=e["attn"], mlp=e["mlp"], heads=e["heads"], min_gap=min_gap)

@@ -45,7 +45,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from logitlab.analyses.pairset import MIN_GAP, WHATS, AtPSet, PairSet, PatchingSummary, pool_positions, summarise
+from logitlab.analyses.pairset import (
+    MIN_GAP, WHATS, AtPSet, PairCaches, PairSet, PatchingSummary, join_caches, pair_caches, pool_positions, summarise,
+)
 from logitlab.analyses.patching_plan import (
     FIRST_PAIRS, Precision, estimate_group, ordered, patch_set, resid_width, screen_plan, take,
 )
@@ -222,28 +224,35 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
         for _, where in shared:
             for m, p in zip(resid_masks, where):
                 m[:, p] = True
+    # Each group's clean and corrupted runs are cached once: by the precision rounds (each pair in the round that
+    # adds it), else here when both the estimate and exact patching need them; None: patch_set runs its own.
+    caches: list[PairCaches] | list[None]
     if target > 0 and raw and has(model, SWEEP):
-        use, resid, precision = _targeted(model, raw, target, settings, min_gap, resid_masks)
+        use, resid, precision, caches, resid_masks = _targeted(model, raw, target, settings, min_gap, resid_masks)
     else:
         use, resid = list(raw), None
+        caches = ([pair_caches(model.runner, g.clean_tokens, g.corrupted_tokens) for g in use] if screening
+                  else [None] * len(use))
     strs = [tuple(model.to_str_tokens(g.clean_tokens[0])) for g in use]
     kinds = ("attn", "mlp", "heads") if resid is not None else ("resid", "attn", "mlp", "heads")
     if resid is None:
         resid_masks = None  # without a target the residual stream is patched in the final sweep, everywhere
     if screening:
         assert screen is not None
-        est = [estimate_group(model, g, t, min_gap) for g, t in zip(use, strs)]
+        est = [estimate_group(model, g, t, min_gap, c) for g, t, c in zip(use, strs, caches)]
         plans = {what: screen_plan(what, est, screen.screen_top, screen.screen_sample) for what in ("attn", "mlp", "heads")}
         groups = [patch_set(model, g.template_text, g.template, t, g.roles, g.clean_tokens, g.corrupted_tokens,
                             g.correct_ids, g.incorrect_ids, settings, min_gap, kinds,
-                            {what: plan.masks[k] for what, plan in plans.items()}, est[k])
+                            {what: plan.masks[k] for what, plan in plans.items()}, est[k], caches[k])
                   for k, (g, t) in enumerate(zip(use, strs))]
         groups = [replace(g, exact_cells={what: plan.masks[k] for what, plan in plans.items()})
                   for k, g in enumerate(groups)]
         estimates = tuple(est)
     else:
         groups = [patch_set(model, g.template_text, g.template, t, g.roles, g.clean_tokens, g.corrupted_tokens,
-                            g.correct_ids, g.incorrect_ids, settings, min_gap, kinds) for g, t in zip(use, strs)]
+                            g.correct_ids, g.incorrect_ids, settings, min_gap, kinds, caches=c)
+                  for g, t, c in zip(use, strs, caches)]
+    del caches  # the activations of every pair: free them before summarising
     if resid is not None:  # the residual stream, patched round by round on the same pairs in the same order
         groups = [replace(g, resid=r) for g, r in zip(groups, resid)]
         if resid_masks is not None and estimates is not None:  # positions not pooled: the estimate
@@ -271,29 +280,53 @@ def activation_patching(model: Model, task: TokenizedTask, settings: SweepSettin
 
 
 def _targeted(model: Model, raw: tuple[PairGroup, ...], target: float, settings: SweepSettings,
-              min_gap: float, masks: list[Tensor] | None = None) -> tuple[list[PairGroup], list[Tensor], Precision]:
+              min_gap: float, masks: list[Tensor] | None = None,
+              ) -> tuple[list[PairGroup], list[Tensor], Precision, list[PairCaches], list[Tensor] | None]:
     """Patch the residual stream on more and more generated pairs (each group in its fixed order) until the
     pooled cells' widest 95% CI half-width is at most ``target`` or every pair is used (with ``masks``: only
     each group's True cells, NaN elsewhere).
 
-    Returns the pairs used per group, their residual-stream patching (layer, pos, pair) and the precision.
+    ``masks`` hold the positions every group shares; the pooled map pools only the groups with a used pair,
+    which can share more positions when a group has none. After each round those further positions are patched
+    too (on every pair taken so far, and on later ones), so every pooled cell is exact.
+
+    Returns the pairs used per group, their residual-stream patching (layer, pos, pair), the precision, the
+    used pairs' clean and corrupted runs per group (each pair cached once, in the round that added it), and the
+    cells patched exactly per group (None without ``masks``).
     """
+    masks = None if masks is None else [m.clone() for m in masks]
     ordered_groups = [ordered(g, k) for k, g in enumerate(raw)]
     sizes = [len(g.clean_index) for g in ordered_groups]
     taken, parts = [0] * len(sizes), [[] for _ in sizes]  # type: list[int], list[list[PairSet]]
+    cached: list[list[PairCaches]] = [[] for _ in sizes]
     want, rounds, width = FIRST_PAIRS, 0, None
     while True:
         for k, g in enumerate(ordered_groups):
             upto = min(want, sizes[k])
             if upto > taken[k]:
                 sub = take(g, list(range(taken[k], upto)))
-                parts[k].append(patch_set(model, g.template_text, g.template,
-                                          tuple(model.to_str_tokens(sub.clean_tokens[0])), g.roles, sub.clean_tokens,
+                cached[k].append(pair_caches(model.runner, sub.clean_tokens, sub.corrupted_tokens))
+                # A round's set is read for its residual stream only: its position labels are the roles (no
+                # token strings decoded).
+                parts[k].append(patch_set(model, g.template_text, g.template, g.roles, g.roles, sub.clean_tokens,
                                           sub.corrupted_tokens, sub.correct_ids, sub.incorrect_ids, settings,
-                                          min_gap, ("resid",), None if masks is None else {"resid": masks[k]}))
+                                          min_gap, ("resid",), None if masks is None else {"resid": masks[k]},
+                                          caches=cached[k][-1]))
                 taken[k] = upto
         rounds += 1
         sets = [_joined(p) for p in parts]
+        # The pooled map leaves out groups without a used pair, and the others may then pool on positions not
+        # every template shares, which the masks left out: patch those exactly too.
+        for k, missing in (_unpatched_pooled(sets, masks) if masks is not None else {}).items():
+            g, caches_k = ordered_groups[k], join_caches(cached[k])
+            cached[k] = [caches_k]
+            sub = take(g, list(range(taken[k])))  # every pair taken so far
+            extra = patch_set(model, g.template_text, g.template, g.roles, g.roles, sub.clean_tokens,
+                              sub.corrupted_tokens, sub.correct_ids, sub.incorrect_ids, settings, min_gap,
+                              ("resid",), {"resid": missing}, caches=caches_k)
+            sets[k] = replace(sets[k], resid=torch.where(missing[..., None], extra.resid, sets[k].resid))
+            parts[k] = [sets[k]]
+            masks[k] |= missing  # and on the pairs later rounds add
         width = resid_width(sets)
         if (width is not None and width <= target) or all(t >= n for t, n in zip(taken, sizes)):
             break
@@ -303,7 +336,24 @@ def _targeted(model: Model, raw: tuple[PairGroup, ...], target: float, settings:
         want = max(want + 1, math.ceil(want * grow))
     use = [take(g, list(range(t))) for g, t in zip(ordered_groups, taken)]
     precision = Precision(target, width, sum(taken), sum(sizes), rounds)
-    return use, [s.resid for s in (_joined(p) for p in parts)], precision
+    return (use, [s.resid for s in (_joined(p) for p in parts)], precision, [join_caches(c) for c in cached],
+            masks)
+
+
+def _unpatched_pooled(sets: list[PairSet], masks: list[Tensor]) -> dict[int, Tensor]:
+    """Per group with a used pair, the (layer, pos) residual-stream cells the pooled map reads (the positions the
+    groups with a used pair pool on) that its mask has not patched; groups without such cells are left out."""
+    live = [k for k, s in enumerate(sets) if s.n_used]
+    pooled = pool_positions([sets[k].roles for k in live]) if live else []
+    out = {}
+    for i, k in enumerate(live):
+        missing = torch.zeros_like(masks[k])
+        for _, where in pooled:
+            missing[:, where[i]] = True
+        missing &= ~masks[k]
+        if bool(missing.any()):
+            out[k] = missing
+    return out
 
 
 def _joined(parts: list[PairSet]) -> PairSet:

@@ -3,8 +3,8 @@
 Two ways to spend fewer exact sweeps, both deterministic and both reported in the results:
 
 **Precision-targeted pairs** (``target`` > 0). The generated pairs of each (template, token length) group are
-taken in a fixed order (a seeded permutation per group). The residual stream is patched exactly at every
-(layer, position) for the first pairs of every group (:data:`FIRST_PAIRS` each); while the widest 95% CI of the
+taken in a fixed order (a seeded permutation per group). The residual stream is patched exactly (at the
+positions below when screened) for the first pairs of every group (:data:`FIRST_PAIRS` each); while the widest 95% CI of the
 pooled residual-stream cells (the cells the findings read) is wider than ``target`` (in units of each pair's
 gap), more pairs are added — as many as the observed width says are needed (the width shrinks as 1/√n), at
 least one per group — until the target is met or every pair is used (the cap: ``--patching-pairs`` per
@@ -15,7 +15,10 @@ are first estimated for every pair by attribution patching (:func:`~logitlab.ana
 one forward + backward per group); the ``screen_top`` cells of each pooled map by |estimate| and a seeded random
 ``screen_sample`` of the others are then patched exactly on every pair (:mod:`logitlab.screen`). The other
 cells keep the estimate (the patched value is corrupted + estimate) and are labelled ``estimated``. The
-explicit (reference) pairs are always patched exactly everywhere, and so is the residual stream.
+explicit (reference) pairs are always patched exactly everywhere. The residual stream of the generated pairs is
+patched exactly at every position the pooled map shows (with a precision target: the positions the templates
+share, and those the groups with a used pair pool on when some group has none; the others estimated), and
+everywhere without a target.
 
 With ``target`` 0 and no screen, every pair and every component is patched exactly, in one sweep per group.
 """
@@ -29,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from logitlab.analyses.pairset import AtPSet, PairSet, first_order, pool_positions
+from logitlab.analyses.pairset import AtPSet, PairCaches, PairSet, atp_set, pair_caches, pool_positions
 from logitlab.interventions import head_entry, position_entries
 from logitlab.model.backend import HOOKED_LOOPS, SWEEP, has, require
 from logitlab.model.load import Model
@@ -117,19 +120,20 @@ def _score(model: Model, cache: CleanCache, T: int, correct: Tensor, incorrect: 
 def patch_set(model: Model, label: str, template: int, tokens: tuple[str, ...], roles: tuple[str, ...],
               clean_tokens: Tensor, corrupted_tokens: Tensor, correct: Tensor, incorrect: Tensor,
               settings: SweepSettings, min_gap: float, kinds: tuple[str, ...] = ("resid", "attn", "mlp", "heads"),
-              masks: dict[str, Tensor] | None = None, estimate: AtPSet | None = None) -> PairSet:
+              masks: dict[str, Tensor] | None = None, estimate: AtPSet | None = None,
+              caches: PairCaches | None = None) -> PairSet:
     """Patch the pairs (one token length) exactly: one sweep (or, on the fallback, hooked loops).
 
     Only ``kinds`` are swept, and of a kind in ``masks`` only its True cells ((layer, T) or (layer, head)). A
-    cell not swept holds corrupted + ``estimate``'s change when an estimate is given, else NaN.
+    cell not swept holds corrupted + ``estimate``'s change when an estimate is given, else NaN. ``caches``: the
+    pairs' clean and corrupted runs (:func:`~logitlab.analyses.pairset.pair_caches`) when the caller has them.
     """
     r, spec = model.runner, model.spec
     dev = r.device
     clean_t, corr_t = clean_tokens.to(dev), corrupted_tokens.to(dev)
     correct, incorrect = correct.to(dev), incorrect.to(dev)
     n_pairs, T = clean_t.shape
-    with torch.no_grad():
-        clean, corr = r.run_with_cache(clean_t), r.run_with_cache(corr_t)
+    clean, corr = caches if caches is not None else pair_caches(r, clean_t, corr_t)
     clean_ld = _score(model, clean, T, correct, incorrect).cpu()
     corr_ld = _score(model, corr, T, correct, incorrect).cpu()
     common = dict(label=label, template=template, tokens=tokens, roles=roles, clean=clean_ld, corrupted=corr_ld,
@@ -186,10 +190,20 @@ def patch_set(model: Model, label: str, template: int, tokens: tuple[str, ...], 
     def per_pos(what: str) -> Tensor:  # (L, T, pair)
         if what not in kinds:
             return fallback(what)
-        swept = torch.stack([torch.stack([out[(_HOOK[what], l, p)].logit_diff if (_HOOK[what], l, p) in out
-                                          else unchanged if not (what in masks and bool(masks[what][l, p]) is False)
-                                          else nan for p in range(T)]) for l in range(L)]).cpu()
-        return _fill(swept, masks.get(what), fallback(what))
+        mask = masks.get(what)
+        rows = []
+        for l in range(L):
+            row = []
+            for p in range(T):
+                key = (_HOOK[what], l, p)
+                if key in out:  # swept
+                    row.append(out[key].logit_diff)
+                elif mask is not None and not bool(mask[l, p]):  # masked out: _fill puts the fallback here
+                    row.append(nan)
+                else:  # skipped: no pair's clean and corrupted activations differ, the corrupted score stands
+                    row.append(unchanged)
+            rows.append(torch.stack(row))
+        return _fill(torch.stack(rows).cpu(), mask, fallback(what))
 
     def per_head() -> Tensor:  # (L, H, pair)
         if "heads" not in kinds:
@@ -217,22 +231,21 @@ def screen_plan(what: str, estimates: list[AtPSet], top: int, sample: int) -> Sc
     """Which cells of ``what`` (attn, mlp or heads) to patch exactly: the pooled map's top cells by |estimate|
     and a seeded sample of the others (:func:`logitlab.screen.select`), mapped back to each group."""
     live = [k for k, s in enumerate(estimates) if s.n_used]
-    keep = live or list(range(len(estimates)))
-    L = estimates[0].heads.shape[0]
-    if what == "heads":
+    keep = live or list(range(len(estimates)))  # no used pair anywhere: every group, and the estimate is 0
+    L, H = estimates[0].heads.shape[:2]
+    if what == "heads":  # heads pool over every pair
         parts = [estimates[k].normalised("heads") for k in keep]
-        est = torch.cat(parts, -1).mean(-1) if sum(p.shape[-1] for p in parts) else torch.zeros(L, 0)
-        if not est.numel():
-            est = torch.zeros(estimates[0].heads.shape[:2])
-        screen = select(est.flatten(), top, sample, estimator="atp")
-        mask = screen.exact.view(est.shape)
-        return ScreenPlan(screen, est, tuple(mask.clone() for _ in estimates))
-    pos = pool_positions([estimates[k].roles for k in keep])
-    parts = [estimates[k].normalised(what)[:, [where[i] for _, where in pos]] for i, k in enumerate(keep)]
+        width = H
+    else:
+        pos = pool_positions([estimates[k].roles for k in keep])
+        parts = [estimates[k].normalised(what)[:, [where[i] for _, where in pos]] for i, k in enumerate(keep)]
+        width = len(pos)
     n = sum(p.shape[-1] for p in parts)
-    est = torch.cat(parts, -1).mean(-1) if n else torch.zeros(L, len(pos))
+    est = torch.cat(parts, -1).mean(-1) if n else torch.zeros(L, width)  # (layer, width)
     screen = select(est.flatten(), top, sample, estimator="atp")
     flat = screen.exact.view(est.shape)
+    if what == "heads":
+        return ScreenPlan(screen, est, tuple(flat.clone() for _ in estimates))
     masks = []
     for k, s in enumerate(estimates):
         m = torch.zeros(L, s.resid.shape[1], dtype=torch.bool)
@@ -244,8 +257,8 @@ def screen_plan(what: str, estimates: list[AtPSet], top: int, sample: int) -> Sc
     return ScreenPlan(screen, est, tuple(masks))
 
 
-def estimate_group(model: Model, g: PairGroup, tokens: tuple[str, ...], min_gap: float) -> AtPSet:
-    """First-order estimates of every patch of ``g``'s pairs (an :class:`AtPSet`)."""
-    clean, corr, e = first_order(model.runner, g.clean_tokens, g.corrupted_tokens, g.correct_ids, g.incorrect_ids)
-    return AtPSet(label=g.template_text, template=g.template, tokens=tokens, roles=g.roles, clean=clean,
-                  corrupted=corr, resid=e["resid"], attn=e["attn"], mlp=e["mlp"], heads=e["heads"], min_gap=min_gap)
+def estimate_group(model: Model, g: PairGroup, tokens: tuple[str, ...], min_gap: float,
+                   caches: PairCaches | None = None) -> AtPSet:
+    """First-order estimates of every patch of ``g``'s pairs (an :class:`AtPSet`); ``caches``: their cached runs."""
+    return atp_set(model.runner, g.template_text, g.template, tokens, g.roles, g.clean_tokens, g.corrupted_tokens,
+                   g.correct_ids, g.incorrect_ids, min_gap, caches)

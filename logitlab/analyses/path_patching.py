@@ -146,11 +146,18 @@ def _masks(graph: EdgeGraph, layer: int, head: int) -> list[tuple[str, tuple[int
 
 def top_senders(heads: HeadAttributionResult, zero: AblationResult | None, n: int) -> list[tuple[int, int]]:
     """Path patching's senders: the heads with the largest |zero-ablation effect| and |direct logit attribution|,
-    alternately (duplicates skipped), ``n`` in all; DLA alone without ablation."""
+    alternately (duplicates skipped), ``n`` in all; DLA alone without ablation.
+
+    The ablation ranking reads the heads ablated exactly only: a screened ablation
+    (:mod:`logitlab.analyses.ablation_screen`) holds estimates for the others, and its exact heads are already the
+    ones with the largest estimated effects.
+    """
     lists = [[(l, h) for l, h, _ in heads.top(n)]]
     if zero is not None:
         delta = (zero.logit_diff - zero.baseline_logit_diff[None, None]).mean(-1)  # (layer, head)
-        lists.insert(0, [divmod(int(i), delta.shape[1]) for i in delta.abs().flatten().argsort(descending=True)[:n]])
+        exact = zero.exact.flatten().tolist()  # (layer * head,) bool
+        ranked = [int(i) for i in delta.abs().flatten().argsort(descending=True) if exact[int(i)]]
+        lists.insert(0, [divmod(i, delta.shape[1]) for i in ranked[:n]])
     out: list[tuple[int, int]] = []
     for i in range(n):  # the two top-n lists together hold at least n heads
         for x in lists:

@@ -16,8 +16,16 @@ from typing_extensions import NotRequired, TypedDict
 
 from logitlab.results._base import Cube, Matrix, section
 
-__all__ = ["PatchingSet", "HeadPatchingSet", "PositionPatching", "ResidPatching", "AttnPatching", "MlpPatching",
+__all__ = ["PatchingScreen", "PatchingSet", "HeadPatchingSet", "PositionPatching", "ResidPatching", "AttnPatching", "MlpPatching",
            "HeadPatching", "PatchingSections", "ResidPatchingSection", "AttnPatchingSection", "MlpPatchingSection"]
+
+
+#: The ``screen`` entry of the position and head sections (:meth:`logitlab.screen.Screen.to_dict`), documented once.
+PatchingScreen = Annotated[dict[str, Any] | None, Field(description=(
+    "how the generated pairs' cells were screened (null: every cell exact): `estimator` (atp), `n_cells`, "
+    "`n_flagged` (the top cells by |estimate|), `n_sampled` (a seeded random sample of the others), `n_exact`, "
+    "`left_out_max_estimate`, `sample_max_error` (max |exact − estimate| on the sample), `sample_max_exact`, "
+    "`max_error` (over every exact cell), `bound` (how large a screened-out cell can be expected to be)"))]
 
 
 @section
@@ -98,11 +106,7 @@ class PositionPatching(TypedDict):
     """[L][P] how each cell was computed: `exact` (patched on every used pair) or `estimated` (screened out: the
     mean first-order estimate, attribution patching, on the same pairs); absent in files from before screening
     (all exact)"""
-    screen: NotRequired[dict[str, Any] | None]
-    """how the generated pairs' cells were screened (null: every cell exact): `estimator` (atp), `n_cells`,
-    `n_flagged` (the top cells by |estimate|), `n_sampled` (a seeded random sample of the others), `n_exact`,
-    `left_out_max_estimate`, `sample_max_error` (max |exact − estimate| on the sample), `sample_max_exact`,
-    `max_error` (over every exact cell), `bound` (how large a screened-out cell can be expected to be)"""
+    screen: NotRequired[PatchingScreen]
     precision: NotRequired[dict[str, Any] | None]
     """(on `resid_patching`) how many generated pairs the precision target took: `target` (95% CI half-width
     asked for, units of the gap; 0: every pair), `achieved` (the widest half-width over the pooled cells),
@@ -168,11 +172,7 @@ class HeadPatching(TypedDict):
     """[L][H] how each cell was computed: `exact` (patched on every used pair) or `estimated` (screened out: the
     mean first-order estimate, attribution patching, on the same pairs); absent in files from before screening
     (all exact)"""
-    screen: NotRequired[dict[str, Any] | None]
-    """how the generated pairs' cells were screened (null: every cell exact): `estimator` (atp), `n_cells`,
-    `n_flagged` (the top cells by |estimate|), `n_sampled` (a seeded random sample of the others), `n_exact`,
-    `left_out_max_estimate`, `sample_max_error` (max |exact − estimate| on the sample), `sample_max_exact`,
-    `max_error` (over every exact cell), `bound` (how large a screened-out cell can be expected to be)"""
+    screen: NotRequired[PatchingScreen]
     pairs: Literal["reference", "pooled"]
     """as `resid_patching.pairs`"""
     pooled: HeadPatchingSet | None

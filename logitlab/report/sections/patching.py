@@ -77,16 +77,21 @@ def _resid_patching(results: Results) -> Finding | None:
     with_ci = isinstance(n, int) and n >= 2 and isinstance(ci, list) and len(ci) == len(z) and all(
         isinstance(row, list) and len(row) == len(zr) for row, zr in zip(ci, z))
 
+    estimated = _estimated_cells(ps, z)  # screened out: an estimate, never the basis of a finding
+
     def low(layer: int, pos: int) -> float:
         c = ci_pair(ci[layer][pos]) if with_ci else None
         return c[0] if c is not None else z[layer][pos]
 
+    def carries(layer: int, pos: int) -> bool:
+        return (layer, pos) not in estimated and low(layer, pos) > PATCH_THRESHOLD
+
     final = n_pos - 1
-    final_layers = [layer for layer, row in enumerate(z) if len(row) == n_pos and low(layer, final) > PATCH_THRESHOLD]
+    final_layers = [layer for layer, row in enumerate(z) if len(row) == n_pos and carries(layer, final)]
     other: dict[int, list[int]] = {}
     for layer, row in enumerate(z):
         for pos in range(min(len(row), final)):
-            if low(layer, pos) > PATCH_THRESHOLD:
+            if carries(layer, pos):
                 other.setdefault(pos, []).append(layer)
 
     def where(pos: int) -> str:
@@ -104,12 +109,13 @@ def _resid_patching(results: Results) -> Finding | None:
         over = f"{n} pair{'' if n == 1 else 's'}" + (f", {excluded} excluded for a gap < 1 logit" if excluded else "")
         over += "; 95% CI" if with_ci else ""
         pooled = ", templates pooled" if ps is not rp else ""
-        head = f"Residual-stream patching ({over}{pooled}) restores"
+        head = f"Residual-stream patching ({over}{pooled}{_exact_only(estimated)}) restores"
     else:
-        head = "Residual-stream patching restores"
+        head = "Residual-stream patching" + (f" ({_exact_only(estimated)[2:]})" if estimated else "") + " restores"
     gap = "of the clean − corrupted gap"
     if not final_layers and not other:
-        best = max(((v, layer, pos) for layer, row in enumerate(z) for pos, v in enumerate(row)), default=None)
+        best = max(((v, layer, pos) for layer, row in enumerate(z) for pos, v in enumerate(row)
+                    if (layer, pos) not in estimated), default=None)
         if best is None or best[0] <= PATCH_THRESHOLD or not with_ci:
             return None
         _, layer, pos = best
@@ -135,6 +141,21 @@ def _resid_patching(results: Results) -> Finding | None:
         text = (f"{head} up to {value(final, final_layers)} {gap} only at the final position "
                 f"{where(final)}, in {_layers_phrase(final_layers)}.")
     return Finding(text, "resid_patching")
+
+
+def _estimated_cells(ps: Mapping[str, Any], z: list[list[float]]) -> set[tuple[int, int]]:
+    """The (layer, position) cells of ``ps`` whose ``method`` says ``estimated`` (none without ``method``)."""
+    method = ps.get("method")
+    if not isinstance(method, list):
+        return set()
+    return {(layer, pos) for layer, row in enumerate(method[:len(z)]) if isinstance(row, list)
+            for pos, m in enumerate(row[:len(z[layer])]) if m == "estimated"}
+
+
+def _exact_only(estimated: set[tuple[int, int]]) -> str:
+    """``"; exactly patched cells only, 7 estimated left out"`` when some cells are estimated, else ``""``."""
+    n = len(estimated)
+    return f"; exactly patched cells only, {n} estimated cell{'' if n == 1 else 's'} left out" if n else ""
 
 
 def _pairs_note(p: Any) -> str:
@@ -289,7 +310,11 @@ def _screen_sentence(results: Results) -> str:
                      f"{fmt(sc.get('bound'))}")
     if not parts:
         return ""
-    return (" On the generated pairs the residual stream is patched exactly everywhere; the other components are "
+    rp = results.get("resid_patching") or {}
+    per = [t for t in rp.get("per_template") or [] if isinstance(t, dict)]  # type: ignore[attr-defined]
+    resid_where = ("at every position the templates pool on (the other positions of each template are estimated)"
+                   if any(_estimated_note(t) for t in per) else "everywhere")
+    return (f" On the generated pairs the residual stream is patched exactly {resid_where}; the other components are "
             "first estimated by attribution patching, then the cells with the largest estimates and a seeded random "
             "sample of the rest are patched exactly (the explicit pairs: every cell exact). " + "; ".join(parts)
             + ". Hover says which cells are estimated; no finding rests on an estimated cell.")
