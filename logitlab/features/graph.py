@@ -20,9 +20,15 @@ bias (all constant terms: b_enc, b_dec, attention and norm biases, position embe
 forward pass with every write zero: an independent computation, so the check can fail.
 
 Computation: targets go in chunks (rows of one batched backward walk); each chunk's cotangent is
-(chunk, positions, d_model), the chunk size is chosen so that it stays under ``chunk_bytes``; the adjacency is
-dense (n_nodes × n_nodes float32, rows targets, columns sources, as circuit-tracer) — only feature and logit rows
-are filled, computed block by block.
+(chunk, positions, d_model), the chunk size is chosen so that it stays under ``chunk_bytes``. Without a row budget
+the adjacency is dense (n_nodes × n_nodes float32, rows targets, columns sources, as circuit-tracer) — only feature
+and logit rows are filled, computed block by block. With ``max_feature_nodes`` (circuit-tracer's bound, for long
+prompts) only the logit targets and that many features get a row: the logits first, then, in queues of
+``rank_every`` rows, the not-yet-attributed features of highest influence on the logit targets in the rows
+attributed so far (re-ranked between queues). The adjacency is then (rows, n_nodes) with ``rows`` naming each
+row's node: memory rows × n_nodes, never n_nodes². A feature without a row has no incoming edges (its outgoing
+edges are in the rows it feeds; unlike circuit-tracer it stays a node, a leaf marked ``attributed: false``), so
+every attributed row keeps the exactness invariant.
 
 Pruning and scores follow circuit-tracer's ``prune_graph`` and ``compute_graph_scores`` (normalised absolute
 adjacency, influence = w·(A + A² + …)).
@@ -63,11 +69,12 @@ class AttributionGraph:
     logit_labels: list[str]  # per logit target: the token, or "answer − contrast" for the difference
     logit_tokens: list[int | None]  # None for the logit difference target
     logit_probs: Tensor  # (n_logits,) the model's probability of each top token (0 for the difference)
-    adjacency: Tensor  # (n_nodes, n_nodes) [target, source]; float32 (float64 when attributed in float64)
+    adjacency: Tensor  # (n_rows, n_nodes) [target row, source]; float32 (float64 when attributed in float64)
     bias: Tensor  # (n_nodes,) constant part of each target (0 for errors and tokens)
     values: Tensor  # (n_nodes,) each target's real value (pre-activation; logit − mean logit; difference)
     error_norms: Tensor  # (n_layers, n_pos) norm of each error node's write
     meta: dict[str, Any] = field(default_factory=dict)
+    rows: Tensor | None = None  # (n_rows,) long: the node of each adjacency row (sorted); None: square, row i = node i
 
     @property
     def n_pos(self) -> int:
@@ -83,7 +90,38 @@ class AttributionGraph:
 
     @property
     def n_nodes(self) -> int:
-        return int(self.adjacency.shape[0])
+        return int(self.adjacency.shape[1])
+
+    @property
+    def row_nodes(self) -> Tensor:
+        """(n_rows,) the node of each adjacency row."""
+        return torch.arange(self.n_nodes) if self.rows is None else self.rows
+
+    @property
+    def attributed(self) -> Tensor:
+        """(n_nodes,) bool: the feature and logit nodes whose incoming edges were computed (all of them without a
+        row budget); error and token nodes have no incoming edges by construction."""
+        out = torch.zeros(self.n_nodes, dtype=torch.bool)
+        if self.rows is None:
+            out[:self.n_features] = True
+        else:
+            out[self.rows] = True
+        out[self.n_nodes - self.n_logits:] = True
+        return out
+
+    def dense(self) -> Tensor:
+        """The (n_nodes, n_nodes) adjacency, rows without attribution zero (small graphs only: n_nodes²)."""
+        if self.rows is None:
+            return self.adjacency
+        out = torch.zeros(self.n_nodes, self.n_nodes, dtype=self.adjacency.dtype)
+        out[self.rows] = self.adjacency
+        return out
+
+    def influence(self, on: str | None = None) -> Tensor:
+        """(n_nodes,) each node's influence on the weighted logit targets (circuit-tracer's)."""
+        if self.rows is None:
+            return compute_influence(_normalise(self.adjacency), self.logit_weights(on))
+        return _influence_rows(self.adjacency, self.rows, self.logit_weights(on))
 
     @property
     def error_slice(self) -> slice:
@@ -101,19 +139,13 @@ class AttributionGraph:
     def logit_weights(self, on: str | None = None) -> Tensor:
         """Weights of the logit targets for influence: their probabilities (``on="logits"``, circuit-tracer's), or 1
         on the logit-difference target (``"logit_diff"``; the default when the graph has one)."""
-        on = on or ("logit_diff" if self.has_logit_diff else "logits")
-        w = torch.zeros(self.n_nodes, dtype=self.adjacency.dtype)
-        if on == "logit_diff":
-            if not self.has_logit_diff:
-                raise LogitlabError("this graph has no logit-difference target (give an answer and a contrast)")
-            w[-1] = 1.0
-        else:
-            w[self.n_nodes - self.n_logits:] = self.logit_probs.to(w.dtype)
-        return w
+        return _logit_weights(self.n_nodes, self.logit_probs, self.has_logit_diff, on, self.adjacency.dtype)
 
     def scores(self, on: str | None = None) -> tuple[float, float]:
         """(replacement score, completeness score), as circuit-tracer's ``compute_graph_scores``."""
-        return graph_scores(self.adjacency, self.logit_weights(on), self.error_slice, self.token_slice)
+        if self.rows is None:
+            return graph_scores(self.adjacency, self.logit_weights(on), self.error_slice, self.token_slice)
+        return _scores_rows(self.adjacency, self.rows, self.logit_weights(on), self.error_slice, self.token_slice)
 
     def node_labels(self) -> list[str]:
         """A short label per node."""
@@ -123,11 +155,24 @@ class AttributionGraph:
         return out + [f"logit {s}" for s in self.logit_labels]
 
 
+def _logit_weights(n_nodes: int, probs: Tensor, has_diff: bool, on: str | None, dtype: torch.dtype) -> Tensor:
+    on = on or ("logit_diff" if has_diff else "logits")
+    w = torch.zeros(n_nodes, dtype=dtype)
+    if on == "logit_diff":
+        if not has_diff:
+            raise LogitlabError("this graph has no logit-difference target (give an answer and a contrast)")
+        w[-1] = 1.0
+    else:
+        w[n_nodes - len(probs):] = probs.to(w.dtype)
+    return w
+
+
 # ---- attribution ----------------------------------------------------------------------------------------------
 def attribute(model: Any, prompt: str | list[int], dictionaries: DictionarySet, *, answer: str | int | None = None,
               contrast: str | int | list[str] | list[int] | None = None, max_logits: int = 10, logit_mass: float = 0.95,
               dtype: torch.dtype = torch.float32, zero_first: bool = True, chunk_bytes: float = 2 ** 28,
-              batch_size: int | None = None) -> AttributionGraph:
+              batch_size: int | None = None, max_feature_nodes: int | None = None,
+              rank_every: int | None = None) -> AttributionGraph:
     """The attribution graph of ``prompt`` (a string, encoded with a BOS token, or token ids).
 
     Args:
@@ -140,7 +185,13 @@ def attribute(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
         zero_first: no feature or error nodes at position 0 (BOS), as circuit-tracer.
         chunk_bytes: bound on one chunk's working memory (sets the chunk size unless ``batch_size``).
         batch_size: targets per backward walk (overrides ``chunk_bytes``).
+        max_feature_nodes: at most this many features get a row (incoming edges), chosen by influence on the logit
+            targets as circuit-tracer does; the adjacency is then (rows, n_nodes). None: every active feature.
+        rank_every: with ``max_feature_nodes``, features attributed between two re-rankings (default 4 batches,
+            at least 128).
     """
+    if max_feature_nodes is not None and max_feature_nodes < 0:
+        raise LogitlabError(f"max_feature_nodes must be ≥ 0, not {max_feature_nodes}")
     runner, tok = model.runner, model.tokenizer
     if isinstance(prompt, str):
         ids = encode_prompt(tok, prompt, prepend_bos=tok.bos_token_id is not None)
@@ -155,25 +206,29 @@ def attribute(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
         cache = runner.run_with_cache(tokens)
         rep = build_replacement(runner, tokens, dictionaries, cache, dtype, zero_first)
         graph = _attribute(model, rep, cache, dictionaries, text, ids, answer, contrast, max_logits, logit_mass,
-                           chunk_bytes, batch_size)
+                           chunk_bytes, batch_size, max_feature_nodes, rank_every)
     return graph
 
 
 class _Sources(NamedTuple):
     feat_idx: list[Tensor]  # per layer: node indices of its features
     feat_pos: list[Tensor]  # per layer: their positions
-    feat_write: list[Tensor]  # per layer: (n, D) activation × decoder row
+    feat_act: list[Tensor]  # per layer: (n,) their activations
+    feat_f: list[Tensor]  # per layer: (n,) their feature indices
+    W_dec: list[Tensor]  # per layer: (F, D) decoder (a write is activation × decoder row, formed when read:
+    #                      holding every write would be n_features × d_model)
     errors: Tensor  # (L, T, D) error vectors
 
 
 def _attribute(model: Any, rep: Replacement, cache: Any, dicts: DictionarySet, text: str, ids: list[int],
                answer: Any, contrast: Any, max_logits: int, logit_mass: float,
-               chunk_bytes: float, batch_size: int | None) -> AttributionGraph:
+               chunk_bytes: float, batch_size: int | None, max_feature_nodes: int | None,
+               rank_every: int | None) -> AttributionGraph:
     runner, s, dt, dev = model.runner, model.runner.spec, rep.dtype, model.runner.device
     L, T, D = s.n_layers, len(ids), s.d_model
     live = rep.live
     # -- the real MLP inputs, features and errors
-    feats, acts, pres, src_idx, src_pos, src_write = [], [], [], [], [], []
+    feats, acts, pres, src_idx, src_pos, src_f, src_dec = [], [], [], [], [], [], []
     errors = torch.zeros(L, T, D, dtype=dt, device=dev)
     n = 0
     for l, tc in enumerate(dicts.layers):
@@ -189,13 +244,14 @@ def _attribute(model: Any, rep: Replacement, cache: Any, dicts: DictionarySet, t
         pres.append(pre[pos, f])
         src_idx.append(torch.arange(n, n + len(pos), device=dev))
         src_pos.append(pos)
-        src_write.append(a[pos, f][:, None] * W_dec[f])  # (n_l, D)
+        src_f.append(f)
+        src_dec.append(W_dec)
         n += len(pos)
         recon = tc.decode(a, x)  # features' output + b_dec (+ skip)
         errors[l] = (cache.mlp_out[l, 0].to(dt) - recon) * live[:, None]
     features = torch.cat(feats) if feats else torch.zeros(0, 3, dtype=torch.long)
     n_f = int(features.shape[0])
-    sources = _Sources(src_idx, src_pos, src_write, errors)
+    sources = _Sources(src_idx, src_pos, acts, src_f, src_dec, errors)
 
     # -- logit targets
     resid_last = cache.resid_final[0, -1]
@@ -246,25 +302,103 @@ def _attribute(model: Any, rep: Replacement, cache: Any, dicts: DictionarySet, t
     values[n_nodes - n_l:] = torch.stack(vals).double().cpu()
 
     # -- edges: batched backward walks over chunks of targets (features by layer, highest first; then logits)
-    adjacency = torch.zeros(n_nodes, n_nodes, dtype=torch.float64 if dt == torch.float64 else torch.float32)
-    rows = [("logit", i) for i in range(n_l)] + [("feat", i) for i in
-                                                  sorted(range(n_f), key=lambda i: -int(features[i, 0]))]
+    adt = torch.float64 if dt == torch.float64 else torch.float32
+    n_src = n_f + L * T + T
     if batch_size is None:
         per_row = T * D * torch.finfo(dt).bits // 8 * 12  # cotangent + attention intermediates, with headroom
         batch_size = int(max(1, min(512, chunk_bytes // max(per_row, 1))))
-    for c0 in range(0, len(rows), batch_size):
-        chunk = rows[c0:c0 + batch_size]
-        block = _walk(rep, chunk, features, dicts, U, sources, rep.embed, dev, dt)  # (B, n_sources)
-        idx = torch.tensor([i if kind == "feat" else n_nodes - n_l + i for kind, i in chunk])
-        adjacency[idx, :n_f + L * T + T] = block.to(adjacency.dtype).cpu()
+    by_layer = sorted(range(n_f), key=lambda i: -int(features[i, 0]))
+    logit_rows = [("logit", i) for i in range(n_l)]
+    meta = {"zero_first": bool(not live[0]), "dtype": str(dt).removeprefix("torch."), "batch_size": batch_size,
+            "max_feature_nodes": max_feature_nodes}
+
+    def walk(chunk: list[tuple[str, int]]) -> Tensor:  # (B, n_src) in the adjacency's dtype, on the CPU
+        return _walk(rep, chunk, features, dicts, U, sources, rep.embed, dev, dt).to(adt).cpu()
+
+    row_nodes: Tensor | None = None
+    if max_feature_nodes is None:
+        adjacency = torch.zeros(n_nodes, n_nodes, dtype=adt)
+        rows = logit_rows + [("feat", i) for i in by_layer]
+        for c0 in range(0, len(rows), batch_size):
+            chunk = rows[c0:c0 + batch_size]
+            idx = torch.tensor([i if kind == "feat" else n_nodes - n_l + i for kind, i in chunk])
+            adjacency[idx, :n_src] = walk(chunk)
+    else:
+        w = _logit_weights(n_nodes, torch.tensor(lprobs), answer is not None, None, adt)
+        adjacency, row_nodes = _bounded_rows(walk, features, by_layer, logit_rows, n_nodes, n_src, w, adt,
+                                             min(max_feature_nodes, n_f), batch_size, rank_every)
+        meta["rank_every"] = rank_every or max(4 * batch_size, 128)
     tok_strs = [model.tokenizer.decode([i]) for i in ids]
     return AttributionGraph(
         prompt=text, tokens=ids, token_strs=tok_strs, n_layers=L, features=features.cpu(),
         activations=torch.cat(acts).to(adjacency.dtype).cpu(), logit_labels=labels,
         logit_tokens=ltoks, logit_probs=torch.tensor(lprobs), adjacency=adjacency, bias=bias, values=values,
-        error_norms=errors.norm(dim=-1).float().cpu(),
-        meta={"zero_first": bool(not live[0]), "dtype": str(dt).removeprefix("torch."), "batch_size": batch_size},
+        error_norms=errors.norm(dim=-1).float().cpu(), meta=meta, rows=row_nodes,
     )
+
+
+def _bounded_rows(walk: Any, features: Tensor, by_layer: list[int], logit_rows: list[tuple[str, int]],
+                  n_nodes: int, n_src: int, w: Tensor, adt: torch.dtype, budget: int, batch_size: int,
+                  rank_every: int | None) -> tuple[Tensor, Tensor]:
+    """The logit rows and ``budget`` feature rows chosen as circuit-tracer does (module docstring): (rows, n_nodes)
+    and each row's node, rows sorted by node. When the budget covers every feature the chunks are the unbounded
+    graph's, so its rows are the same numbers."""
+    n_f, n_l = int(features.shape[0]), len(logit_rows)
+    R = n_l + budget
+    A = torch.zeros(R, n_nodes, dtype=adt)
+    nodes = torch.zeros(R, dtype=torch.long)
+    rowsum = torch.zeros(R, dtype=adt)  # Σ|row|, kept for the influence between queues
+    st = 0
+
+    def put(chunk: list[tuple[str, int]]) -> None:
+        nonlocal st
+        block = walk(chunk)
+        A[st:st + len(chunk), :n_src] = block
+        rowsum[st:st + len(chunk)] = block.abs().sum(1)
+        nodes[st:st + len(chunk)] = torch.tensor([i if kind == "feat" else n_nodes - n_l + i for kind, i in chunk])
+        st += len(chunk)
+
+    if budget == n_f:
+        rows = logit_rows + [("feat", i) for i in by_layer]
+        for c0 in range(0, len(rows), batch_size):
+            put(rows[c0:c0 + batch_size])
+    else:
+        for c0 in range(0, n_l, batch_size):
+            put(logit_rows[c0:c0 + batch_size])
+        visited = torch.zeros(n_f, dtype=torch.bool)
+        layer = features[:, 0]
+        queue_size = rank_every or max(4 * batch_size, 128)
+        n_done = 0
+        while n_done < budget:
+            infl = _influence_rows(A[:st], nodes[:st], w, rowsum[:st])[:n_f]
+            rank = torch.sort(infl, descending=True, stable=True).indices  # ties: lower node index first
+            pending = rank[~visited[rank]][:min(queue_size, budget - n_done)]
+            # walk highest layers first (a walk starts at its chunk's highest layer); order inside a queue is free
+            pending = pending[torch.sort(-layer[pending], stable=True).indices].tolist()
+            for c0 in range(0, len(pending), batch_size):
+                put([("feat", i) for i in pending[c0:c0 + batch_size]])
+            visited[pending] = True
+            n_done += len(pending)
+    _permute_rows_(A, nodes.argsort())
+    return A, nodes.sort().values
+
+
+def _permute_rows_(A: Tensor, order: Tensor) -> None:
+    """``A[i] = A[order[i]]`` for every row, in place (one row of extra memory: A may be gigabytes)."""
+    order = order.tolist()
+    done = [False] * len(order)
+    for i in range(len(order)):
+        if done[i] or order[i] == i:
+            continue
+        tmp, j = A[i].clone(), i
+        while True:
+            done[j] = True
+            k = order[j]
+            if k == i:
+                A[j] = tmp
+                break
+            A[j] = A[k]
+            j = k
 
 
 def _cast(tc: Transcoder, dev: torch.device, dt: torch.dtype) -> Transcoder:
@@ -300,10 +434,11 @@ def _walk(rep: Replacement, chunk: list[tuple[str, int]], features: Tensor, dict
         # error nodes of this layer: (B, T)
         e0 = n_f + layer * T
         out[:, e0:e0 + T] = (g * src.errors[layer]).sum(-1)
-        idx, pos, wr = src.feat_idx[layer], src.feat_pos[layer], src.feat_write[layer]
+        idx, pos, act, f = src.feat_idx[layer], src.feat_pos[layer], src.feat_act[layer], src.feat_f[layer]
         step = max(1, int(2 ** 24 // max(B * D, 1)))  # bound the gathered (B, step, D) block
         for j in range(0, len(idx), step):
-            out[:, idx[j:j + step]] = (g[:, pos[j:j + step]] * wr[j:j + step]).sum(-1)
+            wr = act[j:j + step, None] * src.W_dec[layer][f[j:j + step]]  # (step, D) activation × decoder row
+            out[:, idx[j:j + step]] = (g[:, pos[j:j + step]] * wr).sum(-1)
 
     if top < 0:
         return out
@@ -320,13 +455,46 @@ def _normalise(A: Tensor) -> Tensor:
 
 
 def compute_influence(A: Tensor, weights: Tensor, max_iter: int = 1000) -> Tensor:
-    """weights · (A + A² + …) for a nilpotent (acyclic) A."""
+    """weights · (A + A² + …) for a nilpotent (acyclic) square A (a row-bounded graph: ``graph.influence()``)."""
+    if A.shape[0] != A.shape[1]:
+        raise LogitlabError(f"compute_influence needs a square adjacency, not {tuple(A.shape)}: this graph has rows "
+                            "for only some nodes (max_feature_nodes); use graph.influence()")
     cur = weights.to(A.dtype) @ A
     total = cur.clone()
     for _ in range(max_iter):
         if not bool(cur.any()):
             return total
         cur = cur @ A
+        total += cur
+    raise LogitlabError(f"influence did not converge in {max_iter} steps (the graph has a cycle?)")
+
+
+_ROWS = 256  # rows per step when a row-bounded adjacency is read (bounds every temporary to 256 × n_nodes)
+
+
+def _abs_row_sums(A: Tensor) -> Tensor:
+    return torch.cat([A[r:r + _ROWS].abs().sum(1) for r in range(0, A.shape[0], _ROWS)]) if len(A) else A.sum(1)
+
+
+def _influence_rows(A: Tensor, rows: Tensor, weights: Tensor, rowsum: Tensor | None = None,
+                    normalise: bool = True, max_iter: int = 1000) -> Tensor:
+    """weights · (Â + Â² + …) for an adjacency holding only the rows of the nodes ``rows`` (every other row zero),
+    Â its absolute value with each row divided by its sum (``normalise``; as :func:`_normalise`) or A itself.
+    Read ``_ROWS`` rows at a time: A is never copied."""
+    w = weights.to(A.dtype)
+    if normalise:
+        scale = 1 / (_abs_row_sums(A) if rowsum is None else rowsum.to(A.dtype)).clamp(min=1e-10)
+    total = torch.zeros_like(w)
+    cur = w
+    for _ in range(max_iter):
+        p = cur[rows] * scale if normalise else cur[rows]  # (n_rows,) weight reaching each row
+        live = p.nonzero(as_tuple=True)[0]
+        if not len(live):
+            return total
+        cur = torch.zeros_like(w)
+        for j in range(0, len(live), _ROWS):
+            r = live[j:j + _ROWS]
+            cur += p[r] @ (A[r].abs() if normalise else A[r])
         total += cur
     raise LogitlabError(f"influence did not converge in {max_iter} steps (the graph has a cycle?)")
 
@@ -341,7 +509,7 @@ def _threshold(scores: Tensor, keep: float) -> Tensor:
 
 class PruneResult(NamedTuple):
     node_mask: Tensor  # (n_nodes,) bool
-    edge_mask: Tensor  # (n_nodes, n_nodes) bool, [target, source]
+    edge_mask: Tensor  # the adjacency's shape, bool: (n_nodes, n_nodes) or (n_rows, n_nodes), [target row, source]
     influence: Tensor  # (n_nodes,) each node's influence on the weighted logit targets
 
 
@@ -352,6 +520,8 @@ def prune_graph(graph: AttributionGraph, node_threshold: float = 0.8, edge_thres
     left without outgoing (features: or incoming) edges, until nothing changes. Tokens and logits stay."""
     if not (0 <= node_threshold <= 1 and 0 <= edge_threshold <= 1):
         raise ValueError("thresholds must lie in [0, 1]")
+    if graph.rows is not None:
+        return _prune_rows(graph, node_threshold, edge_threshold, on)
     A, w = graph.adjacency, graph.logit_weights(on)
     n_f, n_fixed = graph.n_features, graph.n_pos + graph.n_logits
     influence = compute_influence(_normalise(A), w)
@@ -373,6 +543,59 @@ def prune_graph(graph: AttributionGraph, node_threshold: float = 0.8, edge_thres
     return PruneResult(node_mask, edge_mask, influence)
 
 
+def _prune_rows(graph: AttributionGraph, node_threshold: float, edge_threshold: float,
+                on: str | None) -> PruneResult:
+    """:func:`prune_graph` on a row-bounded graph: the same steps, the edge steps on the kept rows × kept nodes
+    only (the pruned adjacency is zero elsewhere), so nothing is n_nodes² and nothing copies the adjacency.
+    A feature without a row has no incoming edges to lose: only attributed features need one."""
+    A, rows, w = graph.adjacency, graph.rows, graph.logit_weights(on)
+    assert rows is not None
+    n, n_f, n_fixed = graph.n_nodes, graph.n_features, graph.n_pos + graph.n_logits
+    influence = _influence_rows(A, rows, w)
+    node_mask = influence >= _threshold(influence, node_threshold)
+    node_mask[-n_fixed:] = True
+    keep = node_mask.nonzero(as_tuple=True)[0]  # (k,) kept nodes
+    at = torch.full((n,), -1, dtype=torch.long)
+    at[keep] = torch.arange(len(keep))  # node → its column in the kept block
+    krows = node_mask[rows].nonzero(as_tuple=True)[0]  # adjacency rows of kept nodes
+    S = torch.cat([A[krows[j:j + _ROWS]][:, keep] for j in range(0, len(krows), _ROWS)])  # (r, k)
+    norm = _normalise(S)
+    row_col = at[rows[krows]]  # (r,) each kept row's node, as a kept column
+    w_k = w[keep]
+    edge_scores = norm * (_influence_rows(norm, row_col, w_k, normalise=False) + w_k)[row_col, None]
+    em = edge_scores >= _threshold(edge_scores.flatten(), edge_threshold)  # (r, k)
+    alive = torch.ones(len(keep), dtype=torch.bool)
+    needs_out = keep < n - n_fixed  # features and errors need an outgoing edge
+    row_is_feature = rows[krows] < n_f  # attributed features need an incoming edge
+    old = None
+    while old is None or not torch.equal(old, alive):
+        old = alive.clone()
+        em[~alive[row_col]] = False
+        em[:, ~alive] = False
+        alive[needs_out] &= em[:, needs_out].any(0)
+        alive[row_col[row_is_feature]] &= em[row_is_feature].any(1)
+    node_mask[keep] = alive
+    edge_mask = torch.zeros(A.shape, dtype=torch.bool)
+    for j in range(0, len(krows), _ROWS):
+        edge_mask[krows[j:j + _ROWS, None], keep[None]] = em[j:j + _ROWS]
+    return PruneResult(node_mask, edge_mask, influence)
+
+
+def _scores_rows(A: Tensor, rows: Tensor, weights: Tensor, errors: slice, tokens: slice) -> tuple[float, float]:
+    """:func:`graph_scores` on a row-bounded adjacency (nodes without a row: no inputs, so no error share)."""
+    weights = weights.to(A.dtype)
+    rowsum = _abs_row_sums(A)
+    influence = _influence_rows(A, rows, weights, rowsum)
+    tok, err = influence[tokens].sum(), influence[errors].sum()
+    replacement = tok / (tok + err).clamp(min=1e-30)
+    err_share = torch.cat([A[r:r + _ROWS, errors].abs().sum(1) for r in range(0, len(A), _ROWS)])
+    non_error = torch.ones_like(weights)
+    non_error[rows] = 1 - err_share / rowsum.clamp(min=1e-10)
+    out = influence + weights
+    completeness = (non_error * out).sum() / out.sum().clamp(min=1e-30)
+    return float(replacement), float(completeness)
+
+
 def graph_scores(A: Tensor, weights: Tensor, errors: slice, tokens: slice) -> tuple[float, float]:
     """circuit-tracer's ``compute_graph_scores``: replacement = token influence / (token + error influence);
     completeness = influence-weighted mean over nodes of the share of their (normalised) inputs not from errors."""
@@ -387,13 +610,14 @@ def graph_scores(A: Tensor, weights: Tensor, errors: slice, tokens: slice) -> tu
 
 
 def check_graph(graph: AttributionGraph) -> dict[str, float]:
-    """The exactness invariants' residuals: max |Σ in-edges + bias − value| / max |value|, features and logits."""
-    total = graph.adjacency.double().sum(1) + graph.bias
+    """The exactness invariants' residuals: max |Σ in-edges + bias − value| / max |value|, over the attributed
+    features and the logits."""
+    A, rows = graph.adjacency, graph.row_nodes
+    total = torch.cat([A[r:r + _ROWS].double().sum(1) for r in range(0, len(A), _ROWS)]) + graph.bias[rows]
     out = {}
-    for name, sl in (("features", slice(0, graph.n_features)), ("logits", slice(graph.n_nodes - graph.n_logits,
-                                                                                  graph.n_nodes))):
-        want = graph.values[sl]
-        out[name] = float((total[sl] - want).abs().max() / want.abs().max().clamp(min=1e-12)) if len(want) else 0.0
+    for name, sel in (("features", rows < graph.n_features), ("logits", rows >= graph.n_nodes - graph.n_logits)):
+        want = graph.values[rows[sel]]
+        out[name] = float((total[sel] - want).abs().max() / want.abs().max().clamp(min=1e-12)) if len(want) else 0.0
     return out
 
 
@@ -405,11 +629,13 @@ def graph_to_dict(graph: AttributionGraph, pruned: PruneResult, on: str | None =
     labels = graph.node_labels()
     inf = pruned.influence.tolist()
     keep = pruned.node_mask.tolist()
+    attributed = graph.attributed.tolist()
     nodes: list[dict[str, Any]] = []
     for i, (l, p, f) in enumerate(graph.features.tolist()):
         nodes.append({"id": i, "kind": "feature", "layer": l, "pos": p, "feature": f,
                       "activation": float(graph.activations[i]), "value": float(graph.values[i]),
-                      "bias": float(graph.bias[i]), "influence": inf[i], "kept": keep[i], "label": labels[i]})
+                      "bias": float(graph.bias[i]), "influence": inf[i], "kept": keep[i], "label": labels[i],
+                      "attributed": attributed[i]})
     for l in range(L):
         for p in range(T):
             i = n_f + l * T + p
@@ -423,9 +649,11 @@ def graph_to_dict(graph: AttributionGraph, pruned: PruneResult, on: str | None =
         i = graph.n_nodes - graph.n_logits + j
         nodes.append({"id": i, "kind": "logit", "layer": L, "pos": T - 1, "token": graph.logit_tokens[j],
                       "text": graph.logit_labels[j], "prob": float(graph.logit_probs[j]),
-                      "value": float(graph.values[i]), "bias": float(graph.bias[i]), "kept": True, "label": labels[i]})
-    t_idx, s_idx = pruned.edge_mask.nonzero(as_tuple=True)
-    weights = graph.adjacency[t_idx, s_idx].tolist()
+                      "value": float(graph.values[i]), "bias": float(graph.bias[i]), "kept": True, "label": labels[i],
+                      "attributed": True})
+    r_idx, s_idx = pruned.edge_mask.nonzero(as_tuple=True)
+    weights = graph.adjacency[r_idx, s_idx].tolist()
+    t_idx = graph.row_nodes[r_idx]
     edges = [[int(s), int(t), w] for s, t, w in zip(s_idx.tolist(), t_idx.tolist(), weights)]
     replacement, completeness = graph.scores(on)
     return {
@@ -434,6 +662,7 @@ def graph_to_dict(graph: AttributionGraph, pruned: PruneResult, on: str | None =
         "scores": {"replacement": replacement, "completeness": completeness},
         "check": check_graph(graph),
         "counts": {"features": n_f, "kept_features": int(pruned.node_mask[:n_f].sum()), "nodes": graph.n_nodes,
-                   "kept_nodes": int(pruned.node_mask.sum()), "kept_edges": len(edges)},
+                   "kept_nodes": int(pruned.node_mask.sum()), "kept_edges": len(edges),
+                   "attributed_features": int(graph.attributed[:n_f].sum())},
         "settings": graph.meta, "nodes": nodes, "edges": edges,
     }

@@ -37,6 +37,8 @@ def graph_cmd(
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda or cuda:N.")] = "auto",
     check: Annotated[int, typer.Option("--check", help="Check the top k features against interventions in the "
                                        "real model, and the faithfulness curve (needs --answer).")] = 0,
+    max_feature_nodes: Annotated[int | None, typer.Option("--max-feature-nodes", help="Attribute at most this "
+                                 "many features, by influence (long prompts: memory rows × nodes).")] = None,
 ) -> None:
     """Attribution graph of one prompt over transcoder features: graph.json and an offline graph.html."""
     from rich.console import Console
@@ -50,10 +52,12 @@ def graph_cmd(
         raise LogitlabError("give both --answer and --contrast, or neither")
     if check and answer is None:
         raise LogitlabError("--check needs --answer and --contrast (it checks the logit difference)")
+    if check and max_feature_nodes is not None:
+        raise LogitlabError("--check needs every feature attributed: leave out --max-feature-nodes")
     m = load_model(model, device=device_option(device))
     dicts = load_dictionaries(transcoders, m)
     with console.status("attributing…"):
-        g = attribute(m, prompt, dicts, answer=answer, contrast=contrast)
+        g = attribute(m, prompt, dicts, answer=answer, contrast=contrast, max_feature_nodes=max_feature_nodes)
         pruned = prune_graph(g, node_threshold, edge_threshold)
         data = graph_to_dict(g, pruned, model=m.name)
     if check > 0:
