@@ -143,3 +143,26 @@ def test_bounded_graph_json(tiny_model) -> None:  # noqa: ANN001
 def test_influence_refuses_a_row_bounded_adjacency() -> None:
     with pytest.raises(LogitlabError, match="square"):
         compute_influence(torch.ones(2, 5), torch.ones(5))
+
+
+def test_graph_command_with_a_row_budget(tmp_path, capsys) -> None:  # noqa: ANN001
+    """``logitlab graph --max-feature-nodes N``: graph.json and its view with N attributed features."""
+    import json
+
+    import logitlab
+    from logitlab.cli import main
+    from logitlab.features.formats import save_circuit_tracer
+    from tests.tiny import make_model_folder
+    folder = make_model_folder("gemma3", tmp_path / "model")
+    spec = logitlab.load_model(str(folder), cache=False).spec
+    tc = save_circuit_tracer(random_dictionaries(spec.d_model, spec.n_layers, "relu"), tmp_path / "tc")
+    args = ["graph", PROMPT, "--model", str(folder), "--transcoders", str(tc), "--out", str(tmp_path / "g"),
+            "--max-feature-nodes", "25"]
+    assert main(args) == 0
+    data = json.loads((tmp_path / "g" / "graph.json").read_text(encoding="utf-8"))
+    assert data["settings"]["max_feature_nodes"] == 25 and data["counts"]["attributed_features"] == 25
+    assert data["counts"]["features"] > 25 and data["check"]["features"] < 1e-4
+    assert (tmp_path / "g" / "graph.html").exists()
+    capsys.readouterr()
+    assert main(args + ["--answer", " she", "--contrast", " he", "--check", "3"]) != 0
+    assert "--check needs every feature attributed" in capsys.readouterr().err
