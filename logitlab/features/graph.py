@@ -481,18 +481,22 @@ def compute_influence(A: Tensor, weights: Tensor, max_iter: int = 1000) -> Tenso
     raise LogitlabError(f"influence did not converge in {max_iter} steps (the graph has a cycle?)")
 
 
-_ROWS = 256  # rows per step when a row-bounded adjacency is read (bounds every temporary to 256 × n_nodes)
+def _rows_per_step(A: Tensor) -> int:
+    """Rows per step when an adjacency is read in blocks: a block's temporaries stay near 2²⁴ entries (64 MB in
+    float32; at 1,000 tokens a row has ~570k entries)."""
+    return max(1, 2 ** 24 // max(int(A.shape[-1]), 1))
 
 
 def _abs_row_sums(A: Tensor) -> Tensor:
-    return torch.cat([A[r:r + _ROWS].abs().sum(1) for r in range(0, A.shape[0], _ROWS)]) if len(A) else A.sum(1)
+    k = _rows_per_step(A)
+    return torch.cat([A[r:r + k].abs().sum(1) for r in range(0, A.shape[0], k)]) if len(A) else A.sum(1)
 
 
 def _influence_rows(A: Tensor, rows: Tensor, weights: Tensor, rowsum: Tensor | None = None,
                     normalise: bool = True, max_iter: int = 1000) -> Tensor:
     """weights · (Â + Â² + …) for an adjacency holding only the rows of the nodes ``rows`` (every other row zero),
     Â its absolute value with each row divided by its sum (``normalise``; as :func:`_normalise`) or A itself.
-    Read ``_ROWS`` rows at a time: A is never copied."""
+    Read in blocks of rows: A is never copied."""
     w = weights.to(A.dtype)
     if normalise:
         scale = 1 / (_abs_row_sums(A) if rowsum is None else rowsum.to(A.dtype)).clamp(min=1e-10)
@@ -504,8 +508,9 @@ def _influence_rows(A: Tensor, rows: Tensor, weights: Tensor, rowsum: Tensor | N
         if not len(live):
             return total
         cur = torch.zeros_like(w)
-        for j in range(0, len(live), _ROWS):
-            r = live[j:j + _ROWS]
+        k = _rows_per_step(A)
+        for j in range(0, len(live), k):
+            r = live[j:j + k]
             cur += p[r] @ (A[r].abs() if normalise else A[r])
         total += cur
     raise LogitlabError(f"influence did not converge in {max_iter} steps (the graph has a cycle?)")
@@ -570,7 +575,8 @@ def _prune_rows(graph: AttributionGraph, node_threshold: float, edge_threshold: 
     at = torch.full((n,), -1, dtype=torch.long)
     at[keep] = torch.arange(len(keep))  # node → its column in the kept block
     krows = node_mask[rows].nonzero(as_tuple=True)[0]  # adjacency rows of kept nodes
-    S = torch.cat([A[krows[j:j + _ROWS]][:, keep] for j in range(0, len(krows), _ROWS)])  # (r, k)
+    step = _rows_per_step(A)
+    S = torch.cat([A[krows[j:j + step]][:, keep] for j in range(0, len(krows), step)])  # (r, k)
     norm = _normalise(S)
     row_col = at[rows[krows]]  # (r,) each kept row's node, as a kept column
     w_k = w[keep]
@@ -588,8 +594,9 @@ def _prune_rows(graph: AttributionGraph, node_threshold: float, edge_threshold: 
         alive[row_col[row_is_feature]] &= em[row_is_feature].any(1)
     node_mask[keep] = alive
     edge_mask = torch.zeros(A.shape, dtype=torch.bool)
-    for j in range(0, len(krows), _ROWS):
-        edge_mask[krows[j:j + _ROWS, None], keep[None]] = em[j:j + _ROWS]
+    step = _rows_per_step(em)
+    for j in range(0, len(krows), step):
+        edge_mask[krows[j:j + step, None], keep[None]] = em[j:j + step]
     return PruneResult(node_mask, edge_mask, influence)
 
 
@@ -600,7 +607,8 @@ def _scores_rows(A: Tensor, rows: Tensor, weights: Tensor, errors: slice, tokens
     influence = _influence_rows(A, rows, weights, rowsum)
     tok, err = influence[tokens].sum(), influence[errors].sum()
     replacement = tok / (tok + err).clamp(min=1e-30)
-    err_share = torch.cat([A[r:r + _ROWS, errors].abs().sum(1) for r in range(0, len(A), _ROWS)])
+    k = _rows_per_step(A)
+    err_share = torch.cat([A[r:r + k, errors].abs().sum(1) for r in range(0, len(A), k)])
     non_error = torch.ones_like(weights)
     non_error[rows] = 1 - err_share / rowsum.clamp(min=1e-10)
     out = influence + weights
@@ -625,7 +633,8 @@ def check_graph(graph: AttributionGraph) -> dict[str, float]:
     """The exactness invariants' residuals: max |Σ in-edges + bias − value| / max |value|, over the attributed
     features and the logits."""
     A, rows = graph.adjacency, graph.row_nodes
-    total = torch.cat([A[r:r + _ROWS].double().sum(1) for r in range(0, len(A), _ROWS)]) + graph.bias[rows]
+    k = _rows_per_step(A)
+    total = torch.cat([A[r:r + k].double().sum(1) for r in range(0, len(A), k)]) + graph.bias[rows]
     out = {}
     for name, sel in (("features", rows < graph.n_features), ("logits", rows >= graph.n_nodes - graph.n_logits)):
         want = graph.values[rows[sel]]
