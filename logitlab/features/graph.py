@@ -371,7 +371,7 @@ def _bounded_rows(walk: Any, features: Tensor, by_layer: list[int], logit_rows: 
         for c0 in range(0, n_l, batch_size):
             put(logit_rows[c0:c0 + batch_size])
         visited = torch.zeros(n_f, dtype=torch.bool)
-        layer = features[:, 0]
+        layer = features[:, 0].cpu()
         queue_size = rank_every or max(4 * batch_size, 128)
         n_done = 0
         while n_done < budget:
