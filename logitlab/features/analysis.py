@@ -39,7 +39,9 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
                   progress: Any = None) -> dict[str, Any]:
     """The ``features`` section: per prompt a graph on the logit difference; across prompts the top features."""
     from logitlab import answers
-    from logitlab.features.graph import attribute, check_graph, compute_influence
+    from logitlab.features.graph import attribute
+    from logitlab.features.influence import compute_influence
+    from logitlab.features.prune import check_graph
 
     n = min(n_prompts, tt.n_prompts)
     per: list[dict[tuple[int, int], tuple[float, float]]] = []

@@ -49,6 +49,8 @@ def graph_cmd(
     contexts: Annotated[Path | None, typer.Option("--contexts", help="Feature contexts file (default: "
                                                   "feature_contexts.json in the transcoders folder, if "
                                                   "there).")] = None,
+    max_feature_nodes: Annotated[int | None, typer.Option("--max-feature-nodes", help="Attribute at most this "
+                                 "many features, by influence (long prompts: memory rows × nodes).")] = None,
 ) -> None:
     """Attribution graph of one prompt over transcoder features: graph.json and an offline graph.html."""
     from rich.console import Console
@@ -56,7 +58,8 @@ def graph_cmd(
     from logitlab.features.cards import CONTEXTS_FILE, add_cards, load_contexts
     from logitlab.features.export import export_circuit_tracer, read_supernodes
     from logitlab.features.formats import load_dictionaries
-    from logitlab.features.graph import attribute, graph_to_dict, prune_graph
+    from logitlab.features.graph import attribute
+    from logitlab.features.prune import graph_to_dict, prune_graph
     from logitlab.model.device import device_option
     from logitlab.model.load import load_model
     console = Console(stderr=True)
@@ -64,13 +67,15 @@ def graph_cmd(
         raise LogitlabError("give both --answer and --contrast, or neither")
     if check and answer is None:
         raise LogitlabError("--check needs --answer and --contrast (it checks the logit difference)")
+    if check and max_feature_nodes is not None:
+        raise LogitlabError("--check needs every feature attributed: leave out --max-feature-nodes")
     m = load_model(model, device=device_option(device))
     dicts = load_dictionaries(transcoders, m)
     if contexts is None and (Path(transcoders) / CONTEXTS_FILE).is_file():
         contexts = Path(transcoders) / CONTEXTS_FILE
     ctx = load_contexts(contexts) if contexts is not None else None  # read first: a bad file fails fast
     with console.status("attributing…"):
-        g = attribute(m, prompt, dicts, answer=answer, contrast=contrast)
+        g = attribute(m, prompt, dicts, answer=answer, contrast=contrast, max_feature_nodes=max_feature_nodes)
         pruned = prune_graph(g, node_threshold, edge_threshold)
         data = graph_to_dict(g, pruned, model=m.name)
     data.update(transcoders=str(transcoders), vocab_size=int(m.runner.w.W_U.shape[1]),

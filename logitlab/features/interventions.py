@@ -37,7 +37,8 @@ from torch import Tensor
 
 from logitlab.errors import LogitlabError
 from logitlab.features.dictionary import DictionarySet
-from logitlab.features.graph import AttributionGraph, _normalise, compute_influence
+from logitlab.features.graph import AttributionGraph
+from logitlab.features.influence import compute_influence, normalise
 from logitlab.features.quality import staged
 from logitlab.task import encode_prompt, single_token_id
 
@@ -225,7 +226,7 @@ def predicted_effects(graph: AttributionGraph) -> Tensor:
 def top_features(graph: AttributionGraph, k: int | None = None) -> Tensor:
     """Feature node indices by influence on the logit-difference target (circuit-tracer's normalised absolute
     adjacency), highest first; the first ``k``."""
-    infl = compute_influence(_normalise(graph.adjacency), graph.logit_weights("logit_diff"))[:graph.n_features]
+    infl = compute_influence(normalise(graph.adjacency), graph.logit_weights("logit_diff"))[:graph.n_features]
     order = infl.argsort(descending=True)
     return order if k is None else order[:k]
 

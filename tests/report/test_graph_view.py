@@ -57,7 +57,8 @@ def _graph(tmp_path: Path) -> tuple[dict[str, Any], Path]:
     """A tiny model's graph with cards, contexts (one with a hostile token) and a supernode, written as graph.html."""
     from logitlab.features.cards import add_cards
     from logitlab.features.export import read_supernodes
-    from logitlab.features.graph import attribute, graph_to_dict, prune_graph
+    from logitlab.features.graph import attribute
+    from logitlab.features.prune import graph_to_dict, prune_graph
     from logitlab.features.graph_cli import write_graph
     from logitlab.model.load import load_model
     from tests.tiny import make_model_folder, random_dictionaries

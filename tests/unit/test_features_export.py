@@ -26,7 +26,8 @@ NODE_KEYS = {"node_id", "feature", "layer", "ctx_idx", "feature_type", "token_pr
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A pruned graph of the tiny Llama (grouped KV heads): model, dictionaries, graph, pruning, graph.json dict."""
-    from logitlab.features.graph import attribute, graph_to_dict, prune_graph
+    from logitlab.features.graph import attribute
+    from logitlab.features.prune import graph_to_dict, prune_graph
     from logitlab.model.load import load_model
     folder = make_model_folder("llama_gqa", tmp_path_factory.mktemp("export") / "llama_gqa")
     m = load_model(str(folder), cache=False)

@@ -9,7 +9,9 @@ import zlib
 import pytest
 import torch
 
-from logitlab.features.graph import attribute, compute_influence, graph_scores, prune_graph
+from logitlab.features.graph import attribute
+from logitlab.features.influence import compute_influence, graph_scores
+from logitlab.features.prune import prune_graph
 from logitlab.features.replacement import build_replacement
 from tests.tiny import random_dictionaries
 from logitlab.model.runner import Runner
@@ -186,7 +188,7 @@ def test_graph_json_and_view(tiny_model, tmp_path) -> None:  # noqa: ANN001
     is one offline page under the report's Content-Security-Policy."""
     import json
 
-    from logitlab.features.graph import graph_to_dict
+    from logitlab.features.prune import graph_to_dict
     from logitlab.features.graph_cli import write_graph
     from logitlab.report.page import CSP
     _, _, g = _graph(tiny_model, "relu", dtype=torch.float32)
