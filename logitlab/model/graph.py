@@ -164,8 +164,7 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
     patched = patch is not None
     if patched and other is None:
         raise ValueError("a patch needs the other run's sender outputs")
-    keep_senders = record or patched
-    senders = embed.new_zeros(B, graph.n_senders, T, D) if keep_senders else None
+    senders = embed.new_zeros(B, graph.n_senders, T, D) if record else None  # a patched run reads ``diff`` only
     diff = None  # (B, S, T, D): other − current, filled as senders run
     if patched:
         assert other is not None
@@ -316,7 +315,7 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
             diff[:, graph.mlp_sender(layer)] = other[:, graph.mlp_sender(layer)] - mlp_out  # type: ignore[index]
         resid = resid + attn_out + mlp_out
         if layer == stop:
-            return GraphRun(final=None, senders=senders if record else None, inputs=inputs, attn_pre=None, resid=resid)
+            return GraphRun(final=None, senders=senders, inputs=inputs, attn_pre=None, resid=resid)
     x_fin = resid
     if patched:
         x_fin = mixed_input(patch[:, -1:], graph.n_senders, L, resid, "logits")[:, 0]  # type: ignore[index]
@@ -325,7 +324,7 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
     if inputs is not None:
         inputs.append(x_fin)
     final = x_fin[torch.arange(B, device=x_fin.device), final_pos]
-    return GraphRun(final=final, senders=senders if record else None, inputs=inputs,
+    return GraphRun(final=final, senders=senders, inputs=inputs,
                     attn_pre=attn_pre_cur if s.post_norms else None)
 
 
