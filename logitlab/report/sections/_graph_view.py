@@ -13,12 +13,12 @@ supernode are dropped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 import plotly.graph_objects as go
 
+from ..attention import json_for_script
 from ..layout import BLUE, GREY, RED, plot_layout
 from ..markup import esc, note, table
 from ..page import page
@@ -237,11 +237,6 @@ CARD_JS = r"""
 """
 
 
-def _json_block(obj: Any) -> str:
-    """JSON for a ``<script type="application/json">`` block ("<" escaped, so no string can close the tag)."""
-    return json.dumps(obj, ensure_ascii=False).replace("<", "\\u003c")
-
-
 def graph_page(g: Mapping[str, Any]) -> str:
     """graph.html: the graph's figure with its feature cards, its scores and invariant check, the supernodes and
     the kept features as a table."""
@@ -275,7 +270,7 @@ def graph_page(g: Mapping[str, Any]) -> str:
         + sn
         + "<h3>Kept features, by influence</h3>"
         + table(["layer", "pos", "token", "feature", "activation", "influence"], rows, "kv")
-        + f'<script type="application/json" id="graph-cards">{_json_block(card_data(g))}</script>'
+        + f'<script type="application/json" id="graph-cards">{json_for_script(card_data(g))}</script>'
         + "</section>")
     return page("attribution graph", "Attribution graph", g["prompt"], body, footer=f"logitlab · {g.get('model')}",
                 scripts=(CARD_JS,))
