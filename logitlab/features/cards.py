@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from logitlab.errors import LogitlabError
+from logitlab.features.contexts import CONTEXTS_FILE, VERSION
 
 __all__ = ["CONTEXTS_FILE", "MAX_CONTEXTS", "add_cards", "load_contexts", "logit_effects"]
 
-CONTEXTS_FILE = "feature_contexts.json"
 MAX_CONTEXTS = 5  # contexts shown per card
 APPROXIMATION = ("W_dec[f] ⊙ final norm weight @ W_U (centred on LayerNorm models); the final norm's scale and "
                  "paths through later layers ignored; before any final soft-cap")
@@ -75,8 +75,8 @@ def load_contexts(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise LogitlabError(f"cannot read the feature contexts {path}: {e}") from e
-    if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("layers"), dict):
-        raise LogitlabError(f"{path}: expected {{'version': 1, 'corpus': ..., 'layers': {{...}}}}")
+    if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("layers"), dict):
+        raise LogitlabError(f"{path}: expected {{'version': {VERSION}, 'corpus': ..., 'layers': {{...}}}}")
     for layer, feats in data["layers"].items():
         if not isinstance(feats, dict):
             raise LogitlabError(f"{path}: layers.{layer} is not an object of features")
