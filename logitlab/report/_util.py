@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -108,6 +108,20 @@ def head_name(layer: int, head: int) -> str:
 def is_matrix(x: Any) -> bool:
     """True when ``x`` is a non-empty list of lists."""
     return isinstance(x, list) and len(x) > 0 and all(isinstance(r, list) for r in x)
+
+
+def estimated_mask(part: Any) -> list[list[bool]] | None:
+    """The cells a screen left to an estimate: ``part["method"]`` read as a [row][column] mask, True where a cell
+    is not ``"exact"`` (``"estimated"``: a first-order estimate, never the basis of a finding).
+
+    The one reader of the ``method`` matrix of a screened ablation or patching set. None when ``part`` has no
+    ``method`` matrix (files from before screening, or a sweep that computed every cell exactly). The mask has
+    ``method``'s shape; callers that index it by another matrix's cells check the bounds.
+    """
+    method = part.get("method") if isinstance(part, Mapping) else None
+    if not is_matrix(method):
+        return None
+    return [[m != "exact" for m in row] for row in method]
 
 
 def finite(x: Any) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._util import finite, fmt, is_matrix
+from ._util import estimated_mask, finite, fmt, is_matrix
 from .markup import esc, figure_html, note, table
 from .registry import Run
 
@@ -135,9 +135,9 @@ def top_ablation_heads(results: dict[str, Any], k: int) -> list[Head]:
     z, cis = zero.get("delta_logit_diff"), zero.get("delta_logit_diff_ci") or []
     if not is_matrix(z):
         return []
-    method = zero.get("method") if is_matrix(zero.get("method")) else None
+    est = estimated_mask(zero)
     flat = [(float(v), l, h) for l, row in enumerate(z) for h, v in enumerate(row)
-            if finite(v) and (method is None or method[l][h] != "estimated")]
+            if finite(v) and (est is None or not est[l][h])]
     n = _n_layers(results)
     return [Head(l, h, n, v, pair(cis[l][h] if l < len(cis) and h < len(cis[l]) else None, v))
             for v, l, h in sorted(flat)[:k]]

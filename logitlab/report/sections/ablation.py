@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from logitlab.results import Results
 
-from .._util import finite, fmt, head_name, is_matrix
+from .._util import estimated_mask, finite, fmt, head_name, is_matrix
 from ..layout import diverging_heatmap, head_axes
 from ..markup import Figures, esc, grid, missing, note
 from ..registry import FigureSpec, Finding, Rule, Section, register
@@ -19,15 +19,9 @@ from ..registry import FigureSpec, Finding, Rule, Section, register
 SCREENED_OUT = "estimated (screened out)"
 
 
-def _estimated(part: Mapping[str, Any]) -> list[list[bool]] | None:
-    """Which heads a screened ablation left to its first-order estimate (None: every head exact)."""
-    method = part.get("method")
-    return [[v == "estimated" for v in row] for row in method] if is_matrix(method) else None
-
-
 def _n_exact(part: Mapping[str, Any]) -> tuple[int, int] | None:
     """(heads computed exactly, heads) of a screened ablation; None when every head is exact."""
-    est = _estimated(part)
+    est = estimated_mask(part)
     if est is None:
         return None
     flat = [e for row in est for e in row]
@@ -36,7 +30,7 @@ def _n_exact(part: Mapping[str, Any]) -> tuple[int, int] | None:
 
 def _exact_cells(part: Mapping[str, Any], key: str) -> list[tuple[float, int, int]]:
     """(value, layer, head) of ``part[key]`` for the heads computed exactly."""
-    est = _estimated(part)
+    est = estimated_mask(part)
     return [(float(v), l, h) for l, row in enumerate(part[key]) for h, v in enumerate(row)  # type: ignore[literal-required]
             if finite(v) and not (est and l < len(est) and h < len(est[l]) and est[l][h])]
 
@@ -61,7 +55,7 @@ def _ablation_figure(results: Results, kind: str, metric: str) -> go.Figure:
     name = "logit diff" if metric == "logit_diff" else "loss"
     cbar = f"Δ {name} vs baseline {fmt(base)}<br>(mean of per-prompt changes)"
     title = f"{kind.capitalize()}-ablation: {name} − baseline (paired)"
-    est = _estimated(part)
+    est = estimated_mask(part)  # the heads a screen left to their first-order estimate
 
     def tag(l: int, h: int) -> str:
         return f"<br>{SCREENED_OUT}: first-order estimate, not ablated" if est and est[l][h] else ""

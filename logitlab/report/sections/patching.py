@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from logitlab.results import Results
 
 from .._numbers import ci_pair
-from .._util import finite, fmt, is_matrix, layer_labels, plotly_text, quoted, unique_token_labels
+from .._util import estimated_mask, finite, fmt, is_matrix, layer_labels, plotly_text, quoted, unique_token_labels
 from ..compare_runs import HALF, Run, depth, join
 from ..layout import GREY, diverging_heatmap
 from ..markup import Figures, esc, figure_html, grid, missing, note
@@ -144,12 +144,9 @@ def _resid_patching(results: Results) -> Finding | None:
 
 
 def _estimated_cells(ps: Mapping[str, Any], z: list[list[float]]) -> set[tuple[int, int]]:
-    """The (layer, position) cells of ``ps`` whose ``method`` says ``estimated`` (none without ``method``)."""
-    method = ps.get("method")
-    if not isinstance(method, list):
-        return set()
-    return {(layer, pos) for layer, row in enumerate(method[:len(z)]) if isinstance(row, list)
-            for pos, m in enumerate(row[:len(z[layer])]) if m == "estimated"}
+    """The (layer, position) cells of ``z`` that a screen left to an estimate in ``ps`` (none without ``method``)."""
+    est = estimated_mask(ps) or []
+    return {(layer, pos) for layer, row in enumerate(est[:len(z)]) for pos, e in enumerate(row[:len(z[layer])]) if e}
 
 
 def _exact_only(estimated: set[tuple[int, int]]) -> str:
@@ -180,11 +177,12 @@ def _patching_view(p: Any, width_labels: Callable[[int], list[str]] | None) -> t
     else:
         x = width_labels(width)
     err, ci = p.get("stderr"), p.get("ci")
-    method = p.get("method") if isinstance(p.get("method"), list) and len(p["method"]) == len(z) else None
+    est = estimated_mask(p)
+    est = est if est is not None and len(est) == len(z) else None
     custom = None
     if is_matrix(err) and isinstance(ci, list) and len(ci) == len(z) and len(err) == len(z):
         custom = [[[float(err[l][j]), float(ci[l][j][0]), float(ci[l][j][1]),
-                    _METHOD_NOTE.get(method[l][j] if method is not None else "exact", "")]
+                    _METHOD_NOTE["estimated" if est is not None and est[l][j] else "exact"]]
                    for j in range(len(row))] for l, row in enumerate(z)]
     return z, x, custom
 
@@ -195,11 +193,8 @@ _METHOD_NOTE = {"exact": "exact", "estimated": "estimated (screened out: attribu
 
 def _estimated_note(p: Any) -> str:
     """``"; 20 of 126 cells exact, the others estimated"`` when the set's cells were screened, else ``""``."""
-    method = p.get("method")
-    if not isinstance(method, list):
-        return ""
-    flat = [m for row in method if isinstance(row, list) for m in row]
-    n_exact = sum(m == "exact" for m in flat)
+    flat = [e for row in estimated_mask(p) or [] for e in row]
+    n_exact = len(flat) - sum(flat)
     return "" if n_exact == len(flat) else f"; {n_exact} of {len(flat)} cells exact, the others estimated"
 
 
