@@ -31,18 +31,28 @@ APPROXIMATION = ("W_dec[f] ⊙ final norm weight @ W_U (centred on LayerNorm mod
                  "paths through later layers ignored; before any final soft-cap")
 
 
+#: Unembedding columns read per block on the CPU (8× on a GPU): each block is widened to float32 on its own, so a
+#: bfloat16 model holds no float32 copy of the whole unembedding (on a 262k vocabulary, 4 bytes × d_model × 262k).
+_VOCAB_COLS = 4096
+
+
 def logit_effects(model: Any, dictionaries: Any, keys: list[tuple[int, int]], k: int = 5,
                   chunk: int = 64) -> dict[tuple[int, int], dict[str, list[dict[str, Any]]]]:
     """The ``k`` largest and smallest logit effects of each (layer, feature) in ``keys``.
+
+    The unembedding is read in column blocks (:data:`_VOCAB_COLS`), each widened to float32 as it is used, with a
+    running top-k and bottom-k over the blocks: the same numbers as the product with the whole unembedding.
 
     Returns, per key, ``{"top": [...], "bottom": [...]}``, each entry ``{"token": id, "text": str, "value": float}``
     (top: largest first; bottom: most negative first).
     """
     runner = model.runner
     w, spec = runner.w, runner.spec
-    W_U = w.W_U.float()  # (D, V)
+    W_U = w.W_U  # (D, V), the model's dtype
     lnf_w = None if w.lnf_w is None else w.lnf_w.float()  # (D,)
-    k = min(k, int(W_U.shape[1]))
+    V = int(W_U.shape[1])
+    k = min(k, V)
+    cols = _VOCAB_COLS * (8 if W_U.device.type == "cuda" else 1)
     out: dict[tuple[int, int], dict[str, list[dict[str, Any]]]] = {}
     by_layer: dict[int, list[int]] = {}
     for layer, f in sorted(set(keys)):
@@ -57,15 +67,31 @@ def logit_effects(model: Any, dictionaries: Any, keys: list[tuple[int, int]], k:
                 rows = rows - rows.mean(-1, keepdim=True)
             if lnf_w is not None:
                 rows = rows * lnf_w
-            eff = rows @ W_U  # (n, V)
-            hi, lo = eff.topk(k, dim=-1), eff.topk(k, dim=-1, largest=False)
+            hi = lo = None  # running (values, token ids), each (n, k)
+            for b0 in range(0, V, cols):
+                eff = rows @ W_U[:, b0:b0 + cols].float()  # (n, cols) this block's logit effects
+                hi = _merge(hi, eff, b0, k, largest=True)
+                lo = _merge(lo, eff, b0, k, largest=False)
+            assert hi is not None and lo is not None  # V ≥ 1
             for j, f in enumerate(fs):
                 out[(layer, f)] = {
                     "top": [{"token": int(t), "text": dec(int(t)), "value": float(v)}
-                            for v, t in zip(hi.values[j].tolist(), hi.indices[j].tolist())],
+                            for v, t in zip(hi[0][j].tolist(), hi[1][j].tolist())],
                     "bottom": [{"token": int(t), "text": dec(int(t)), "value": float(v)}
-                               for v, t in zip(lo.values[j].tolist(), lo.indices[j].tolist())]}
+                               for v, t in zip(lo[0][j].tolist(), lo[1][j].tolist())]}
     return out
+
+
+def _merge(best: tuple[torch.Tensor, torch.Tensor] | None, eff: torch.Tensor, offset: int, k: int,
+           largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running ``k`` largest (or smallest) values and their token ids, sorted, after the block ``eff``
+    (n, cols) whose first column is token ``offset``."""
+    blk = eff.topk(min(k, eff.shape[1]), dim=-1, largest=largest)  # (n, ≤k)
+    vals, ids = blk.values, blk.indices + offset
+    if best is not None:
+        vals, ids = torch.cat([best[0], vals], -1), torch.cat([best[1], ids], -1)  # (n, ≤2k)
+    keep = vals.topk(min(k, vals.shape[1]), dim=-1, largest=largest)  # sorted: largest (smallest) first
+    return keep.values, ids.gather(-1, keep.indices)
 
 
 def load_contexts(path: str | Path) -> dict[str, Any]:
