@@ -17,7 +17,6 @@ twice.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -27,7 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from logitlab.errors import LogitlabError
-from logitlab.model.readout import CleanCache, wide
+from logitlab.model.readout import CACHE_BATCH_DIM, CleanCache, wide
 from logitlab.model.runner import Runner
 from logitlab.screen import ESTIMATED, EXACT
 from logitlab.stats import Paired, paired
@@ -207,19 +206,6 @@ def pair_caches(runner: Runner, clean_tokens: Tensor, corrupted_tokens: Tensor) 
         return runner.run_with_cache(clean_tokens.to(dev)), runner.run_with_cache(corrupted_tokens.to(dev))
 
 
-def _batch_dim(name: str, annotation: Any) -> int:
-    """Where a :class:`CleanCache` field keeps its batch: 0 (``"batch ..."``) or 1 (``"layer batch ..."``)."""
-    text = str(annotation)
-    shape = re.search(r"Tensor, [\"'](.*?)[\"']\]", text)
-    dims = shape.group(1).split() if shape else []
-    if dims[:1] == ["batch"]:
-        return 0
-    if dims[:2] == ["layer", "batch"]:
-        return 1
-    raise LogitlabError(f"CleanCache.{name} has no batch dimension in its annotation {text!r}",
-                        "join_caches must know how to concatenate every cache field")
-
-
 def join_caches(parts: Sequence[PairCaches]) -> PairCaches:
     """The caches of disjoint sets of pairs of one token length (in order) as one, concatenated over the batch."""
     if len(parts) == 1:
@@ -229,7 +215,7 @@ def join_caches(parts: Sequence[PairCaches]) -> PairCaches:
         out: dict[str, Tensor | None] = {}
         for f in fields(CleanCache):
             xs = [getattr(c, f.name) for c in caches]
-            out[f.name] = None if xs[0] is None else torch.cat(xs, _batch_dim(f.name, f.type))
+            out[f.name] = None if xs[0] is None else torch.cat(xs, CACHE_BATCH_DIM[f.name])
         return CleanCache(**out)  # type: ignore[arg-type]
     return cat([p[0] for p in parts]), cat([p[1] for p in parts])
 

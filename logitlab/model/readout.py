@@ -28,7 +28,7 @@ from torch import Tensor
 from logitlab import answers
 from logitlab.model.spec import ArchSpec, Weights
 
-__all__ = ["CleanCache", "Readout", "wide"]
+__all__ = ["CACHE_BATCH_DIM", "CleanCache", "Readout", "wide"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,14 @@ class CleanCache:
     final_scale: Float[Tensor, "batch pos"]
     z: Float[Tensor, "layer batch pos head d_head"]
     pattern: Float[Tensor, "layer batch head pos pos"]
+
+
+#: The dimension that holds the batch in each :class:`CleanCache` field (caches of disjoint prompts are joined along
+#: it). A new field needs its entry here; a test checks the table against the annotations above.
+CACHE_BATCH_DIM: dict[str, int] = {
+    "embed": 0, "pos_embed": 0, "resid_pre": 1, "attn_pre": 1, "attn_out": 1, "post_attn_scale": 1, "resid_mid": 1,
+    "mlp_out": 1, "resid_final": 0, "final_scale": 0, "z": 1, "pattern": 1,
+}
 
 
 def wide(x: Tensor) -> Tensor:
