@@ -3,7 +3,9 @@
 Chromium reads NUL-terminated JSON commands from fd 3 and writes NUL-terminated
 JSON responses/events to fd 4. A reader thread collects responses (by id) and
 events (in order); :meth:`Chromium.send` blocks until its response arrives or a
-timeout passes. Used by the report's browser test only.
+timeout passes. :func:`open_file` opens a file in a tab and waits until its figures are drawn (the report tests'
+``chromium_page`` fixture, ``conftest.py``, starts the browser and calls it). Used by the report's browser tests
+only.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+CHROMIUM = os.environ.get("LOGITLAB_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("LOGITLAB_ARTIFACTS", Path(__file__).resolve().parent / "artifacts"))
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -228,3 +234,42 @@ class Chromium:
                  tb: TracebackType | None) -> None:
         """Close the browser."""
         self.close()
+
+
+@dataclass(frozen=True)
+class Page:
+    """A file opened in a tab of a headless Chromium."""
+
+    browser: Chromium
+    sid: str
+    """the tab's CDP session id"""
+    url: str
+    """the file's ``file://`` URL"""
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JS expression evaluated in the page."""
+        return self.browser.evaluate(self.sid, expression)
+
+
+#: [plotly figures on the page, those drawn]
+_DRAWN_JS = """
+(() => { const divs = [...document.querySelectorAll('.plotly-graph-div')];
+         return [divs.length, divs.filter(d => d.querySelector('.main-svg')).length]; })()
+"""
+
+
+def open_file(browser: Chromium, html: Path, width: int, height: int, timeout: float = 20.0) -> Page:
+    """``html`` in a new tab of ``width`` × ``height`` (:meth:`Chromium.open_page`), once every plotly figure on it
+    is drawn.
+
+    Raises:
+        CDPError: Some figure is not drawn after ``timeout`` seconds.
+    """
+    url = html.resolve().as_uri()
+    page = Page(browser, browser.open_page(url, width, height), url)
+    deadline = time.monotonic() + timeout
+    while (counts := page.evaluate(_DRAWN_JS))[1] < counts[0]:
+        if time.monotonic() > deadline:
+            raise CDPError(f"{counts[1]} of {counts[0]} plotly figures drawn after {timeout:.0f} s in {html}")
+        time.sleep(0.2)
+    return page

@@ -10,19 +10,20 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import synthetic
-from cdp import Chromium
-from test_browser import ARTIFACTS, CHROMIUM, HEIGHT, WIDTH, _require_chromium
+from cdp import ARTIFACTS, Page
 from logitlab.cli import main
 from logitlab.errors import LogitlabError
 from logitlab.report.compare import compare_figures, compare_findings, load_runs, write_compare
 
 ALLOWED_SCHEMES = ("file://", "data:", "about:")
+WIDTH, HEIGHT = 1280, 900
 
 PAGE_JS = """
 (() => {
@@ -145,32 +146,25 @@ def test_grid_folders_expand_to_their_finished_cells_and_errors_are_clear(runs_d
     assert main(["compare", str(tmp_path / "nothing")]) == 2
 
 
-def test_compare_in_headless_chromium(runs_dir: Path, tmp_path: Path) -> None:
+def test_compare_in_headless_chromium(runs_dir: Path, tmp_path: Path,
+                                      chromium_page: Callable[[Path, int, int, str], Page]) -> None:
     """compare.html renders every figure, stays offline, raises no errors and shows the findings as text."""
-    _require_chromium()
     start = time.monotonic()
     out = write_compare(_folders(runs_dir), tmp_path / "compare.html", title="compare <script>alert(1)</script>")
     n_figures = len(compare_figures(load_runs(_folders(runs_dir))))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with Chromium(CHROMIUM, tmp_path / "profile", ARTIFACTS / "chromium-compare.log",
-                  (f"--window-size={WIDTH},{HEIGHT}",)) as browser:
-        url = out.resolve().as_uri()
-        sid = browser.open_page(url, WIDTH, HEIGHT)
-        deadline = time.monotonic() + 20
-        page = browser.evaluate(sid, PAGE_JS)
-        while page["rendered"] < page["divs"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-            page = browser.evaluate(sid, PAGE_JS)
-        time.sleep(0.3)  # late console messages / requests
-        browser.screenshot(sid, ARTIFACTS / "compare_full.png",
-                           {"x": 0, "y": 0, "width": WIDTH, "height": min(page["height"], 16000)})
-        errors = browser.page_errors()
-        requests = [e["params"]["request"]["url"] for e in browser.events_named("Network.requestWillBeSent")]
-        dialogs = browser.events_named("Page.javascriptDialogOpening")
+    tab = chromium_page(out, WIDTH, HEIGHT, "chromium-compare.log")
+    browser = tab.browser
+    page = tab.evaluate(PAGE_JS)
+    time.sleep(0.3)  # late console messages / requests
+    browser.screenshot(tab.sid, ARTIFACTS / "compare_full.png",
+                       {"x": 0, "y": 0, "width": WIDTH, "height": min(page["height"], 16000)})
+    errors = browser.page_errors()
+    requests = [e["params"]["request"]["url"] for e in browser.events_named("Network.requestWillBeSent")]
+    dialogs = browser.events_named("Page.javascriptDialogOpening")
     assert page["divs"] == n_figures and page["rendered"] == n_figures, page
     assert not errors, f"console errors: {errors}"
     assert not dialogs, f"a JS dialog opened (injection?): {dialogs}"
-    assert not [u for u in requests if not u.startswith(ALLOWED_SCHEMES)] and url in requests
+    assert not [u for u in requests if not u.startswith(ALLOWED_SCHEMES)] and tab.url in requests
     assert page["title"] == "compare <script>alert(1)</script>", "the title is shown as text"
     assert page["sections"][:2] == ["Findings across models", "Runs"] and "Formation" in page["sections"]
     assert "model <A>" in page["text"] and "model B" in page["text"]

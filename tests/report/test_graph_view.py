@@ -6,17 +6,13 @@ Skipped when Chromium is absent, unless ``CI=true``."""
 from __future__ import annotations
 
 import json
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
+from cdp import ARTIFACTS, Page
 
-from cdp import Chromium
-
-CHROMIUM = os.environ.get("LOGITLAB_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("LOGITLAB_ARTIFACTS", Path(__file__).parent / "artifacts"))
 WIDTH, HEIGHT = 1400, 1000
 HOSTILE = "<script>alert(1)</script>"
 
@@ -42,15 +38,6 @@ CARD_JS = """
           rendered: !!document.querySelector('#plot-graph .main-svg')};
 })()
 """
-
-
-def _require_chromium() -> None:
-    if Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK):
-        return
-    msg = f"Chromium not found at {CHROMIUM} (set LOGITLAB_CHROMIUM) to run the graph view's browser test"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 def _graph(tmp_path: Path) -> tuple[dict[str, Any], Path]:
@@ -81,58 +68,51 @@ def _graph(tmp_path: Path) -> tuple[dict[str, Any], Path]:
     return data, html
 
 
-def test_graph_view_cards_in_chromium(tmp_path: Path) -> None:
+def test_graph_view_cards_in_chromium(tmp_path: Path, chromium_page: Callable[[Path, int, int, str], Page]) -> None:
     """The mouse over a feature shows its card, a click keeps it; a supernode's card; contexts shaded by activation
     relative to the context's maximum, the hostile token inserted as text; no error, dialog or request."""
-    _require_chromium()
     data, html = _graph(tmp_path)
     node = next(n for n in data["nodes"] if n.get("contexts"))
     key = f"n{node['id']}"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with Chromium(CHROMIUM, tmp_path / "profile", ARTIFACTS / "chromium_graph.log",
-                  (f"--window-size={WIDTH},{HEIGHT}",)) as browser:
-        url = html.resolve().as_uri()
-        sid = browser.open_page(url, WIDTH, HEIGHT)
-        deadline = time.monotonic() + 20
-        while not browser.evaluate(sid, CARD_JS)["rendered"]:
-            assert time.monotonic() < deadline, "the graph's figure did not render"
+    page = chromium_page(html, WIDTH, HEIGHT, "chromium_graph.log")
+    browser, sid = page.browser, page.sid
+    before = page.evaluate(CARD_JS)
+    assert before["rendered"], "the graph's figure did not render"
+
+    def mouse(kind: str, x: float, y: float, **kw: Any) -> None:
+        browser.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, **kw}, sid)
+
+    def hover(k: str, click: bool = False) -> dict[str, Any]:
+        p = page.evaluate(f"{POINT_JS}({json.dumps(k)})")
+        end = time.monotonic() + 10
+        while True:  # plotly throttles hover events: move off and on until the card follows
+            mouse("mouseMoved", p["x"] - 60, p["y"] + 60)
+            time.sleep(0.15)
+            mouse("mouseMoved", p["x"], p["y"])
+            time.sleep(0.25)
+            card = page.evaluate(CARD_JS)
+            if card["key"] == k or time.monotonic() > end:
+                break
+        if click:
+            mouse("mousePressed", p["x"], p["y"], button="left", clickCount=1)
+            mouse("mouseReleased", p["x"], p["y"], button="left", clickCount=1)
             time.sleep(0.2)
-        before = browser.evaluate(sid, CARD_JS)
+        return card
 
-        def mouse(kind: str, x: float, y: float, **kw: Any) -> None:
-            browser.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, **kw}, sid)
-
-        def hover(k: str, click: bool = False) -> dict[str, Any]:
-            p = browser.evaluate(sid, f"{POINT_JS}({json.dumps(k)})")
-            end = time.monotonic() + 10
-            while True:  # plotly throttles hover events: move off and on until the card follows
-                mouse("mouseMoved", p["x"] - 60, p["y"] + 60)
-                time.sleep(0.15)
-                mouse("mouseMoved", p["x"], p["y"])
-                time.sleep(0.25)
-                card = browser.evaluate(sid, CARD_JS)
-                if card["key"] == k or time.monotonic() > end:
-                    break
-            if click:
-                mouse("mousePressed", p["x"], p["y"], button="left", clickCount=1)
-                mouse("mouseReleased", p["x"], p["y"], button="left", clickCount=1)
-                time.sleep(0.2)
-            return card
-
-        feat = hover(key, click=True)
-        browser.screenshot(sid, ARTIFACTS / "graph_card.png")
-        sn = hover("s0")
-        mouse("mouseMoved", 5, 5)  # off the plot: the clicked card comes back
-        time.sleep(0.4)
-        after = browser.evaluate(sid, CARD_JS)
-        time.sleep(0.3)
-        errors = browser.page_errors()
-        dialogs = browser.events_named("Page.javascriptDialogOpening")
-        requests = [e["params"]["request"]["url"] for e in browser.events_named("Network.requestWillBeSent")]
+    feat = hover(key, click=True)
+    browser.screenshot(sid, ARTIFACTS / "graph_card.png")
+    sn = hover("s0")
+    mouse("mouseMoved", 5, 5)  # off the plot: the clicked card comes back
+    time.sleep(0.4)
+    after = page.evaluate(CARD_JS)
+    time.sleep(0.3)
+    errors = browser.page_errors()
+    dialogs = browser.events_named("Page.javascriptDialogOpening")
+    requests = [e["params"]["request"]["url"] for e in browser.events_named("Network.requestWillBeSent")]
 
     assert not errors, f"console errors: {errors}"
     assert not dialogs, f"a dialog opened (injection?): {dialogs}"
-    assert requests == [url], requests
+    assert requests == [page.url], requests
     assert before["key"] is None and "Hover over a node" in before["text"]
     # the feature's card
     assert feat["key"] == key, feat
