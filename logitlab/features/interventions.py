@@ -292,10 +292,13 @@ def effects_by_backward(model: Any, dictionaries: DictionarySet, graph: Attribut
                 return
             tc = dictionaries.layers[layer]
             pos, f = feats[idx, 1], feats[idx, 2]
-            d = (g[0, pos] * tc.W_dec[f.cpu()].to(dev, dtype)).sum(-1)  # (n,) dΔ/da_s
+            # one (T, F) product per layer rather than gathering (n, D) decoder and encoder rows (n ≈ T × features
+            # active per token)
+            d = (g[0] @ tc.W_dec.to(dev, dtype).T)[pos, f]  # (n,) dΔ/da_s
             out[idx] = d
-            enc = tc.W_enc[:, f.cpu()].T.to(dev, dtype) * d[:, None]  # (n, D) slope 1: dΔ/da_s · W_enc[:, f]
-            inject[layer] = torch.zeros_like(g).index_add_(1, pos, enc[None])  # (1, T, D) at the MLP input
+            M = torch.zeros(graph.n_pos, tc.n_features, dtype=dtype, device=dev)
+            M[pos, f] = d  # slope 1: each active feature passes dΔ/da_s to its pre-activation
+            inject[layer] = (M @ tc.W_enc.to(dev, dtype).T)[None]  # (1, T, D) at the layer's MLP input
 
         rep.backward(G, inject, L - 1, read)
     return (out.cpu().double() * graph.activations.double())
