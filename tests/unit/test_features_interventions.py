@@ -180,11 +180,11 @@ def test_effects_by_backward_equal_the_series(tiny_model, variant: str) -> None:
 
 def test_effects_by_backward_float32(tiny_model) -> None:  # noqa: ANN001
     """Every kind, the model and graph in float32 (as ``logitlab graph`` runs): the float64 backward pass agrees
-    with the float32 series to float32's precision."""
+    with the float32 series to float32's precision (measured ≤ 2e-7)."""
     d = random_dictionaries(tiny_model.spec.d_model, tiny_model.spec.n_layers, "jumprelu")
     g = attribute(tiny_model, PROMPT, d, **AC)
     got, want = effects_by_backward(tiny_model, d, g, **AC), predicted_effects(g)
-    assert _rel(got, want.double()) < 1e-4, f"{_rel(got, want.double()):.2e}"
+    assert _rel(got, want.double()) < 1e-5, f"{_rel(got, want.double()):.2e}"
 
 
 def test_effects_by_backward_refuses_another_target(setup) -> None:  # noqa: ANN001
