@@ -67,8 +67,6 @@ def graph_cmd(
         raise LogitlabError("give both --answer and --contrast, or neither")
     if check and answer is None:
         raise LogitlabError("--check needs --answer and --contrast (it checks the logit difference)")
-    if check and max_feature_nodes is not None:
-        raise LogitlabError("--check needs every feature attributed: leave out --max-feature-nodes")
     m = load_model(model, device=device_option(device))
     dicts = load_dictionaries(transcoders, m)
     if contexts is None and (Path(transcoders) / CONTEXTS_FILE).is_file():

@@ -20,10 +20,18 @@ are reported). The first-order derivative is also measured directly: the actual 
 run's (``hold_gates``: JumpReLU and TopK features jump on and off, so the free model's finite differences are
 dominated by features crossing their thresholds), and so is the zeroing with gates held.
 
+Graphs with a row budget (``max_feature_nodes``: only the most influential features have rows) are checked too:
+the same ``v`` is the gradient of Δ in the frozen model with every active feature linear (slope 1), so
+:func:`effects_by_backward` computes it by one backward pass that reads no adjacency row — exact whichever
+features were attributed (summing paths over the attributed rows only would miss every path through the
+others). The top-k are then the attributed features by influence (the features the budget chose).
+
 :func:`faithfulness_curve` keeps only the top-n features by influence (every other feature zeroed at every
 position but the frozen ones, errors held; kept features recomputed from their inputs) and reports the fraction
 of the logit difference recovered, ``(m − m_0) / (m_clean − m_0)``, ``m_0`` with every feature zeroed, against
-random sets of n of the graph's features (seeded), as the circuit analysis does for edges.
+random sets of n of the graph's features (seeded), as the circuit analysis does for edges. With a row budget the
+order is the attributed features by influence, then the others by the influence reaching them through the
+attributed rows (:func:`top_features`).
 """
 
 from __future__ import annotations
@@ -42,8 +50,8 @@ from logitlab.features.influence import compute_influence, normalise
 from logitlab.features.quality import staged
 from logitlab.task import encode_prompt, single_token_id
 
-__all__ = ["Edit", "Intervention", "intervene", "predicted_effects", "top_features", "check_top_features",
-           "TopFeatureCheck", "faithfulness_curve", "Faithfulness", "spearman"]
+__all__ = ["Edit", "Intervention", "intervene", "predicted_effects", "effects_by_backward", "top_features",
+           "check_top_features", "TopFeatureCheck", "faithfulness_curve", "Faithfulness", "spearman"]
 
 MODES = ("zero", "scale", "steer")
 
@@ -202,9 +210,14 @@ def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
 # ---- the graph's predictions -----------------------------------------------------------------------------------
 def predicted_effects(graph: AttributionGraph) -> Tensor:
     """Per feature node, ``a_s · dΔ/da_s`` in the graph's frozen linear model (direct + indirect), Δ the
-    logit-difference target (module docstring). Zeroing feature s changes Δ by about minus this."""
+    logit-difference target (module docstring). Zeroing feature s changes Δ by about minus this.
+
+    Reads the square adjacency (every feature's row); a row-budgeted graph: :func:`effects_by_backward`."""
     if not graph.has_logit_diff:
         raise LogitlabError("this graph has no logit-difference target (give an answer and a contrast)")
+    if graph.rows is not None:
+        raise LogitlabError("predicted_effects needs every feature's row; this graph has a row budget "
+                            "(max_feature_nodes)", "use effects_by_backward(model, dictionaries, graph, …)")
     A = graph.adjacency.double()
     n_f = graph.n_features
     act = graph.activations.double()
@@ -223,11 +236,105 @@ def predicted_effects(graph: AttributionGraph) -> Tensor:
     return (v @ A)[:n_f]
 
 
+def effects_by_backward(model: Any, dictionaries: DictionarySet, graph: AttributionGraph, *, answer: str | int,
+                        contrast: Any, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Per feature node, ``a_s · dΔ/da_s`` in the graph's frozen linear model: :func:`predicted_effects`'s numbers
+    by one backward pass, so for row-budgeted graphs too.
+
+    ``v = w (I + C + C² + …)`` is the gradient of Δ in the frozen replacement model (attention patterns and norm
+    scales frozen as in :func:`~logitlab.features.graph.attribute`, errors constant) in which every active feature
+    is linear in its pre-activation with slope 1 — which is what ``C = A·diag(1/a)`` encodes: a feature edge
+    divided by its source's activation is the derivative of the target's pre-activation by the source's
+    activation, and the series chains them through every active feature. The same gradient is one
+    vector–Jacobian product: walk Δ's cotangent down the layers (:meth:`Replacement.backward`); at layer l the
+    cotangent at resid_post gives every feature of l its ``dΔ/da_s = g[pos] · W_dec[f]`` (direct and through
+    every feature above), and each then passes ``dΔ/da_s · W_enc[:, f]`` into its layer's MLP input at its
+    position (slope 1) before the walk goes below l. It reads no adjacency row, so it does not depend on which
+    features a row budget attributed; summing paths over the attributed rows only would miss every path through
+    an unattributed feature (its incoming edges are not computed), which is not zero in general. It needs the
+    model and the graph's dictionaries (the same ones: the frozen model is rebuilt from the real run) and the
+    graph's answer and contrast (checked against its target's label). ``dtype``: the replacement model's (float64
+    by default; the active features and their activations are the graph's)."""
+    from logitlab.features.replacement import build_replacement
+    if not graph.has_logit_diff:
+        raise LogitlabError("this graph has no logit-difference target (give an answer and a contrast)")
+    diff = _diff_dir(model, answer, contrast)
+    if diff is None:
+        raise LogitlabError("effects_by_backward needs the answer and contrast of the graph's logit difference")
+    a_id, c_ids = diff
+    tok = model.tokenizer
+    label = f"{tok.decode([a_id])} − {' / '.join(tok.decode([c]) for c in c_ids)}"
+    if label != graph.logit_labels[-1]:
+        raise LogitlabError(f"the graph's logit difference is {graph.logit_labels[-1]!r}, not {label!r}",
+                            "give the answer and contrast the graph was made with")
+    r = staged(model)
+    L = r.spec.n_layers
+    if len(dictionaries) != L or graph.n_layers != L:
+        raise LogitlabError(f"the graph has {graph.n_layers} layers, the dictionaries {len(dictionaries)}, the model "
+                            f"{L}")
+    dev = r.device
+    tokens = torch.tensor([list(graph.tokens)], device=dev)
+    with torch.no_grad():
+        rep = build_replacement(r, tokens, dictionaries, r.run_with_cache(tokens), dtype,
+                                bool(graph.meta.get("zero_first", True)))
+        feats = graph.features.to(dev)
+        out = torch.zeros(graph.n_features, dtype=dtype, device=dev)
+        W_U = r.w.W_U
+        u = W_U[:, a_id].to(dtype) - W_U[:, c_ids].to(dtype).mean(1)  # (D,) Δ's direction, as the graph's target
+        G = torch.zeros(1, graph.n_pos, r.spec.d_model, dtype=dtype, device=dev)
+        G[0, -1] = rep._norm_T(u[None, None], rep.final[-1:], rep.w["lnf_w"])[0, 0]  # through the frozen final norm
+        inject = _InjectFromRead()
+
+        def read(layer: int, g: Tensor) -> None:  # g (1, T, D): the cotangent at resid_post of `layer`
+            inject.done.add(layer)
+            idx = (feats[:, 0] == layer).nonzero(as_tuple=True)[0]
+            if not len(idx):
+                return
+            tc = dictionaries.layers[layer]
+            pos, f = feats[idx, 1], feats[idx, 2]
+            # one (T, F) product per layer rather than gathering (n, D) decoder and encoder rows (n ≈ T × features
+            # active per token)
+            d = (g[0] @ tc.W_dec.to(dev, dtype).T)[pos, f]  # (n,) dΔ/da_s
+            out[idx] = d
+            M = torch.zeros(graph.n_pos, tc.n_features, dtype=dtype, device=dev)
+            M[pos, f] = d  # slope 1: each active feature passes dΔ/da_s to its pre-activation
+            inject[layer] = (M @ tc.W_enc.to(dev, dtype).T)[None]  # (1, T, D) at the layer's MLP input
+
+        rep.backward(G, inject, L - 1, read)
+    return (out.cpu().double() * graph.activations.double())
+
+
+class _InjectFromRead(dict):
+    """``Replacement.backward``'s ``inject`` filled by its ``read`` callback: a layer's features inject their
+    gradient at the layer's MLP input after their own derivatives are read at its output. Refuses a lookup before
+    the layer was read (the walk's order is what makes this exact)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done: set[int] = set()
+
+    def get(self, layer: int, default: Any = None) -> Any:  # type: ignore[override]
+        if layer not in self.done:
+            raise LogitlabError(f"internal: layer {layer}'s injection was asked for before the layer was read")
+        return super().get(layer, default)
+
+
 def top_features(graph: AttributionGraph, k: int | None = None) -> Tensor:
     """Feature node indices by influence on the logit-difference target (circuit-tracer's normalised absolute
-    adjacency), highest first; the first ``k``."""
-    infl = compute_influence(normalise(graph.adjacency), graph.logit_weights("logit_diff"))[:graph.n_features]
-    order = infl.argsort(descending=True)
+    adjacency), highest first; the first ``k``.
+
+    With a row budget the attributed features come first, by their influence, then the others by theirs (the
+    influence reaching them through the attributed rows: a lower bound, as their own rows are missing)."""
+    n_f = graph.n_features
+    if graph.rows is None:
+        infl = compute_influence(normalise(graph.adjacency), graph.logit_weights("logit_diff"))[:n_f]
+        order = infl.argsort(descending=True)
+    else:
+        infl = graph.influence("logit_diff")[:n_f]
+        att = graph.attributed[:n_f]
+        parts = [idx[torch.sort(infl[idx], descending=True, stable=True).indices]
+                 for idx in (att.nonzero(as_tuple=True)[0], (~att).nonzero(as_tuple=True)[0])]
+        order = torch.cat(parts)
     return order if k is None else order[:k]
 
 
@@ -292,7 +399,10 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
     if diff is None:
         raise LogitlabError("check_top_features needs the answer and contrast of the graph's logit difference")
     top = top_features(graph, k)
-    deriv = predicted_effects(graph)[top]
+    if graph.rows is None:
+        deriv = predicted_effects(graph)[top]
+    else:
+        deriv = effects_by_backward(model, dictionaries, graph, answer=answer, contrast=contrast)[top]
     feats = [tuple(int(v) for v in graph.features[i]) for i in top.tolist()]
     sets = [[]] + [[Edit(*f, "zero")] for f in feats] + [[Edit(*f, "scale", 1 + step)] for f in feats]
     ld = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + len(feats)]), diff)
