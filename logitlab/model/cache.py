@@ -10,7 +10,9 @@ The weights are processed in float32 and cached in float32; a load in a lower pr
 bridge caches its own copy (rounded from the float32 processing, so the same numbers as a float32 cache read
 in that dtype) under a key of its own. Cached weights are read one tensor at a time, each converted to the
 load's dtype and device at once, and written from memory without a serialised copy, so neither a load nor a
-cache write holds a second copy of a large model.
+cache write holds a second copy of a large model. The unembedding and the MLP matrices are stored in the layout
+the runner computes with (:data:`STORED_TRANSPOSED`): loaded, they are views that the runner uses as they are,
+with no transposed copy (the unembedding alone is 670 MB on the built-in model).
 """
 
 from __future__ import annotations
@@ -30,11 +32,16 @@ from logitlab._version import __version__
 from logitlab.model.spec import Weights
 
 __all__ = ["cache_dir", "sha256", "processed_key", "processed_path", "save_weights", "load_weights",
-           "WEIGHTS_FORMAT"]
+           "WEIGHTS_FORMAT", "STORED_TRANSPOSED"]
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FORMAT = 1  # bump when the cached Weights layout changes
+WEIGHTS_FORMAT = 2  # bump when the cached Weights layout changes
+
+#: Weights stored with their last two dimensions swapped (under the name + ``.T``): the (out, in) rows the runner's
+#: matrix products and the read-out's vocabulary blocks read (:class:`~logitlab.model.readout.Readout`,
+#: ``Runner._fuse``). A load returns them as transposed views, so the runner's ``.T.contiguous()`` copies nothing.
+STORED_TRANSPOSED = ("W_U", "W_in", "W_gate", "W_out")
 
 
 def cache_dir() -> Path:
@@ -86,7 +93,8 @@ def save_weights(path: Path, weights: Weights) -> None:
     serialise every tensor into a bytes copy: a second copy of the model).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v for k, v in vars(weights).items() if v is not None}
+    state = {(f"{k}.T" if k in STORED_TRANSPOSED else k): (v.transpose(-1, -2) if k in STORED_TRANSPOSED else v)
+             for k, v in vars(weights).items() if v is not None}
     header: dict[str, object] = {}
     offset = 0
     for k, v in state.items():
@@ -113,7 +121,10 @@ def load_weights(path: Path, dtype: torch.dtype = torch.float32, device: torch.d
         with safe_open(str(path), framework="pt") as f:
             have = set(f.keys())
             for n in names:
-                state[n] = f.get_tensor(n).to(device=device, dtype=dtype) if n in have else None
+                if n in STORED_TRANSPOSED and f"{n}.T" in have:
+                    state[n] = f.get_tensor(f"{n}.T").to(device=device, dtype=dtype).transpose(-1, -2)
+                else:
+                    state[n] = f.get_tensor(n).to(device=device, dtype=dtype) if n in have else None
     except (OSError, SafetensorError) as e:
         log.warning("ignoring unreadable processed-weights cache %s (%s)", path, e)
         return None

@@ -159,3 +159,33 @@ def test_dtype_auto_is_float32_on_cpu(folder: Path) -> None:
         resolve_dtype("int8", "cpu")
     m = load_model(str(folder), dtype="auto", cache=False)
     assert m.dtype == "float32" and m.runner.w.W_Q.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_cached_load_makes_no_transposed_copy(folder: Path, cache: Path, dtype: str) -> None:
+    """The cache stores the unembedding and the MLP matrices in the runner's layout: a warm load uses the tensors
+    it reads (converted to the load's dtype where needed) without cloning them into another layout."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    cold = load_model(str(folder), dtype=dtype)  # writes the cache
+    w = cold.runner.w
+    smallest = min(w.W_U.numel(), w.W_in.numel(), w.W_out.numel())
+
+    class Copies(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[tuple[str, tuple[int, ...]]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.clone.default, torch.ops.aten.copy_.default) and out.numel() >= smallest:
+                self.seen.append((str(func), tuple(out.shape)))
+            return out
+
+    with Copies() as copies:
+        warm = load_model(str(folder), dtype=dtype)
+    assert not copies.seen, f"a cached load copied big weights into another layout: {copies.seen}"
+    for k, v in _weights(cold).items():
+        assert torch.equal(v, getattr(warm.runner.w, k)), k
+    tokens = torch.arange(1, 9)[None]
+    assert torch.equal(warm.runner.run_with_cache(tokens).resid_final, cold.runner.run_with_cache(tokens).resid_final)
