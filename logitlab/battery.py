@@ -9,6 +9,7 @@ shape is :class:`logitlab.results.Results`; :func:`write_results` validates it a
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -140,6 +141,15 @@ def _tables(results: Results) -> dict[str, list[dict[str, Any]]]:
     return t
 
 
+def _write_csv(f: Any, rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV, columns in order of first appearance, empty where a row has no value (None or missing): what
+    pandas reads back as the same table (``pd.read_csv``), without importing pandas on every run."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(f, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
 def _ablation_rows(ab: Any) -> list[dict[str, Any]]:
     return [{"ablation": k, "layer": l, "head": h, "logit_diff": v, "loss": ab[k]["loss"][l][h],
                            "logit_diff_stderr": ab[k]["logit_diff_stderr"][l][h], "loss_stderr": ab[k]["loss_stderr"][l][h],
@@ -172,7 +182,6 @@ def _patching_rows(d: Any, positions: bool) -> list[dict[str, Any]]:
 def write_results(results: Results, out: Path) -> Path:
     """Validate ``results`` (:func:`logitlab.results.validate_results`), then write results.json, config.json and
     tables/*.csv atomically into ``out``."""
-    import pandas as pd
     validate_results(results)
     try:
         (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -180,7 +189,7 @@ def write_results(results: Results, out: Path) -> Path:
         raise LogitlabError(f"cannot create output folder {out}: {e}", "choose a writable --out folder") from e
     for name, rows in _tables(results).items():
         with atomic_write(out / "tables" / f"{name}.csv") as f:
-            pd.DataFrame(rows).to_csv(f, index=False)
+            _write_csv(f, rows)
     with atomic_write(out / "config.json") as f:
         json.dump(results["config"], f, indent=2)
     path = out / "results.json"

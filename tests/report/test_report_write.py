@@ -122,3 +122,19 @@ def test_no_bare_print_in_package() -> None:
         src = py.read_text(encoding="utf-8")
         assert "print(" not in src, py.name
         assert len(src.splitlines()) < 600, py.name
+
+
+def test_tables_read_back_as_pandas_writes_them(tmp_path: Path, results: dict[str, Any]) -> None:
+    """tables/*.csv are written without pandas; pandas reads each back as the table it would have written itself."""
+    import io
+
+    import pandas as pd
+
+    from logitlab.battery import _tables
+    write_results(results, tmp_path)
+    tables = _tables(results)
+    assert len(tables) > 3
+    for name, rows in tables.items():
+        ours = pd.read_csv(tmp_path / "tables" / f"{name}.csv")
+        ref = pd.read_csv(io.StringIO(pd.DataFrame(rows).to_csv(index=False)))
+        pd.testing.assert_frame_equal(ours, ref, check_exact=True)
