@@ -59,16 +59,20 @@ class _Checkpoint:
     """The tensors of a folder's safetensors files (one file, or shards with an index), read one at a time."""
 
     def __init__(self, folder: Path) -> None:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
         index = folder / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            files = sorted(set(weight_map.values()))
-        elif (folder / "model.safetensors").is_file():
-            files = ["model.safetensors"]
-        else:
-            raise _NotCovered("no model.safetensors or model.safetensors.index.json")
-        self._handles = {f: safe_open(str(folder / f), framework="pt", device="cpu") for f in files}
+        try:
+            if index.is_file():
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                files = sorted(set(weight_map.values()))
+            elif (folder / "model.safetensors").is_file():
+                files = ["model.safetensors"]
+            else:
+                raise _NotCovered("no model.safetensors or model.safetensors.index.json")
+            self._handles = {f: safe_open(str(folder / f), framework="pt", device="cpu") for f in files}
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            # the bridge path reports unreadable weight files with its own message
+            raise _NotCovered(f"cannot read the safetensors files: {type(e).__name__}: {e}") from e
         self.files: dict[str, str] = {}
         for f, h in self._handles.items():
             for k in h.keys():
@@ -88,6 +92,10 @@ class _Checkpoint:
     def get(self, name: str) -> Tensor:
         """The tensor ``name`` in its stored dtype, on the host."""
         return self._handles[self.files[name]].get_tensor(name)
+
+    def block(self, name: str, rows: slice, cols: slice = slice(None)) -> Tensor:
+        """Part of the 2-d tensor ``name`` (only that part is read), in its stored dtype."""
+        return self._handles[self.files[name]].get_slice(name)[rows, cols]
 
 
 class _NotCovered(Exception):
@@ -180,11 +188,17 @@ def _fold_value_biases(b_O: Tensor, b_V: Tensor, W_O: Tensor) -> Tensor:
     return b_O + (b_V[:, :, None] * W_O).sum([0, 1])
 
 
+# Elements of float32 a block of the embedding or unembedding may hold (64 MiB); blocks of the unembedding are
+# whole multiples of 64 columns, so that each column's mean over the vocabulary is summed exactly as over the
+# whole matrix (checked to the bit against the bridge path, which centres the whole matrix at once).
+_BLOCK = 1 << 24
+
+
 def _unembedding(unembed: Tensor, final_norm: Tensor, centre: bool) -> Tensor:
-    """W_U (d_model, vocab) of the stored (vocab, d_model) unembedding: the final norm's scale folded in, then
-    (``centre``) minus its mean over the vocabulary. Kept a view of vocab-major storage, the layout
-    TransformerLens centres in, so that the float32 means are the same to the bit."""
-    W_U = (unembed * final_norm[None, :]).T  # (d_model, vocab)
+    """Rows of W_U (d_model, vocab) from columns of the stored (vocab, d_model) unembedding, in float32: the final
+    norm's scale folded in, then (``centre``) minus each row's mean over the vocabulary. A view of vocab-major
+    storage, the layout TransformerLens centres in, so that the float32 means are the same to the bit."""
+    W_U = (unembed.float() * final_norm[None, :]).T  # (d_model block, vocab)
     return W_U - W_U.mean(-1, keepdim=True) if centre else W_U
 
 
@@ -246,21 +260,29 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         if qn is not None and kn is not None:
             put(qn[i], norm(p + "self_attn.q_norm.weight"))
             put(kn[i], norm(p + "self_attn.k_norm.weight"))
-    # Unembedding: the final norm's scale folded in, then centred over the vocabulary (unless soft-capped).
+    # Unembedding: the final norm's scale folded in, then centred over the vocabulary (unless soft-capped), in
+    # blocks of columns (whole multiples of 64) read straight from the file; the token embedding in blocks of rows.
     gf = norm("model.norm.weight")
-    unembed = f32("model.embed_tokens.weight" if _tied(cfg) else "lm_head.weight")  # (vocab, d_model)
-    W_U = _unembedding(unembed, gf, centre=spec.final_softcap is None).to(device=device, dtype=dtype)
-    del unembed
-    ones, zeros = torch.ones(L, D), torch.zeros(L, D)
+    name_U = "model.embed_tokens.weight" if _tied(cfg) else "lm_head.weight"  # (vocab, d_model)
+    V = spec.d_vocab
+    W_U = torch.empty(V, D, dtype=dtype, device=device).T  # (d_model, vocab), vocab-major as the bridge path's
+    step = max(64, _BLOCK // V // 64 * 64)
+    for c in range(0, D, step):
+        cols = slice(c, min(c + step, D))
+        put(W_U[cols], _unembedding(ckpt.block(name_U, slice(None), cols), gf[cols], centre=spec.final_softcap is None))
+    W_E = torch.empty(V, D, dtype=dtype, device=device)
+    step = max(1, _BLOCK // D)
+    for r in range(0, V, step):
+        put(W_E[r:r + step], ckpt.block("model.embed_tokens.weight", slice(r, r + step)).float())
+
+    def const(value: float, *shape: int) -> Tensor:  # its own storage: no two fields share memory
+        return torch.full(shape, value, dtype=dtype, device=device)
     return Weights(
-        W_E=f32("model.embed_tokens.weight").to(device=device, dtype=dtype), W_pos=None,
+        W_E=W_E, W_pos=None,
         W_Q=W_Q, W_K=W_K, W_V=W_V, b_Q=b_Q, b_K=b_K, b_V=b_V, W_O=W_O, b_O=b_O,
-        W_in=W_in, W_gate=W_gate, b_in=torch.zeros(L, d_mlp, dtype=dtype, device=device), W_out=W_out,
-        b_out=zeros.to(device=device, dtype=dtype),
+        W_in=W_in, W_gate=W_gate, b_in=const(0.0, L, d_mlp), W_out=W_out, b_out=const(0.0, L, D),
         # the pre-norms are folded: identity scales (the final norm's too), no biases (RMSNorm)
-        ln1_w=ones.to(device=device, dtype=dtype), ln1_b=zeros.to(device=device, dtype=dtype),
-        ln2_w=ones.to(device=device, dtype=dtype), ln2_b=zeros.to(device=device, dtype=dtype),
-        post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn,
-        lnf_w=torch.ones(D, dtype=dtype, device=device), lnf_b=torch.zeros(D, dtype=dtype, device=device),
-        W_U=W_U, b_U=torch.zeros(W_U.shape[1], dtype=dtype, device=device),
+        ln1_w=const(1.0, L, D), ln1_b=const(0.0, L, D), ln2_w=const(1.0, L, D), ln2_b=const(0.0, L, D),
+        post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=const(1.0, D), lnf_b=const(0.0, D),
+        W_U=W_U, b_U=const(0.0, W_U.shape[1]),
     )

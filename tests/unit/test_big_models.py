@@ -62,11 +62,11 @@ def test_bfloat16_load_holds_no_float32_copy(folder: Path) -> None:
     assert not wrong, f"weights not in bfloat16: {wrong}"
     assert grew16 < 0.05 * f32_model_bytes, (f"a bfloat16 load left {grew16} bytes of float32 tensors alive "
                                              f"(the float32 weights are {f32_model_bytes} bytes)")
-    # The measurement can fail: a float32 load (which keeps its float32 bridge) grows by more than its weights.
+    # The measurement can fail: a float32 load grows by at least its float32 weights.
     before = _float32_bytes()
     m32 = load_model(str(folder), cache=False)
     grew32 = _float32_bytes() - before
-    assert m32._bridge is not None and grew32 > f32_model_bytes, (grew32, f32_model_bytes)
+    assert m32.dtype == "float32" and grew32 >= f32_model_bytes, (grew32, f32_model_bytes)
 
 
 def test_bfloat16_loss_reads_the_unembedding_without_a_float32_copy(folder: Path) -> None:
