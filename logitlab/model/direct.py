@@ -56,46 +56,56 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 class _Checkpoint:
-    """The tensors of a folder's safetensors files (one file, or shards with an index), read one at a time."""
+    """The tensors of a folder's safetensors files (one file, or shards with an index), read one at a time.
+
+    Each read opens its file and closes it again: the file is memory-mapped while open, and a mapping kept open
+    through the whole load would keep every page read so far resident (the size of the checkpoint again).
+    """
 
     def __init__(self, folder: Path) -> None:
         from safetensors import SafetensorError, safe_open
         index = folder / "model.safetensors.index.json"
+        self.files: dict[str, Path] = {}  # tensor name -> its file
+        self._info: dict[str, tuple[tuple[int, ...], str]] = {}  # tensor name -> (shape, stored dtype)
         try:
             if index.is_file():
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
                 files = sorted(set(weight_map.values()))
             elif (folder / "model.safetensors").is_file():
-                files = ["model.safetensors"]
+                weight_map, files = None, ["model.safetensors"]
             else:
                 raise _NotCovered("no model.safetensors or model.safetensors.index.json")
-            self._handles = {f: safe_open(str(folder / f), framework="pt", device="cpu") for f in files}
+            for f in files:
+                with safe_open(str(folder / f), framework="pt", device="cpu") as h:
+                    for k in h.keys():
+                        s = h.get_slice(k)
+                        self.files[k], self._info[k] = folder / f, (tuple(s.get_shape()), str(s.get_dtype()))
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
             # the bridge path reports unreadable weight files with its own message
             raise _NotCovered(f"cannot read the safetensors files: {type(e).__name__}: {e}") from e
-        self.files: dict[str, str] = {}
-        for f, h in self._handles.items():
-            for k in h.keys():
-                self.files[k] = f
-        if index.is_file():
-            missing = sorted(k for k, f in weight_map.items() if self.files.get(k) != f)
+        if weight_map is not None:
+            missing = sorted(k for k, f in weight_map.items() if self.files.get(k) != folder / f)
             if missing:
                 raise _NotCovered(f"the index names tensors its shards do not hold: {missing[:3]}")
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handles[self.files[name]].get_slice(name).get_shape())
+        return self._info[name][0]
 
     def dtype(self, name: str) -> str:
         """The stored dtype's safetensors name (``F32``, ``BF16``, ...)."""
-        return str(self._handles[self.files[name]].get_slice(name).get_dtype())
+        return self._info[name][1]
 
     def get(self, name: str) -> Tensor:
-        """The tensor ``name`` in its stored dtype, on the host."""
-        return self._handles[self.files[name]].get_tensor(name)
+        """The tensor ``name`` in its stored dtype, on the host (a copy: the file is closed again)."""
+        from safetensors import safe_open
+        with safe_open(str(self.files[name]), framework="pt", device="cpu") as h:
+            return h.get_tensor(name).clone()
 
     def block(self, name: str, rows: slice, cols: slice = slice(None)) -> Tensor:
         """Part of the 2-d tensor ``name`` (only that part is read), in its stored dtype."""
-        return self._handles[self.files[name]].get_slice(name)[rows, cols]
+        from safetensors import safe_open
+        with safe_open(str(self.files[name]), framework="pt", device="cpu") as h:
+            return h.get_slice(name)[rows, cols].clone()
 
 
 class _NotCovered(Exception):
@@ -135,6 +145,8 @@ def _check(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> None:
     """Raise _NotCovered unless the config and the checkpoint are exactly what this module handles."""
     if spec.model_type not in DIRECT_MODEL_TYPES:
         raise _NotCovered(f"model type {spec.model_type!r} is not on the direct-load list")
+    if getattr(cfg, "auto_map", None):
+        raise _NotCovered("the folder brings its own model code (auto_map)")
     if getattr(cfg, "quantization_config", None) is not None:
         raise _NotCovered("the checkpoint is quantised (quantization_config)")
     if spec.moe is not None or spec.positional != "rotary" or not spec.pre_norms or spec.parallel \

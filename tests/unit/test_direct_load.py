@@ -240,3 +240,13 @@ def test_unfolded_value_biases_are_caught(folders: dict[str, Path], monkeypatch:
     got = direct_weights(folders["qwen2"], config, spec)
     assert got is not None
     assert set(_mismatches(read_weights(bridge, spec), got, atol=1e-6)) == {"b_O"}
+
+
+def test_own_model_code_takes_the_bridge_path(folders: dict[str, Path]) -> None:
+    """A folder whose config names its own modelling code (``auto_map``) is not assumed to be the standard one."""
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(str(folders["llama_mha"]))
+    spec = read_spec(config)
+    assert direct_reason(folders["llama_mha"], config, spec) is None
+    config.auto_map = {"AutoModelForCausalLM": "modeling_custom.CustomLlama"}
+    assert "auto_map" in (direct_reason(folders["llama_mha"], config, spec) or "")
