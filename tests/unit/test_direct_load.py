@@ -250,3 +250,21 @@ def test_own_model_code_takes_the_bridge_path(folders: dict[str, Path]) -> None:
     assert direct_reason(folders["llama_mha"], config, spec) is None
     config.auto_map = {"AutoModelForCausalLM": "modeling_custom.CustomLlama"}
     assert "auto_map" in (direct_reason(folders["llama_mha"], config, spec) or "")
+
+
+def test_memory_estimate_counts_the_direct_load(folders: dict[str, Path], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A covered folder's first load is estimated without the bridge (weights plus float32 blocks); a folder the
+    direct load does not cover keeps the bridge-booting estimate."""
+    from logitlab.model.memory import COLD_LOAD_FACTOR, estimate_memory
+    monkeypatch.setenv("LOGITLAB_CACHE", str(tmp_path / "cache"))
+    est = estimate_memory(str(folders["qwen3_tied"]), "bfloat16")
+    assert est is not None and not est.cold_load
+    monkeypatch.setattr("logitlab.model.direct.DIRECT_MODEL_TYPES", frozenset())
+    old = estimate_memory(str(folders["qwen3_tied"]), "bfloat16")
+    assert old is not None and old.cold_load
+    # the bridge path's load term is replaced by the weights plus the float32 blocks (vocabulary × d_model × 4)
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(str(folders["qwen3_tied"]))
+    blocks = config.vocab_size * config.hidden_size * 4
+    assert old.host - est.host == int(COLD_LOAD_FACTOR * est.n_params * 4) - est.runner_params * 2 - blocks, (old, est)
