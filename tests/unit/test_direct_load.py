@@ -38,6 +38,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama_wide": ("llama_gqa", {"hidden_size": 160}),  # d_model not a multiple of 64: uneven unembedding blocks
 }
 _STORED_BF16 = "qwen2_bf16"  # the qwen2 checkpoint stored in bfloat16
+_STORED_F16 = "gemma3_f16"  # the gemma3 checkpoint stored in float16
 _SHARDED = "gemma3_sharded"  # the gemma3 checkpoint in several files with an index
 
 
@@ -58,9 +59,7 @@ def _resave(src: Path, dst: Path, **kwargs: Any) -> Path:
     """``src``'s model and tokenizer saved again into ``dst`` (``save_pretrained`` options)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(dst))
-    hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
-    if kwargs.pop("bf16", False):
-        hf = hf.to(torch.bfloat16)
+    hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).to(kwargs.pop("dtype", torch.float32))
     hf.save_pretrained(str(dst), safe_serialization=True, **kwargs)
     return dst
 
@@ -70,9 +69,14 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("direct")
     with pytest.MonkeyPatch.context() as mp:
         out = {name: _make(kind, root / name, over, mp) for name, (kind, over) in VARIANTS.items()}
-    out[_STORED_BF16] = _resave(out["qwen2"], root / _STORED_BF16, bf16=True)
+    out[_STORED_BF16] = _resave(out["qwen2"], root / _STORED_BF16, dtype=torch.bfloat16)
+    out[_STORED_F16] = _resave(out["gemma3"], root / _STORED_F16, dtype=torch.float16)
     out[_SHARDED] = _resave(out["gemma3"], root / _SHARDED, max_shard_size="40KB")
     assert len(list(out[_SHARDED].glob("*.safetensors"))) > 2
+    from safetensors import safe_open
+    for name, stored in ((_STORED_BF16, "BF16"), (_STORED_F16, "F16")):
+        with safe_open(str(out[name] / "model.safetensors"), framework="pt") as h:
+            assert {str(h.get_slice(k).get_dtype()) for k in h.keys()} == {stored}
     return out
 
 
@@ -105,7 +109,7 @@ def _mismatches(ref: Weights, got: Weights, atol: float) -> dict[str, Any]:
     return bad
 
 
-ALL = (*VARIANTS, _STORED_BF16, _SHARDED)
+ALL = (*VARIANTS, _STORED_BF16, _STORED_F16, _SHARDED)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -121,11 +125,12 @@ def test_direct_weights_equal_the_bridge_path(folders: dict[str, Path], name: st
     assert got is not None
     bad = _mismatches(read_weights(bridge, spec, torch.float32), got, atol=1e-6)
     assert not bad, f"{name}: float32 weights differ from the bridge path's (max diffs): {bad}"
-    # bfloat16: the same float32 processing rounded once, to the bit
-    got16 = direct_weights(folders[name], config, spec, torch.bfloat16)
-    assert got16 is not None
-    bad = _mismatches(read_weights(bridge, spec, torch.bfloat16), got16, atol=0.0)
-    assert not bad, f"{name}: bfloat16 weights differ from the bridge path's: {bad}"
+    # bfloat16 and float16: the same float32 processing rounded once, to the bit
+    for dtype in (torch.bfloat16, torch.float16):
+        got16 = direct_weights(folders[name], config, spec, dtype)
+        assert got16 is not None
+        bad = _mismatches(read_weights(bridge, spec, dtype), got16, atol=0.0)
+        assert not bad, f"{name}: {dtype} weights differ from the bridge path's: {bad}"
 
 
 @pytest.mark.parametrize("name", ["llama_gqa_bias", "qwen2", "gemma2_softcap", "gemma3", _SHARDED])
