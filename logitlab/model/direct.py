@@ -4,8 +4,8 @@ Method: the other first load (:mod:`logitlab.model.sources`) has Hugging Face lo
 boots a TransformerLens bridge in compatibility mode and copies its processed weights out
 (:func:`logitlab.model.spec.read_weights`): the whole model in float32 plus the bridge on the host, 32 GB for an
 8B model. Here the checkpoint's tensors are read one at a time in their stored dtype and the same processing is
-done per layer in float32, each result converted to the load's dtype and device at once, so the peak is the
-model in that dtype plus about one layer (or the unembedding) in float32.
+done per layer in float32, each result converted to the load's dtype and device at once (the embedding and
+unembedding in blocks), so the peak is the model in that dtype plus about one layer's weights in float32.
 
 The processing TransformerLens 4.x applies in compatibility mode to these RMSNorm models (its
 ``ProcessWeights.process_weights``), repeated here operation for operation so the float32 numbers are the same:
@@ -24,10 +24,12 @@ The processing TransformerLens 4.x applies in compatibility mode to these RMSNor
   rotary settings live in the spec, not the weights.
 
 Invariant: for every covered family, :func:`direct_weights` equals ``read_weights`` of the booted bridge field
-by field (float32, and after rounding to bfloat16), and so do the logits (``tests/unit/test_direct_load.py``).
+by field and in memory layout (float32, and rounded to bfloat16 or float16), and so do the logits
+(``tests/unit/test_direct_load.py``).
 
 Only what is on the allow-list loads here: the families in :data:`DIRECT_MODEL_TYPES`, a checkpoint whose
-tensor names and shapes are exactly the expected ones, in a float dtype, without a quantisation config.
+tensor names and shapes are exactly the expected ones, in a float dtype, without a quantisation config or
+model code of its own.
 Anything else returns None with the reason logged, and the caller takes the bridge path.
 """
 
@@ -215,6 +217,7 @@ def _unembedding(unembed: Tensor, final_norm: Tensor, centre: bool) -> Tensor:
 
 
 def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, device: torch.device | str) -> Weights:
+    """The processed weights of a checked checkpoint (module docstring), layer by layer."""
     L, H, K, D, dh = spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head
     d_mlp = int(cfg.intermediate_size)
     offset = spec.model_type in _GEMMA  # Gemma's RMSNorm multiplies by (1 + weight)
@@ -281,7 +284,8 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
     step = max(64, _BLOCK // V // 64 * 64)
     for c in range(0, D, step):
         cols = slice(c, min(c + step, D))
-        put(W_U[cols], _unembedding(ckpt.block(name_U, slice(None), cols), gf[cols], centre=spec.final_softcap is None))
+        block = ckpt.block(name_U, slice(None), cols)  # (vocab, columns)
+        put(W_U[cols], _unembedding(block, gf[cols], centre=spec.final_softcap is None))
     W_E = torch.empty(V, D, dtype=dtype, device=device)
     step = max(1, _BLOCK // D)
     for r in range(0, V, step):

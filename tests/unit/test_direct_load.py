@@ -123,8 +123,13 @@ def test_direct_weights_equal_the_bridge_path(folders: dict[str, Path], name: st
     assert direct_reason(folders[name], config, spec) is None
     got = direct_weights(folders[name], config, spec, torch.float32)
     assert got is not None
-    bad = _mismatches(read_weights(bridge, spec, torch.float32), got, atol=1e-6)
+    ref = read_weights(bridge, spec, torch.float32)
+    bad = _mismatches(ref, got, atol=1e-6)
     assert not bad, f"{name}: float32 weights differ from the bridge path's (max diffs): {bad}"
+    # the same memory layouts too (a product's rounding can depend on its operands' layout)
+    strides = {k: (v.stride(), getattr(got, k).stride()) for k, v in vars(ref).items()
+               if v is not None and v.stride() != getattr(got, k).stride()}
+    assert not strides, f"{name}: layouts differ from the bridge path's: {strides}"
     # bfloat16 and float16: the same float32 processing rounded once, to the bit
     for dtype in (torch.bfloat16, torch.float16):
         got16 = direct_weights(folders[name], config, spec, dtype)
