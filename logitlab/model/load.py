@@ -10,8 +10,9 @@ Model specs:
     ``PreTrainedModel`` with its tokenizer (:mod:`logitlab.model.objects`).
 
 Either way the weights go through a TransformerLens bridge in compatibility mode (:mod:`logitlab.model.bridge`)
-into logitlab's runner, or its hooked fallback for other architectures (:mod:`logitlab.model.build`); the
-processed weights of a local folder are cached (:mod:`logitlab.model.cache`).
+into logitlab's runner, or its hooked fallback for other architectures (:mod:`logitlab.model.build`), except a
+local folder of a family the direct reader covers, processed the same way without the bridge
+(:mod:`logitlab.model.direct`); the processed weights of a local folder are cached (:mod:`logitlab.model.cache`).
 
 Weights are read from safetensors or GGUF files; a checkpoint that only has PyTorch ``.bin`` files (older
 hub revisions, e.g. Pythia's training steps) is read by transformers with ``torch.load(weights_only=True)``,

@@ -9,7 +9,9 @@ GGUF), or, with no weight file at hand, from ``config.json``. The estimate is th
 * **loading**: a load that boots the TransformerLens bridge (no processed weights cached yet, and always
   for checkpoints) holds the float32 Hugging Face model, the bridge's processing and logitlab's weights at
   once: ``COLD_LOAD_FACTOR × parameters × 4`` bytes of host memory (measured: module constants); a load from
-  logitlab's processed-weights cache reads one tensor at a time into the weights, so it needs the weights only;
+  logitlab's processed-weights cache reads one tensor at a time into the weights, so it needs the weights only,
+  and a first load that reads the checkpoint directly (:mod:`logitlab.model.direct`) the weights plus
+  ``vocabulary × d_model × 4`` bytes (its float32 blocks and the cache write's copy of the unembedding);
 * **activations**: the sweeps size their chunks to the budget they are given (half the free memory by
   default), so only a margin is added: ``ACTIVATION_MARGIN + ACTIVATION_SHARE × weights`` (or
   ``max_memory`` plus the fixed margin when the run sets one); in bfloat16 or float16 the loss is read out
@@ -261,6 +263,21 @@ def _processed_cached(folder: Path | None, dtype: str) -> bool:
     return any(p is not None and p.is_file() for p in paths)
 
 
+def _direct_load(folder: Path | None) -> bool:
+    """Whether a first load of ``folder`` reads its checkpoint straight into the weights, without the bridge."""
+    if folder is None:
+        return False
+    from transformers import AutoConfig
+
+    from logitlab.model.direct import direct_reason
+    from logitlab.model.spec import read_spec
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+        return direct_reason(folder, config, read_spec(config)) is None
+    except Exception:  # noqa: BLE001  anything unreadable or unsupported: the bridge path's estimate
+        return False
+
+
 def _count(spec: str) -> tuple[_Count | None, Path | None]:
     """The parameter count of a model spec and the local folder a load would read (None: a hub name)."""
     if spec in BUILTIN_ALIASES:
@@ -305,7 +322,9 @@ def estimate_memory(model_source: str, dtype: str = "float32", device: str = "cp
     runner_params = count.n_params + (count.embed if count.tied else 0)
     weights = runner_params * _BYTES[dtype]
     cold = not (processed_cache and _processed_cached(folder, dtype))
-    load = int(COLD_LOAD_FACTOR * count.n_params * 4) if cold else weights
+    direct = cold and _direct_load(folder)  # no bridge: the weights plus float32 blocks (module docstring)
+    cold = cold and not direct
+    load = int(COLD_LOAD_FACTOR * count.n_params * 4) if cold else weights + (count.embed * 4 if direct else 0)
     activations = ACTIVATION_MARGIN + (max_memory if max_memory is not None else int(ACTIVATION_SHARE * weights))
     if device.startswith("cuda"):
         # A cold load processes the weights on the host in float32; a float32 load then keeps the bridge on the

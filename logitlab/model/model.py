@@ -26,7 +26,8 @@ class Model:
     for a capability (:func:`logitlab.model.backend.require`).
 
     The bridge (TransformerLens, compatibility mode) is the source of the processed weights. Once those are
-    cached, a load reads them directly and the bridge is booted only when something asks for it
+    cached (or when a covered checkpoint is processed without it, :mod:`logitlab.model.direct`), a load reads
+    them directly and the bridge is booted only when something asks for it
     (``model.bridge``: hooks, reference loops, TransformerLens interop); a bfloat16 or float16 load by name or
     path frees its bridge after reading the weights, so that only the weights stay in memory. A bridge booted
     on demand is a float32 one on the model's device.

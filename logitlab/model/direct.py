@@ -1,0 +1,304 @@
+"""A first load of a local safetensors checkpoint straight into logitlab's processed weights.
+
+Method: the other first load (:mod:`logitlab.model.sources`) has Hugging Face load the whole model in float32,
+boots a TransformerLens bridge in compatibility mode and copies its processed weights out
+(:func:`logitlab.model.spec.read_weights`): the whole model in float32 plus the bridge on the host, 32 GB for an
+8B model. Here the checkpoint's tensors are read one at a time in their stored dtype and the same processing is
+done per layer in float32, each result converted to the load's dtype and device at once (the embedding and
+unembedding in blocks), so the peak is the model in that dtype plus about one layer's weights in float32.
+
+The processing TransformerLens 4.x applies in compatibility mode to these RMSNorm models (its
+``ProcessWeights.process_weights``), repeated here operation for operation so the float32 numbers are the same:
+
+* **fold_ln**: each pre-norm's effective scale (``1 + w`` on Gemma) multiplies the weights that read it (the
+  query, key and value weights; the MLP's gate and input weights; the unembedding), and the norm becomes the
+  identity. RMSNorms have no bias and their inputs are not centred, so nothing else is folded or centred.
+  Gemma's post-norms and query/key norms are not folded (they follow a non-linear step): their effective scales
+  are kept.
+* **center_unembed**: the unembedding minus its mean over the vocabulary, unless the logits are soft-capped
+  (Gemma-2's ``final_logit_softcapping``: the cap is not translation-invariant).
+* **fold_value_biases**: the value biases (grouped ones repeated for the query heads sharing them) go through
+  ``W_O`` into the output bias and become zero.
+* Writing weights are not centred (TransformerLens does that for LayerNorm models only); the token embedding
+  is the stored one (Gemma's √d_model scale is applied by the forward pass, ``ArchSpec.embed_scale``), and
+  rotary settings live in the spec, not the weights.
+
+Invariant: for every covered family, :func:`direct_weights` equals ``read_weights`` of the booted bridge field
+by field and in memory layout (float32, and rounded to bfloat16 or float16), and so do the logits
+(``tests/unit/test_direct_load.py``).
+
+Only what is on the allow-list loads here: the families in :data:`DIRECT_MODEL_TYPES`, a checkpoint whose
+tensor names and shapes are exactly the expected ones, in a float dtype, without a quantisation config or
+model code of its own.
+Anything else returns None with the reason logged, and the caller takes the bridge path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from logitlab.model.spec import ArchSpec, Weights
+
+__all__ = ["DIRECT_MODEL_TYPES", "direct_reason", "direct_weights"]
+
+log = logging.getLogger(__name__)
+
+#: Hugging Face model types whose first load skips the bridge (all others take the bridge path).
+DIRECT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"})
+_GEMMA = frozenset({"gemma2", "gemma3_text"})  # RMSNorm (1 + w), sandwich norms
+_FLOAT_DTYPES = frozenset({"F32", "BF16", "F16"})  # stored dtypes read here (safetensors names)
+# Tensors some checkpoints carry that transformers ignores on load (recomputed buffers).
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class _Checkpoint:
+    """The tensors of a folder's safetensors files (one file, or shards with an index), read one at a time.
+
+    Each read opens its file and closes it again: the file is memory-mapped while open, and a mapping kept open
+    through the whole load would keep every page read so far resident (the size of the checkpoint again).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import SafetensorError, safe_open
+        index = folder / "model.safetensors.index.json"
+        self.files: dict[str, Path] = {}  # tensor name -> its file
+        self._info: dict[str, tuple[tuple[int, ...], str]] = {}  # tensor name -> (shape, stored dtype)
+        try:
+            if index.is_file():
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                files = sorted(set(weight_map.values()))
+            elif (folder / "model.safetensors").is_file():
+                weight_map, files = None, ["model.safetensors"]
+            else:
+                raise _NotCovered("no model.safetensors or model.safetensors.index.json")
+            for f in files:
+                with safe_open(str(folder / f), framework="pt", device="cpu") as h:
+                    for k in h.keys():
+                        s = h.get_slice(k)
+                        self.files[k], self._info[k] = folder / f, (tuple(s.get_shape()), str(s.get_dtype()))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            # the bridge path reports unreadable weight files with its own message
+            raise _NotCovered(f"cannot read the safetensors files: {type(e).__name__}: {e}") from e
+        if weight_map is not None:
+            missing = sorted(k for k, f in weight_map.items() if self.files.get(k) != folder / f)
+            if missing:
+                raise _NotCovered(f"the index names tensors its shards do not hold: {missing[:3]}")
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._info[name][0]
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype's safetensors name (``F32``, ``BF16``, ...)."""
+        return self._info[name][1]
+
+    def get(self, name: str) -> Tensor:
+        """The tensor ``name`` in its stored dtype, on the host (a copy: the file is closed again)."""
+        from safetensors import safe_open
+        with safe_open(str(self.files[name]), framework="pt", device="cpu") as h:
+            return h.get_tensor(name).clone()
+
+    def block(self, name: str, rows: slice, cols: slice = slice(None)) -> Tensor:
+        """Part of the 2-d tensor ``name`` (only that part is read), in its stored dtype."""
+        from safetensors import safe_open
+        with safe_open(str(self.files[name]), framework="pt", device="cpu") as h:
+            return h.get_slice(name)[rows, cols].clone()
+
+
+class _NotCovered(Exception):
+    """Why a checkpoint is not loaded here (the caller takes the bridge path)."""
+
+
+def _expected(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> dict[str, tuple[int, ...]]:
+    """Every tensor name the checkpoint must hold, with its shape; optional biases only where present."""
+    H, K, D, dh, V = spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head, spec.d_vocab
+    d_mlp = int(cfg.intermediate_size)
+    gemma = spec.model_type in _GEMMA
+    want: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    if not _tied(cfg):
+        want["lm_head.weight"] = (V, D)
+    for i in range(spec.n_layers):
+        p = f"model.layers.{i}."
+        want |= {p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
+                 p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (K * dh, D),
+                 p + "self_attn.v_proj.weight": (K * dh, D), p + "self_attn.o_proj.weight": (D, H * dh),
+                 p + "mlp.gate_proj.weight": (d_mlp, D), p + "mlp.up_proj.weight": (d_mlp, D),
+                 p + "mlp.down_proj.weight": (D, d_mlp)}
+        if gemma:
+            want |= {p + "pre_feedforward_layernorm.weight": (D,), p + "post_feedforward_layernorm.weight": (D,)}
+        if spec.qk_norm:
+            want |= {p + "self_attn.q_norm.weight": (dh,), p + "self_attn.k_norm.weight": (dh,)}
+        for proj, n in (("q", H * dh), ("k", K * dh), ("v", K * dh), ("o", D)):
+            if p + f"self_attn.{proj}_proj.bias" in ckpt.files:
+                want[p + f"self_attn.{proj}_proj.bias"] = (n,)
+    return want
+
+
+def _tied(cfg: Any) -> bool:
+    return bool(getattr(cfg, "tie_word_embeddings", True))
+
+
+def _check(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> None:
+    """Raise _NotCovered unless the config and the checkpoint are exactly what this module handles."""
+    if spec.model_type not in DIRECT_MODEL_TYPES:
+        raise _NotCovered(f"model type {spec.model_type!r} is not on the direct-load list")
+    if getattr(cfg, "auto_map", None):
+        raise _NotCovered("the folder brings its own model code (auto_map)")
+    if getattr(cfg, "quantization_config", None) is not None:
+        raise _NotCovered("the checkpoint is quantised (quantization_config)")
+    if spec.moe is not None or spec.positional != "rotary" or not spec.pre_norms or spec.parallel \
+            or spec.qk_norm_all_heads or spec.residual_multiplier != 1.0 or spec.logits_scaling != 1.0:
+        raise _NotCovered("the spec has a feature the direct load does not handle")
+    if spec.post_norms != (spec.model_type in _GEMMA) or spec.normalization != "RMS" or not spec.gated_mlp:
+        raise _NotCovered("unexpected norm or MLP layout for this family")
+    want = _expected(cfg, spec, ckpt)
+    have = {k for k in ckpt.files if not k.endswith(_IGNORED_SUFFIXES)}
+    if _tied(cfg):
+        have.discard("lm_head.weight")  # tied: transformers reads the embedding, whatever the file holds
+    extra, missing = sorted(have - want.keys()), sorted(want.keys() - have)
+    if extra or missing:
+        raise _NotCovered(f"unexpected tensors {extra[:3]} or missing tensors {missing[:3]}")
+    for k, shape in want.items():
+        if ckpt.shape(k) != shape:
+            raise _NotCovered(f"{k} has shape {ckpt.shape(k)}, expected {shape}")
+        if ckpt.dtype(k) not in _FLOAT_DTYPES:
+            raise _NotCovered(f"{k} is stored as {ckpt.dtype(k)}")
+
+
+def direct_reason(source: str | Path, hf_config: Any, spec: ArchSpec) -> str | None:
+    """Why ``source`` is not loaded directly (the bridge path then loads it), or None when it is covered."""
+    try:
+        _check(hf_config, spec, _Checkpoint(Path(source)))
+    except _NotCovered as e:
+        return str(e)
+    return None
+
+
+def direct_weights(source: str | Path, hf_config: Any, spec: ArchSpec, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> Weights | None:
+    """The processed weights of the checkpoint in folder ``source`` in ``dtype`` on ``device``, the same as
+    ``read_weights`` of its booted bridge; None (reason logged) when the checkpoint is not covered."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    try:
+        ckpt = _Checkpoint(folder)
+        _check(hf_config, spec, ckpt)
+    except _NotCovered as e:
+        log.info("%s: loading through TransformerLens (not covered by the direct load: %s)", source, e)
+        return None
+    return _read(ckpt, hf_config, spec, dtype, device)
+
+
+def _fold_value_biases(b_O: Tensor, b_V: Tensor, W_O: Tensor) -> Tensor:
+    """``b_O`` plus every head's value bias through its ``W_O``: b_V (kv_head, d_head), W_O (head, d_head, d_model);
+    a grouped value bias counts once for each query head that shares it."""
+    b_V = torch.repeat_interleave(b_V, dim=0, repeats=W_O.shape[0] // b_V.shape[0])  # (head, d_head)
+    return b_O + (b_V[:, :, None] * W_O).sum([0, 1])
+
+
+# Elements of float32 a block of the embedding or unembedding may hold (64 MiB); blocks of the unembedding are
+# whole multiples of 64 columns, so that each column's mean over the vocabulary is summed exactly as over the
+# whole matrix (checked to the bit against the bridge path, which centres the whole matrix at once).
+_BLOCK = 1 << 24
+
+
+def _unembedding(unembed: Tensor, final_norm: Tensor, centre: bool) -> Tensor:
+    """Rows of W_U (d_model, vocab) from columns of the stored (vocab, d_model) unembedding, in float32: the final
+    norm's scale folded in, then (``centre``) minus each row's mean over the vocabulary. A view of vocab-major
+    storage, the layout TransformerLens centres in, so that the float32 means are the same to the bit."""
+    W_U = (unembed.float() * final_norm[None, :]).T  # (d_model block, vocab)
+    return W_U - W_U.mean(-1, keepdim=True) if centre else W_U
+
+
+def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, device: torch.device | str) -> Weights:
+    """The processed weights of a checked checkpoint (module docstring), layer by layer."""
+    L, H, K, D, dh = spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head
+    d_mlp = int(cfg.intermediate_size)
+    offset = spec.model_type in _GEMMA  # Gemma's RMSNorm multiplies by (1 + weight)
+
+    def f32(name: str) -> Tensor:
+        return ckpt.get(name).float()  # a float dtype (checked): widening is exact
+
+    def norm(name: str) -> Tensor:
+        w = f32(name)
+        return w + 1.0 if offset else w
+
+    def out(*shape: int) -> Tensor:
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    def put(dst: Tensor, x: Tensor) -> None:
+        dst.copy_(x.to(device=device, dtype=dtype))
+
+    def bias(name: str, *shape: int) -> Tensor:
+        return f32(name).reshape(shape) if name in ckpt.files else torch.zeros(shape)
+
+    W_Q, W_K, W_V = out(L, H, D, dh), out(L, K, D, dh), out(L, K, D, dh)
+    b_Q, b_K, b_V = out(L, H, dh), out(L, K, dh), out(L, K, dh)
+    W_O, b_O = out(L, H, dh, D), out(L, D)
+    W_in, W_gate, W_out = out(L, D, d_mlp), out(L, D, d_mlp), out(L, d_mlp, D)
+    post1 = post2 = qn = kn = None
+    if spec.post_norms:
+        post1, post2 = out(L, D), out(L, D)
+    if spec.qk_norm:
+        qn, kn = out(L, dh), out(L, dh)
+    for i in range(L):
+        p = f"model.layers.{i}."
+        # Attention: fold the pre-norm's scale into W_Q, W_K, W_V (TransformerLens layout: head, d_model, d_head).
+        g1 = norm(p + "input_layernorm.weight")
+        for dst, proj, n in ((W_Q, "q", H), (W_K, "k", K), (W_V, "v", K)):
+            w = f32(p + f"self_attn.{proj}_proj.weight").reshape(n, dh, D).transpose(1, 2)  # (n, D, dh)
+            put(dst[i], w * g1[None, :, None])
+        put(b_Q[i], bias(p + "self_attn.q_proj.bias", H, dh))
+        put(b_K[i], bias(p + "self_attn.k_proj.bias", K, dh))
+        wo = f32(p + "self_attn.o_proj.weight").reshape(D, H, dh).permute(1, 2, 0)  # (H, dh, D)
+        put(W_O[i], wo)
+        bo = bias(p + "self_attn.o_proj.bias", D)
+        if p + "self_attn.v_proj.bias" in ckpt.files:
+            bo = _fold_value_biases(bo, bias(p + "self_attn.v_proj.bias", K, dh), wo)
+        put(b_V[i], torch.zeros(K, dh))
+        put(b_O[i], bo)
+        del wo
+        # MLP: fold the pre-MLP norm's scale into the gate and input weights (d_model, d_mlp).
+        g2 = norm(p + ("pre_feedforward_layernorm.weight" if offset else "post_attention_layernorm.weight"))
+        put(W_gate[i], f32(p + "mlp.gate_proj.weight").T * g2[:, None])
+        put(W_in[i], f32(p + "mlp.up_proj.weight").T * g2[:, None])
+        put(W_out[i], f32(p + "mlp.down_proj.weight").T)
+        if post1 is not None and post2 is not None:
+            put(post1[i], norm(p + "post_attention_layernorm.weight"))
+            put(post2[i], norm(p + "post_feedforward_layernorm.weight"))
+        if qn is not None and kn is not None:
+            put(qn[i], norm(p + "self_attn.q_norm.weight"))
+            put(kn[i], norm(p + "self_attn.k_norm.weight"))
+    # Unembedding: the final norm's scale folded in, then centred over the vocabulary (unless soft-capped), in
+    # blocks of columns (whole multiples of 64) read straight from the file; the token embedding in blocks of rows.
+    gf = norm("model.norm.weight")
+    name_U = "model.embed_tokens.weight" if _tied(cfg) else "lm_head.weight"  # (vocab, d_model)
+    V = spec.d_vocab
+    W_U = torch.empty(V, D, dtype=dtype, device=device).T  # (d_model, vocab), vocab-major as the bridge path's
+    step = max(64, _BLOCK // V // 64 * 64)
+    for c in range(0, D, step):
+        cols = slice(c, min(c + step, D))
+        block = ckpt.block(name_U, slice(None), cols)  # (vocab, columns)
+        put(W_U[cols], _unembedding(block, gf[cols], centre=spec.final_softcap is None))
+    W_E = torch.empty(V, D, dtype=dtype, device=device)
+    step = max(1, _BLOCK // D)
+    for r in range(0, V, step):
+        put(W_E[r:r + step], ckpt.block("model.embed_tokens.weight", slice(r, r + step)).float())
+
+    def const(value: float, *shape: int) -> Tensor:  # its own storage: no two fields share memory
+        return torch.full(shape, value, dtype=dtype, device=device)
+    return Weights(
+        W_E=W_E, W_pos=None,
+        W_Q=W_Q, W_K=W_K, W_V=W_V, b_Q=b_Q, b_K=b_K, b_V=b_V, W_O=W_O, b_O=b_O,
+        W_in=W_in, W_gate=W_gate, b_in=const(0.0, L, d_mlp), W_out=W_out, b_out=const(0.0, L, D),
+        # the pre-norms are folded: identity scales (the final norm's too), no biases (RMSNorm)
+        ln1_w=const(1.0, L, D), ln1_b=const(0.0, L, D), ln2_w=const(1.0, L, D), ln2_b=const(0.0, L, D),
+        post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=const(1.0, D), lnf_b=const(0.0, D),
+        W_U=W_U, b_U=const(0.0, W_U.shape[1]),
+    )
