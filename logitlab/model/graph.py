@@ -368,18 +368,31 @@ def _mix_head_layers(runner: Runner, x: Float[Tensor, "n r pos d_model"], m: Flo
         x[i, j] += post_norm_l(pre_ref[l, g] + Σ_h m[i, j, l, h] · diff[g, head h of l]) − out_ref[l, g],
 
     g the item's index among all B (``items[i]``, or i). All layers' triples in one gather, norm and add (in
-    chunks); ``x`` is written in place and returned.
+    chunks), and of the heads only those with a weight (a reader's view usually differs in a few heads); ``x`` is
+    written in place and returned.
     """
     n, r, T, D = x.shape
     H = m.shape[-1]
-    bi, ri, li = m.ne(0).any(-1).nonzero(as_tuple=True)  # (item, reader, layer) triples whose view differs
-    gi = bi if items is None else items[bi]
+    nz = m.ne(0)  # (n, r, n_l, H)
+    act = nz.any(-1)  # (n, r, n_l): the (item, reader, layer) triples whose view differs from the reference run's
+    bi, ri, li = act.nonzero(as_tuple=True)
+    if not len(bi):
+        return x
+    gi = bi if items is None else items[bi]  # the items' indices among all B
+    triple = torch.zeros(act.shape, dtype=torch.long, device=x.device)
+    triple[act] = torch.arange(len(bi), device=x.device)  # boolean indexing runs in nonzero's order
+    qb, qj, ql, qh = nz.nonzero(as_tuple=True)  # (triple, head) pairs with a weight, in triple order
+    qt, qw = triple[qb, qj, ql], m[qb, qj, ql, qh]
     rows = x.view(n * r, T, D)
     chunk = max(n * r, _MIX_BUDGET // (H * T * D))
     for a in range(0, len(bi), chunk):
-        b, j, l, g = (t[a:a + chunk] for t in (bi, ri, li, gi))
-        mixed = pre_ref[l, g] + torch.einsum("nh,nhtd->ntd", m[b, j, l], diff[g[:, None], head_idx[l]])  # (c, T, D)
-        rows.index_add_(0, b * r + j, _post_attention_rows(runner, mixed, l) - out_ref[l, g])
+        e = min(a + chunk, len(bi))
+        qa, qe = torch.searchsorted(qt, torch.tensor([a, e], device=qt.device)).tolist()
+        t, w = qt[qa:qe], qw[qa:qe]
+        heads = diff[gi[t], head_idx[ql[qa:qe], qh[qa:qe]]].mul_(w[:, None, None])  # (q, T, D): weighted heads
+        l, g = li[a:e], gi[a:e]
+        mixed = pre_ref[l, g].index_add_(0, t - a, heads)  # (c, T, D): each triple's own mixture
+        rows.index_add_(0, bi[a:e] * r + ri[a:e], _post_attention_rows(runner, mixed, l) - out_ref[l, g])
     return x
 
 
