@@ -391,7 +391,8 @@ def _mix_head_layers(runner: Runner, x: Float[Tensor, "n r pos d_model"], m: Flo
         t, w = qt[qa:qe], qw[qa:qe]
         heads = diff[gi[t], head_idx[ql[qa:qe], qh[qa:qe]]].mul_(w[:, None, None])  # (q, T, D): weighted heads
         l, g = li[a:e], gi[a:e]
-        mixed = pre_ref[l, g].index_add_(0, t - a, heads)  # (c, T, D): each triple's own mixture
+        # (c, T, D): each triple's own mixture, its heads summed first (the order of one product per triple)
+        mixed = heads.new_zeros(e - a, T, D).index_add_(0, t - a, heads).add_(pre_ref[l, g])
         rows.index_add_(0, bi[a:e] * r + ri[a:e], _post_attention_rows(runner, mixed, l) - out_ref[l, g])
     return x
 
