@@ -242,7 +242,7 @@ def test_batched_post_norm_mixture_equals_per_layer(tiny_model, monkeypatch, bud
     """Post-norm models: the readers' mixtures of every earlier layer in one gather and one norm over rows of mixed
     layers equal one layer at a time (float64), for patches from nearly empty to nearly everything, readers
     relative to either run, all items and a subset (items whose nodes read only the other run are skipped);
-    ``budget`` 1: chunks of one layer's readers."""
+    ``budget`` 1: one (item, reader, layer) per chunk."""
     import logitlab.model.graph as graph_mod
     m = _float64(tiny_model)
     r, g = m.runner, EdgeGraph(m.spec)
@@ -257,7 +257,8 @@ def test_batched_post_norm_mixture_equals_per_layer(tiny_model, monkeypatch, bud
     other = graph_forward(r, g, r.embed_sum(b), fp, record=True).senders
     allowed = g.allowed.double()
     dens = torch.tensor([0.03, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 0.99, 0.995, 1.0], dtype=torch.float64)
-    patches = (torch.rand(n, g.n_receivers, g.n_senders, generator=gen, dtype=torch.float64) < dens[:, None, None]) * allowed
+    u = torch.rand(n, g.n_receivers, g.n_senders, generator=gen, dtype=torch.float64)
+    patches = (u < dens[:, None, None]) * allowed  # item i patches a fraction dens[i] of the edges
     patches[-1] = allowed  # the empty circuit: its nodes are skipped, so the others run as a subset of items
 
     real = graph_mod._mix_head_layers
