@@ -219,3 +219,71 @@ def test_path_patching_precision_target(tiny_model, tt) -> None:  # noqa: ANN001
     assert strict.n_pairs == plain.n_pairs
     w = plain.headline_width()
     assert w is None or (w >= 0 and strict.precision["achieved"] == w)
+
+
+def _mix_per_layer(runner, x, m, pre_ref, out_ref, diff, head_idx, items):  # noqa: ANN001, ANN202
+    """The post-norm head mixture one earlier layer at a time (the edge-level forward's first implementation)."""
+    for l2 in range(m.shape[2]):
+        act = m[:, :, l2].ne(0).any(-1)  # (n, r): whose view of layer l2 differs from the reference run's
+        if not bool(act.any()):
+            continue
+        bi, ri = act.nonzero(as_tuple=True)
+        gi = bi if items is None else items[bi]
+        h0, H = int(head_idx[l2, 0]), head_idx.shape[1]
+        mixed = pre_ref[l2][gi] + torch.einsum("nh,nhtd->ntd", m[bi, ri, l2], diff[gi, h0:h0 + H])
+        out, _ = runner.post_attention(l2, mixed)
+        x = x.index_put((bi, ri), out - out_ref[l2][gi], accumulate=True)
+    return x
+
+
+@pytest.mark.parametrize("tiny_model", ["gemma3", "olmo2"], indirect=True)
+@pytest.mark.parametrize("budget", [None, 1])
+def test_batched_post_norm_mixture_equals_per_layer(tiny_model, monkeypatch, budget) -> None:  # noqa: ANN001
+    """Post-norm models: the readers' mixtures of every earlier layer in one gather and one norm over rows of mixed
+    layers equal one layer at a time (float64), for patches from nearly empty to nearly everything, readers
+    relative to either run, all items and a subset (items whose nodes read only the other run are skipped);
+    ``budget`` 1: one (item, reader, layer) per chunk."""
+    import logitlab.model.graph as graph_mod
+    m = _float64(tiny_model)
+    r, g = m.runner, EdgeGraph(m.spec)
+    assert m.spec.post_norms
+    if budget is not None:
+        monkeypatch.setattr(graph_mod, "_MIX_BUDGET", budget)
+    gen = torch.Generator().manual_seed(3)
+    n, T = 10, 9
+    a, b = torch.randint(2, 200, (n, T), generator=gen), torch.randint(2, 200, (n, T), generator=gen)
+    fp = torch.full((n,), T - 1)
+    ea = r.embed_sum(a)
+    other = graph_forward(r, g, r.embed_sum(b), fp, record=True).senders
+    allowed = g.allowed.double()
+    dens = torch.tensor([0.03, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 0.99, 0.995, 1.0], dtype=torch.float64)
+    u = torch.rand(n, g.n_receivers, g.n_senders, generator=gen, dtype=torch.float64)
+    patches = (u < dens[:, None, None]) * allowed  # item i patches a fraction dens[i] of the edges
+    patches[-1] = allowed  # the empty circuit: its nodes are skipped, so the others run as a subset of items
+
+    real = graph_mod._mix_head_layers
+    seen: set[tuple[bool, bool]] = set()
+    errs: list[float] = []
+
+    def checked(runner, x, w, pre_ref, out_ref, diff, head_idx, items):  # noqa: ANN001, ANN202
+        want = _mix_per_layer(runner, x.clone(), w, pre_ref, out_ref, diff, head_idx, items)
+        got = real(runner, x.clone(), w, pre_ref, out_ref, diff, head_idx, items)
+        if bool(w.ne(0).any()):
+            seen.add((items is None, bool((w < 0).any())))  # weights < 0: relative to the other run
+        errs.append((got - want).abs().max().item() / max(1.0, want.abs().max().item()))
+        return got
+
+    monkeypatch.setattr(graph_mod, "_mix_head_layers", checked)
+    batched = [graph_forward(r, g, ea[:k], fp[:k], patches[:k], other[:k]).final
+               for k in (5, n)]
+    assert seen == {(True, True), (True, False), (False, True), (False, False)}, seen
+    assert max(errs) < 1e-12, f"batched vs per-layer mixture: max relative difference {max(errs):.2e}"
+    monkeypatch.setattr(graph_mod, "_mix_head_layers", _mix_per_layer)
+    ref = [graph_forward(r, g, ea[:k], fp[:k], patches[:k], other[:k]).final
+           for k in (5, n)]
+    for got, want in zip(batched, ref):
+        err = (got - want).abs().max().item()
+        assert err < 1e-12 * max(1.0, want.abs().max().item()), f"final residual stream differs by {err:.2e}"
+    # The patches bite: the result is neither run's own.
+    clean = graph_forward(r, g, ea, fp).final
+    assert (batched[1][:-1] - clean[:-1]).abs().max() > 1e-3
