@@ -18,7 +18,10 @@ The parent then aligns the two graphs (features by (layer, position, feature ind
 (layer,) position, logit targets by token id) and prints max |Δ| and max |Δ| / max |logitlab| of every block over
 the rows both attributed and the columns both have. Under a row budget (``--max-feature-nodes``) both sides choose
 their rows by influence on the logit targets in queues; logitlab's ``rank_every`` is set to circuit-tracer's queue
-(``update_interval`` 4 × its batch size), so the chosen features should be the same (the overlap is printed).
+(``update_interval`` 4 × its batch size), so the chosen features should be the same (the overlap is printed). To
+tell why they are not, circuit-tracer's ranking is replayed (float64) on logitlab's rows twice: as they are, and
+with the token columns divided by the embedding scale as circuit-tracer has them (the influence normalises each row
+by its sum of |edges|, token edges included); the replay prints how many of its picks are each side's rows.
 
 Known difference (see docs/features.md): circuit-tracer 0.5's nnsight backend takes token nodes as raw embedding rows,
 without Gemma's √d_model embedding scale, so its token columns are √640 ≈ 25.3 too small; the token blocks are
@@ -106,7 +109,7 @@ def _ll_child(spec: dict) -> dict:
     A = g.adjacency
     np.savez(spec["out"], adjacency=A.numpy(), rows=g.row_nodes.numpy(), features=g.features.numpy(),
              activations=g.activations.float().numpy(), tokens=np.array(g.tokens),
-             logit_tokens=np.array(g.logit_tokens), n_layers=g.n_layers,
+             logit_tokens=np.array(g.logit_tokens), logit_probs=g.logit_probs.numpy(), n_layers=g.n_layers,
              embed_scale=float(model.spec.embed_scale))
     return {"attribute_s": t1 - t0, "end_to_end_s": end_to_end, "attribute_cpu_s": c1 - c0, "end_to_end_cpu_s": c1,
             "rss_loaded": rss_loaded, "rss_after_load": rss_now, "rss_peak": rss_peak,
@@ -131,8 +134,9 @@ def _block(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float, floa
     return d, d / max(scale, 1e-30), scale
 
 
-def compare(ll: dict, ct: dict) -> None:
-    """Print the agreement of the two graphs over the rows both attributed and the columns both have."""
+def compare(ll: dict, ct: dict, queue: int) -> None:
+    """Print the agreement of the two graphs over the rows both attributed and the columns both have; under a row
+    budget, also which rows circuit-tracer's ranking (queues of ``queue`` features) picks from logitlab's rows."""
     L, T = int(ll["n_layers"]), len(ll["tokens"])
     assert ct["tokens"].tolist() == ll["tokens"].tolist(), (ct["tokens"].tolist(), ll["tokens"].tolist())
     assert int(ct["n_layers"]) == L
@@ -189,6 +193,49 @@ def compare(ll: dict, ct: dict) -> None:
             if cn == "token" and scale != 1.0:
                 d, rel, ref = _block(x, y * scale)
                 print(f"   {'  ×√d_model':<20}{d:>11.2e}{rel:>11.2e}{ref:>11.2e}")
+    if n_sel < n_f_ct and "logit_probs" in ll:
+        sel_ct_nodes = {node_ll[f] for f in sel_ct}
+        for name, div in (("as logitlab's", 1.0), ("÷ the embedding scale, as circuit-tracer's", scale)):
+            picked, exact = _replay_choice(ll, n_sel, queue, div)
+            print(f"   circuit-tracer's ranking replayed on logitlab's rows, token columns {name}: of its {n_sel} "
+                  f"picks {len(picked & sel_ct_nodes)} are circuit-tracer's rows, {len(picked & set(row_of_node))} "
+                  f"logitlab's{'' if exact else ' (approximate: a pick before the last queue has no row here)'}")
+
+
+def _replay_choice(ll: dict, budget: int, queue: int, token_div: float) -> tuple[set[int], bool]:
+    """The features circuit-tracer's ranking picks (queues of ``queue``, influence on the logit targets weighted by
+    their probabilities, through the rows attributed so far, in float64) when it reads logitlab's rows, with the
+    token columns divided by ``token_div``; and whether that replay is exact: False when a pick before the last
+    queue has no row in logitlab's graph (the later queues then miss its row)."""
+    A = torch.as_tensor(ll["adjacency"], dtype=torch.float64)
+    n_f, L, T, n_l = len(ll["features"]), int(ll["n_layers"]), len(ll["tokens"]), len(ll["logit_tokens"])
+    A[:, n_f + L * T:n_f + L * T + T] /= token_div
+    A = A.abs_()
+    A /= A.sum(1, keepdim=True).clamp(min=1e-10)
+    nodes = torch.as_tensor(ll["rows"], dtype=torch.long)
+    row_of = {int(n): r for r, n in enumerate(nodes.tolist())}
+    w = torch.zeros(A.shape[1], dtype=torch.float64)
+    w[-n_l:] = torch.as_tensor(ll["logit_probs"], dtype=torch.float64)
+    active = [row_of[A.shape[1] - n_l + i] for i in range(n_l)]
+    visited = torch.zeros(n_f, dtype=torch.bool)
+    picked: set[int] = set()
+    exact = True
+    while len(picked) < budget:
+        r = torch.tensor(active)
+        cur, total = w, torch.zeros_like(w)
+        for _ in range(1000):  # w·(Â + Â² + …) over the rows attributed so far
+            p = cur[nodes[r]]
+            if not p.any():
+                break
+            cur = p @ A[r]
+            total += cur
+        rank = torch.sort(total[:n_f], descending=True, stable=True).indices
+        pending = rank[~visited[rank]][:min(queue, budget - len(picked))].tolist()
+        visited[pending] = True
+        picked.update(pending)
+        exact = exact and (len(picked) == budget or all(i in row_of for i in pending))
+        active += [row_of[i] for i in pending if i in row_of]
+    return picked, exact
 
 
 def _prompt_ids(tok, n: int) -> list[int]:
@@ -268,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{ct['attribute_cpu_s'] / ll['attribute_cpu_s']:.2f}x, end to end "
                   f"{ct['end_to_end_cpu_s'] / ll['end_to_end_cpu_s']:.2f}x; "
                   f"peak RSS {ct['rss_peak'] / ll['rss_peak']:.2f}x", flush=True)
-            compare(dict(np.load(work / f"ll_{n}.npz")), dict(np.load(work / f"ct_{n}.npz")))
+            compare(dict(np.load(work / f"ll_{n}.npz")), dict(np.load(work / f"ct_{n}.npz")), 4 * ct_batch)
             sys.stdout.flush()
 
 
