@@ -34,7 +34,7 @@ its backward passes, so its memory grows as batch size × tokens: ``--ct-batch``
 
 Usage (from the repository root):
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_graph_vs_circuit_tracer.py TRANSCODERS_DIR \
-        [--lengths 10,100,300] [--max-feature-nodes 0,512,512] [--ct-batch 512,128,32] \
+        [--lengths 10,100,300] [--max-feature-nodes 0,512,512] [--ct-batch 64,32,16] \
         [--threads 1] [--env /tmp/ct-env] [--work DIR]
 ``--max-feature-nodes`` 0 means no budget (every active feature gets a row on both sides).
 """
@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> None:
                                                    "(a folder with config.yaml, as logitlab train-transcoders writes)")
     ap.add_argument("--lengths", default="10,100,300")
     ap.add_argument("--max-feature-nodes", default="0,512,512", help="per length; 0: no budget")
-    ap.add_argument("--ct-batch", default="512,128,32", help="circuit-tracer's batch size per length")
+    ap.add_argument("--ct-batch", default="64,32,16",
+                    help="circuit-tracer's batch size per length (its own default, 512, runs its forward pass on 512 "
+                         "copies of the prompt: batch × tokens × vocabulary logits)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in both processes")
     ap.add_argument("--env", default="/tmp/ct-env", help="circuit-tracer's venv (built when missing)")
     ap.add_argument("--work", default=None, help="folder for the model copy and the arrays (default: temp)")
