@@ -10,7 +10,8 @@ see compare_circuit_tracer.py) run on the same token ids, transcoders and logit 
 * the process's CPU time for both ("attr CPU", "e2e CPU"): on a shared machine wall time grows with the other work,
   CPU time much less (with one torch thread it is the wall time of an idle machine, give or take memory contention);
 * RSS after loading ("RSS ld"), peak RSS during loading ("pk ld") and peak RSS at ``attribute``'s return ("peak",
-  ``resource.getrusage`` maxrss, read before anything is saved);
+  read before anything is saved): /proc/self/status's VmRSS and VmHWM (``getrusage``'s ru_maxrss survives exec, so
+  a child would inherit the parent's peak, which grows with the arrays it compares);
 * the adjacency each returns (logitlab: rows × nodes; circuit-tracer: its square matrix over the selected features,
   errors, tokens and logits, after an intermediate (rows × all nodes) one).
 
@@ -44,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -60,21 +60,23 @@ from compare_circuit_tracer import PROMPT, copy_for_old_transformers, ensure_env
 GB = 1e9
 
 CT_CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 spec = json.loads(sys.argv[1])
+def vm(key):  # bytes of /proc/self/status's VmHWM (peak) or VmRSS (now) of this process
+    line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
 import numpy as np, torch
 torch.set_num_threads(spec["threads"])
 from circuit_tracer import ReplacementModel, attribute
 model = ReplacementModel.from_pretrained(spec["model_dir"], spec["tc_dir"], backend="nnsight",
                                          device=torch.device("cpu"), dtype=torch.float32)
-rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-rss_now = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+rss_loaded, rss_now = vm("VmHWM"), vm("VmRSS")
 t0, c0 = time.perf_counter(), time.process_time()
 g = attribute(torch.tensor(spec["ids"]), model, attribution_targets=torch.tensor(spec["targets"]),
               batch_size=spec["batch_size"], max_feature_nodes=spec["max_feature_nodes"])
 t1, c1 = time.perf_counter(), time.process_time()
 end_to_end = time.time() - spec["spawned"]
-rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+rss_peak = vm("VmHWM")
 A = g.adjacency_matrix
 np.savez(spec["out"], adjacency=A.float().numpy(), features=g.active_features.numpy(),
          selected=g.selected_features.numpy(), activations=g.activation_values.float().numpy(),
@@ -85,6 +87,13 @@ print(json.dumps({"attribute_s": t1 - t0, "end_to_end_s": end_to_end, "attribute
                   "rss_peak": rss_peak, "adjacency_bytes": A.numel() * A.element_size(),
                   "n_features": int(g.active_features.shape[0]), "rows": int(g.selected_features.numel())}))
 """
+
+
+def _vm(key: str) -> int:
+    """Bytes of this process's ``VmHWM`` (peak RSS) or ``VmRSS`` (RSS now) in /proc/self/status. Not
+    ``getrusage``'s ru_maxrss: Linux keeps that across exec, so a child would report its parent's peak if larger."""
+    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
 
 
 def _ll_child(spec: dict) -> dict:
@@ -98,14 +107,13 @@ def _ll_child(spec: dict) -> dict:
     model = logitlab.load_model("builtin")
     dicts = load_dictionaries(spec["tc_dir"], model)
     ids = _prompt_ids(model.tokenizer, spec["n"])
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    rss_now = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+    rss_loaded, rss_now = _vm("VmHWM"), _vm("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
     g = attribute(model, ids, dicts, max_feature_nodes=spec["max_feature_nodes"],
                   rank_every=spec["rank_every"])
     t1, c1 = time.perf_counter(), time.process_time()
     end_to_end = time.time() - spec["spawned"]
-    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_peak = _vm("VmHWM")
     A = g.adjacency
     np.savez(spec["out"], adjacency=A.numpy(), rows=g.row_nodes.numpy(), features=g.features.numpy(),
              activations=g.activations.float().numpy(), tokens=np.array(g.tokens),
