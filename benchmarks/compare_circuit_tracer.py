@@ -10,6 +10,9 @@ circuit-tracer pins an older transformers, so it lives in its own venv (``--env`
 (nnsight 0.8 changed the module layout circuit-tracer's backend imports). Run from the repository root, since it
 imports tests/tiny.py:
     PYTHONPATH=. python benchmarks/compare_circuit_tracer.py [--env /tmp/ct-env] [--work DIR]
+``--builtin --transcoders DIR`` runs the same comparison on the built-in model (Gemma-3-270M) with trained
+transcoders instead, on the 10-token prompt, with the time and peak memory of both sides: it is
+bench_graph_vs_circuit_tracer.py's first length (that script also runs longer prompts under a row budget).
 
 Alignment: circuit-tracer's node order is features (layer, position, feature), error nodes (layer-major, then
 position), tokens, logit targets, the same as logitlab's; features are matched by (layer, position, feature index)
@@ -200,7 +203,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--env", default="/tmp/ct-env", help="circuit-tracer's venv (built when missing)")
     ap.add_argument("--work", default=None, help="folder for the models, transcoders and outputs (default: temp)")
+    ap.add_argument("--builtin", action="store_true",
+                    help="compare on the built-in model with trained transcoders (bench_graph_vs_circuit_tracer.py)")
+    ap.add_argument("--transcoders", default=None,
+                    help="with --builtin: the built-in model's transcoders in circuit-tracer's format (a folder)")
     args = ap.parse_args()
+    if args.builtin:
+        if args.transcoders is None:
+            ap.error("--builtin needs --transcoders DIR")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_graph_vs_circuit_tracer import main as builtin_main
+        builtin_main([args.transcoders, "--lengths", "10", "--max-feature-nodes", "0",
+                      "--ct-batch", "64", "--env", args.env] + (["--work", args.work] if args.work else []))
+        return
     torch.set_num_threads(1)
     py = ensure_env(Path(args.env))
     with tempfile.TemporaryDirectory() as tmp:
