@@ -304,13 +304,9 @@ def _attribute(model: Any, rep: Replacement, cache: Any, dicts: DictionarySet, t
     # -- edges: batched backward walks over chunks of targets (features by layer, highest first; then logits)
     adt = torch.float64 if dt == torch.float64 else torch.float32
     n_src = n_f + L * T + T
-    # a binding budget reads feature edges through one (B, T, F) product per layer: ~10× faster on long prompts
-    # than the gather the unbounded graph uses (kept there so its numbers stay the same bit for bit)
-    bounded = max_feature_nodes is not None and max_feature_nodes < n_f
     if batch_size is None:
         per_row = T * D * torch.finfo(dt).bits // 8 * 12  # cotangent + attention intermediates, with headroom
-        if bounded:
-            per_row += T * max(tc.W_dec.shape[0] for tc in dicts.layers) * torch.finfo(dt).bits // 8
+        per_row += T * max(tc.W_dec.shape[0] for tc in dicts.layers) * torch.finfo(dt).bits // 8  # g @ W_decᵀ
         batch_size = int(max(1, min(512, chunk_bytes // max(per_row, 1))))
     by_layer = torch.sort(-features[:, 0], stable=True).indices.tolist() if n_f else []  # highest layer first
     logit_rows = [("logit", i) for i in range(n_l)]
@@ -318,7 +314,7 @@ def _attribute(model: Any, rep: Replacement, cache: Any, dicts: DictionarySet, t
             "max_feature_nodes": max_feature_nodes}
 
     def walk(chunk: list[tuple[str, int]]) -> Tensor:  # (B, n_src) in the adjacency's dtype, on the CPU
-        return _walk(rep, chunk, features, dicts, U, sources, rep.embed, dev, dt, bounded).to(adt).cpu()
+        return _walk(rep, chunk, features, dicts, U, sources, rep.embed, dev, dt).to(adt).cpu()
 
     row_nodes: Tensor | None = None
     if max_feature_nodes is None:
@@ -414,11 +410,12 @@ def _cast(tc: Transcoder, dev: torch.device, dt: torch.dtype) -> Transcoder:
 
 
 def _walk(rep: Replacement, chunk: list[tuple[str, int]], features: Tensor, dicts: DictionarySet, U: Tensor,
-          src: _Sources, embed: Tensor, dev: torch.device, dt: torch.dtype, by_product: bool = False) -> Tensor:
+          src: _Sources, embed: Tensor, dev: torch.device, dt: torch.dtype) -> Tensor:
     """Edges (B, n_features + L·T + T) into the chunk's targets from every source, by one backward walk.
 
-    A feature's edge is ``a · (g[pos] · W_dec[f])``: gathered per feature, or (``by_product``) read off the
-    (B, T, F) product ``g @ W_decᵀ`` — more arithmetic but one BLAS call; equal up to rounding."""
+    A feature's edge is ``a · (g[pos] · W_dec[f])``, read off the (B, T, F) product ``g @ W_decᵀ`` of each layer:
+    more arithmetic than gathering each active feature's decoder row, but one matrix product instead of a
+    memory-bound loop over features (3–4× faster per row on the built-in model)."""
     L, T, D = len(dicts.layers), rep.T, embed.shape[-1]
     B = len(chunk)
     n_f = int(features.shape[0])
@@ -443,14 +440,8 @@ def _walk(rep: Replacement, chunk: list[tuple[str, int]], features: Tensor, dict
         e0 = n_f + layer * T
         out[:, e0:e0 + T] = (g * src.errors[layer]).sum(-1)
         idx, pos, act, f = src.feat_idx[layer], src.feat_pos[layer], src.feat_act[layer], src.feat_f[layer]
-        if by_product:
-            if len(idx):
-                out[:, idx] = (g @ src.W_dec[layer].T)[:, pos, f] * act  # (B, T, F) → (B, n)
-            return
-        step = max(1, int(2 ** 24 // max(B * D, 1)))  # bound the gathered (B, step, D) block
-        for j in range(0, len(idx), step):
-            wr = act[j:j + step, None] * src.W_dec[layer][f[j:j + step]]  # (step, D) activation × decoder row
-            out[:, idx[j:j + step]] = (g[:, pos[j:j + step]] * wr).sum(-1)
+        if len(idx):
+            out[:, idx] = (g @ src.W_dec[layer].T)[:, pos, f] * act  # (B, T, F) → (B, n)
 
     if top < 0:
         return out
