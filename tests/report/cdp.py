@@ -24,6 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
+
 logger = logging.getLogger(__name__)
 
 CHROMIUM = os.environ.get("LOGITLAB_CHROMIUM", "/usr/bin/chromium")
@@ -273,3 +275,14 @@ def open_file(browser: Chromium, html: Path, width: int, height: int, timeout: f
             raise CDPError(f"{counts[1]} of {counts[0]} plotly figures drawn after {timeout:.0f} s in {html}")
         time.sleep(0.2)
     return page
+
+
+def require_chromium() -> None:
+    """Skip (or fail on CI) when Chromium is not installed."""
+    if Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK):
+        return
+    msg = (f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
+           "(or set LOGITLAB_CHROMIUM) to run the browser tests")
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # helpers (synthetic.py, cdp.py) importable in any import mode
     sys.path.insert(0, str(HERE))
 
-from cdp import ARTIFACTS, CHROMIUM, Chromium, Page, open_file  # noqa: E402
+from cdp import ARTIFACTS, CHROMIUM, Chromium, Page, open_file, require_chromium  # noqa: E402
 from synthetic import make_results  # noqa: E402
 
 from logitlab.results import Results  # noqa: E402
@@ -23,17 +22,6 @@ from logitlab.results import Results  # noqa: E402
 def results() -> Results:
     """A fresh synthetic results dict (default sizes, seed 0)."""
     return make_results()
-
-
-def require_chromium() -> None:
-    """Skip (or fail on CI) when Chromium is not installed."""
-    if Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK):
-        return
-    msg = (f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
-           "(or set LOGITLAB_CHROMIUM) to run the browser tests")
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 @pytest.fixture

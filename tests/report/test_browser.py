@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cdp import Chromium
+from cdp import Chromium, require_chromium
 from logitlab.report import build_figures, write_report
 from synthetic import make_results
 
@@ -75,17 +75,6 @@ DOM_JS = """
 """
 
 
-def _require_chromium() -> None:
-    """Skip (or fail on CI) when Chromium is not installed."""
-    if Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK):
-        return
-    msg = (f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
-           "(or set LOGITLAB_CHROMIUM) to run the browser test")
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
 def _wait(cond: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll ``cond()`` until truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -100,7 +89,7 @@ def _wait(cond: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
 
 def test_report_in_headless_chromium(tmp_path: Path) -> None:
     """The report renders all figures, stays offline, raises no errors and is interactive."""
-    _require_chromium()
+    require_chromium()
     start = time.monotonic()
     results = make_results()
     n_figures = len(build_figures(results))

@@ -501,9 +501,10 @@ DIAGRAM_JS = """
 def test_circuit_report_in_headless_chromium(tmp_path: Path) -> None:
     """The report with circuit sections renders every figure without JS errors and draws the diagram."""
     from cdp import Chromium
-    from test_browser import ARTIFACTS, CHROMIUM, COUNT_PLOTS_JS, HEIGHT, WIDTH, _require_chromium, _wait
+    from cdp import require_chromium
+    from test_browser import ARTIFACTS, CHROMIUM, COUNT_PLOTS_JS, HEIGHT, WIDTH, _wait
 
-    _require_chromium()
+    require_chromium()
     start = time.monotonic()
     results = with_circuit(make_results(n_layers=6, n_heads=4), n_kv_heads=2)
     n_figures = len(build_figures(results))
