@@ -40,6 +40,8 @@ COLUMNS: dict[str, list[tuple[str, list[list[str]]]]] = {
                  ("IG completeness", [["test_circuit.py::test_ig_completeness"]])],
     "bf16": [("bf16", [["test_bf16.py::test_answers_are_read_out_in_float32",
                         "test_bf16.py::test_ablating_nothing_reproduces_the_baseline_in_bf16"]])],
+    # a first load straight from the safetensors (model/direct.py), equal to the bridge path; – : the bridge boots
+    "direct first load": [("direct load", [["test_direct_load.py::test_direct_weights_equal_the_bridge_path"]])],
 }
 FILES = sorted({t.split("::")[0] for checks in COLUMNS.values() for _, alts in checks for alt in alts for t in alt})
 KIND_PARAMS = ("tiny_model", "model_kind")

@@ -32,9 +32,11 @@ def test_cells_follow_the_collected_tests() -> None:
            "tests/unit/test_circuit.py::test_graph_forward_unpatched_and_fully_patched[gpt2]",
            "tests/unit/test_circuit.py::test_edge_scores_are_the_edge_derivative[gpt2]",
            "tests/unit/test_moe.py::test_gradients_match_finite_differences[olmoe]",
-           "tests/unit/test_invariants.py::test_ablation_sweep_equals_one_forward_per_head[opt-zero]"]
+           "tests/unit/test_invariants.py::test_ablation_sweep_equals_one_forward_per_head[opt-zero]",
+           "tests/unit/test_direct_load.py::test_direct_weights_equal_the_bridge_path[default-gemma3]"]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[3:-1]]
             for line in gen.table(ids).splitlines()[2:]}
-    assert rows["`gpt2`"] == ["✓", "–", "–", "–", "✓ except IG completeness", "–"]
-    assert rows["`olmoe`"] == ["–", "–", "–", "✓", "–", "–"]
+    assert rows["`gpt2`"] == ["✓", "–", "–", "–", "✓ except IG completeness", "–", "–"]
+    assert rows["`olmoe`"] == ["–", "–", "–", "✓", "–", "–", "–"]
+    assert rows["`gemma3_text`"] == ["–", "–", "–", "–", "–", "–", "✓"]
     assert "| `opt` | fallback |" in gen.table(ids)  # a kind outside the staged allow-list

@@ -32,6 +32,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "mistral": ("mistral", {}),
     "qwen2": ("qwen2", {}),  # q, k, v biases, grouped: value biases folded through shared heads
     "qwen3_tied": ("qwen3", {"tie_word_embeddings": True}),
+    "qwen3": ("qwen3", {}),
     "gemma2_softcap": ("gemma2_softcap", {}),  # soft-capped logits: the unembedding is not centred
     "gemma2": ("gemma2_softcap", {"final_logit_softcapping": None, "attn_logit_softcapping": None}),
     "gemma3": ("gemma3", {}),  # tied, (1 + w) norms, query/key norms, one KV head
