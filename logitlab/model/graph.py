@@ -212,13 +212,7 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         """The other run's per-layer attention sums (pre-norm) and attention outputs (L, B, T, D), and residual
         streams (resid_pre of each layer, then the final one), rebuilt from its recorded writes."""
         if not other_state:
-            pre = torch.stack([other[:, h0:h0 + H].sum(1) + w.b_O[l]  # type: ignore[index]
-                               for l, h0 in enumerate(graph.head_senders[:, 0].tolist())])
-            out = _post_attention_rows(runner, pre, None)
-            res = [other[:, 0]]  # type: ignore[index]
-            for l in range(L):
-                res.append(res[-1] + out[l] + other[:, graph.mlp_sender(l)])  # type: ignore[index]
-            other_state.append((pre, out, res))
+            other_state.append(_rebuild(runner, graph, other, L, other[:, 0]))  # type: ignore[index]
         return other_state[0]
 
     def mixed_input(rows: Tensor, n_read: int, layer: int, cur_base: Tensor, kind: str,
@@ -265,11 +259,10 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         if base is None:
             raise ValueError("starting after layer 0 needs the run's own recorded sender outputs (base)")
         n0 = graph.head_sender(start, 0)
-        for l in range(start):  # the earlier layers' state, rebuilt from their recorded writes
-            h0 = graph.head_sender(l, 0)
-            attn_pre = base[:, h0:h0 + H].sum(1) + w.b_O[l]
-            keep_attention(l, attn_pre, runner.post_attention(l, attn_pre)[0])
-            resid = resid + attn_out_cur[-1] + base[:, graph.mlp_sender(l)]
+        pre0, out0, res0 = _rebuild(runner, graph, base, start, resid)  # the earlier layers, from their writes
+        for l in range(start):
+            keep_attention(l, pre0[l], out0[l])
+        resid = res0[start]
         if senders is not None:
             senders[:, :n0] = base[:, :n0]
         if diff is not None:
@@ -357,12 +350,27 @@ _MIX_BUDGET = 2**20
 
 def _post_attention_rows(runner: Runner, x: Tensor, layers: Tensor | None) -> Tensor:
     """:meth:`Runner.post_attention` (its output) of rows from different layers: ``x`` (N, T, D) with row i from
-    layer ``layers[i]``, or with ``layers`` None ``x`` (L, B, T, D), one slab per layer. The same arithmetic as the
-    runner's per-layer norm, with each row's own weight."""
+    layer ``layers[i]``, or with ``layers`` None ``x`` (n, B, T, D), one slab per layer 0 … n − 1. The same
+    arithmetic as the runner's per-layer norm, with each row's own weight."""
     if not runner.spec.post_norms:
         return x
     w = runner.w.post1_w  # (L, D)
-    return runner._norm(x, w[:, None, None] if layers is None else w[layers][:, None])[0]
+    return runner._norm(x, w[:len(x), None, None] if layers is None else w[layers][:, None])[0]
+
+
+def _rebuild(runner: Runner, graph: EdgeGraph, writes: Float[Tensor, "batch sender pos d_model"], n: int,
+             resid0: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """A run's first ``n`` ≥ 1 layers rebuilt from its recorded writes: the attention sums (pre-norm) and outputs
+    (n, B, T, D), one norm call for all layers, and the residual streams (resid_pre of layers 0 … n, the first
+    ``resid0``)."""
+    H = runner.spec.n_heads
+    pre = torch.stack([writes[:, h0:h0 + H].sum(1) + runner.w.b_O[l]
+                       for l, h0 in enumerate(graph.head_senders[:n, 0].tolist())])
+    out = _post_attention_rows(runner, pre, None)
+    res = [resid0]
+    for l in range(n):
+        res.append(res[-1] + out[l] + writes[:, graph.mlp_sender(l)])
+    return pre, out, res
 
 
 def _mix_head_layers(runner: Runner, x: Float[Tensor, "n r pos d_model"], m: Float[Tensor, "n r layer head"],
