@@ -43,7 +43,7 @@ from torch import Tensor
 from logitlab.analyses.patching import MIN_GAP
 from logitlab.errors import LogitlabError
 from logitlab.model.backend import GRAD, SWEEP, require
-from logitlab.model.graph import EdgeGraph, graph_forward
+from logitlab.model.graph import EdgeGraph, graph_forward, single_edge_layer
 from logitlab.model.load import Model
 from logitlab.registry import setting
 from logitlab.results.circuit import Circuit
@@ -231,18 +231,45 @@ def edge_patch_metric(model: Model, graph: EdgeGraph, b: PairBatch, patches: Ten
     Rl = graph.receivers_per_layer
     touched = patches.ne(0).any(-1).any(0).nonzero()[:, 0]
     one_layer = start < graph.n_layers and bool(((touched >= start * Rl) & (touched < (start + 1) * Rl)).all())
+    single = _one_sender(graph, patches, start)
     with torch.no_grad():
         for a in range(0, M * n, chunk):
             items = torch.arange(a, min(a + chunk, M * n), device=r.device)
             mi, pi = items // n, items % n
             fp = torch.full((len(items),), T - 1, device=r.device)
-            run = graph_forward(r, graph, emb[pi], fp, patches[mi], other[pi], start=start,
-                                base=own[pi] if start else None, stop=start if one_layer else None)
-            final = run.final if not one_layer else r.run_from(start, "post", run.resid, final_pos=fp)
+            if single is not None:  # one edge or head per mask (path patching): no per-item copy of the writes
+                resid = single_edge_layer(r, graph, start, emb, own, other, pi, single[0][mi], single[1][mi])
+                final = r.run_from(start, "post", resid, final_pos=fp)
+            else:
+                run = graph_forward(r, graph, emb[pi], fp, patches[mi], other[pi], start=start,
+                                    base=own[pi] if start else None, stop=start if one_layer else None)
+                final = run.final if not one_layer else r.run_from(start, "post", run.resid, final_pos=fp)
             out[a:a + len(items)] = _metric(model, final, b, pi).cpu()
             if progress is not None:
                 progress(len(items))
     return out.view(M, n)
+
+
+def _one_sender(graph: EdgeGraph, patches: Tensor, start: int) -> tuple[Tensor, Tensor] | None:
+    """(receiver, sender) per mask when every mask of ``patches`` (M, R, S) patches one sender only: one edge into
+    a receiver of layer ``start``, or every out-edge of a head of layer ``start`` (receiver −1); else None."""
+    if start >= graph.n_layers:
+        return None
+    used = patches.ne(0).any(1)  # (M, S)
+    if not bool(used.sum(1).eq(1).all()):
+        return None
+    M, Rl = patches.shape[0], graph.receivers_per_layer
+    items = torch.arange(M, device=patches.device)
+    snd = used.to(torch.int8).argmax(1)
+    col = patches[items, :, snd]  # (M, R): each mask's one sender column
+    allowed = graph.allowed.to(patches)[:, snd].T  # (M, R)
+    rcv = col.ne(0).to(torch.int8).argmax(1)
+    one = (col.ne(0).sum(1) == 1) & (col[items, rcv] == 1) & (allowed[items, rcv] == 1) \
+        & (rcv >= start * Rl) & (rcv < (start + 1) * Rl)
+    whole = torch.isin(snd, graph.head_senders[start].to(snd.device)) & (col == allowed).all(1)
+    if not bool((one | whole).all()):
+        return None
+    return torch.where(one, rcv, -1), snd
 
 
 def _sizes(n_edges: int) -> list[int]:

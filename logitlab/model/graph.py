@@ -40,7 +40,7 @@ from torch import Tensor
 from logitlab.model.runner import Runner
 from logitlab.model.spec import ArchSpec
 
-__all__ = ["EdgeGraph", "GraphRun", "graph_forward"]
+__all__ = ["EdgeGraph", "GraphRun", "graph_forward", "single_edge_layer"]
 
 
 @dataclass(frozen=True)
@@ -271,13 +271,7 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
     # patched items skip it (faithfulness of small circuits: most of the graph is the corrupted run).
     skip = patched and inputs is None
 
-    def attention(x_att: Tensor, layer: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Each head's write (n, H, T, D), their pre-norm sum and the attention output from the receivers' inputs."""
-        xq, xk, xv = x_att[:, :H], x_att[:, H:H + K], x_att[:, H + K:]
-        z = runner.split_attention(layer, xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2))  # (n, T, H, dh)
-        heads = torch.einsum("bthe,hed->bhtd", z, w.W_O[layer])  # (n, H, T, D): each head's write
-        attn_pre = heads.sum(1) + w.b_O[layer]
-        return heads, attn_pre, runner.post_attention(layer, attn_pre)[0]
+    attention = lambda x_att, layer: _attention(runner, layer, x_att)  # noqa: E731
 
     for layer in range(start, L):
         first = graph.head_sender(layer, 0)
@@ -340,6 +334,59 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
     final = x_fin[torch.arange(B, device=x_fin.device), final_pos]
     return GraphRun(final=final, senders=senders, inputs=inputs,
                     attn_pre=attn_pre_cur if s.post_norms else None)
+
+
+def _attention(runner: Runner, layer: int, x_att: Float[Tensor, "n receiver pos d_model"]
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """Each head's write (n, H, T, D), their pre-norm sum and the attention output, from the attention receivers'
+    inputs (query heads, then key and value KV heads)."""
+    H, K, w = runner.spec.n_heads, runner.spec.n_kv_heads, runner.w
+    xq, xk, xv = x_att[:, :H], x_att[:, H:H + K], x_att[:, H + K:]
+    z = runner.split_attention(layer, xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2))  # (n, T, H, dh)
+    heads = torch.einsum("bthe,hed->bhtd", z, w.W_O[layer])  # (n, H, T, D): each head's write
+    attn_pre = heads.sum(1) + w.b_O[layer]
+    return heads, attn_pre, runner.post_attention(layer, attn_pre)[0]
+
+
+def single_edge_layer(runner: Runner, graph: EdgeGraph, layer: int, embed: Float[Tensor, "pair pos d_model"],
+                      own: Float[Tensor, "pair sender pos d_model"], other: Float[Tensor, "pair sender pos d_model"],
+                      pairs: Int[Tensor, " batch"], receiver: Int[Tensor, " batch"], sender: Int[Tensor, " batch"],
+                      ) -> Float[Tensor, "batch pos d_model"]:
+    """resid_post of ``layer`` for items that each patch one edge: ``receiver[i]``, a receiver of ``layer``,
+    reads ``sender[i]``'s write of the other run (``other``) instead of its own run's (``own``: the recorded
+    writes of pair ``pairs[i]``, whose embedding is ``embed``); ``receiver[i]`` = −1: every reader of
+    ``sender[i]``, a head of ``layer``, does (all its out-edges: the later layers, run by the ordinary forward
+    pass, read it through the residual stream). The same as :func:`graph_forward` with ``start = layer`` (and
+    ``stop = layer`` for one edge) and that patch (tested), without a per-item copy of the pairs' recorded writes:
+    the layers before run per pair, and a reader's input changes by the sender's difference, seen through the
+    post-attention norm of the sender's layer when the sender is a head (the norm of the own run's heads with
+    that one head's write replaced)."""
+    s = runner.spec
+    H, S, Rl = s.n_heads, graph.n_senders, graph.receivers_per_layer
+    heads_of = graph.head_senders.to(own.device)  # (L, H)
+    key, inv = torch.unique(pairs * S + sender, return_inverse=True)  # each (pair, sender) once
+    up, us = key // S, key % S
+    delta = other[up, us] - own[up, us]  # (U, T, D): the sender's difference, as a linear write
+    hl = torch.where((us - 1) % (H + 1) < H, (us - 1) // (H + 1), -1) if s.post_norms else None
+    if hl is not None and bool((hl >= 0).any()):
+        j = (hl >= 0).nonzero()[:, 0]
+        pre = own[up[j, None], heads_of[hl[j]]].sum(1) + runner.w.b_O[hl[j]][:, None]  # (u, T, D): the own run's sum
+        delta[j] = _post_attention_rows(runner, pre + delta[j], hl[j]) - _post_attention_rows(runner, pre, hl[j])
+    pre0, out0, res0 = _rebuild(runner, graph, own, layer + 1, embed)  # the own run, per pair, through ``layer``
+    base = res0[layer][pairs]  # (B, T, D): resid_pre of ``layer``
+    attn_out = out0[layer][pairs]  # unpatched where the item's receiver is the MLP
+    local = torch.where(receiver < 0, -1, receiver - layer * Rl)  # 0 … Rl − 2: attention inputs; Rl − 1: the MLP
+    att = ((local >= 0) & (local < Rl - 1)).nonzero()[:, 0]
+    if len(att):
+        x_att = base[att][:, None].repeat(1, Rl - 1, 1, 1)
+        x_att[torch.arange(len(att), device=att.device), local[att]] += delta[inv[att]]
+        attn_out[att] = _attention(runner, layer, x_att)[2]
+    whole = (local < 0).nonzero()[:, 0]  # the head's write replaced in the layer's attention output
+    attn_out[whole] += delta[inv[whole]]
+    x_mlp = base.clone() if s.parallel else base + attn_out
+    mlp = (local == Rl - 1).nonzero()[:, 0]
+    x_mlp[mlp] += delta[inv[mlp]]
+    return base + attn_out + runner.mlp(layer, x_mlp)
 
 
 #: Elements in the largest temporary (triples × H × T × D) of one chunk of :func:`_mix_head_layers`: 4 MiB in

@@ -152,6 +152,43 @@ def test_skipping_nodes_that_read_only_the_other_run(tiny_model, tt, monkeypatch
     assert err < 1e-6 * max(1.0, full.abs().max().item()), f"skipping changed the metric by {err:.2e}"
 
 
+def test_single_edge_layer_equals_the_edge_level_pass(tiny_model, tt, monkeypatch) -> None:  # noqa: ANN001
+    """Masks of one edge each into a layer's receivers (path patching's): the per-pair pass of
+    ``single_edge_layer`` gives the metrics (float64) of the general edge-level pass, for every receiver kind of
+    the layer (query, key, value, MLP) and senders of every kind (embedding, heads of earlier layers and of the
+    same layer, MLPs), both runs as the base; and masks of every out-edge of one head (the whole node)."""
+    m = _float64(tiny_model)
+    g = EdgeGraph(m.spec)
+    b = pair_batches(tt, 3)[0]
+    def one_edge_masks(layer: int) -> torch.Tensor:
+        rows = range(layer * g.receivers_per_layer, (layer + 1) * g.receivers_per_layer)
+        edges = [(r, s) for r in rows for s in g.allowed[r].nonzero()[:, 0].tolist()]
+        patches = torch.zeros(len(edges), g.n_receivers, g.n_senders, dtype=torch.float64)
+        for i, (r, s) in enumerate(edges):
+            patches[i, r, s] = 1.0
+        return patches
+
+    calls: list[int] = []
+    real = circuit_mod.single_edge_layer
+    monkeypatch.setattr(circuit_mod, "single_edge_layer", lambda *a: calls.append(1) or real(*a))
+    # Every out-edge of one head (path patching's whole node), a layer with later layers after it.
+    first = m.spec.n_layers - 2
+    whole = torch.zeros(m.spec.n_heads, g.n_receivers, g.n_senders, dtype=torch.float64)
+    for h in range(m.spec.n_heads):
+        sender = g.head_sender(first, h)
+        whole[h, :, sender] = g.allowed[:, sender].double()
+    last = m.spec.n_layers - 1
+    for masks, start in ((one_edge_masks(last), last), (whole, first),
+                         (torch.cat([one_edge_masks(first), whole]), first)):  # both kinds in one batch
+        for base in ("clean", "corrupted"):
+            fast = edge_patch_metric(m, g, b, masks, base=base, start=start).double()
+            assert calls, "the single-edge pass did not run"
+            general = edge_patch_metric(m, g, b, masks, base=base).double()  # from layer 0: the general pass
+            err = (fast - general).abs().max().item()
+            assert err < 1e-9 * max(1.0, general.abs().max().item()), f"{base}: {err:.2e}"
+            calls.clear()
+
+
 def test_all_paths_of_a_sender_equal_patching_the_head(tiny_model, tt) -> None:  # noqa: ANN001
     """Every out-edge of a head at once = activation patching of its z (an independent sweep)."""
     spec = tiny_model.spec
