@@ -241,8 +241,9 @@ def edge_patch_metric(model: Model, graph: EdgeGraph, b: PairBatch, patches: Ten
                 resid = single_edge_layer(r, graph, start, emb, own, other, pi, single[0][mi], single[1][mi])
                 final = r.run_from(start, "post", resid, final_pos=fp)
             else:
-                run = graph_forward(r, graph, emb[pi], fp, patches[mi], other[pi], start=start,
-                                    base=own[pi] if start else None, stop=start if one_layer else None)
+                run = graph_forward(r, graph, emb[pi], fp, patches[mi], other, start=start,
+                                    base=own[pi] if start else None, stop=start if one_layer else None,
+                                    other_index=pi)
                 final = run.final if not one_layer else r.run_from(start, "post", run.resid, final_pos=fp)
             out[a:a + len(items)] = _metric(model, final, b, pi).cpu()
             if progress is not None:

@@ -151,14 +151,16 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
                   final_pos: Int[Tensor, " batch"], patch: Float[Tensor, "batch receiver sender"] | None = None,
                   other: Float[Tensor, "batch sender pos d_model"] | None = None, *, record: bool = False,
                   keep_inputs: bool = False, start: int = 0,
-                  base: Float[Tensor, "batch sender pos d_model"] | None = None, stop: int | None = None) -> GraphRun:
+                  base: Float[Tensor, "batch sender pos d_model"] | None = None, stop: int | None = None,
+                  other_index: Int[Tensor, " batch"] | None = None) -> GraphRun:
     """Run the edge-level forward pass (module docstring).
 
     Args:
         embed: the residual stream entering layer 0 (embedding plus any position embedding).
         final_pos: each item's final position (the logits receiver is read there).
         patch: 1 where an edge carries ``other``'s sender output (0 elsewhere, and on non-edges); None: no patch.
-        other: the other run's sender outputs (as recorded by ``record``), per item.
+        other: the other run's sender outputs (as recorded by ``record``), per item, or per pair with
+            ``other_index`` (B,) naming each item's row of ``other`` (no per-item copy of it).
         record: return the sender outputs of this run (B, S, T, D).
         keep_inputs: keep every receiver's input tensor (for gradients with respect to them).
         start, base: begin at layer ``start`` with the senders of earlier layers taken from ``base`` (this
@@ -179,10 +181,23 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
     if patched:
         assert other is not None
         diff = other.new_empty(B, graph.n_senders, T, D)  # each sender's slot is written before it is read
+
+    def per_item(t: Tensor) -> Tensor:
+        """A (rows of ``other``, …) tensor per item: a new tensor."""
+        return t.clone() if other_index is None else t[other_index]
+
+    def oth(sl: int | slice, new: bool = False) -> Tensor:
+        """The other run's writes of senders ``sl``, per item: a view of ``other`` without ``other_index`` unless
+        ``new`` (a tensor that may be written)."""
+        assert other is not None
+        if other_index is None:
+            return other[:, sl].clone() if new else other[:, sl]
+        return other[other_index, sl]
+
     if senders is not None:
         senders[:, 0] = embed
     if diff is not None:
-        diff[:, 0] = other[:, 0] - embed  # type: ignore[index]
+        diff[:, 0] = oth(0) - embed
     resid = embed
     attn_pre_cur: list[Tensor] = []  # per layer (B, T, D), post-norm models
     attn_out_cur: list[Tensor] = []
@@ -210,7 +225,8 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
 
     def others() -> tuple[Tensor, Tensor, list[Tensor]]:
         """The other run's per-layer attention sums (pre-norm) and attention outputs (L, B, T, D), and residual
-        streams (resid_pre of each layer, then the final one), rebuilt from its recorded writes."""
+        streams (resid_pre of each layer, then the final one), rebuilt from its recorded writes (one row per row of
+        ``other``: per pair with ``other_index``)."""
         if not other_state:
             other_state.append(_rebuild(runner, graph, other, L, other[:, 0]))  # type: ignore[index]
         return other_state[0]
@@ -229,16 +245,18 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         rows = rows[:, :, :n_read]
         n = rows.shape[0]
         sel = (lambda t: t) if items is None else (lambda t: t[items])  # noqa: E731  the n items of a (B, …) tensor
+        rows_of = sel(other_index) if other_index is not None else None  # the n items' rows of the other run's
         keep = 1 - rows  # 1 where the current value is read (every sender below n_read is an edge of these)
         from_other = bool(keep.sum() < rows.sum())
         m_all = -keep if from_other else rows  # weights on diff = other − current, relative to the chosen run
         if from_other:
             o_pre, o_out, o_res = others()
-            base = sel(o_res[layer] if kind == "att" or (kind == "mlp" and s.parallel) else
-                       (o_res[layer] + o_out[layer] if kind == "mlp" else o_res[L]))
-            pre_ref, out_ref = o_pre, o_out
+            o_base = (o_res[layer] if kind == "att" or (kind == "mlp" and s.parallel) else
+                      (o_res[layer] + o_out[layer] if kind == "mlp" else o_res[L]))
+            base = sel(o_base) if rows_of is None else o_base[rows_of]
+            pre_ref, out_ref, ref_rows = o_pre, o_out, other_index
         else:
-            base, pre_ref, out_ref = cur_base, cur_pre, cur_out
+            base, pre_ref, out_ref, ref_rows = cur_base, cur_pre, cur_out, None
         r = rows.shape[1]
         x = base[:, None].expand(n, r, T, D)
         assert diff is not None
@@ -252,7 +270,8 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         x = x + torch.einsum("brs,bstd->brtd", m_all[:, :, idx], d_lin)
         n_l = layer + (1 if n_read > graph.head_sender(layer, 0) else 0)  # earlier layers whose heads it reads
         if n_l:
-            x = _mix_head_layers(runner, x, m_all[:, :, head_idx[:n_l]], pre_ref, out_ref, diff, head_idx, items)
+            x = _mix_head_layers(runner, x, m_all[:, :, head_idx[:n_l]], pre_ref, out_ref, diff, head_idx, items,
+                                 ref_rows)
         return x
 
     if start:
@@ -266,7 +285,7 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         if senders is not None:
             senders[:, :n0] = base[:, :n0]
         if diff is not None:
-            diff[:, :n0] = other[:, :n0] - base[:, :n0]  # type: ignore[index]
+            diff[:, :n0] = oth(slice(0, n0)) - base[:, :n0]
     # A node every one of whose inputs reads the other run on every edge computes exactly the other run's write:
     # patched items skip it (faithfulness of small circuits: most of the graph is the corrupted run).
     skip = patched and inputs is None
@@ -279,7 +298,8 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         live = _reading_current(att_rows, first) if skip else None
         if live is not None:  # some items' heads read only the other run: its writes
             o_pre, o_out, _ = others()
-            heads, attn_pre, attn_out = other[:, first:first + H].clone(), o_pre[layer].clone(), o_out[layer].clone()  # type: ignore[index]
+            heads, attn_pre, attn_out = (oth(slice(first, first + H), new=True),
+                                         *(per_item(t[layer]) for t in (o_pre, o_out)))
             if len(live):
                 part = attention(mixed_input(att_rows[live], first, layer, resid[live], "att", live), layer)  # type: ignore[index]
                 for full, p in zip((heads, attn_pre, attn_out), part):
@@ -301,11 +321,11 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         if senders is not None:
             senders[:, first:first + H] = heads
         if diff is not None:
-            diff[:, first:first + H] = other[:, first:first + H] - heads  # type: ignore[index]
+            diff[:, first:first + H] = oth(slice(first, first + H)) - heads
         mlp_rows = patch[:, mlp_row:mlp_row + 1] if patched else None  # type: ignore[index]
         live = _reading_current(mlp_rows, n_read) if skip else None
         if live is not None:  # some items' MLP reads only the other run: its write
-            mlp_out = other[:, graph.mlp_sender(layer)].clone()  # type: ignore[index]
+            mlp_out = oth(graph.mlp_sender(layer), new=True)
             if len(live):
                 mlp_out[live] = runner.mlp(layer, mixed_input(mlp_rows[live], n_read, layer, x_mlp[live], "mlp",  # type: ignore[index]
                                                               live)[:, 0])
@@ -320,7 +340,7 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
         if senders is not None:
             senders[:, graph.mlp_sender(layer)] = mlp_out
         if diff is not None:
-            diff[:, graph.mlp_sender(layer)] = other[:, graph.mlp_sender(layer)] - mlp_out  # type: ignore[index]
+            diff[:, graph.mlp_sender(layer)] = oth(graph.mlp_sender(layer)) - mlp_out
         resid = resid + attn_out + mlp_out
         if layer == stop:
             return GraphRun(final=None, senders=senders, inputs=inputs, attn_pre=None, resid=resid)
@@ -402,7 +422,10 @@ def _post_attention_rows(runner: Runner, x: Tensor, layers: Tensor | None) -> Te
     if not runner.spec.post_norms:
         return x
     w = runner.w.post1_w  # (L, D)
-    return runner._norm(x, w[:len(x), None, None] if layers is None else w[layers][:, None])[0]
+    w = w[:len(x), None, None] if layers is None else w[layers][:, None]
+    if runner.spec.normalization == "RMS" and x.dtype == torch.float32:  # one kernel, then each row's weight
+        return torch.rms_norm(x, x.shape[-1:], None, runner.spec.eps).mul_(w)
+    return runner._norm(x, w)[0]
 
 
 def _rebuild(runner: Runner, graph: EdgeGraph, writes: Float[Tensor, "batch sender pos d_model"], n: int,
@@ -422,16 +445,17 @@ def _rebuild(runner: Runner, graph: EdgeGraph, writes: Float[Tensor, "batch send
 
 def _mix_head_layers(runner: Runner, x: Float[Tensor, "n r pos d_model"], m: Float[Tensor, "n r layer head"],
                      pre_ref: Tensor, out_ref: Tensor, diff: Float[Tensor, "batch sender pos d_model"],
-                     head_idx: Int[Tensor, "layer head"], items: Tensor | None) -> Tensor:
+                     head_idx: Int[Tensor, "layer head"], items: Tensor | None,
+                     ref_rows: Tensor | None = None) -> Tensor:
     """Add to the readers' inputs ``x`` their own view of earlier layers' post-normed heads, relative to the run
     whose attention sums and outputs (L, B, T, D) are ``pre_ref`` and ``out_ref``: for every (item i, reader j,
     layer l) whose weights ``m[i, j, l]`` on diff = other − current of layer l's heads are not all 0,
 
         x[i, j] += post_norm_l(pre_ref[l, g] + Σ_h m[i, j, l, h] · diff[g, head h of l]) − out_ref[l, g],
 
-    g the item's index among all B (``items[i]``, or i). All layers' triples in one gather, norm and add (in
-    chunks), and of the heads only those with a weight (a reader's view usually differs in a few heads); ``x`` is
-    written in place and returned.
+    g the item's index among all B (``items[i]``, or i; its row of the references is ``ref_rows[g]`` when given).
+    All layers' triples in one gather, norm and add (in chunks), and of the heads only those with a weight (a
+    reader's view usually differs in a few heads); ``x`` is written in place and returned.
     """
     n, r, T, D = x.shape
     H = m.shape[-1]
@@ -452,7 +476,7 @@ def _mix_head_layers(runner: Runner, x: Float[Tensor, "n r pos d_model"], m: Flo
         qa, qe = torch.searchsorted(qt, torch.tensor([a, e], device=qt.device)).tolist()
         t, w = qt[qa:qe], qw[qa:qe]
         heads = diff[gi[t], head_idx[ql[qa:qe], qh[qa:qe]]].mul_(w[:, None, None])  # (q, T, D): weighted heads
-        l, g = li[a:e], gi[a:e]
+        l, g = li[a:e], gi[a:e] if ref_rows is None else ref_rows[gi[a:e]]
         # (c, T, D): each triple's own mixture, its heads summed first (the order of one product per triple)
         mixed = heads.new_zeros(e - a, T, D).index_add_(0, t - a, heads).add_(pre_ref[l, g])
         rows.index_add_(0, bi[a:e] * r + ri[a:e], _post_attention_rows(runner, mixed, l) - out_ref[l, g])

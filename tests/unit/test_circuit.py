@@ -258,7 +258,7 @@ def test_path_patching_precision_target(tiny_model, tt) -> None:  # noqa: ANN001
     assert w is None or (w >= 0 and strict.precision["achieved"] == w)
 
 
-def _mix_per_layer(runner, x, m, pre_ref, out_ref, diff, head_idx, items):  # noqa: ANN001, ANN202
+def _mix_per_layer(runner, x, m, pre_ref, out_ref, diff, head_idx, items, ref_rows=None):  # noqa: ANN001, ANN202
     """The post-norm head mixture one earlier layer at a time (the edge-level forward's first implementation)."""
     for l2 in range(m.shape[2]):
         act = m[:, :, l2].ne(0).any(-1)  # (n, r): whose view of layer l2 differs from the reference run's
@@ -267,9 +267,10 @@ def _mix_per_layer(runner, x, m, pre_ref, out_ref, diff, head_idx, items):  # no
         bi, ri = act.nonzero(as_tuple=True)
         gi = bi if items is None else items[bi]
         h0, H = int(head_idx[l2, 0]), head_idx.shape[1]
-        mixed = pre_ref[l2][gi] + torch.einsum("nh,nhtd->ntd", m[bi, ri, l2], diff[gi, h0:h0 + H])
+        gr = gi if ref_rows is None else ref_rows[gi]
+        mixed = pre_ref[l2][gr] + torch.einsum("nh,nhtd->ntd", m[bi, ri, l2], diff[gi, h0:h0 + H])
         out, _ = runner.post_attention(l2, mixed)
-        x = x.index_put((bi, ri), out - out_ref[l2][gi], accumulate=True)
+        x = x.index_put((bi, ri), out - out_ref[l2][gr], accumulate=True)
     return x
 
 
@@ -302,9 +303,9 @@ def test_batched_post_norm_mixture_equals_per_layer(tiny_model, monkeypatch, bud
     seen: set[tuple[bool, bool]] = set()
     errs: list[float] = []
 
-    def checked(runner, x, w, pre_ref, out_ref, diff, head_idx, items):  # noqa: ANN001, ANN202
-        want = _mix_per_layer(runner, x.clone(), w, pre_ref, out_ref, diff, head_idx, items)
-        got = real(runner, x.clone(), w, pre_ref, out_ref, diff, head_idx, items)
+    def checked(runner, x, w, pre_ref, out_ref, diff, head_idx, items, ref_rows=None):  # noqa: ANN001, ANN202
+        want = _mix_per_layer(runner, x.clone(), w, pre_ref, out_ref, diff, head_idx, items, ref_rows)
+        got = real(runner, x.clone(), w, pre_ref, out_ref, diff, head_idx, items, ref_rows)
         if bool(w.ne(0).any()):
             seen.add((items is None, bool((w < 0).any())))  # weights < 0: relative to the other run
         errs.append((got - want).abs().max().item() / max(1.0, want.abs().max().item()))
@@ -313,6 +314,13 @@ def test_batched_post_norm_mixture_equals_per_layer(tiny_model, monkeypatch, bud
     monkeypatch.setattr(graph_mod, "_mix_head_layers", checked)
     batched = [graph_forward(r, g, ea[:k], fp[:k], patches[:k], other[:k]).final
                for k in (5, n)]
+    # The other run's writes given once per row with each item's row named (as edge_patch_metric gives a pair's
+    # writes to all its items): 5 rows, each read by two items.
+    rows = other[torch.tensor([5, 1, 7, 0, 9])]
+    index = torch.tensor([2, 0, 1, 2, 3, 4, 0, 1, 3, 4])
+    want = graph_forward(r, g, ea, fp, patches, rows[index]).final
+    got = graph_forward(r, g, ea, fp, patches, rows, other_index=index).final
+    assert (got - want).abs().max() < 1e-12 * max(1.0, want.abs().max().item())
     assert seen == {(True, True), (True, False), (False, True), (False, False)}, seen
     assert max(errs) < 1e-12, f"batched vs per-layer mixture: max relative difference {max(errs):.2e}"
     monkeypatch.setattr(graph_mod, "_mix_head_layers", _mix_per_layer)
