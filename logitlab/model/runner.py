@@ -79,6 +79,7 @@ class Runner(Readout):
             w, W_Q=heads(0, nq, H), W_K=heads(nq, nq + nk, K), W_V=heads(nq + nk, nq + 2 * nk, K),
             W_O=self._W_O.transpose(1, 2).unflatten(1, (H, dh)), W_in=self._W_in.transpose(1, 2),
             W_gate=None if self._W_gate is None else self._W_gate.transpose(1, 2), W_out=self._W_out.transpose(1, 2))
+
     def _rms(self, x: Tensor, w: Tensor) -> Tensor:
         if self._fused_norm:  # float32: one kernel
             return F.rms_norm(x, x.shape[-1:], w, self.spec.eps)
@@ -88,9 +89,7 @@ class Runner(Readout):
     def _qk_norm(self, x: Tensor, w: Tensor) -> Tensor:
         """Query or key RMSNorm of projected heads (B, T, heads, dh): per head, or over all heads together (OLMo-2:
         the norm runs on the concatenated heads, so each head's scale depends on every head of its row)."""
-        if not self.spec.qk_norm_all_heads:
-            return self._rms(x, w)
-        return self._rms(x.flatten(-2), w).unflatten(-1, x.shape[-2:])
+        return self._rms(x.flatten(-2), w).unflatten(-1, x.shape[-2:]) if self.spec.qk_norm_all_heads else self._rms(x, w)
 
     def pre_norm(self, layer: int, which: int, x: Tensor) -> Tensor:
         """The norm before attention (``which`` 1) or the MLP (2) of ``layer``; the identity without pre-norms."""
@@ -354,8 +353,7 @@ class Runner(Readout):
             embed=emb, pos_embed=pos, resid_pre=stack("resid_pre"), attn_pre=stack("attn_pre"),
             attn_out=stack("attn_out"), post_attn_scale=stack("post_scale") if self.spec.post_norms else None,
             resid_mid=stack("resid_mid"), mlp_out=stack("mlp_out"), resid_final=x, final_scale=final_scale,
-            z=stack("z"), pattern=stack("pattern"),
-        )
+            z=stack("z"), pattern=stack("pattern"))
 
     def check_entry(self, layer: int, stage: str) -> None:
         """Raise ``ValueError`` unless (``layer``, ``stage``) is an entry point of this model."""
