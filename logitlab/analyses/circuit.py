@@ -17,7 +17,8 @@ Faithfulness: keep the top-n edges by |score|, give every other edge the corrupt
 prompt runs; each reader's input mixes current writes on kept edges and corrupted writes on the others, see
 :func:`logitlab.model.graph.graph_forward`), and report the recovered fraction of each pair's gap,
 (m − m_corr) / (m_clean − m_corr), for n on a log grid, with the same for ``n_random`` circuits of n random edges
-as a baseline band. "The circuit" is the smallest n whose mean recovery is at least ``threshold`` (0.8).
+as a baseline band (on the first pairs only while more pairs would not move it: :data:`RANDOM_NOISE`). "The
+circuit" is the smallest n whose mean recovery is at least ``threshold`` (0.8).
 
 Invariants (tested): the full graph recovers exactly 1 and the empty graph 0 for every pair; IG completeness —
 the embedding's edges (a cut every path crosses) sum to m_clean − m_corr as the steps grow (the Riemann sum of
@@ -58,8 +59,13 @@ CIRCUIT_PAIRS = 16
 IG_STEPS = 5
 N_RANDOM = 20
 THRESHOLD = 0.8
-#: Pairs the random circuits of the faithfulness baseline run on.
+#: Pairs the random circuits of the faithfulness baseline run on: at most RANDOM_PAIRS, the first FIRST_RANDOM_PAIRS
+#: first; the others only if, at some size, the pairs' noise in a circuit's mean recovery (√(mean within-circuit
+#: variance / pairs)) exceeds RANDOM_NOISE × the spread between circuits (their means' SD) and RANDOM_FLOOR.
 RANDOM_PAIRS = 8
+FIRST_RANDOM_PAIRS = 4
+RANDOM_NOISE = 0.25
+RANDOM_FLOOR = 0.01
 #: Items per batch of the edge-level forward (each holds its senders' outputs: S × T × D floats, twice).
 _ITEM_BUDGET = 2**30
 
@@ -298,7 +304,8 @@ class CircuitResult:
     random_mean: Tensor  # (size,) mean over random circuits of their mean recovery
     random_ci: Tensor  # (size, 2): 2.5% and 97.5% of the random circuits' mean recovery
     n_random: int
-    random_pairs: int
+    random_pairs: int  # pairs the random circuits ran on: the first ones, as many as the baseline needed
+    random_pairs_available: int
     full: float
     empty: float
     threshold: float
@@ -334,7 +341,8 @@ class CircuitResult:
             "faithfulness": {"n_edges": list(self.sizes), "recovered": self.recovered.mean.tolist(),
                              "recovered_ci": ci(self.recovered.ci), "random_mean": self.random_mean.tolist(),
                              "random_ci": ci(self.random_ci), "n_random": self.n_random,
-                             "random_pairs": self.random_pairs},
+                             "random_pairs": self.random_pairs,
+                             "random_pairs_available": self.random_pairs_available},
             "chosen": {"n_edges": n, "threshold": self.threshold,
                        "recovered": None if i is None else float(self.recovered.mean[i]),
                        "recovered_ci": None if i is None else [float(v) for v in self.recovered.ci[i]],
@@ -390,9 +398,9 @@ def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, ma
     top = [edge_index[:n] for n in sizes]
     # Random circuits of each size (the whole graph is one circuit only), on the first random_pairs used pairs.
     rand = [edge_index[torch.randperm(len(edge_index), generator=gen)[:n]] for n in sizes[:-1] for _ in range(n_random)]
-    picked = _first_used(batches, list(used.split([b.n for b in batches])), random_pairs)  # (batch index, pairs)
-    r_batches = [_subset(batches[bi], idx) for bi, idx in picked]
-    n_items = len(top) * sum(b.n for b in batches) + len(rand) * sum(b.n for b in r_batches)
+    picked = [(bi, int(i)) for bi, idx in _first_used(batches, list(used.split([b.n for b in batches])), random_pairs)
+              for i in idx]  # (batch index, pair) of the pairs the random circuits may use, in order
+    n_items = len(top) * sum(b.n for b in batches) + len(rand) * len(picked)
     adv = progress("circuit: faithfulness", n_items) if progress else None
 
     def recovery(masks: list[Tensor], bs: list[PairBatch], refs: list[tuple[Tensor, Tensor]],
@@ -408,8 +416,22 @@ def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, ma
 
     top_frac = recovery(top, batches, list(zip(clean_ld, corr_ld)), runs)[:, used]  # (size, used pair)
     recovered = paired(top_frac)
-    refs = [(clean_ld[bi][idx], corr_ld[bi][idx]) for bi, idx in picked]
-    rand_means = recovery(rand, r_batches, refs, [None] * len(r_batches)).mean(-1).view(len(sizes) - 1, n_random)
+    parts, done, noise = [], 0, None  # the random circuits' recoveries (mask, pair), a round of pairs at a time
+    while done < len(picked):
+        want = len(picked) if done else min(FIRST_RANDOM_PAIRS, len(picked))
+        groups = [(bi, torch.tensor([i for b2, i in picked[done:want] if b2 == bi]))
+                  for bi in dict.fromkeys(bi for bi, _ in picked[done:want])]
+        parts.append(recovery(rand, [_subset(batches[bi], idx) for bi, idx in groups],
+                              [(clean_ld[bi][idx], corr_ld[bi][idx]) for bi, idx in groups], [None] * len(groups)))
+        done = want
+        frac = torch.cat(parts, dim=1).view(len(sizes) - 1, n_random, done)
+        if done >= 2:  # the pairs' noise in each circuit's mean against the spread between circuits, per size
+            noise = (frac.var(-1).mean(-1) / done).sqrt()
+            if bool((noise <= torch.clamp(RANDOM_NOISE * frac.mean(-1).std(-1), min=RANDOM_FLOOR)).all()):
+                break
+    if adv and done < len(picked):  # the pairs not needed count as done
+        adv(len(rand) * (len(picked) - done))
+    rand_means = frac.mean(-1)
     full_row = torch.full((1, n_random), float(recovered.mean[-1]))  # every circuit of all edges is the graph
     rand_means = torch.cat([rand_means, full_row])
     random_mean = rand_means.mean(-1)
@@ -418,7 +440,7 @@ def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, ma
     # full: the last size keeps every edge, the whole graph through the edge-level forward.
     return CircuitResult(graph=graph, ig_steps=steps, edge_index=edge_index, scores=paired(flat.T), sizes=sizes,
                          recovered=recovered, random_mean=random_mean, random_ci=random_ci, n_random=n_random,
-                         random_pairs=sum(b.n for b in r_batches),
+                         random_pairs=done, random_pairs_available=len(picked),
                          full=float(top_frac[-1].mean()), empty=empty, threshold=threshold,
                          n_pairs=int(used.sum()), n_excluded=int((~used).sum()))
 

@@ -155,7 +155,10 @@ class Faithfulness(TypedDict):
     n_random: int
     """random circuits per size"""
     random_pairs: int
-    """pairs the random circuits ran on (the first used ones)"""
+    """pairs the random circuits ran on: the first used ones, until more would not move the band (pair noise in a
+    circuit's mean ≤ 0.25 × the spread between circuits, or ≤ 0.01)"""
+    random_pairs_available: int
+    """pairs the random circuits could have run on (at most 8)"""
 
 
 @section

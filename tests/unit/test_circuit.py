@@ -74,6 +74,29 @@ def test_full_graph_recovers_one_and_empty_zero(tiny_model, tt) -> None:  # noqa
     assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
+def test_random_baseline_pairs(tiny_model, tt, monkeypatch) -> None:  # noqa: ANN001
+    """The random circuits run on the first pairs, and on the others only when their noise matters: with the rule
+    off (RANDOM_NOISE 0) every pair runs; with it always met the first FIRST_RANDOM_PAIRS do, and the band is the
+    one a run given only those pairs computes; the edge scores and the top-n curve do not change."""
+    kw = dict(steps=1, max_pairs=6, n_random=3, min_gap=0.0, random_pairs=6)
+    monkeypatch.setattr(circuit_mod, "RANDOM_NOISE", 0.0)
+    monkeypatch.setattr(circuit_mod, "RANDOM_FLOOR", 0.0)
+    every = eap_ig_circuit(tiny_model, tt, **kw)
+    assert (every.random_pairs, every.random_pairs_available) == (6, 6)
+    monkeypatch.setattr(circuit_mod, "RANDOM_FLOOR", float("inf"))
+    first = eap_ig_circuit(tiny_model, tt, **kw)
+    assert (first.random_pairs, first.random_pairs_available) == (circuit_mod.FIRST_RANDOM_PAIRS, 6)
+    only = eap_ig_circuit(tiny_model, tt, **{**kw, "random_pairs": circuit_mod.FIRST_RANDOM_PAIRS})
+    assert torch.allclose(first.random_mean, only.random_mean, atol=1e-6)
+    assert torch.allclose(first.random_ci, only.random_ci, atol=1e-6)
+    assert not torch.allclose(every.random_mean[1:-1], first.random_mean[1:-1], atol=1e-6)  # the pairs differ
+    assert torch.equal(every.scores.mean, first.scores.mean) and torch.equal(every.recovered.mean, first.recovered.mean)
+    d = first.to_dict()
+    validate_results(json.loads(json.dumps(d)), Circuit)
+    assert d["faithfulness"]["random_pairs"] == circuit_mod.FIRST_RANDOM_PAIRS
+
+
 # Mixtures of experts route each token to its top experts: a piecewise constant choice, so integrated gradients miss
 # its jumps where routing switches along the path (tests/unit/test_moe.py checks completeness with routing fixed).
 @pytest.mark.parametrize("tiny_model", [k for k in KINDS if k not in MOE_KINDS], indirect=True)
