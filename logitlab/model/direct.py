@@ -20,8 +20,21 @@ The processing TransformerLens 4.x applies in compatibility mode to these RMSNor
 * **fold_value_biases**: the value biases (grouped ones repeated for the query heads sharing them) go through
   ``W_O`` into the output bias and become zero.
 * Writing weights are not centred (TransformerLens does that for LayerNorm models only); the token embedding
-  is the stored one (Gemma's √d_model scale is applied by the forward pass, ``ArchSpec.embed_scale``), and
-  rotary settings live in the spec, not the weights.
+  is the stored one (Gemma's √d_model and Granite's embedding multiplier are applied by the forward pass,
+  ``ArchSpec.embed_scale``), and rotary settings (Phi-3's partial rotary and longrope) live in the spec, not the
+  weights.
+
+Per family, beyond that:
+
+* **OLMo-2** has no pre-norms (a norm after attention and after the MLP, query/key norms over all heads
+  together): nothing is folded. TransformerLens does not fold its final norm either (its adapter does not
+  support fold_ln), so the final norm's scale is kept as ``lnf_w`` and the unembedding is centred unscaled. Its
+  post-norms and query/key norms are kept as they are. Attention biases are not read here.
+* **Phi-3**'s fused ``qkv_proj`` is split into its query, key and value rows (in that order) and ``gate_up_proj``
+  into gate rows then up rows, as TransformerLens splits them; then the pre-norms are folded as on Llama.
+* **Granite**: the Llama processing, then its multipliers as ``read_weights`` applies them to the bridge's
+  processed weights: ``W_O``, ``b_O`` (after the value biases are folded through the unscaled ``W_O``) and
+  ``W_out`` times ``residual_multiplier``, the centred unembedding divided by ``logits_scaling``.
 
 Invariant: for every covered family, :func:`direct_weights` equals ``read_weights`` of the booted bridge field
 by field and in memory layout (float32, and rounded to bfloat16 or float16), and so do the logits
@@ -50,8 +63,11 @@ __all__ = ["DIRECT_MODEL_TYPES", "direct_reason", "direct_weights"]
 log = logging.getLogger(__name__)
 
 #: Hugging Face model types whose first load skips the bridge (all others take the bridge path).
-DIRECT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"})
+DIRECT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3",
+                                "granite"})
 _GEMMA = frozenset({"gemma2", "gemma3_text"})  # RMSNorm (1 + w), sandwich norms
+_POST_NORMS = _GEMMA | {"olmo2"}  # norms after attention and the MLP
+_NO_BIASES = frozenset({"olmo2", "phi3"})  # attention biases are not read here (the bridge path loads them)
 _FLOAT_DTYPES = frozenset({"F32", "BF16", "F16"})  # stored dtypes read here (safetensors names)
 # Tensors some checkpoints carry that transformers ignores on load (recomputed buffers).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -118,23 +134,31 @@ def _expected(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> dict[str, tuple[in
     """Every tensor name the checkpoint must hold, with its shape; optional biases only where present."""
     H, K, D, dh, V = spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head, spec.d_vocab
     d_mlp = int(cfg.intermediate_size)
-    gemma = spec.model_type in _GEMMA
+    mt = spec.model_type
     want: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
     if not _tied(cfg):
         want["lm_head.weight"] = (V, D)
     for i in range(spec.n_layers):
         p = f"model.layers.{i}."
-        want |= {p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
-                 p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (K * dh, D),
-                 p + "self_attn.v_proj.weight": (K * dh, D), p + "self_attn.o_proj.weight": (D, H * dh),
-                 p + "mlp.gate_proj.weight": (d_mlp, D), p + "mlp.up_proj.weight": (d_mlp, D),
+        want |= {p + "post_attention_layernorm.weight": (D,), p + "self_attn.o_proj.weight": (D, H * dh),
                  p + "mlp.down_proj.weight": (D, d_mlp)}
-        if gemma:
-            want |= {p + "pre_feedforward_layernorm.weight": (D,), p + "post_feedforward_layernorm.weight": (D,)}
-        if spec.qk_norm:
-            want |= {p + "self_attn.q_norm.weight": (dh,), p + "self_attn.k_norm.weight": (dh,)}
+        if mt != "olmo2":  # OLMo-2 has no norm before attention
+            want[p + "input_layernorm.weight"] = (D,)
+        if mt == "phi3":  # fused projections: query, key, value rows; gate, up rows
+            want |= {p + "self_attn.qkv_proj.weight": ((H + 2 * K) * dh, D), p + "mlp.gate_up_proj.weight": (2 * d_mlp, D)}
+        else:
+            want |= {p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (K * dh, D),
+                     p + "self_attn.v_proj.weight": (K * dh, D), p + "mlp.gate_proj.weight": (d_mlp, D),
+                     p + "mlp.up_proj.weight": (d_mlp, D)}
+        if mt in _GEMMA:
+            want[p + "pre_feedforward_layernorm.weight"] = (D,)
+        if mt in _POST_NORMS:
+            want[p + "post_feedforward_layernorm.weight"] = (D,)
+        if spec.qk_norm:  # per head, or (OLMo-2) over all heads together
+            nq, nk = (H * dh, K * dh) if spec.qk_norm_all_heads else (dh, dh)
+            want |= {p + "self_attn.q_norm.weight": (nq,), p + "self_attn.k_norm.weight": (nk,)}
         for proj, n in (("q", H * dh), ("k", K * dh), ("v", K * dh), ("o", D)):
-            if p + f"self_attn.{proj}_proj.bias" in ckpt.files:
+            if p + f"self_attn.{proj}_proj.bias" in ckpt.files and mt not in _NO_BIASES:
                 want[p + f"self_attn.{proj}_proj.bias"] = (n,)
     return want
 
@@ -151,10 +175,12 @@ def _check(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> None:
         raise _NotCovered("the folder brings its own model code (auto_map)")
     if getattr(cfg, "quantization_config", None) is not None:
         raise _NotCovered("the checkpoint is quantised (quantization_config)")
-    if spec.moe is not None or spec.positional != "rotary" or not spec.pre_norms or spec.parallel \
-            or spec.qk_norm_all_heads or spec.residual_multiplier != 1.0 or spec.logits_scaling != 1.0:
+    mt = spec.model_type
+    if spec.moe is not None or spec.positional != "rotary" or spec.parallel \
+            or (mt != "granite" and (spec.residual_multiplier != 1.0 or spec.logits_scaling != 1.0)):
         raise _NotCovered("the spec has a feature the direct load does not handle")
-    if spec.post_norms != (spec.model_type in _GEMMA) or spec.normalization != "RMS" or not spec.gated_mlp:
+    if spec.post_norms != (mt in _POST_NORMS) or spec.pre_norms != (mt != "olmo2") \
+            or spec.qk_norm_all_heads != (mt == "olmo2") or spec.normalization != "RMS" or not spec.gated_mlp:
         raise _NotCovered("unexpected norm or MLP layout for this family")
     want = _expected(cfg, spec, ckpt)
     have = {k for k in ckpt.files if not k.endswith(_IGNORED_SUFFIXES)}
@@ -208,12 +234,15 @@ def _fold_value_biases(b_O: Tensor, b_V: Tensor, W_O: Tensor) -> Tensor:
 _BLOCK = 1 << 24
 
 
-def _unembedding(unembed: Tensor, final_norm: Tensor, centre: bool) -> Tensor:
+def _unembedding(unembed: Tensor, final_norm: Tensor | None, centre: bool, scaling: float = 1.0) -> Tensor:
     """Rows of W_U (d_model, vocab) from columns of the stored (vocab, d_model) unembedding, in float32: the final
-    norm's scale folded in, then (``centre``) minus each row's mean over the vocabulary. A view of vocab-major
-    storage, the layout TransformerLens centres in, so that the float32 means are the same to the bit."""
-    W_U = (unembed.float() * final_norm[None, :]).T  # (d_model block, vocab)
-    return W_U - W_U.mean(-1, keepdim=True) if centre else W_U
+    norm's scale folded in (unless None: OLMo-2 keeps its final norm), then (``centre``) minus each row's mean over
+    the vocabulary, then divided by Granite's ``scaling``. A view of vocab-major storage, the layout TransformerLens
+    centres in, so that the float32 means are the same to the bit."""
+    W_U = unembed.float() if final_norm is None else unembed.float() * final_norm[None, :]
+    W_U = W_U.T  # (d_model block, vocab)
+    W_U = W_U - W_U.mean(-1, keepdim=True) if centre else W_U
+    return W_U / scaling if scaling != 1.0 else W_U  # after the centring, as read_weights divides the bridge's
 
 
 def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, device: torch.device | str) -> Weights:
@@ -221,6 +250,8 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
     L, H, K, D, dh = spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head
     d_mlp = int(cfg.intermediate_size)
     offset = spec.model_type in _GEMMA  # Gemma's RMSNorm multiplies by (1 + weight)
+    fused = spec.model_type == "phi3"  # qkv_proj and gate_up_proj, split as TransformerLens splits them
+    m = spec.residual_multiplier  # Granite's, folded into what each block writes (as read_weights does)
 
     def f32(name: str) -> Tensor:
         return ckpt.get(name).float()  # a float dtype (checked): widening is exact
@@ -246,29 +277,45 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
     if spec.post_norms:
         post1, post2 = out(L, D), out(L, D)
     if spec.qk_norm:
-        qn, kn = out(L, dh), out(L, dh)
+        qn, kn = (out(L, H * dh), out(L, K * dh)) if spec.qk_norm_all_heads else (out(L, dh), out(L, dh))
     for i in range(L):
         p = f"model.layers.{i}."
-        # Attention: fold the pre-norm's scale into W_Q, W_K, W_V (TransformerLens layout: head, d_model, d_head).
-        g1 = norm(p + "input_layernorm.weight")
-        for dst, proj, n in ((W_Q, "q", H), (W_K, "k", K), (W_V, "v", K)):
-            w = f32(p + f"self_attn.{proj}_proj.weight").reshape(n, dh, D).transpose(1, 2)  # (n, D, dh)
-            put(dst[i], w * g1[None, :, None])
+        # Attention: fold the pre-norm's scale into W_Q, W_K, W_V (TransformerLens layout: head, d_model, d_head);
+        # OLMo-2 has no pre-norm, nothing is folded.
+        g1 = norm(p + "input_layernorm.weight") if spec.pre_norms else None
+        if fused:  # (query rows, key rows, value rows) of qkv_proj (H·dh + 2·K·dh, D)
+            qkv = f32(p + "self_attn.qkv_proj.weight").split([H * dh, K * dh, K * dh])
+        else:
+            qkv = tuple(f32(p + f"self_attn.{proj}_proj.weight") for proj in "qkv")
+        for dst, w, n in ((W_Q, qkv[0], H), (W_K, qkv[1], K), (W_V, qkv[2], K)):
+            w = w.reshape(n, dh, D).transpose(1, 2)  # (n, D, dh)
+            put(dst[i], w if g1 is None else w * g1[None, :, None])
+        del qkv
         put(b_Q[i], bias(p + "self_attn.q_proj.bias", H, dh))
         put(b_K[i], bias(p + "self_attn.k_proj.bias", K, dh))
         wo = f32(p + "self_attn.o_proj.weight").reshape(D, H, dh).permute(1, 2, 0)  # (H, dh, D)
-        put(W_O[i], wo)
+        put(W_O[i], wo * m if m != 1.0 else wo)
         bo = bias(p + "self_attn.o_proj.bias", D)
         if p + "self_attn.v_proj.bias" in ckpt.files:
-            bo = _fold_value_biases(bo, bias(p + "self_attn.v_proj.bias", K, dh), wo)
+            bo = _fold_value_biases(bo, bias(p + "self_attn.v_proj.bias", K, dh), wo)  # through the unscaled W_O
         put(b_V[i], torch.zeros(K, dh))
-        put(b_O[i], bo)
+        put(b_O[i], bo * m if m != 1.0 else bo)
         del wo
         # MLP: fold the pre-MLP norm's scale into the gate and input weights (d_model, d_mlp).
-        g2 = norm(p + ("pre_feedforward_layernorm.weight" if offset else "post_attention_layernorm.weight"))
-        put(W_gate[i], f32(p + "mlp.gate_proj.weight").T * g2[:, None])
-        put(W_in[i], f32(p + "mlp.up_proj.weight").T * g2[:, None])
-        put(W_out[i], f32(p + "mlp.down_proj.weight").T)
+        if fused:  # gate rows, then up rows of gate_up_proj (2·d_mlp, D)
+            gate, up = f32(p + "mlp.gate_up_proj.weight").split([d_mlp, d_mlp])
+        else:
+            gate, up = f32(p + "mlp.gate_proj.weight"), f32(p + "mlp.up_proj.weight")
+        if spec.pre_norms:
+            g2 = norm(p + ("pre_feedforward_layernorm.weight" if offset else "post_attention_layernorm.weight"))
+            gate, up = gate.T * g2[:, None], up.T * g2[:, None]
+        else:
+            gate, up = gate.T, up.T
+        put(W_gate[i], gate)
+        put(W_in[i], up)
+        del gate, up
+        wout = f32(p + "mlp.down_proj.weight").T
+        put(W_out[i], wout * m if m != 1.0 else wout)
         if post1 is not None and post2 is not None:
             put(post1[i], norm(p + "post_attention_layernorm.weight"))
             put(post2[i], norm(p + "post_feedforward_layernorm.weight"))
@@ -278,6 +325,7 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
     # Unembedding: the final norm's scale folded in, then centred over the vocabulary (unless soft-capped), in
     # blocks of columns (whole multiples of 64) read straight from the file; the token embedding in blocks of rows.
     gf = norm("model.norm.weight")
+    fold_final = spec.pre_norms  # TransformerLens does not fold OLMo-2's norms: its final norm is kept
     name_U = "model.embed_tokens.weight" if _tied(cfg) else "lm_head.weight"  # (vocab, d_model)
     V = spec.d_vocab
     W_U = torch.empty(V, D, dtype=dtype, device=device).T  # (d_model, vocab), vocab-major as the bridge path's
@@ -285,7 +333,8 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
     for c in range(0, D, step):
         cols = slice(c, min(c + step, D))
         block = ckpt.block(name_U, slice(None), cols)  # (vocab, columns)
-        put(W_U[cols], _unembedding(block, gf[cols], centre=spec.final_softcap is None))
+        put(W_U[cols], _unembedding(block, gf[cols] if fold_final else None, centre=spec.final_softcap is None,
+                                    scaling=spec.logits_scaling))
     W_E = torch.empty(V, D, dtype=dtype, device=device)
     step = max(1, _BLOCK // D)
     for r in range(0, V, step):
@@ -297,8 +346,9 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         W_E=W_E, W_pos=None,
         W_Q=W_Q, W_K=W_K, W_V=W_V, b_Q=b_Q, b_K=b_K, b_V=b_V, W_O=W_O, b_O=b_O,
         W_in=W_in, W_gate=W_gate, b_in=const(0.0, L, d_mlp), W_out=W_out, b_out=const(0.0, L, D),
-        # the pre-norms are folded: identity scales (the final norm's too), no biases (RMSNorm)
+        # the pre-norms are folded (or absent): identity scales (the final norm's too, unless kept), no biases
         ln1_w=const(1.0, L, D), ln1_b=const(0.0, L, D), ln2_w=const(1.0, L, D), ln2_b=const(0.0, L, D),
-        post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=const(1.0, D), lnf_b=const(0.0, D),
+        post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_b=const(0.0, D),
+        lnf_w=const(1.0, D) if fold_final else gf.to(device=device, dtype=dtype),
         W_U=W_U, b_U=const(0.0, W_U.shape[1]),
     )
