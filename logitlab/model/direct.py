@@ -31,7 +31,12 @@ Per family, beyond that:
   support fold_ln), so the final norm's scale is kept as ``lnf_w`` and the unembedding is centred unscaled. Its
   post-norms and query/key norms are kept as they are. Attention biases are not read here.
 * **Phi-3**'s fused ``qkv_proj`` is split into its query, key and value rows (in that order) and ``gate_up_proj``
-  into gate rows then up rows, as TransformerLens splits them; then the pre-norms are folded as on Llama.
+  into gate rows then up rows, as TransformerLens splits them. Its adapter skips fold_ln but folds the pre-norms
+  and the final norm itself (``preprocess_weights``: the same products in float32), so the result is Llama's.
+* **Mixtures of experts** (Qwen3-MoE, OLMoE, Mixtral): the pre-MLP norm's scale is folded into the router's rows
+  and each expert's gate and input weights (``read_moe_weights`` reads them so from the bridge); the dense MLPs
+  of Qwen3-MoE's ``mlp_only_layers`` as Llama's; zeros where a layer has no sparse block (or no dense MLP).
+  Mixtral's checkpoints name the expert weights ``w1`` (gate), ``w3`` (up), ``w2`` (down).
 * **Granite**: the Llama processing, then its multipliers as ``read_weights`` applies them to the bridge's
   processed weights: ``W_O``, ``b_O`` (after the value biases are folded through the unscaled ``W_O``) and
   ``W_out`` times ``residual_multiplier``, the centred unembedding divided by ``logits_scaling``.
@@ -64,7 +69,9 @@ log = logging.getLogger(__name__)
 
 #: Hugging Face model types whose first load skips the bridge (all others take the bridge path).
 DIRECT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3",
-                                "granite"})
+                                "granite", "qwen3_moe", "olmoe", "mixtral"})
+_MOE = frozenset({"qwen3_moe", "olmoe", "mixtral"})  # mixtures of experts (model/moe.py)
+_ALL_HEADS_QK_NORM = frozenset({"olmo2", "olmoe"})  # one query (key) norm over all heads together
 _GEMMA = frozenset({"gemma2", "gemma3_text"})  # RMSNorm (1 + w), sandwich norms
 _POST_NORMS = _GEMMA | {"olmo2"}  # norms after attention and the MLP
 _NO_BIASES = frozenset({"olmo2", "phi3"})  # attention biases are not read here (the bridge path loads them)
@@ -130,26 +137,58 @@ class _NotCovered(Exception):
     """Why a checkpoint is not loaded here (the caller takes the bridge path)."""
 
 
+def _d_mlp(cfg: Any, spec: ArchSpec) -> int:
+    """Hidden units of the dense MLPs (as read_weights: none when every layer is a sparse block)."""
+    if spec.moe is not None and all(spec.moe.sparse):
+        return 0
+    return int(cfg.intermediate_size)
+
+
+def _experts(spec: ArchSpec, layer: int) -> tuple[str, list[tuple[str, str, str]]]:
+    """The router's tensor name in sparse block ``layer`` and each expert's (gate, up, down) tensor names."""
+    assert spec.moe is not None
+    if spec.model_type == "mixtral":  # w1: gate, w3: up, w2: down
+        p, gate, up, down = f"model.layers.{layer}.block_sparse_moe.", "w1", "w3", "w2"
+    else:
+        p, gate, up, down = f"model.layers.{layer}.mlp.", "gate_proj", "up_proj", "down_proj"
+    return p + "gate.weight", [(p + f"experts.{e}.{gate}.weight", p + f"experts.{e}.{up}.weight",
+                                p + f"experts.{e}.{down}.weight") for e in range(spec.moe.n_experts)]
+
+
+def _sparse(spec: ArchSpec, layer: int) -> bool:
+    return spec.moe is not None and spec.moe.sparse[layer]
+
+
 def _expected(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> dict[str, tuple[int, ...]]:
     """Every tensor name the checkpoint must hold, with its shape; optional biases only where present."""
     H, K, D, dh, V = spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head, spec.d_vocab
-    d_mlp = int(cfg.intermediate_size)
+    d_mlp = _d_mlp(cfg, spec)
     mt = spec.model_type
     want: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
     if not _tied(cfg):
         want["lm_head.weight"] = (V, D)
     for i in range(spec.n_layers):
         p = f"model.layers.{i}."
-        want |= {p + "post_attention_layernorm.weight": (D,), p + "self_attn.o_proj.weight": (D, H * dh),
-                 p + "mlp.down_proj.weight": (D, d_mlp)}
+        want |= {p + "post_attention_layernorm.weight": (D,), p + "self_attn.o_proj.weight": (D, H * dh)}
         if mt != "olmo2":  # OLMo-2 has no norm before attention
             want[p + "input_layernorm.weight"] = (D,)
         if mt == "phi3":  # fused projections: query, key, value rows; gate, up rows
-            want |= {p + "self_attn.qkv_proj.weight": ((H + 2 * K) * dh, D), p + "mlp.gate_up_proj.weight": (2 * d_mlp, D)}
+            want |= {p + "self_attn.qkv_proj.weight": ((H + 2 * K) * dh, D),
+                     p + "mlp.gate_up_proj.weight": (2 * d_mlp, D)}
         else:
             want |= {p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (K * dh, D),
-                     p + "self_attn.v_proj.weight": (K * dh, D), p + "mlp.gate_proj.weight": (d_mlp, D),
-                     p + "mlp.up_proj.weight": (d_mlp, D)}
+                     p + "self_attn.v_proj.weight": (K * dh, D)}
+        if _sparse(spec, i):
+            assert spec.moe is not None
+            f = spec.moe.d_expert
+            router, experts = _experts(spec, i)
+            want[router] = (spec.moe.n_experts, D)
+            for gate, up, down in experts:
+                want |= {gate: (f, D), up: (f, D), down: (D, f)}
+        else:
+            want[p + "mlp.down_proj.weight"] = (D, d_mlp)
+            if mt != "phi3":
+                want |= {p + "mlp.gate_proj.weight": (d_mlp, D), p + "mlp.up_proj.weight": (d_mlp, D)}
         if mt in _GEMMA:
             want[p + "pre_feedforward_layernorm.weight"] = (D,)
         if mt in _POST_NORMS:
@@ -176,11 +215,12 @@ def _check(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> None:
     if getattr(cfg, "quantization_config", None) is not None:
         raise _NotCovered("the checkpoint is quantised (quantization_config)")
     mt = spec.model_type
-    if spec.moe is not None or spec.positional != "rotary" or spec.parallel \
+    if (spec.moe is not None) != (mt in _MOE) or spec.positional != "rotary" or spec.parallel \
             or (mt != "granite" and (spec.residual_multiplier != 1.0 or spec.logits_scaling != 1.0)):
         raise _NotCovered("the spec has a feature the direct load does not handle")
     if spec.post_norms != (mt in _POST_NORMS) or spec.pre_norms != (mt != "olmo2") \
-            or spec.qk_norm_all_heads != (mt == "olmo2") or spec.normalization != "RMS" or not spec.gated_mlp:
+            or spec.qk_norm_all_heads != (mt in _ALL_HEADS_QK_NORM) or spec.normalization != "RMS" \
+            or not spec.gated_mlp:
         raise _NotCovered("unexpected norm or MLP layout for this family")
     want = _expected(cfg, spec, ckpt)
     have = {k for k in ckpt.files if not k.endswith(_IGNORED_SUFFIXES)}
@@ -248,7 +288,7 @@ def _unembedding(unembed: Tensor, final_norm: Tensor | None, centre: bool, scali
 def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, device: torch.device | str) -> Weights:
     """The processed weights of a checked checkpoint (module docstring), layer by layer."""
     L, H, K, D, dh = spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head
-    d_mlp = int(cfg.intermediate_size)
+    d_mlp = _d_mlp(cfg, spec)
     offset = spec.model_type in _GEMMA  # Gemma's RMSNorm multiplies by (1 + weight)
     fused = spec.model_type == "phi3"  # qkv_proj and gate_up_proj, split as TransformerLens splits them
     m = spec.residual_multiplier  # Granite's, folded into what each block writes (as read_weights does)
@@ -278,6 +318,11 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         post1, post2 = out(L, D), out(L, D)
     if spec.qk_norm:
         qn, kn = (out(L, H * dh), out(L, K * dh)) if spec.qk_norm_all_heads else (out(L, dh), out(L, dh))
+    moe: dict[str, Tensor] = {}
+    if spec.moe is not None:  # zeros on dense layers, as read_moe_weights
+        E, f = spec.moe.n_experts, spec.moe.d_expert
+        moe = {"W_router": out(L, E, D), "W_exp_gate": out(L, E, D, f), "W_exp_in": out(L, E, D, f),
+               "W_exp_out": out(L, E, f, D)}
     for i in range(L):
         p = f"model.layers.{i}."
         # Attention: fold the pre-norm's scale into W_Q, W_K, W_V (TransformerLens layout: head, d_model, d_head);
@@ -301,21 +346,36 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         put(b_V[i], torch.zeros(K, dh))
         put(b_O[i], bo * m if m != 1.0 else bo)
         del wo
-        # MLP: fold the pre-MLP norm's scale into the gate and input weights (d_model, d_mlp).
-        if fused:  # gate rows, then up rows of gate_up_proj (2·d_mlp, D)
-            gate, up = f32(p + "mlp.gate_up_proj.weight").split([d_mlp, d_mlp])
+        # MLP: fold the pre-MLP norm's scale into the gate and input weights (d_model, d_mlp); in a sparse block
+        # into the router's rows and each expert's gate and input weights (d_model, d_expert).
+        if moe:
+            for t in moe.values():
+                t[i].zero_()  # stays zero on a dense layer
+        if _sparse(spec, i):
+            g2 = norm(p + "post_attention_layernorm.weight")
+            router, experts = _experts(spec, i)
+            put(moe["W_router"][i], f32(router) * g2[None, :])  # (expert, d_model)
+            for e, (gate, up, down) in enumerate(experts):
+                put(moe["W_exp_gate"][i, e], f32(gate).T * g2[:, None])  # (d_model, d_expert)
+                put(moe["W_exp_in"][i, e], f32(up).T * g2[:, None])
+                put(moe["W_exp_out"][i, e], f32(down).T)  # (d_expert, d_model)
+            for t in (W_gate, W_in, W_out):
+                t[i].zero_()  # no dense MLP in this layer
         else:
-            gate, up = f32(p + "mlp.gate_proj.weight"), f32(p + "mlp.up_proj.weight")
-        if spec.pre_norms:
-            g2 = norm(p + ("pre_feedforward_layernorm.weight" if offset else "post_attention_layernorm.weight"))
-            gate, up = gate.T * g2[:, None], up.T * g2[:, None]
-        else:
-            gate, up = gate.T, up.T
-        put(W_gate[i], gate)
-        put(W_in[i], up)
-        del gate, up
-        wout = f32(p + "mlp.down_proj.weight").T
-        put(W_out[i], wout * m if m != 1.0 else wout)
+            if fused:  # gate rows, then up rows of gate_up_proj (2·d_mlp, D)
+                gate, up = f32(p + "mlp.gate_up_proj.weight").split([d_mlp, d_mlp])
+            else:
+                gate, up = f32(p + "mlp.gate_proj.weight"), f32(p + "mlp.up_proj.weight")
+            if spec.pre_norms:
+                g2 = norm(p + ("pre_feedforward_layernorm.weight" if offset else "post_attention_layernorm.weight"))
+                gate, up = gate.T * g2[:, None], up.T * g2[:, None]
+            else:
+                gate, up = gate.T, up.T
+            put(W_gate[i], gate)
+            put(W_in[i], up)
+            del gate, up
+            wout = f32(p + "mlp.down_proj.weight").T
+            put(W_out[i], wout * m if m != 1.0 else wout)
         if post1 is not None and post2 is not None:
             put(post1[i], norm(p + "post_attention_layernorm.weight"))
             put(post2[i], norm(p + "post_feedforward_layernorm.weight"))
@@ -351,4 +411,6 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_b=const(0.0, D),
         lnf_w=const(1.0, D) if fold_final else gf.to(device=device, dtype=dtype),
         W_U=W_U, b_U=const(0.0, W_U.shape[1]),
+        W_router=moe.get("W_router"), W_exp_gate=moe.get("W_exp_gate"), W_exp_in=moe.get("W_exp_in"),
+        W_exp_out=moe.get("W_exp_out"),
     )

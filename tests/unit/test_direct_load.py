@@ -43,6 +43,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "phi3_mha_tied": ("phi3", {"num_key_value_heads": 4, "tie_word_embeddings": True}),
     "granite": ("granite", {}),  # residual multiplier in W_O and W_out, logits scaling in W_U
     "granite_bias": ("granite", {"attention_bias": True}),  # biases: value biases folded, then b_O scaled
+    "qwen3_moe": ("qwen3_moe", {}),  # sparse layers 0 and 2 (router and experts folded), a dense layer 1
+    "qwen3_moe_all_sparse": ("qwen3_moe", {"mlp_only_layers": []}),  # no dense MLP: width 0
+    "olmoe": ("olmoe", {}),  # every layer sparse, query/key norms over all heads
+    "mixtral": ("mixtral", {}),  # block_sparse_moe.experts.E.w1 (gate), w3 (up), w2 (down)
 }
 _STORED_BF16 = "qwen2_bf16"  # the qwen2 checkpoint stored in bfloat16
 _STORED_F16 = "gemma3_f16"  # the gemma3 checkpoint stored in float16
@@ -146,7 +150,7 @@ def test_direct_weights_equal_the_bridge_path(folders: dict[str, Path], name: st
 
 
 @pytest.mark.parametrize("name", ["llama_gqa_bias", "qwen2", "gemma2_softcap", "gemma3", _SHARDED, "olmo2", "phi3",
-                                  "granite_bias"])
+                                  "granite_bias", "qwen3_moe", "olmoe", "mixtral"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_direct_load_logits_equal_the_bridge_path(folders: dict[str, Path], name: str, dtype: str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
