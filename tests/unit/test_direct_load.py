@@ -43,6 +43,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "phi3_mha_tied": ("phi3", {"num_key_value_heads": 4, "tie_word_embeddings": True}),
     "granite": ("granite", {}),  # residual multiplier in W_O and W_out, logits scaling in W_U
     "granite_bias": ("granite", {"attention_bias": True}),  # biases: value biases folded, then b_O scaled
+    "granite_tied": ("granite", {"tie_word_embeddings": True}),  # W_U / logits_scaling, W_E as stored
     "qwen3_moe": ("qwen3_moe", {}),  # sparse layers 0 and 2 (router and experts folded), a dense layer 1
     "qwen3_moe_all_sparse": ("qwen3_moe", {"mlp_only_layers": []}),  # no dense MLP: width 0
     "olmoe": ("olmoe", {}),  # every layer sparse, query/key norms over all heads
