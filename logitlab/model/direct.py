@@ -328,11 +328,10 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         # Attention: fold the pre-norm's scale into W_Q, W_K, W_V (TransformerLens layout: head, d_model, d_head);
         # OLMo-2 has no pre-norm, nothing is folded.
         g1 = norm(p + "input_layernorm.weight") if spec.pre_norms else None
-        if fused:  # (query rows, key rows, value rows) of qkv_proj (H·dh + 2·K·dh, D)
-            qkv = f32(p + "self_attn.qkv_proj.weight").split([H * dh, K * dh, K * dh])
-        else:
-            qkv = tuple(f32(p + f"self_attn.{proj}_proj.weight") for proj in "qkv")
-        for dst, w, n in ((W_Q, qkv[0], H), (W_K, qkv[1], K), (W_V, qkv[2], K)):
+        # Phi-3: the query, key and value rows of qkv_proj (H·dh + 2·K·dh, D); else one projection at a time
+        qkv = f32(p + "self_attn.qkv_proj.weight").split([H * dh, K * dh, K * dh]) if fused else None
+        for j, (dst, proj, n) in enumerate(((W_Q, "q", H), (W_K, "k", K), (W_V, "v", K))):
+            w = qkv[j] if qkv is not None else f32(p + f"self_attn.{proj}_proj.weight")  # (n·dh, D)
             w = w.reshape(n, dh, D).transpose(1, 2)  # (n, D, dh)
             put(dst[i], w if g1 is None else w * g1[None, :, None])
         del qkv
@@ -362,18 +361,14 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
             for t in (W_gate, W_in, W_out):
                 t[i].zero_()  # no dense MLP in this layer
         else:
-            if fused:  # gate rows, then up rows of gate_up_proj (2·d_mlp, D)
-                gate, up = f32(p + "mlp.gate_up_proj.weight").split([d_mlp, d_mlp])
-            else:
-                gate, up = f32(p + "mlp.gate_proj.weight"), f32(p + "mlp.up_proj.weight")
-            if spec.pre_norms:
-                g2 = norm(p + ("pre_feedforward_layernorm.weight" if offset else "post_attention_layernorm.weight"))
-                gate, up = gate.T * g2[:, None], up.T * g2[:, None]
-            else:
-                gate, up = gate.T, up.T
-            put(W_gate[i], gate)
-            put(W_in[i], up)
-            del gate, up
+            g2 = norm(p + ("pre_feedforward_layernorm.weight" if offset else "post_attention_layernorm.weight")) \
+                if spec.pre_norms else None
+            # Phi-3: the gate rows, then the up rows of gate_up_proj (2·d_mlp, D); else one projection at a time
+            gate_up = f32(p + "mlp.gate_up_proj.weight").split([d_mlp, d_mlp]) if fused else None
+            for j, (dst, proj) in enumerate(((W_gate, "gate"), (W_in, "up"))):
+                w = (gate_up[j] if gate_up is not None else f32(p + f"mlp.{proj}_proj.weight")).T  # (D, d_mlp)
+                put(dst[i], w if g2 is None else w * g2[:, None])
+            del gate_up
             wout = f32(p + "mlp.down_proj.weight").T
             put(W_out[i], wout * m if m != 1.0 else wout)
         if post1 is not None and post2 is not None:
