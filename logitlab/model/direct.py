@@ -20,8 +20,26 @@ The processing TransformerLens 4.x applies in compatibility mode to these RMSNor
 * **fold_value_biases**: the value biases (grouped ones repeated for the query heads sharing them) go through
   ``W_O`` into the output bias and become zero.
 * Writing weights are not centred (TransformerLens does that for LayerNorm models only); the token embedding
-  is the stored one (Gemma's √d_model scale is applied by the forward pass, ``ArchSpec.embed_scale``), and
-  rotary settings live in the spec, not the weights.
+  is the stored one (Gemma's √d_model and Granite's embedding multiplier are applied by the forward pass,
+  ``ArchSpec.embed_scale``), and rotary settings (Phi-3's partial rotary and longrope) live in the spec, not the
+  weights.
+
+Per family, beyond that:
+
+* **OLMo-2** has no pre-norms (a norm after attention and after the MLP, query/key norms over all heads
+  together): nothing is folded. TransformerLens does not fold its final norm either (its adapter does not
+  support fold_ln), so the final norm's scale is kept as ``lnf_w`` and the unembedding is centred unscaled. Its
+  post-norms and query/key norms are kept as they are. Attention biases are not read here.
+* **Phi-3**'s fused ``qkv_proj`` is split into its query, key and value rows (in that order) and ``gate_up_proj``
+  into gate rows then up rows, as TransformerLens splits them. Its adapter skips fold_ln but folds the pre-norms
+  and the final norm itself (``preprocess_weights``: the same products in float32), so the result is Llama's.
+* **Mixtures of experts** (Qwen3-MoE, OLMoE, Mixtral): the pre-MLP norm's scale is folded into the router's rows
+  and each expert's gate and input weights (``read_moe_weights`` reads them so from the bridge); the dense MLPs
+  of Qwen3-MoE's ``mlp_only_layers`` as Llama's; zeros where a layer has no sparse block (or no dense MLP).
+  Mixtral's checkpoints name the expert weights ``w1`` (gate), ``w3`` (up), ``w2`` (down).
+* **Granite**: the Llama processing, then its multipliers as ``read_weights`` applies them to the bridge's
+  processed weights: ``W_O``, ``b_O`` (after the value biases are folded through the unscaled ``W_O``) and
+  ``W_out`` times ``residual_multiplier``, the centred unembedding divided by ``logits_scaling``.
 
 Invariant: for every covered family, :func:`direct_weights` equals ``read_weights`` of the booted bridge field
 by field and in memory layout (float32, and rounded to bfloat16 or float16), and so do the logits
@@ -50,8 +68,13 @@ __all__ = ["DIRECT_MODEL_TYPES", "direct_reason", "direct_weights"]
 log = logging.getLogger(__name__)
 
 #: Hugging Face model types whose first load skips the bridge (all others take the bridge path).
-DIRECT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"})
+DIRECT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3",
+                                "granite", "qwen3_moe", "olmoe", "mixtral"})
+_MOE = frozenset({"qwen3_moe", "olmoe", "mixtral"})  # mixtures of experts (model/moe.py)
+_ALL_HEADS_QK_NORM = frozenset({"olmo2", "olmoe"})  # one query (key) norm over all heads together
 _GEMMA = frozenset({"gemma2", "gemma3_text"})  # RMSNorm (1 + w), sandwich norms
+_POST_NORMS = _GEMMA | {"olmo2"}  # norms after attention and the MLP
+_NO_BIASES = frozenset({"olmo2", "phi3"})  # attention biases are not read here (the bridge path loads them)
 _FLOAT_DTYPES = frozenset({"F32", "BF16", "F16"})  # stored dtypes read here (safetensors names)
 # Tensors some checkpoints carry that transformers ignores on load (recomputed buffers).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -114,27 +137,67 @@ class _NotCovered(Exception):
     """Why a checkpoint is not loaded here (the caller takes the bridge path)."""
 
 
+def _d_mlp(cfg: Any, spec: ArchSpec) -> int:
+    """Hidden units of the dense MLPs (as read_weights: none when every layer is a sparse block)."""
+    if spec.moe is not None and all(spec.moe.sparse):
+        return 0
+    return int(cfg.intermediate_size)
+
+
+def _experts(spec: ArchSpec, layer: int) -> tuple[str, list[tuple[str, str, str]]]:
+    """The router's tensor name in sparse block ``layer`` and each expert's (gate, up, down) tensor names."""
+    assert spec.moe is not None
+    if spec.model_type == "mixtral":  # w1: gate, w3: up, w2: down
+        p, gate, up, down = f"model.layers.{layer}.block_sparse_moe.", "w1", "w3", "w2"
+    else:
+        p, gate, up, down = f"model.layers.{layer}.mlp.", "gate_proj", "up_proj", "down_proj"
+    return p + "gate.weight", [(p + f"experts.{e}.{gate}.weight", p + f"experts.{e}.{up}.weight",
+                                p + f"experts.{e}.{down}.weight") for e in range(spec.moe.n_experts)]
+
+
+def _sparse(spec: ArchSpec, layer: int) -> bool:
+    return spec.moe is not None and spec.moe.sparse[layer]
+
+
 def _expected(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> dict[str, tuple[int, ...]]:
     """Every tensor name the checkpoint must hold, with its shape; optional biases only where present."""
     H, K, D, dh, V = spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head, spec.d_vocab
-    d_mlp = int(cfg.intermediate_size)
-    gemma = spec.model_type in _GEMMA
+    d_mlp = _d_mlp(cfg, spec)
+    mt = spec.model_type
     want: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
     if not _tied(cfg):
         want["lm_head.weight"] = (V, D)
     for i in range(spec.n_layers):
         p = f"model.layers.{i}."
-        want |= {p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
-                 p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (K * dh, D),
-                 p + "self_attn.v_proj.weight": (K * dh, D), p + "self_attn.o_proj.weight": (D, H * dh),
-                 p + "mlp.gate_proj.weight": (d_mlp, D), p + "mlp.up_proj.weight": (d_mlp, D),
-                 p + "mlp.down_proj.weight": (D, d_mlp)}
-        if gemma:
-            want |= {p + "pre_feedforward_layernorm.weight": (D,), p + "post_feedforward_layernorm.weight": (D,)}
-        if spec.qk_norm:
-            want |= {p + "self_attn.q_norm.weight": (dh,), p + "self_attn.k_norm.weight": (dh,)}
+        want |= {p + "post_attention_layernorm.weight": (D,), p + "self_attn.o_proj.weight": (D, H * dh)}
+        if mt != "olmo2":  # OLMo-2 has no norm before attention
+            want[p + "input_layernorm.weight"] = (D,)
+        if mt == "phi3":  # fused projections: query, key, value rows; gate, up rows
+            want |= {p + "self_attn.qkv_proj.weight": ((H + 2 * K) * dh, D),
+                     p + "mlp.gate_up_proj.weight": (2 * d_mlp, D)}
+        else:
+            want |= {p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (K * dh, D),
+                     p + "self_attn.v_proj.weight": (K * dh, D)}
+        if _sparse(spec, i):
+            assert spec.moe is not None
+            f = spec.moe.d_expert
+            router, experts = _experts(spec, i)
+            want[router] = (spec.moe.n_experts, D)
+            for gate, up, down in experts:
+                want |= {gate: (f, D), up: (f, D), down: (D, f)}
+        else:
+            want[p + "mlp.down_proj.weight"] = (D, d_mlp)
+            if mt != "phi3":
+                want |= {p + "mlp.gate_proj.weight": (d_mlp, D), p + "mlp.up_proj.weight": (d_mlp, D)}
+        if mt in _GEMMA:
+            want[p + "pre_feedforward_layernorm.weight"] = (D,)
+        if mt in _POST_NORMS:
+            want[p + "post_feedforward_layernorm.weight"] = (D,)
+        if spec.qk_norm:  # per head, or (OLMo-2) over all heads together
+            nq, nk = (H * dh, K * dh) if spec.qk_norm_all_heads else (dh, dh)
+            want |= {p + "self_attn.q_norm.weight": (nq,), p + "self_attn.k_norm.weight": (nk,)}
         for proj, n in (("q", H * dh), ("k", K * dh), ("v", K * dh), ("o", D)):
-            if p + f"self_attn.{proj}_proj.bias" in ckpt.files:
+            if p + f"self_attn.{proj}_proj.bias" in ckpt.files and mt not in _NO_BIASES:
                 want[p + f"self_attn.{proj}_proj.bias"] = (n,)
     return want
 
@@ -151,10 +214,13 @@ def _check(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> None:
         raise _NotCovered("the folder brings its own model code (auto_map)")
     if getattr(cfg, "quantization_config", None) is not None:
         raise _NotCovered("the checkpoint is quantised (quantization_config)")
-    if spec.moe is not None or spec.positional != "rotary" or not spec.pre_norms or spec.parallel \
-            or spec.qk_norm_all_heads or spec.residual_multiplier != 1.0 or spec.logits_scaling != 1.0:
+    mt = spec.model_type
+    if (spec.moe is not None) != (mt in _MOE) or spec.positional != "rotary" or spec.parallel \
+            or (mt != "granite" and (spec.residual_multiplier != 1.0 or spec.logits_scaling != 1.0)):
         raise _NotCovered("the spec has a feature the direct load does not handle")
-    if spec.post_norms != (spec.model_type in _GEMMA) or spec.normalization != "RMS" or not spec.gated_mlp:
+    if spec.post_norms != (mt in _POST_NORMS) or spec.pre_norms != (mt != "olmo2") \
+            or spec.qk_norm_all_heads != (mt in _ALL_HEADS_QK_NORM) or spec.normalization != "RMS" \
+            or not spec.gated_mlp:
         raise _NotCovered("unexpected norm or MLP layout for this family")
     want = _expected(cfg, spec, ckpt)
     have = {k for k in ckpt.files if not k.endswith(_IGNORED_SUFFIXES)}
@@ -208,19 +274,24 @@ def _fold_value_biases(b_O: Tensor, b_V: Tensor, W_O: Tensor) -> Tensor:
 _BLOCK = 1 << 24
 
 
-def _unembedding(unembed: Tensor, final_norm: Tensor, centre: bool) -> Tensor:
+def _unembedding(unembed: Tensor, final_norm: Tensor | None, centre: bool, scaling: float = 1.0) -> Tensor:
     """Rows of W_U (d_model, vocab) from columns of the stored (vocab, d_model) unembedding, in float32: the final
-    norm's scale folded in, then (``centre``) minus each row's mean over the vocabulary. A view of vocab-major
-    storage, the layout TransformerLens centres in, so that the float32 means are the same to the bit."""
-    W_U = (unembed.float() * final_norm[None, :]).T  # (d_model block, vocab)
-    return W_U - W_U.mean(-1, keepdim=True) if centre else W_U
+    norm's scale folded in (unless None: OLMo-2 keeps its final norm), then (``centre``) minus each row's mean over
+    the vocabulary, then divided by Granite's ``scaling``. A view of vocab-major storage, the layout TransformerLens
+    centres in, so that the float32 means are the same to the bit."""
+    W_U = unembed.float() if final_norm is None else unembed.float() * final_norm[None, :]
+    W_U = W_U.T  # (d_model block, vocab)
+    W_U = W_U - W_U.mean(-1, keepdim=True) if centre else W_U
+    return W_U / scaling if scaling != 1.0 else W_U  # after the centring, as read_weights divides the bridge's
 
 
 def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, device: torch.device | str) -> Weights:
     """The processed weights of a checked checkpoint (module docstring), layer by layer."""
     L, H, K, D, dh = spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_model, spec.d_head
-    d_mlp = int(cfg.intermediate_size)
+    d_mlp = _d_mlp(cfg, spec)
     offset = spec.model_type in _GEMMA  # Gemma's RMSNorm multiplies by (1 + weight)
+    fused = spec.model_type == "phi3"  # qkv_proj and gate_up_proj, split as TransformerLens splits them
+    m = spec.residual_multiplier  # Granite's, folded into what each block writes (as read_weights does)
 
     def f32(name: str) -> Tensor:
         return ckpt.get(name).float()  # a float dtype (checked): widening is exact
@@ -246,29 +317,60 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
     if spec.post_norms:
         post1, post2 = out(L, D), out(L, D)
     if spec.qk_norm:
-        qn, kn = out(L, dh), out(L, dh)
+        qn, kn = (out(L, H * dh), out(L, K * dh)) if spec.qk_norm_all_heads else (out(L, dh), out(L, dh))
+    moe: dict[str, Tensor] = {}
+    if spec.moe is not None:  # zeros on dense layers, as read_moe_weights
+        E, f = spec.moe.n_experts, spec.moe.d_expert
+        moe = {"W_router": out(L, E, D), "W_exp_gate": out(L, E, D, f), "W_exp_in": out(L, E, D, f),
+               "W_exp_out": out(L, E, f, D)}
     for i in range(L):
         p = f"model.layers.{i}."
-        # Attention: fold the pre-norm's scale into W_Q, W_K, W_V (TransformerLens layout: head, d_model, d_head).
-        g1 = norm(p + "input_layernorm.weight")
-        for dst, proj, n in ((W_Q, "q", H), (W_K, "k", K), (W_V, "v", K)):
-            w = f32(p + f"self_attn.{proj}_proj.weight").reshape(n, dh, D).transpose(1, 2)  # (n, D, dh)
-            put(dst[i], w * g1[None, :, None])
+        # Attention: fold the pre-norm's scale into W_Q, W_K, W_V (TransformerLens layout: head, d_model, d_head);
+        # OLMo-2 has no pre-norm, nothing is folded.
+        g1 = norm(p + "input_layernorm.weight") if spec.pre_norms else None
+        # Phi-3: the query, key and value rows of qkv_proj (H·dh + 2·K·dh, D); else one projection at a time
+        qkv = f32(p + "self_attn.qkv_proj.weight").split([H * dh, K * dh, K * dh]) if fused else None
+        for j, (dst, proj, n) in enumerate(((W_Q, "q", H), (W_K, "k", K), (W_V, "v", K))):
+            w = qkv[j] if qkv is not None else f32(p + f"self_attn.{proj}_proj.weight")  # (n·dh, D)
+            w = w.reshape(n, dh, D).transpose(1, 2)  # (n, D, dh)
+            put(dst[i], w if g1 is None else w * g1[None, :, None])
+        del qkv
         put(b_Q[i], bias(p + "self_attn.q_proj.bias", H, dh))
         put(b_K[i], bias(p + "self_attn.k_proj.bias", K, dh))
         wo = f32(p + "self_attn.o_proj.weight").reshape(D, H, dh).permute(1, 2, 0)  # (H, dh, D)
-        put(W_O[i], wo)
+        put(W_O[i], wo * m if m != 1.0 else wo)
         bo = bias(p + "self_attn.o_proj.bias", D)
         if p + "self_attn.v_proj.bias" in ckpt.files:
-            bo = _fold_value_biases(bo, bias(p + "self_attn.v_proj.bias", K, dh), wo)
+            bo = _fold_value_biases(bo, bias(p + "self_attn.v_proj.bias", K, dh), wo)  # through the unscaled W_O
         put(b_V[i], torch.zeros(K, dh))
-        put(b_O[i], bo)
+        put(b_O[i], bo * m if m != 1.0 else bo)
         del wo
-        # MLP: fold the pre-MLP norm's scale into the gate and input weights (d_model, d_mlp).
-        g2 = norm(p + ("pre_feedforward_layernorm.weight" if offset else "post_attention_layernorm.weight"))
-        put(W_gate[i], f32(p + "mlp.gate_proj.weight").T * g2[:, None])
-        put(W_in[i], f32(p + "mlp.up_proj.weight").T * g2[:, None])
-        put(W_out[i], f32(p + "mlp.down_proj.weight").T)
+        # MLP: fold the pre-MLP norm's scale into the gate and input weights (d_model, d_mlp); in a sparse block
+        # into the router's rows and each expert's gate and input weights (d_model, d_expert).
+        if moe:
+            for t in moe.values():
+                t[i].zero_()  # stays zero on a dense layer
+        if _sparse(spec, i):
+            g2 = norm(p + "post_attention_layernorm.weight")
+            router, experts = _experts(spec, i)
+            put(moe["W_router"][i], f32(router) * g2[None, :])  # (expert, d_model)
+            for e, (gate, up, down) in enumerate(experts):
+                put(moe["W_exp_gate"][i, e], f32(gate).T * g2[:, None])  # (d_model, d_expert)
+                put(moe["W_exp_in"][i, e], f32(up).T * g2[:, None])
+                put(moe["W_exp_out"][i, e], f32(down).T)  # (d_expert, d_model)
+            for t in (W_gate, W_in, W_out):
+                t[i].zero_()  # no dense MLP in this layer
+        else:
+            g2 = norm(p + ("pre_feedforward_layernorm.weight" if offset else "post_attention_layernorm.weight")) \
+                if spec.pre_norms else None
+            # Phi-3: the gate rows, then the up rows of gate_up_proj (2·d_mlp, D); else one projection at a time
+            gate_up = f32(p + "mlp.gate_up_proj.weight").split([d_mlp, d_mlp]) if fused else None
+            for j, (dst, proj) in enumerate(((W_gate, "gate"), (W_in, "up"))):
+                w = (gate_up[j] if gate_up is not None else f32(p + f"mlp.{proj}_proj.weight")).T  # (D, d_mlp)
+                put(dst[i], w if g2 is None else w * g2[:, None])
+            del gate_up
+            wout = f32(p + "mlp.down_proj.weight").T
+            put(W_out[i], wout * m if m != 1.0 else wout)
         if post1 is not None and post2 is not None:
             put(post1[i], norm(p + "post_attention_layernorm.weight"))
             put(post2[i], norm(p + "post_feedforward_layernorm.weight"))
@@ -278,6 +380,7 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
     # Unembedding: the final norm's scale folded in, then centred over the vocabulary (unless soft-capped), in
     # blocks of columns (whole multiples of 64) read straight from the file; the token embedding in blocks of rows.
     gf = norm("model.norm.weight")
+    fold_final = spec.pre_norms  # TransformerLens does not fold OLMo-2's norms: its final norm is kept
     name_U = "model.embed_tokens.weight" if _tied(cfg) else "lm_head.weight"  # (vocab, d_model)
     V = spec.d_vocab
     W_U = torch.empty(V, D, dtype=dtype, device=device).T  # (d_model, vocab), vocab-major as the bridge path's
@@ -285,7 +388,8 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
     for c in range(0, D, step):
         cols = slice(c, min(c + step, D))
         block = ckpt.block(name_U, slice(None), cols)  # (vocab, columns)
-        put(W_U[cols], _unembedding(block, gf[cols], centre=spec.final_softcap is None))
+        put(W_U[cols], _unembedding(block, gf[cols] if fold_final else None, centre=spec.final_softcap is None,
+                                    scaling=spec.logits_scaling))
     W_E = torch.empty(V, D, dtype=dtype, device=device)
     step = max(1, _BLOCK // D)
     for r in range(0, V, step):
@@ -297,8 +401,11 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         W_E=W_E, W_pos=None,
         W_Q=W_Q, W_K=W_K, W_V=W_V, b_Q=b_Q, b_K=b_K, b_V=b_V, W_O=W_O, b_O=b_O,
         W_in=W_in, W_gate=W_gate, b_in=const(0.0, L, d_mlp), W_out=W_out, b_out=const(0.0, L, D),
-        # the pre-norms are folded: identity scales (the final norm's too), no biases (RMSNorm)
+        # the pre-norms are folded (or absent): identity scales (the final norm's too, unless kept), no biases
         ln1_w=const(1.0, L, D), ln1_b=const(0.0, L, D), ln2_w=const(1.0, L, D), ln2_b=const(0.0, L, D),
-        post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=const(1.0, D), lnf_b=const(0.0, D),
+        post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_b=const(0.0, D),
+        lnf_w=const(1.0, D) if fold_final else gf.to(device=device, dtype=dtype),
         W_U=W_U, b_U=const(0.0, W_U.shape[1]),
+        W_router=moe.get("W_router"), W_exp_gate=moe.get("W_exp_gate"), W_exp_in=moe.get("W_exp_in"),
+        W_exp_out=moe.get("W_exp_out"),
     )

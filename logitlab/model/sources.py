@@ -6,7 +6,7 @@ Every source becomes a local folder or hub name (a GGUF file is dequantised once
 * **cached**: the folder's processed weights are in logitlab's cache (:mod:`logitlab.model.cache`): they go
   straight into the runner, one tensor at a time in the load's dtype, while the tokenizer loads; the bridge is
   booted only if something asks for it;
-* **a local safetensors folder of a covered family** (Llama, Mistral, Qwen2/3, Gemma-2/3:
+* **a local safetensors folder of a covered family** (:data:`logitlab.model.direct.DIRECT_MODEL_TYPES`:
   :mod:`logitlab.model.direct`): its tensors are read one at a time and processed per layer as the bridge
   would, straight into the load's dtype and device (the model in that dtype plus about one layer in float32),
   then cached; the bridge is booted only if something asks for it;
