@@ -392,7 +392,7 @@ def single_edge_layer(runner: Runner, graph: EdgeGraph, layer: int, embed: Float
         j = (hl >= 0).nonzero()[:, 0]
         pre = own[up[j, None], heads_of[hl[j]]].sum(1) + runner.w.b_O[hl[j]][:, None]  # (u, T, D): the own run's sum
         delta[j] = _post_attention_rows(runner, pre + delta[j], hl[j]) - _post_attention_rows(runner, pre, hl[j])
-    pre0, out0, res0 = _rebuild(runner, graph, own, layer + 1, embed)  # the own run, per pair, through ``layer``
+    _, out0, res0 = _rebuild(runner, graph, own, layer + 1, embed)  # the own run, per pair, through ``layer``
     base = res0[layer][pairs]  # (B, T, D): resid_pre of ``layer``
     attn_out = out0[layer][pairs]  # unpatched where the item's receiver is the MLP
     local = torch.where(receiver < 0, -1, receiver - layer * Rl)  # 0 … Rl − 2: attention inputs; Rl − 1: the MLP
