@@ -16,7 +16,9 @@ conversion on real models, against TransformerLens's unprocessed activations, is
 
 Gemma Scope 2's own layout (:func:`gemma_scope_2`): circuit-tracer 0.5's ``load_gemma_scope_2_transcoder``, picked
 by its own ``load_transcoders`` for a config that lists the raw layer files, and logitlab read the same folder into
-logitlab's features and outputs. That check alone needs only circuit-tracer:
+logitlab's features and outputs. It runs on its own, in an environment with circuit-tracer 0.5.0 and the
+``huggingface_hub`` it installs (its hub utilities import names newer releases dropped), e.g.
+    python -m venv /tmp/ct-env && /tmp/ct-env/bin/pip install circuit-tracer==0.5.0
     PYTHONPATH=. /tmp/ct-env/bin/python benchmarks/check_dictionary_formats.py --gemma-scope-2
 """
 
@@ -152,6 +154,7 @@ def gemma_scope_2() -> None:
 
 
 if __name__ == "__main__":
-    if "--gemma-scope-2" not in sys.argv:  # that check alone needs only circuit-tracer
+    if "--gemma-scope-2" in sys.argv:  # circuit-tracer alone, in its own environment (see the docstring)
+        gemma_scope_2()
+    else:
         main()
-    gemma_scope_2()
