@@ -4,7 +4,9 @@ circuit-tracer (per-layer transcoders, ``model_kind: transcoder_set``): a folder
 (``model_kind``, ``feature_input_hook``, ``feature_output_hook``, optional ``model_name``, ``activation``, ``k``)
 and ``layer_{i}.safetensors`` holding ``W_enc`` and ``W_dec``, each stored (n_features, d_model), ``b_enc``,
 ``b_dec``, optional ``activation_function.threshold`` (JumpReLU; else ReLU, or TopK with ``k``) and ``W_skip``
-(stored (d_out, d_in): circuit-tracer computes ``x @ W_skip.T``). Cross-layer transcoders
+(stored (d_out, d_in): circuit-tracer computes ``x @ W_skip.T``). A ``transcoders:`` list in the config names the
+layer files instead; files in Gemma Scope 2's own layout (``w_enc``, …) are read by
+:mod:`logitlab.features.gemma_scope`. Cross-layer transcoders
 (``model_kind: cross_layer_transcoder``) are refused: logitlab's graphs use per-layer transcoders.
 
 SAELens (one dictionary per folder): ``cfg.json`` (``d_in``, ``d_sae``, ``architecture``, ``apply_b_dec_to_input``,
@@ -56,6 +58,7 @@ from torch import Tensor
 from logitlab._io import atomic_write
 from logitlab.errors import LogitlabError
 from logitlab.features.dictionary import DictionarySet, Transcoder
+from logitlab.features.gemma_scope import read_layers
 
 __all__ = ["load_dictionaries", "load_circuit_tracer", "save_circuit_tracer", "load_saelens", "save_saelens",
            "hook_point", "input_hook", "mlp_norm"]
@@ -225,7 +228,6 @@ def _to_hook_in(dset: DictionarySet, model: Any) -> tuple[str, tuple[Transcoder,
 def load_circuit_tracer(folder: str | Path, model: Any = None) -> DictionarySet:
     """A per-layer transcoder set from circuit-tracer's local format (see the module docstring)."""
     import yaml
-    from safetensors.torch import load_file
     folder = Path(folder)
     config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
     kind = config.get("model_kind")
@@ -240,25 +242,22 @@ def load_circuit_tracer(folder: str | Path, model: Any = None) -> DictionarySet:
         raise LogitlabError(f"{folder}: a transcoder set must read the MLP's input and write its output; its hooks "
                             f"{sorted(hooks)} are {points[0]} → {points[1]}", SUPPORTED_HELP)
     _check_hooks(hooks, model)
-    files = {int(m.group(1)): p for p in folder.iterdir() if (m := re.fullmatch(r"layer_(\d+)\.safetensors", p.name))}
-    if not files or sorted(files) != list(range(len(files))):
-        raise LogitlabError(f"{folder}: expected layer_0.safetensors … layer_{{n-1}}.safetensors, found layers "
-                            f"{sorted(files)}")
-    layers = []
-    for i in range(len(files)):
-        s = load_file(str(files[i]))
+
+    def read_own(s: dict[str, Tensor], path: Path) -> Transcoder:  # circuit-tracer's own layout
         missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(s)
         if missing:
-            raise LogitlabError(f"{files[i]} lacks {sorted(missing)}")
+            raise LogitlabError(f"{path} lacks {sorted(missing)}")
         threshold = s.get("activation_function.threshold")
         k = config.get("k", int(s["k"]) if "k" in s else None)
         act = "jumprelu" if threshold is not None else ("topk" if config.get("activation") == "topk" else "relu")
         skip = s.get("W_skip")
         f32 = lambda t: None if t is None else t.float()  # noqa: E731
-        layers.append(Transcoder(
+        return Transcoder(
             W_enc=f32(s["W_enc"]).T.contiguous(), b_enc=f32(s["b_enc"]), W_dec=f32(s["W_dec"]).contiguous(),
             b_dec=f32(s["b_dec"]), activation=act, threshold=f32(threshold), k=int(k) if act == "topk" else None,
-            W_skip=None if skip is None else f32(skip).T.contiguous()))
+            W_skip=None if skip is None else f32(skip).T.contiguous())
+
+    layers = read_layers(folder, config, read_own)  # Gemma Scope 2's own layout: logitlab.features.gemma_scope
     if _reads_hook_in(config["feature_input_hook"]):
         layers = _from_hook_in(layers, list(range(len(layers))), model, folder)
     return DictionarySet(layers=tuple(layers), kind="transcoder", model=config.get("model_name"),

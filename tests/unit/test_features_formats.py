@@ -5,6 +5,9 @@ against ``mlp.hook_in`` (with it, on an unfolded model, as circuit-tracer and SA
 Each file is checked two ways: read back by logitlab (the same pre-activations as the set in memory, on the
 model's ``mlp_in``), and read as the external library would, with plain torch: the saved raw tensors applied to
 the activations at the file's hook of a TransformerLens bridge booted *without* processing (norms unfolded).
+
+Gemma Scope 2's own layout (``w_enc`` (d_model, n_features), ``affine_skip_connection``) is checked against the
+same weights in circuit-tracer's layout and against circuit-tracer 0.5's computation on the raw tensors.
 """
 
 from __future__ import annotations
@@ -211,3 +214,160 @@ def test_refusals(model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     Elsewhere.source = str(make_model_folder(KIND[s.model_type], tmp_path / "other"))  # the norms tiny.py draws
     with pytest.raises(LogitlabError, match="is not the loaded model"):
         mlp_norm(Elsewhere())
+
+
+# ---- Gemma Scope 2's own layout -------------------------------------------------------------------------------
+def _gs2(tc) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """A logitlab JumpReLU transcoder as Gemma Scope 2 stores it (circuit-tracer's loader transposes w_enc and
+    affine_skip_connection into its W_enc, W_skip)."""
+    s = {"w_enc": tc.W_enc, "w_dec": tc.W_dec, "b_enc": tc.b_enc, "b_dec": tc.b_dec, "threshold": tc.threshold}
+    if tc.W_skip is not None:
+        s["affine_skip_connection"] = tc.W_skip  # (d_in, d_out): circuit-tracer adds x @ W_skip.T = x @ this
+    return {k: v.contiguous() for k, v in s.items()}
+
+
+def _ct(tc) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """The same transcoder in circuit-tracer's own layout (W_enc, W_skip stored transposed)."""
+    s = {"W_enc": tc.W_enc.T, "W_dec": tc.W_dec, "b_enc": tc.b_enc, "b_dec": tc.b_dec,
+         "activation_function.threshold": tc.threshold}
+    if tc.W_skip is not None:
+        s["W_skip"] = tc.W_skip.T
+    return {k: v.contiguous() for k, v in s.items()}
+
+
+def _write_set(folder: Path, states: list[dict[str, torch.Tensor]], hook: str = "ln2.hook_normalized",
+               listed: bool = True, **extra: object) -> Path:
+    """A circuit-tracer folder: config.yaml + one file per layer, listed under transcoders: (layer 0 by an absolute
+    path, the others relative to the folder, in Gemma Scope 2's repository naming) or as layer_{i}.safetensors."""
+    folder.mkdir(parents=True)
+    paths = []
+    for l, s in enumerate(states):
+        rel = Path(f"transcoder/layer_{l}_width_16k_l0_small/params.safetensors") if listed else \
+            Path(f"layer_{l}.safetensors")
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        save_file(s, str(folder / rel))
+        paths.append(str(folder / rel) if l == 0 else str(rel))
+    config = {"model_kind": "transcoder_set", "feature_input_hook": hook, "feature_output_hook": "hook_mlp_out",
+              **extra}
+    if listed:
+        config["transcoders"] = paths
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def _reference(s: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, output) of a Gemma Scope 2 file computed with plain torch as circuit-tracer 0.5 does:
+    jumprelu(x @ W_enc.T + b_enc) with W_enc = w_enc.T, decoded plus x @ W_skip.T with W_skip = skip.T."""
+    W_enc = s["w_enc"].T
+    pre = x @ W_enc.T + s["b_enc"]
+    f = pre * (pre > s["threshold"])
+    out = f @ s["w_dec"] + s["b_dec"]
+    if "affine_skip_connection" in s:
+        W_skip = s["affine_skip_connection"].T
+        out = out + x @ W_skip.T
+    return f, out
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["transcoders-list", "layer-files"])
+@pytest.mark.parametrize("variant", ["jumprelu", "jumprelu_skip"])
+def test_gemma_scope_2_layout_reads_as_circuit_tracers(tmp_path: Path, variant: str, listed: bool) -> None:
+    """The same weights in Gemma Scope 2's layout and in circuit-tracer's load into the same features and outputs,
+    which are circuit-tracer's computation on the raw tensors; the thresholds matter on these inputs."""
+    D, L = 16, 3
+    dset = random_dictionaries(D, L, variant, seed=4)
+    gs = _write_set(tmp_path / "gs", [_gs2(tc) for tc in dset.layers], listed=listed, model_name="gemma-3-270m")
+    ct = _write_set(tmp_path / "ct", [_ct(tc) for tc in dset.layers], listed=False)
+    a, b = load_dictionaries(gs), load_dictionaries(ct)
+    assert a.n_layers == L and a.model == "gemma-3-270m" and a.kind == "transcoder"
+    x = torch.randn(40, D, generator=torch.Generator().manual_seed(5))
+    for l in range(L):
+        ta, tb = a.layers[l], b.layers[l]
+        assert ta.activation == "jumprelu" and (ta.W_skip is not None) == variant.endswith("_skip")
+        fa, fb = ta.encode(x), tb.encode(x)
+        f_ref, out_ref = _reference(_gs2(dset.layers[l]), x)
+        assert _maxdiff(fa, fb) <= 1e-6 and _maxdiff(ta(x), tb(x)) <= 1e-6, \
+            f"layer {l}: features {_maxdiff(fa, fb):.2e}, outputs {_maxdiff(ta(x), tb(x)):.2e}"
+        assert _maxdiff(fa, f_ref) <= 1e-6 and _maxdiff(ta(x), out_ref) <= 1e-6, \
+            f"layer {l}: against the raw tensors {_maxdiff(fa, f_ref):.2e}, {_maxdiff(ta(x), out_ref):.2e}"
+        pre = ta.pre(x)
+        assert 0.05 < float((fa != 0).float().mean()) < 0.95
+        assert bool(((pre > 0) & (pre <= ta.threshold)).any()), "no pre-activation between 0 and its threshold"
+
+
+def test_gemma_scope_2_transposition_mistakes_are_caught(tmp_path: Path) -> None:
+    """The comparison above has teeth: w_enc or affine_skip_connection stored the other way round (square, so
+    no shape check can catch it) changes features or outputs far beyond 1e-6; non-square, w_enc is refused."""
+    D = 16
+    dset = random_dictionaries(D, 1, "jumprelu_skip", seed=6, n_features=D)
+    tc = dset.layers[0]
+    x = torch.randn(40, D, generator=torch.Generator().manual_seed(7))
+    right = load_dictionaries(_write_set(tmp_path / "right", [_gs2(tc)])).layers[0]
+    assert _maxdiff(right.encode(x), tc.encode(x)) <= 1e-6 and _maxdiff(right(x), tc(x)) <= 1e-6
+    enc_t = load_dictionaries(_write_set(tmp_path / "enc", [{**_gs2(tc), "w_enc": tc.W_enc.T.contiguous()}])).layers[0]
+    assert _maxdiff(enc_t.encode(x), tc.encode(x)) > 1e-2
+    skip_t = load_dictionaries(_write_set(tmp_path / "skip",
+                                          [{**_gs2(tc), "affine_skip_connection": tc.W_skip.T.contiguous()}])).layers[0]
+    assert _maxdiff(skip_t.encode(x), tc.encode(x)) <= 1e-6 and _maxdiff(skip_t(x), tc(x)) > 1e-2
+    wide = random_dictionaries(D, 1, "jumprelu", seed=6).layers[0]  # 48 features
+    with pytest.raises(LogitlabError, match=r"w_enc \(48, 16\), expected \(16, 48\)"):
+        load_dictionaries(_write_set(tmp_path / "wide", [{**_gs2(wide), "w_enc": wide.W_enc.T.contiguous()}]))
+
+
+def test_gemma_scope_2_malformed_files_are_refused(tmp_path: Path) -> None:
+    """Missing, unknown or misshapen tensors, both encoders or neither, a set mixing layouts, a hub address and
+    a missing file are refused by name."""
+    D = 16
+    tcs = random_dictionaries(D, 2, "jumprelu", seed=8).layers
+    good = [_gs2(tc) for tc in tcs]
+    cases = {
+        "lacks": ([{k: v for k, v in good[0].items() if k != "threshold"}, good[1]], r"lacks \['threshold'\]"),
+        "unknown": ([{**good[0], "norm_factor": torch.ones(1)}, good[1]],
+                    r"tensors circuit-tracer does not read: \['norm_factor'\]"),
+        "b_dec": ([{**good[0], "b_dec": torch.zeros(D + 1)}, good[1]], r"w_dec \(48, 16\), expected \(48, 17\)"),
+        "threshold": ([{**good[0], "threshold": torch.zeros(47)}, good[1]], r"threshold \(47,\), expected \(48,\)"),
+        "both": ([{**good[0], "W_enc": good[0]["w_enc"].T.contiguous()}, good[1]], "both w_enc .* ambiguous"),
+        "neither": ([{k: v for k, v in good[0].items() if k != "w_enc"}, good[1]], "neither W_enc .* nor w_enc"),
+        "mixed": ([good[0], _ct(tcs[1])], r"layers \[0\] are in Gemma Scope 2's layout .* layers \[1\] in "
+                                          "circuit-tracer's"),
+    }
+    for name, (states, message) in cases.items():
+        with pytest.raises(LogitlabError, match=message):
+            load_dictionaries(_write_set(tmp_path / name, states))
+    folder = _write_set(tmp_path / "hub", good)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    (folder / config["transcoders"][1]).write_bytes(b"not a safetensors file")
+    with pytest.raises(LogitlabError, match="layer_1_width_16k_l0_small/params.safetensors is not a readable"):
+        load_dictionaries(folder)
+    for listed, message in [(["hf://google/gemma-scope-2-270m-pt/transcoder/params.safetensors"], "hub address"),
+                            ([config["transcoders"][0], "nowhere/params.safetensors"], "layer 1's transcoder file .*"
+                                                                                      "does not exist"),
+                            ("params.safetensors", "must be a list of file paths")]:
+        (folder / "config.yaml").write_text(yaml.safe_dump({**config, "transcoders": listed}))
+        with pytest.raises(LogitlabError, match=message):
+            load_dictionaries(folder)
+
+
+def test_gemma_scope_2_on_a_model(model, unfolded, mlp_in, tmp_path: Path) -> None:  # noqa: ANN001
+    """On a model: files on mlp.hook_in are converted to logitlab's mlp_in (the raw tensors on the unfolded
+    model's mlp.hook_in give logitlab's features on mlp_in), like circuit-tracer's own layout; the width, layer
+    count and model name are checked."""
+    s = model.spec
+    dset = random_dictionaries(s.d_model, s.n_layers, "jumprelu_skip", seed=9)
+    states = [_gs2(tc) for tc in dset.layers]
+    gs = _write_set(tmp_path / "gs", states, hook="mlp.hook_in", model_name=model.name)
+    ct = _write_set(tmp_path / "ct", [_ct(tc) for tc in dset.layers], hook="mlp.hook_in", listed=False)
+    with pytest.raises(LogitlabError, match="mlp.hook_in.*needs that weight"):
+        load_dictionaries(gs)
+    a, b = load_dictionaries(gs, model), load_dictionaries(ct, model)
+    for l in range(s.n_layers):
+        x, y = mlp_in[l], unfolded[f"blocks.{l}.mlp.hook_in"]
+        f_ref, out_ref = _reference(states[l], y)
+        fa, oa = a.layers[l].encode(x), a.layers[l](x)
+        assert _maxdiff(fa, b.layers[l].encode(x)) <= 1e-6 and _maxdiff(oa, b.layers[l](x)) <= 1e-6
+        assert _maxdiff(a.layers[l].pre(x), y @ states[l]["w_enc"] + states[l]["b_enc"]) <= TOL
+        assert _maxdiff(oa, out_ref) <= TOL, f"layer {l}: output on mlp.hook_in {_maxdiff(oa, out_ref):.2e}"
+        assert torch.equal(fa != 0, f_ref != 0)
+    with pytest.raises(LogitlabError, match="trained on 'gemma-2-2b'"):
+        load_dictionaries(_write_set(tmp_path / "other", states, hook="mlp.hook_in", model_name="gemma-2-2b"), model)
+    with pytest.raises(LogitlabError, match=f"covers? {s.n_layers - 1} layers"):
+        load_dictionaries(_write_set(tmp_path / "short", states[:-1], hook="mlp.hook_in"), model)
