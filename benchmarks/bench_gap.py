@@ -19,7 +19,10 @@ rate is lower than the square-matrix rate by the shapes (thin products, few rows
 The profiler adds its own overhead per operator call (larger for many small calls), so the shares are read as
 proportions, and the timed run without the profiler is printed beside them.
 
-Usage: python benchmarks/bench_gap.py [--model builtin] [--task pronouns]
+``--shared-length N``: the ``pronouns`` prompts behind one filler every prompt shares, about N tokens in all
+(``bench_scaling.py``'s shared-length configuration), to see where the time goes with a long shared context.
+
+Usage: python benchmarks/bench_gap.py [--model builtin] [--task pronouns] [--shared-length N]
 Run it alone: two torch processes on two cores slow each other many times over.
 """
 
@@ -103,19 +106,29 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="builtin")
     ap.add_argument("--task", default="pronouns")
+    ap.add_argument("--shared-length", type=int, default=0, help="pronouns behind a shared filler of ~N tokens")
     args = ap.parse_args()
     keep_freed_memory()
     rates = matmul_flops()
     mm = max(rates.values())
     model = logitlab.load_model(args.model)
-    tt = logitlab.tokenize_task(logitlab.load_task(args.task), model.tokenizer)
+    if args.shared_length:
+        from bench_scaling import scaled_task  # same folder
+        task = scaled_task(model, "shared-length", args.shared_length)
+    else:
+        task = logitlab.load_task(args.task)
+    tt = logitlab.tokenize_task(task, model.tokenizer)
+    print(f"task {task.name}: {tt.n_prompts} prompts of {int(tt.final_pos.max()) + 1} tokens")
 
     plain = SweepStats()
     t = time.perf_counter()
     sweeps(model, tt, plain)
     plain_s = time.perf_counter() - t
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    # Shapes (for the products' own FLOP count) only for short prompts: at long ones the profiler's records of every
+    # distinct shape outgrow the memory (24 GB at 172 tokens).
+    shapes = not args.shared_length
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
         profiled = SweepStats()
         t = time.perf_counter()
         sweeps(model, tt, profiled)
@@ -123,13 +136,13 @@ def main() -> None:
 
     own: dict[str, float] = defaultdict(float)  # category -> self CPU seconds
     product_flops = product_s = 0.0
-    for ev in prof.key_averages(group_by_input_shape=True):
+    for ev in prof.key_averages(group_by_input_shape=shapes):
         secs = ev.self_cpu_time_total / 1e6
         cat = _category(ev.key)
         own[cat] += secs
         if cat == "matrix products":
             product_s += secs
-            product_flops += ev.count * _product_flops(ev.key, ev.input_shapes)
+            product_flops += ev.count * _product_flops(ev.key, ev.input_shapes) if shapes else 0.0
     total = sum(own.values())
 
     for name, rate in rates.items():
@@ -141,7 +154,10 @@ def main() -> None:
     print("\nwhere the operators' own time goes:")
     for cat, secs in sorted(own.items(), key=lambda kv: -kv[1]):
         print(f"  {cat:32s} {secs:8.2f} s  {secs / total:6.1%}")
-    if product_s > 0:
+    if product_s > 0 and not shapes:
+        print(f"\nmatrix products alone: {plain.flops / 1e12:.2f} TFLOP (logitlab's count) in {product_s:.2f} s = "
+              f"{plain.flops / product_s / 1e9:.0f} GFLOP/s = {plain.flops / product_s / mm:.0%} of the matmul rate")
+    if product_s > 0 and shapes:
         print(f"\nmatrix products alone: {product_flops / 1e12:.2f} TFLOP in {product_s:.2f} s = "
               f"{product_flops / product_s / 1e9:.0f} GFLOP/s = {product_flops / product_s / mm:.0%} of the matmul rate "
               f"({product_flops / plain.flops:.0%} of logitlab's FLOP count)")

@@ -34,18 +34,12 @@ def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def child(model_name: str, kind: str, size: int, device: str) -> None:
-    """One configuration, in this process; prints its row as JSON."""
-    import torch
-
+def scaled_task(m, kind: str, size: int):  # noqa: ANN001, ANN201
+    """The task of one configuration: the first ``size`` prompts of ``pronouns-large`` (``kind`` "count"), or the
+    ``pronouns`` prompts at about ``size`` tokens (``kind`` "length": nothing shared but BOS; "shared-length": a
+    filler every prompt shares)."""
     import logitlab
-    from logitlab.battery import RunConfig, run_battery
-    from logitlab.sweep import SweepStats
     from logitlab.task import Task, tokenize_task
-    torch.set_grad_enabled(False)
-    logitlab.keep_freed_memory()
-    m = logitlab.load_model(model_name, device=device)
-    after_load = _rss_gb()
     if kind == "count":
         big = logitlab.load_task("pronouns-large")
         n = min(size, len(big.prompts))
@@ -72,6 +66,22 @@ def child(model_name: str, kind: str, size: int, device: str) -> None:
                     correct=base.correct, incorrect=base.incorrect, patch_pairs=pairs, prepend_bos=base.prepend_bos,
                     templates=base.templates, prompt_template=base.prompt_template,
                     prompt_subject=base.prompt_subject, prompt_class=base.prompt_class)
+    return task
+
+
+def child(model_name: str, kind: str, size: int, device: str) -> None:
+    """One configuration, in this process; prints its row as JSON."""
+    import torch
+
+    import logitlab
+    from logitlab.battery import RunConfig, run_battery
+    from logitlab.sweep import SweepStats
+    from logitlab.task import tokenize_task
+    torch.set_grad_enabled(False)
+    logitlab.keep_freed_memory()
+    m = logitlab.load_model(model_name, device=device)
+    after_load = _rss_gb()
+    task = scaled_task(m, kind, size)
     tt = tokenize_task(task, m.tokenizer)
     stats = SweepStats()
     t0 = time.perf_counter()
