@@ -416,7 +416,7 @@ def eap_ig_circuit(model: Model, tt: TokenizedTask, *, steps: int = IG_STEPS, ma
 
     top_frac = recovery(top, batches, list(zip(clean_ld, corr_ld)), runs)[:, used]  # (size, used pair)
     recovered = paired(top_frac)
-    parts, done, noise = [], 0, None  # the random circuits' recoveries (mask, pair), a round of pairs at a time
+    parts, done = [], 0  # the random circuits' recoveries (mask, pair), a round of pairs at a time
     while done < len(picked):
         want = len(picked) if done else min(FIRST_RANDOM_PAIRS, len(picked))
         groups = [(bi, torch.tensor([i for b2, i in picked[done:want] if b2 == bi]))

@@ -290,8 +290,6 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
     # patched items skip it (faithfulness of small circuits: most of the graph is the corrupted run).
     skip = patched and inputs is None
 
-    attention = lambda x_att, layer: _attention(runner, layer, x_att)  # noqa: E731
-
     for layer in range(start, L):
         first = graph.head_sender(layer, 0)
         att_rows = patch[:, layer * Rl: (layer + 1) * Rl - 1] if patched else None  # type: ignore[index]
@@ -301,7 +299,8 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
             heads, attn_pre, attn_out = (oth(slice(first, first + H), new=True),
                                          *(per_item(t[layer]) for t in (o_pre, o_out)))
             if len(live):
-                part = attention(mixed_input(att_rows[live], first, layer, resid[live], "att", live), layer)  # type: ignore[index]
+                x_live = mixed_input(att_rows[live], first, layer, resid[live], "att", live)  # type: ignore[index]
+                part = _attention(runner, layer, x_live)
                 for full, p in zip((heads, attn_pre, attn_out), part):
                     full[live] = p
         else:
@@ -309,7 +308,7 @@ def graph_forward(runner: Runner, graph: EdgeGraph, embed: Float[Tensor, "batch 
                 else resid[:, None].expand(B, Rl - 1, T, D).clone()  # type: ignore[arg-type]
             if inputs is not None:
                 inputs.append(x_att)
-            heads, attn_pre, attn_out = attention(x_att, layer)
+            heads, attn_pre, attn_out = _attention(runner, layer, x_att)
         keep_attention(layer, attn_pre, attn_out)
         mlp_row = (layer + 1) * Rl - 1
         if s.parallel:
@@ -383,16 +382,15 @@ def single_edge_layer(runner: Runner, graph: EdgeGraph, layer: int, embed: Float
     that one head's write replaced)."""
     s = runner.spec
     H, S, Rl = s.n_heads, graph.n_senders, graph.receivers_per_layer
-    heads_of = graph.head_senders.to(own.device)  # (L, H)
+    pre0, out0, res0 = _rebuild(runner, graph, own, layer + 1, embed)  # the own run, per pair, through ``layer``
     key, inv = torch.unique(pairs * S + sender, return_inverse=True)  # each (pair, sender) once
     up, us = key // S, key % S
     delta = other[up, us] - own[up, us]  # (U, T, D): the sender's difference, as a linear write
     hl = torch.where((us - 1) % (H + 1) < H, (us - 1) // (H + 1), -1) if s.post_norms else None
     if hl is not None and bool((hl >= 0).any()):
         j = (hl >= 0).nonzero()[:, 0]
-        pre = own[up[j, None], heads_of[hl[j]]].sum(1) + runner.w.b_O[hl[j]][:, None]  # (u, T, D): the own run's sum
-        delta[j] = _post_attention_rows(runner, pre + delta[j], hl[j]) - _post_attention_rows(runner, pre, hl[j])
-    _, out0, res0 = _rebuild(runner, graph, own, layer + 1, embed)  # the own run, per pair, through ``layer``
+        l, p = hl[j], up[j]  # the sender's layer's own-run sum and output, with its head's write replaced
+        delta[j] = _post_attention_rows(runner, pre0[l, p] + delta[j], l) - out0[l, p]
     base = res0[layer][pairs]  # (B, T, D): resid_pre of ``layer``
     attn_out = out0[layer][pairs]  # unpatched where the item's receiver is the MLP
     local = torch.where(receiver < 0, -1, receiver - layer * Rl)  # 0 … Rl − 2: attention inputs; Rl − 1: the MLP
