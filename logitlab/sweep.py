@@ -111,14 +111,19 @@ def sweep_flops(runner: Runner, layer: int, stage: str, seq_len: int, n_incorrec
     return total
 
 
-#: Rows (items × positions) per chunk on CPU beyond which larger chunks stop helping: the matrix products are
-#: already at full speed and bigger activations only fall out of the cache. On GPUs the memory budget decides.
+#: Rows (items × positions that run) per chunk on CPU beyond which larger chunks stop helping: the matrix products
+#: are already at full speed and bigger activations only fall out of the cache. On GPUs the memory budget decides.
 CPU_CHUNK_ROWS = 1024
 
 
-def auto_chunk(runner: Runner, seq_len: int, settings: SweepSettings) -> int:
+def auto_chunk(runner: Runner, seq_len: int, settings: SweepSettings, prefix: int = 0) -> int:
     """Items per chunk so that one chunk's activations fit the memory budget: ``max_memory``, else half of what
-    is free on the runner's device now (on CUDA the device's free memory, not the host's)."""
+    is free on the runner's device now (on CUDA the device's free memory, not the host's).
+
+    Items skipping their first ``prefix`` positions run ``seq_len − prefix`` rows each and attend to the skipped
+    positions' keys and values (gathered per item, then joined with their own): the chunk counts those rows, so
+    that items behind a long shared context still fill the matrix products.
+    """
     if settings.chunk_size:
         return max(1, settings.chunk_size)
     s = runner.spec
@@ -130,15 +135,17 @@ def auto_chunk(runner: Runner, seq_len: int, settings: SweepSettings) -> int:
         mlp = max(mlp, s.moe.n_experts * (3 * s.moe.d_expert + s.d_model))
     # Live tensors per item in one layer: residual copies, q/k/v, the MLP's hidden units in the model's dtype; a
     # norm's input and output, scores and pattern (and a router's probabilities) in float32; doubled for temporaries.
-    per_item = (elem * seq_len * (6 * s.d_model + 3 * s.n_heads * s.d_head + mlp)
-                + wide * (2 * seq_len * s.d_model + 2 * s.n_heads * seq_len * seq_len
-                          + (2 * seq_len * s.moe.n_experts if s.moe is not None else 0))) * 2
+    rows = max(1, seq_len - prefix)
+    per_item = (elem * rows * (6 * s.d_model + 3 * s.n_heads * s.d_head + mlp)
+                + elem * 4 * seq_len * s.n_kv_heads * s.d_head  # keys and values of every position, twice
+                + wide * (2 * rows * s.d_model + 2 * s.n_heads * rows * seq_len
+                          + (2 * rows * s.moe.n_experts if s.moe is not None else 0))) * 2
     budget = settings.max_memory if settings.max_memory else available_memory(runner.device) // 2
     if budget < per_item:
         raise LogitlabError(
             f"a single sweep item needs about {per_item / 2**20:.1f} MiB but the memory budget is "
             f"{budget / 2**20:.1f} MiB", "free memory or raise --max-memory")
-    cap = 4096 if runner.device.type == "cuda" else max(1, CPU_CHUNK_ROWS // seq_len)
+    cap = 4096 if runner.device.type == "cuda" else max(1, CPU_CHUNK_ROWS // rows)
     return int(min(cap, budget // per_item))
 
 
@@ -247,7 +254,7 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
     advance = _WholeItems(settings.progress)
     first = next(e for e in entries_sorted if e.n)
     seq_len = int(first.make(torch.arange(1, device=runner.device)).shape[1])
-    chunk = auto_chunk(runner, seq_len, settings)
+    chunks = {e.prefix: auto_chunk(runner, seq_len, settings, e.prefix) for e in entries_sorted if e.n}
     # Layers take (1 − f) of each item's progress and the vocabulary pass f, by their rough share of the work
     # (for the progress bar only: the exact count, sweep_flops, runs the block on meta tensors and its first
     # call costs most of a second).
@@ -256,7 +263,7 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
     with torch.no_grad():
         queue = [(e, pt, 0) for e, pt in zip(entries_sorted, points) if e.n]
         while queue:
-            parts, room = [], chunk
+            parts, room = [], chunks[queue[0][0].prefix]
             while queue and room and (not parts or queue[0][0].prefix == parts[0][0].prefix):
                 e, pt, start = queue[0]
                 stop = min(e.n, start + room)

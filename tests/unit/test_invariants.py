@@ -143,3 +143,30 @@ def test_sweep_progress_counts_every_item_once(run, tiny_model, tiny_task_file) 
     activation_patching(tiny_model, tt, SweepSettings(chunk_size=7, progress=steps.append), generated=False)
     n_pairs, T = tt.clean_tokens.shape
     assert sum(steps) == tiny_model.spec.n_layers * n_pairs * (3 * T + tiny_model.spec.n_heads)
+
+
+def test_chunks_count_the_rows_that_run(tiny_model, tiny_task_file, monkeypatch) -> None:  # noqa: ANN001
+    """Items that skip their first positions (patching at a later position, a shared context) run fewer rows, so a
+    CPU chunk holds more of them: CPU_CHUNK_ROWS over the rows that run; the memory estimate shrinks with the
+    rows too. The automatic chunks (one per prefix) give patching's numbers with small fixed chunks."""
+    import logitlab.sweep as sweep
+    r = tiny_model.runner
+    big = SweepSettings(max_memory=2**34)
+    assert sweep.auto_chunk(r, 64, big) == sweep.CPU_CHUNK_ROWS // 64
+    assert sweep.auto_chunk(r, 64, big, prefix=60) == sweep.CPU_CHUNK_ROWS // 4
+    tight = SweepSettings(max_memory=2**23)
+    assert sweep.auto_chunk(r, 64, tight, prefix=60) > sweep.auto_chunk(r, 64, tight)
+    seen: dict[int, int] = {}
+    real = sweep.auto_chunk
+
+    def small(runner, seq_len, settings, prefix=0):  # noqa: ANN001, ANN202
+        seen[prefix] = real(runner, seq_len, settings, prefix)
+        return max(1, seen[prefix] // 8)  # several chunks per prefix at these sizes
+
+    tt = tokenize_task(load_task(tiny_task_file), tiny_model.tokenizer)
+    monkeypatch.setattr(sweep, "auto_chunk", small)
+    auto = activation_patching(tiny_model, tt, SweepSettings(), generated=False).reference
+    assert len(seen) > 1 and seen[max(seen)] > seen[0], seen
+    fixed = activation_patching(tiny_model, tt, SweepSettings(chunk_size=3), generated=False).reference
+    for what in ("resid", "attn", "mlp", "heads"):
+        _close(getattr(auto, what), getattr(fixed, what), 1e-5, f"{what} patching: automatic vs fixed chunks")
