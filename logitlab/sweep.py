@@ -254,7 +254,7 @@ def run_sweep(runner: Runner, entries: Sequence[Entry], with_loss: bool,
     advance = _WholeItems(settings.progress)
     first = next(e for e in entries_sorted if e.n)
     seq_len = int(first.make(torch.arange(1, device=runner.device)).shape[1])
-    chunks = {e.prefix: auto_chunk(runner, seq_len, settings, e.prefix) for e in entries_sorted if e.n}
+    chunks = {p: auto_chunk(runner, seq_len, settings, p) for p in {e.prefix for e in entries_sorted if e.n}}
     # Layers take (1 − f) of each item's progress and the vocabulary pass f, by their rough share of the work
     # (for the progress bar only: the exact count, sweep_flops, runs the block on meta tensors and its first
     # call costs most of a second).
