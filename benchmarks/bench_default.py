@@ -527,9 +527,10 @@ def run_peers(m: Any, tt: Any, r: dict[str, Any], new_s: float) -> dict[str, flo
     return ratios
 
 
-def run_notebook(m: Any, tt: Any, r: dict[str, Any], new_s: float, cap: int | None) -> tuple[float, bool]:
+def run_notebook(m: Any, tt: Any, r: dict[str, Any], new_s: float,
+                 cap: int | None) -> tuple[float, float, bool]:
     """One hooked TransformerLens forward per intervention (``bench_battery.py``'s loop method) on the new
-    default's ablation and pairs. Returns (seconds, extrapolated)."""
+    default's ablation and pairs. Returns (seconds measured, seconds with the extrapolated rest, extrapolated)."""
     import torch
     from bench_battery import loop_ablation, loop_patching
     from logitlab.analyses.patching import MIN_GAP
@@ -538,7 +539,7 @@ def run_notebook(m: Any, tt: Any, r: dict[str, Any], new_s: float, cap: int | No
     torch.set_grad_enabled(False)
     if len(set(tt.final_pos.tolist())) != 1:
         print("notebook: skipped (its mean ablation averages each position over prompts of one length)")
-        return math.nan, False
+        return math.nan, math.nan, False
     if bool((tt.incorrect_ids[:, 1:] != PAD).any()):
         print("  note: the loop method scores the first incorrect answer only; this task has several")
     sets, notes = pair_sets(tt, r)
@@ -573,7 +574,7 @@ def run_notebook(m: Any, tt: Any, r: dict[str, Any], new_s: float, cap: int | No
              f"for the other {len(left)} = {total:.1f} s" if left else f"{total:.1f} s (in full)")
     print(f"  one forward per intervention: ablation {ablation_s:.1f} s + patching {seconds_done:.1f} s; {label}; "
           f"= {total / new_s:.1f}× the new default end to end; max |notebook − logitlab|: {_diffs(da, dp)}")
-    return total, bool(left)
+    return measured, total, bool(left)
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
@@ -636,12 +637,16 @@ def in_process(args: argparse.Namespace, parts: list[str], runs: dict[tuple[str,
     if "notebook" in parts:
         print("\n[notebook] the new default's ablation and patching, one hooked forward per intervention "
               "(computation only, model loaded; the default's other analyses not included)")
-        total, extrapolated = run_notebook(m, tt, r, new_s, args.notebook_groups)
+        measured, total, extrapolated = run_notebook(m, tt, r, new_s, args.notebook_groups)
         ratio = total / new_s
         if math.isfinite(ratio):
             summary.append(f"notebook: new default {ratio:.2f}× faster than the notebook's method "
                            f"{'(EXTRAPOLATED) ' if extrapolated else ''}(target ≥ {TARGET_NOTEBOOK:g}×): "
                            f"{'PASS' if ratio >= TARGET_NOTEBOOK else 'FAIL'}")
+        if extrapolated and math.isfinite(measured):  # a lower bound that needs no extrapolation
+            summary.append(f"notebook, measured part only (the ablations and the pair sets it patched, a subset of "
+                           f"the default's work): new default {measured / new_s:.2f}× faster (target ≥ "
+                           f"{TARGET_NOTEBOOK:g}×): {'PASS' if measured / new_s >= TARGET_NOTEBOOK else 'FAIL'}")
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ def paired(delta: Float[Tensor, "... n"], resamples: int = N_RESAMPLES, seed: in
         return Paired(mean.float(), torch.zeros_like(mean).float(), torch.stack([mean, mean], -1).float())
     stderr = delta.std(-1) / n ** 0.5
     boot = _boot_means(delta, bootstrap_indices(n, resamples, seed))
-    ci = torch.stack([boot.quantile(0.025, dim=-1), boot.quantile(0.975, dim=-1)], -1)
+    ci = boot.quantile(torch.tensor([0.025, 0.975], dtype=boot.dtype), dim=-1).movedim(0, -1)  # one sort for both
     return Paired(mean.float(), stderr.float(), ci.float())
 
 
