@@ -5,7 +5,9 @@ every layer's MLP output replaced by its transcoder's output plus that layer's e
 (error = real MLP output − transcoder output on the clean run, per position). With no edits this is the real
 model. Edits set feature activations at (layer, position, feature): ``zero``, ``scale`` by a factor, or ``steer``
 (add a value). Every other feature is recomputed from its (possibly changed) input, so features downstream of an
-edit respond as in the model (as circuit-tracer's ``feature_intervention`` with errors held).
+edit respond as in the model (as circuit-tracer's ``feature_intervention`` with errors held). ``hold`` keeps
+features' on/off states, attention patterns or norm scales at the clean run's (the pass itself:
+:mod:`logitlab.features.held`).
 
 :func:`check_top_features` compares, for the graph's top-k features by influence on the logit-difference target,
 the graph's prediction of the change of the logit difference when a feature is zeroed with the actual change.
@@ -18,7 +20,10 @@ attention patterns and norm scales, so agreement is approximate (Spearman rank c
 are reported). The first-order derivative is also measured directly: the actual change for scaling a feature by
 ``1 + step`` divided by ``step`` against ``a_s · dΔ/da_s``, with every feature's on/off state held at the clean
 run's (``hold_gates``: JumpReLU and TopK features jump on and off, so the free model's finite differences are
-dominated by features crossing their thresholds), and so is the zeroing with gates held.
+dominated by features crossing their thresholds), and so is the zeroing with gates held. Last, the zeroing with
+attention patterns, norm scales and gates all held (the graph's own linear model run by the model's code: equal to
+the prediction up to rounding) and with each of the three released alone says which part of the model the
+linearisation misses.
 
 Graphs with a row budget (``max_feature_nodes``: only the most influential features have rows) are checked too:
 the same ``v`` is the gradient of Δ in the frozen model with every active feature linear (slope 1), so
@@ -37,7 +42,7 @@ attributed rows (:func:`top_features`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,6 +51,7 @@ from torch import Tensor
 from logitlab.errors import LogitlabError
 from logitlab.features.dictionary import DictionarySet
 from logitlab.features.graph import AttributionGraph
+from logitlab.features.held import HOLDS, clean_state, held_forward
 from logitlab.features.influence import compute_influence, normalise
 from logitlab.features.quality import staged
 from logitlab.task import encode_prompt, single_token_id
@@ -99,57 +105,6 @@ def _diff_dir(model: Any, answer: Any, contrast: Any) -> tuple[int, list[int]] |
     return _token(model, answer), [_token(model, c) for c in cs]
 
 
-def _forward(model: Any, ids: list[int], dicts: DictionarySet, mul: Tensor | None, add: Tensor | None,
-             batch: int, hold_gates: bool = False) -> Tensor:
-    """Pre-cap logits at the last position, (batch, vocab), of ``batch`` intervened copies of the prompt.
-
-    Each layer's MLP output is ``decode(f·mul + add) + error``, f the transcoder's activations on the layer's
-    real (recomputed) input and error the clean run's; ``mul``/``add`` are (batch, L, T, F) or None (clean).
-    ``hold_gates``: each feature's on/off state held at the clean run's (f = pre-activation where it was active),
-    so activations move continuously with their inputs (JumpReLU and TopK otherwise jump)."""
-    r = staged(model)
-    s = r.spec
-    tokens = torch.tensor([ids], device=r.device)
-    dt = torch.float64 if r.w.W_U.dtype == torch.float64 else torch.float32
-    ds = dicts.to(r.device, dt)
-    errors, gates = _clean_errors(r, tokens, ds)
-    x = r.embed_sum(tokens.expand(batch, -1))
-    for layer in range(s.n_layers):
-        z, _ = r.attention(layer, x, None, False)
-        attn_out, _ = r.post_attention(layer, r.heads_to_attn_pre(layer, z))
-        src = x if s.parallel else x + attn_out
-        tc = ds.layers[layer]
-        xin = (r.mlp(layer, src) if ds.input_point == "mlp_out" else r.pre_norm(layer, 2, src)).to(dt)
-        f = tc.pre(xin) * gates[layer] if hold_gates else tc.encode(xin)
-        if mul is not None:
-            f = f * mul[:, layer]
-        if add is not None:
-            f = f + add[:, layer]
-        out = (tc.decode(f, xin) + errors[layer]).to(x.dtype)
-        x = x + attn_out + out
-    normed = r.final_norm(x[:, -1])[0]
-    return normed @ r.w.W_U + r.w.b_U
-
-
-def _clean_errors(r: Any, tokens: Tensor, ds: DictionarySet) -> tuple[list[Tensor], list[Tensor]]:
-    """Per layer, on the clean run: the error (T, D), real MLP output − transcoder output, and the features'
-    on/off gates (T, F), both in the dictionaries' dtype."""
-    errors, gates = [], []
-    x = r.embed_sum(tokens)
-    for layer in range(r.spec.n_layers):
-        z, _ = r.attention(layer, x, None, False)
-        attn_out, _ = r.post_attention(layer, r.heads_to_attn_pre(layer, z))
-        src = x if r.spec.parallel else x + attn_out
-        true_out = r.mlp(layer, src)
-        dt = ds.layers[layer].W_enc.dtype
-        xin = (true_out if ds.input_point == "mlp_out" else r.pre_norm(layer, 2, src)).to(dt)
-        f = ds.layers[layer].encode(xin)
-        errors.append((true_out.to(dt) - ds.layers[layer].decode(f, xin))[0])
-        gates.append((f[0] != 0).to(dt))
-        x = x + attn_out + true_out
-    return errors, gates
-
-
 def _edit_tensors(edit_sets: list[list[Edit]], L: int, T: int, F: int, dev: Any) -> tuple[Tensor, Tensor]:
     mul = torch.ones(len(edit_sets), L, T, F, device=dev)
     add = torch.zeros(len(edit_sets), L, T, F, device=dev)
@@ -173,29 +128,42 @@ def _logit_diffs(logits: Tensor, diff: tuple[int, list[int]] | None) -> Tensor:
     return (logits[:, a].double() - logits[:, cs].double().mean(-1)).cpu()
 
 
+def _holds(hold: Any, hold_gates: bool) -> frozenset[str]:
+    return frozenset((hold,) if isinstance(hold, str) else hold) | ({"gates"} if hold_gates else set())
+
+
 def _run_many(model: Any, ids: list[int], dicts: DictionarySet, edit_sets: list[list[Edit]],
-              chunk: int = 16, hold_gates: bool = False) -> Tensor:
-    """Pre-cap last-position logits (n, vocab) for each set of edits (one batch row per set)."""
+              chunk: int = 16, hold_gates: bool = False, hold: Any = ()) -> Tensor:
+    """Pre-cap last-position logits (n, vocab) for each set of edits (one batch row per set), with what
+    ``hold`` (and ``hold_gates``) names held at the clean run's values (:mod:`logitlab.features.held`)."""
     r = staged(model)
+    holds = _holds(hold, hold_gates)
     L, T, F = r.spec.n_layers, len(ids), dicts.n_features
+    dt = torch.float64 if r.w.W_U.dtype == torch.float64 else torch.float32
+    ds = dicts.to(r.device, dt)
+    tokens = torch.tensor([ids], device=r.device)
     outs = []
     with torch.no_grad():
+        st = clean_state(r, tokens, ds, patterns="attention" in holds)
         for c0 in range(0, len(edit_sets), chunk):
             part = edit_sets[c0:c0 + chunk]
             mul, add = _edit_tensors(part, L, T, F, r.device)
-            if r.w.W_U.dtype == torch.float64:
+            if dt == torch.float64:
                 mul, add = mul.double(), add.double()
-            outs.append(_forward(model, ids, dicts, mul, add, len(part), hold_gates).double().cpu())
+            outs.append(held_forward(r, tokens, ds, st, mul, add, len(part), holds).double().cpu())
     return torch.cat(outs)
 
 
 def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, edits: list[Edit] | tuple = (),
-              answer: str | int | None = None, contrast: Any = None, hold_gates: bool = False) -> Intervention:
+              answer: str | int | None = None, contrast: Any = None, hold_gates: bool = False,
+              hold: Any = ()) -> Intervention:
     """The real forward pass with transcoders and clean errors in place of the MLPs and ``edits`` applied.
 
     Edits are :class:`Edit` or tuples ``(layer, pos, feature[, mode[, value]])``. Returns the logit difference
     (answer − mean of the contrasts) and the logits (before any final soft-cap) at the last position.
-    ``hold_gates``: every feature's on/off state held at the clean run's (see :func:`_forward`)."""
+    ``hold``: any of ``"gates"``, ``"attention"``, ``"norms"`` held at the clean run's values (features' on/off
+    states, attention patterns, norm scales: :mod:`logitlab.features.held`); ``hold_gates=True`` is
+    ``"gates"``."""
     dictionaries.check(model, check_name=False)
     ids = _ids(model, prompt)
     es = [e if isinstance(e, Edit) else Edit(*e) for e in edits]
@@ -203,7 +171,7 @@ def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
         if not (0 <= e.layer < len(dictionaries) and 0 <= e.pos < len(ids) and 0 <= e.feature < dictionaries.n_features):
             raise LogitlabError(f"edit {e} out of range ({len(dictionaries)} layers, {len(ids)} positions, "
                                 f"{dictionaries.n_features} features)")
-    logits = _run_many(model, ids, dictionaries, [es], hold_gates=hold_gates)
+    logits = _run_many(model, ids, dictionaries, [es], hold_gates=hold_gates, hold=hold)
     return Intervention(float(_logit_diffs(logits, _diff_dir(model, answer, contrast))[0]), logits[0])
 
 
@@ -377,6 +345,13 @@ class TopFeatureCheck:
     sign_agreement_derivative: float
     spearman_gates_held: float
     sign_agreement_gates_held: float
+    # Where the linearisation fails (logitlab.features.held): zeroing with attention patterns, norm scales and
+    # gates all held at the clean run's (the graph's own linear model, run by the real model's code: equals
+    # ``predicted`` up to rounding), and with each of the three released alone (the other two held).
+    actual_all_held: list[float] = field(default_factory=list)
+    actual_released: dict[str, list[float]] = field(default_factory=dict)
+    spearman_released: dict[str, float] = field(default_factory=dict)
+    sign_agreement_released: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -413,13 +388,22 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
     d_actual = (held[1 + n:] - float(held[0])) / step
     pred = -deriv
     agree = lambda a, b: float((torch.sign(a) == torch.sign(b)).double().mean()) if len(a) else float("nan")  # noqa: E731
+
+    def zeroed(hold: frozenset[str]) -> Tensor:
+        v = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + n], hold=hold), diff)
+        return v[1:] - float(v[0])
+    released = {h: zeroed(frozenset(HOLDS) - {h}) for h in HOLDS}
     return TopFeatureCheck(
         features=[list(f) for f in feats], activations=graph.activations[top].double().tolist(),
         predicted=pred.tolist(), actual=actual.tolist(), derivative_predicted=deriv.tolist(),
         derivative_actual=d_actual.tolist(), actual_gates_held=actual_held.tolist(), step=step, logit_diff=clean,
         spearman=spearman(pred, actual), sign_agreement=agree(pred, actual),
         spearman_derivative=spearman(deriv, d_actual), sign_agreement_derivative=agree(deriv, d_actual),
-        spearman_gates_held=spearman(pred, actual_held), sign_agreement_gates_held=agree(pred, actual_held))
+        spearman_gates_held=spearman(pred, actual_held), sign_agreement_gates_held=agree(pred, actual_held),
+        actual_all_held=zeroed(frozenset(HOLDS)).tolist(),
+        actual_released={h: v.tolist() for h, v in released.items()},
+        spearman_released={h: spearman(pred, v) for h, v in released.items()},
+        sign_agreement_released={h: agree(pred, v) for h, v in released.items()})
 
 
 # ---- faithfulness ----------------------------------------------------------------------------------------------
@@ -474,11 +458,15 @@ def faithfulness_curve(model: Any, prompt: str | list[int] | None, dictionaries:
     kept = [order[:0], order] + [order[:s] for s in sizes] + [r for rs in rand for r in rs]
     r = staged(model)
     L, F = r.spec.n_layers, dictionaries.n_features
+    dt = torch.float64 if r.w.W_U.dtype == torch.float64 else torch.float32
+    ds = dictionaries.to(r.device, dt)
+    tokens = torch.tensor([ids], device=r.device)
     lds = []
     with torch.no_grad():
+        st = clean_state(r, tokens, ds)
         for c0 in range(0, len(kept), 8):
-            muls = torch.stack(_keep_sets(graph, kept[c0:c0 + 8], L, F)).to(r.device, r.w.W_U.dtype)
-            lds.append(_logit_diffs(_forward(model, ids, dictionaries, muls, None, len(muls)).double().cpu(), diff))
+            muls = torch.stack(_keep_sets(graph, kept[c0:c0 + 8], L, F)).to(r.device, dt)
+            lds.append(_logit_diffs(held_forward(r, tokens, ds, st, muls, None, len(muls)).double().cpu(), diff))
     ld = torch.cat(lds)
     none, clean = float(ld[0]), float(ld[1])
     span = clean - none

@@ -144,6 +144,8 @@ def test_graph_check_from_the_command_line(tmp_path) -> None:  # noqa: ANN001
     data = json.loads((tmp_path / "g" / "graph.json").read_text(encoding="utf-8"))
     top, faith = data["intervention_check"]["top_features"], data["intervention_check"]["faithfulness"]
     assert len(top["predicted"]) == len(top["actual"]) == 5 and -1 <= top["spearman"] <= 1
+    assert top["actual_all_held"] == pytest.approx(top["predicted"], abs=1e-4 * max(map(abs, top["predicted"])))
+    assert sorted(top["spearman_released"]) == ["attention", "gates", "norms"]
     assert faith["recovered"][-1] == pytest.approx(1.0, abs=1e-4)
     assert faith["sizes"][-1] == data["counts"]["features"]
 
@@ -252,3 +254,57 @@ def test_graph_check_with_a_row_budget_from_the_command_line(tmp_path) -> None: 
         i = int(((full.features == torch.tensor(f)).all(1)).nonzero())
         assert p == pytest.approx(-float(exact[i]), rel=1e-9, abs=1e-12), (f, p, float(exact[i]))
         assert p == pytest.approx(-float(series[i]), rel=1e-4, abs=1e-6), (f, p, float(series[i]))
+
+
+# ---- holding attention, norms and gates (logitlab.features.held) -------------------------------------------------
+def test_holding_everything_is_the_graph(setup) -> None:  # noqa: ANN001
+    """With attention patterns, norm scales and gates held at the clean run's, the real model's code runs the
+    graph's linear model: zeroing any active feature changes Δ by exactly the graph's prediction (float64), and
+    with no edit every hold (alone or together) is the clean run."""
+    from logitlab.features.held import HOLDS
+    from logitlab.features.interventions import _diff_dir, _logit_diffs, _run_many
+    kind, m, d, g = setup
+    clean = intervene(m, PROMPT, d, [], **AC).logit_diff
+    for hold in [(h,) for h in HOLDS] + [HOLDS]:
+        assert abs(intervene(m, PROMPT, d, [], hold=hold, **AC).logit_diff - clean) < 1e-10, (kind, hold)
+    eff = predicted_effects(g)
+    pick = torch.randperm(g.n_features, generator=torch.Generator().manual_seed(0))[:24]
+    sets = [[]] + [[Edit(*(int(v) for v in g.features[i]), "zero")] for i in pick.tolist()]
+    ld = _logit_diffs(_run_many(m, list(g.tokens), d, sets, hold=HOLDS), _diff_dir(m, AC["answer"], AC["contrast"]))
+    got, want = ld[1:] - ld[0], -eff[pick]
+    assert float((got - want).abs().max()) <= 1e-9 * float(eff.abs().max()), (kind, got, want)
+    # releasing a hold is the real model's response: it differs from the linear one somewhere
+    free = _logit_diffs(_run_many(m, list(g.tokens), d, sets), _diff_dir(m, AC["answer"], AC["contrast"]))
+    assert float(((free[1:] - free[0]) - want).abs().max()) > 1e-6, kind
+    c = check_top_features(m, PROMPT, d, g, 5, **AC)
+    assert c.actual_all_held == pytest.approx(c.predicted, abs=1e-9 * float(eff.abs().max()))
+    assert set(c.actual_released) == set(HOLDS) and all(len(v) == 5 for v in c.actual_released.values())
+
+
+def test_holds_every_kind_float32(tiny_model) -> None:  # noqa: ANN001
+    """Every kind (post-norms only, parallel blocks, soft-caps, mixtures of experts, …) in float32: the holds are
+    the clean run without edits, and with all three held zeroing a feature is the graph's prediction."""
+    from logitlab.features.held import HOLDS
+    d = random_dictionaries(tiny_model.spec.d_model, tiny_model.spec.n_layers, "jumprelu")
+    g = attribute(tiny_model, PROMPT, d, **AC)
+    clean = intervene(tiny_model, PROMPT, d, [], **AC).logit_diff
+    for hold in [(h,) for h in HOLDS] + [HOLDS]:
+        assert abs(intervene(tiny_model, PROMPT, d, [], hold=hold, **AC).logit_diff - clean) < 1e-5, hold
+    eff = predicted_effects(g)
+    for i in eff.abs().argsort(descending=True)[:3].tolist():
+        f = tuple(int(v) for v in g.features[i])
+        got = intervene(tiny_model, PROMPT, d, [Edit(*f, "zero")], hold=HOLDS, **AC).logit_diff - clean
+        assert abs(got + float(eff[i])) <= 1e-4 * max(1.0, float(eff.abs().max())), (f, got, float(eff[i]))
+
+
+def test_holds_refused() -> None:
+    from logitlab.features.held import _check_holds
+    from logitlab.features.dictionary import DictionarySet
+    d = random_dictionaries(16, 2, "relu")
+    with pytest.raises(LogitlabError, match="unknown hold"):
+        _check_holds(frozenset({"patterns"}), d)
+    assert isinstance(d, DictionarySet)
+    sae = replace(d, kind="sae", input_point="mlp_out")
+    with pytest.raises(LogitlabError, match="cannot be held"):
+        _check_holds(frozenset({"norms"}), sae)
+    _check_holds(frozenset({"gates"}), sae)  # gates alone are fine
