@@ -210,3 +210,32 @@ def test_bridge_objects(tmp_path_factory: pytest.TempPathFactory, tiny_task_file
     raw = load_model(boot(), cache=False)
     d = (raw.runner.logits(tokens) - m.runner.logits(tokens)).abs().max().item()
     assert d < 1e-5, f"a raw bridge object gives logits {d:.2e} away from the path load's"
+
+
+def test_task_inputs_are_away_from_the_clamps(tmp_path_factory: pytest.TempPathFactory, tiny_task_file: Path) -> None:
+    """The clamps are kinks, as routing ties are jumps: the finite-difference checks (steps of 1e-5 along random
+    directions, test_block.py) are valid only if no unit of a kept expert at a position the metric reads is within
+    reach of a clamp: the nearest one must be several times farther than such a step moves any unit
+    (test_moe.py checks the routing ties)."""
+    from logitlab.model.moe import route
+    m, _ = _model(tmp_path_factory)
+    t = tokenize_task(load_task(tiny_task_file), m.tokenizer)
+    r, limit = m.runner, m.spec.moe.swiglu[1]
+    cache, w = r.run_with_cache(t.tokens), r.w
+    read = torch.arange(t.tokens.shape[1])[None] <= t.final_pos[:, None]  # (B, T) positions at or before the end
+    g = torch.Generator().manual_seed(0)
+
+    def units(layer: int, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = r.pre_norm(layer, 2, resid)
+        gate = torch.einsum("btd,edf->btef", x, w.W_exp_gate[layer]) + w.b_exp_gate[layer]  # (B, T, E, f)
+        up = torch.einsum("btd,edf->btef", x, w.W_exp_in[layer]) + w.b_exp_in[layer]
+        return x, gate, up
+    for layer in range(m.spec.n_layers):
+        x, gate, up = units(layer, cache.resid_mid[layer])
+        kept = route(m.spec.moe, w, layer, x)[2] > 0  # (B, T, E)
+        near = torch.minimum((gate - limit).abs(), (up.abs() - limit).abs())[kept & read[..., None]]
+        step = 1e-5 * torch.randn(cache.resid_mid[layer].shape, generator=g)
+        _, gate2, up2 = units(layer, cache.resid_mid[layer] + step)
+        moved = max((gate2 - gate).abs().max().item(), (up2 - up).abs().max().item())
+        assert near.min().item() > 5 * moved, \
+            f"layer {layer}: a unit {near.min().item():.1e} from a clamp; a step moves units by up to {moved:.1e}"
