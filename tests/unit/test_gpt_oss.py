@@ -244,14 +244,19 @@ def test_task_inputs_are_away_from_the_clamps(tmp_path_factory: pytest.TempPathF
 def test_processed_weights_cache_round_trip(tmp_path_factory: pytest.TempPathFactory, tiny_task_file: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The sinks and the router and expert biases are written to the processed-weights cache and read back: a
-    second load (from the cache, no bridge) gives the first load's logits."""
+    second load (from the cache: neither the direct reader nor the bridge) gives the first load's logits."""
     from logitlab.model.load import load_model
     m, _ = _model(tmp_path_factory)
     monkeypatch.setenv("LOGITLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
     folder = str(tmp_path_factory.getbasetemp() / "gpt_oss")
     tokens = _tokens(m, tiny_task_file)
-    first, second = load_model(folder), load_model(folder)
-    assert second._bridge is None, "the second load did not come from the cache"
+    first = load_model(folder)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the second load did not come from the cache")
+    monkeypatch.setattr("logitlab.model.sources.direct_weights", refuse)
+    monkeypatch.setattr("logitlab.model.sources.boot_bridge", refuse)
+    second = load_model(folder)
     for name in ("sinks", "b_router", "b_exp_gate", "b_exp_in", "b_exp_out"):
         assert torch.equal(getattr(second.runner.w, name), getattr(m.runner.w, name)), name
     assert torch.equal(second.runner.logits(tokens), first.runner.logits(tokens))
