@@ -16,7 +16,8 @@ KINDS += ("olmo2",)  # post-norms only, query/key norms over all heads
 KINDS += ("phi3",)  # fused projections, partial rotary with longrope past the original context, sliding window
 KINDS += ("granite",)  # embedding, attention, residual and logit multipliers
 KINDS += ("qwen3_moe",)  # mixture of experts: 4 experts, top-2 renormalised, one dense layer
-MOE_KINDS = ("qwen3_moe",)  # the mixtures of experts among KINDS
+KINDS += ("gpt_oss",)  # attention sinks, biases, alternating sliding windows, yarn; 4 experts top-2, clamped SwiGLU
+MOE_KINDS = ("qwen3_moe", "gpt_oss")  # the mixtures of experts among KINDS
 
 
 def make_tokenizer(folder: Path):  # noqa: ANN201
@@ -156,7 +157,26 @@ def make_config(kind: str, vocab: int):  # noqa: ANN201
                              num_experts_per_tok=2, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                              head_dim=16, sliding_window=8, max_position_embeddings=64, bos_token_id=0, pad_token_id=1,
                              eos_token_id=0, tie_word_embeddings=False, architectures=["MixtralForCausalLM"])
+    if kind == "gpt_oss":
+        # gpt-oss: a learned sink logit per head (scaled in make_model_folder so that it bites), biases on the
+        # query, key, value and output projections, a sliding window shorter than the prompts on layer 0 and full
+        # attention on layer 1, yarn rotary past its original context (factor 4), 4 experts (top 2, softmax over
+        # the two kept logits) with biases and a SwiGLU whose clamps bite on some units.
+        from transformers import GptOssConfig
+        return GptOssConfig(vocab_size=vocab, hidden_size=64, intermediate_size=32, num_local_experts=4,
+                            num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                            max_position_embeddings=32, swiglu_limit=GPT_OSS_LIMIT, swiglu_alpha=1.702,
+                            rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 4.0,
+                                             "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                                             "original_max_position_embeddings": 8},
+                            bos_token_id=0, pad_token_id=1, eos_token_id=0, tie_word_embeddings=False,
+                            architectures=["GptOssForCausalLM"])
     raise ValueError(kind)
+
+
+GPT_OSS_LIMIT = 2.75  # the tiny gpt-oss's swiglu_limit: the clamps bite on ~14% of units, none near the kink
+GPT_OSS_SINK_SCALE = 2.0  # its sink logits' spread, comparable to its attention scores
 
 
 def make_model_folder(kind: str, folder: Path, seed: int = 0) -> Path:
@@ -173,6 +193,8 @@ def make_model_folder(kind: str, folder: Path, seed: int = 0) -> Path:
                     p.copy_(torch.randn_like(p) * 0.3)
                 else:
                     p.copy_(1.0 + torch.randn_like(p) * 0.3 if kind != "gemma3" else torch.randn_like(p) * 0.3)
+            elif name.endswith("self_attn.sinks"):  # learned sink logits as large as the scores
+                p.copy_(torch.randn_like(p) * GPT_OSS_SINK_SCALE)
             elif "bias" in name:
                 p.copy_(torch.randn_like(p) * 0.1)
             else:

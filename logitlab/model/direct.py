@@ -37,6 +37,11 @@ Per family, beyond that:
   and each expert's gate and input weights (``read_moe_weights`` reads them so from the bridge); the dense MLPs
   of Qwen3-MoE's ``mlp_only_layers`` as Llama's; zeros where a layer has no sparse block (or no dense MLP).
   Mixtral's checkpoints name the expert weights ``w1`` (gate), ``w3`` (up), ``w2`` (down).
+* **gpt-oss**: the pre-MLP norm folded into the router's rows and the d_model rows of each expert's interleaved
+  ``gate_up_proj`` (E, d_model, 2·d_expert), then split into gate (even columns) and up (odd columns) as
+  ``read_gpt_oss_moe_weights`` reads them from the bridge; router and expert biases and the attention sinks as
+  stored. Its value biases are **not** folded (attention sinks: pattern rows sum to less than 1; the bridge is
+  booted without that fold, ``model/bridge.py``): ``b_V`` as stored, ``b_O`` the output projection's own bias.
 * **Granite**: the Llama processing, then its multipliers as ``read_weights`` applies them to the bridge's
   processed weights: ``W_O``, ``b_O`` (after the value biases are folded through the unscaled ``W_O``) and
   ``W_out`` times ``residual_multiplier``, the centred unembedding divided by ``logits_scaling``.
@@ -61,7 +66,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from logitlab.model.spec import ArchSpec, Weights
+from logitlab.model.spec import KEEPS_VALUE_BIASES, ArchSpec, Weights
 
 __all__ = ["DIRECT_MODEL_TYPES", "direct_reason", "direct_weights"]
 
@@ -69,8 +74,8 @@ log = logging.getLogger(__name__)
 
 #: Hugging Face model types whose first load skips the bridge (all others take the bridge path).
 DIRECT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "olmo2", "phi3",
-                                "granite", "qwen3_moe", "olmoe", "mixtral"})
-_MOE = frozenset({"qwen3_moe", "olmoe", "mixtral"})  # mixtures of experts (model/moe.py)
+                                "granite", "qwen3_moe", "olmoe", "mixtral", "gpt_oss"})
+_MOE = frozenset({"qwen3_moe", "olmoe", "mixtral", "gpt_oss"})  # mixtures of experts (model/moe.py)
 _ALL_HEADS_QK_NORM = frozenset({"olmo2", "olmoe"})  # one query (key) norm over all heads together
 _GEMMA = frozenset({"gemma2", "gemma3_text"})  # RMSNorm (1 + w), sandwich norms
 _POST_NORMS = _GEMMA | {"olmo2"}  # norms after attention and the MLP
@@ -178,7 +183,13 @@ def _expected(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> dict[str, tuple[in
         else:
             want |= {p + "self_attn.q_proj.weight": (H * dh, D), p + "self_attn.k_proj.weight": (K * dh, D),
                      p + "self_attn.v_proj.weight": (K * dh, D)}
-        if _sparse(spec, i):
+        if mt == "gpt_oss":  # sinks; router and experts with biases, gate/up in one tensor
+            E, f = spec.moe.n_experts, spec.moe.d_expert
+            q = p + "mlp."
+            want |= {p + "self_attn.sinks": (H,), q + "router.weight": (E, D), q + "router.bias": (E,),
+                     q + "experts.gate_up_proj": (E, D, 2 * f), q + "experts.gate_up_proj_bias": (E, 2 * f),
+                     q + "experts.down_proj": (E, f, D), q + "experts.down_proj_bias": (E, D)}
+        elif _sparse(spec, i):
             assert spec.moe is not None
             f = spec.moe.d_expert
             router, experts = _experts(spec, i)
@@ -218,6 +229,8 @@ def _check(cfg: Any, spec: ArchSpec, ckpt: _Checkpoint) -> None:
     if (spec.moe is not None) != (mt in _MOE) or spec.positional != "rotary" or spec.parallel \
             or (mt != "granite" and (spec.residual_multiplier != 1.0 or spec.logits_scaling != 1.0)):
         raise _NotCovered("the spec has a feature the direct load does not handle")
+    if spec.attn_sinks != (mt == "gpt_oss") or (mt == "gpt_oss" and not all(spec.moe.sparse)):
+        raise _NotCovered("unexpected attention or sparse-block layout for this family")
     if spec.post_norms != (mt in _POST_NORMS) or spec.pre_norms != (mt != "olmo2") \
             or spec.qk_norm_all_heads != (mt in _ALL_HEADS_QK_NORM) or spec.normalization != "RMS" \
             or not spec.gated_mlp:
@@ -323,6 +336,10 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         E, f = spec.moe.n_experts, spec.moe.d_expert
         moe = {"W_router": out(L, E, D), "W_exp_gate": out(L, E, D, f), "W_exp_in": out(L, E, D, f),
                "W_exp_out": out(L, E, f, D)}
+        if spec.moe.biases:  # gpt-oss
+            moe |= {"b_router": out(L, E), "b_exp_gate": out(L, E, f), "b_exp_in": out(L, E, f),
+                    "b_exp_out": out(L, E, D)}
+    sinks = out(L, H) if spec.attn_sinks else None
     for i in range(L):
         p = f"model.layers.{i}."
         # Attention: fold the pre-norm's scale into W_Q, W_K, W_V (TransformerLens layout: head, d_model, d_head);
@@ -340,9 +357,12 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         wo = f32(p + "self_attn.o_proj.weight").reshape(D, H, dh).permute(1, 2, 0)  # (H, dh, D)
         put(W_O[i], wo * m if m != 1.0 else wo)
         bo = bias(p + "self_attn.o_proj.bias", D)
-        if p + "self_attn.v_proj.bias" in ckpt.files:
-            bo = _fold_value_biases(bo, bias(p + "self_attn.v_proj.bias", K, dh), wo)  # through the unscaled W_O
-        put(b_V[i], torch.zeros(K, dh))
+        if spec.model_type in KEEPS_VALUE_BIASES:  # attention sinks: value biases stay in the values (spec.py)
+            put(b_V[i], bias(p + "self_attn.v_proj.bias", K, dh))
+        else:
+            if p + "self_attn.v_proj.bias" in ckpt.files:
+                bo = _fold_value_biases(bo, bias(p + "self_attn.v_proj.bias", K, dh), wo)  # through the unscaled W_O
+            put(b_V[i], torch.zeros(K, dh))
         put(b_O[i], bo * m if m != 1.0 else bo)
         del wo
         # MLP: fold the pre-MLP norm's scale into the gate and input weights (d_model, d_mlp); in a sparse block
@@ -350,7 +370,21 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         if moe:
             for t in moe.values():
                 t[i].zero_()  # stays zero on a dense layer
-        if _sparse(spec, i):
+        if spec.model_type == "gpt_oss":  # as read_gpt_oss_moe_weights: gate/up de-interleaved (even: gate)
+            g2, q = norm(p + "post_attention_layernorm.weight"), p + "mlp."
+            put(moe["W_router"][i], f32(q + "router.weight") * g2[None, :])  # (expert, d_model)
+            put(moe["b_router"][i], f32(q + "router.bias"))
+            gate_up = f32(q + "experts.gate_up_proj") * g2[None, :, None]  # (expert, d_model, 2·d_expert)
+            put(moe["W_exp_gate"][i], gate_up[..., ::2])
+            put(moe["W_exp_in"][i], gate_up[..., 1::2])
+            b = f32(q + "experts.gate_up_proj_bias")  # (expert, 2·d_expert)
+            put(moe["b_exp_gate"][i], b[..., ::2])
+            put(moe["b_exp_in"][i], b[..., 1::2])
+            put(moe["W_exp_out"][i], f32(q + "experts.down_proj"))  # (expert, d_expert, d_model)
+            put(moe["b_exp_out"][i], f32(q + "experts.down_proj_bias"))
+            put(sinks[i], f32(p + "self_attn.sinks"))
+            del gate_up
+        elif _sparse(spec, i):
             g2 = norm(p + "post_attention_layernorm.weight")
             router, experts = _experts(spec, i)
             put(moe["W_router"][i], f32(router) * g2[None, :])  # (expert, d_model)
@@ -407,5 +441,6 @@ def _read(ckpt: _Checkpoint, cfg: Any, spec: ArchSpec, dtype: torch.dtype, devic
         lnf_w=const(1.0, D) if fold_final else gf.to(device=device, dtype=dtype),
         W_U=W_U, b_U=const(0.0, W_U.shape[1]),
         W_router=moe.get("W_router"), W_exp_gate=moe.get("W_exp_gate"), W_exp_in=moe.get("W_exp_in"),
-        W_exp_out=moe.get("W_exp_out"),
+        W_exp_out=moe.get("W_exp_out"), b_router=moe.get("b_router"), b_exp_gate=moe.get("b_exp_gate"),
+        b_exp_in=moe.get("b_exp_in"), b_exp_out=moe.get("b_exp_out"), sinks=sinks,
     )

@@ -1,9 +1,15 @@
-"""Mixtures of experts (Qwen3-MoE, OLMoE, Mixtral) on logitlab's own forward pass.
+"""Mixtures of experts (Qwen3-MoE, OLMoE, Mixtral, gpt-oss) on logitlab's own forward pass.
 
 A sparse block replaces a layer's MLP: a router (one linear map, no bias) gives each token a logit per expert, a
 softmax turns them into probabilities (in float32), the ``top_k`` largest are kept (and divided by their sum where
 the model renormalises them: ``norm_topk_prob``, always on Mixtral), and the block's output is the sum of the kept
 experts' gated MLPs, each times its weight. This is what the Hugging Face modules compute.
+
+gpt-oss differs in three places (``MoE.topk_softmax``, ``MoE.swiglu``, the biases): its router has a bias and keeps
+the ``top_k`` largest *logits*, then takes the softmax over those k only; each expert has biases on its gate/up and
+down projections, and its activation is a clamped SwiGLU: gate ≤ limit, −limit ≤ up ≤ limit,
+hidden = (up + 1) · gate · σ(alpha · gate). Its checkpoints store gate and up *interleaved* (even columns gate,
+odd columns up) in one (expert, d_model, 2·d_expert) tensor.
 
 **Routing is recomputed, never frozen.** The experts a token uses depend on its input, so every forward pass
 (clean run, sweeps, cached prefixes, the graph forward, gradients) routes again: an ablation or a patch upstream of
@@ -24,6 +30,7 @@ attribution, ablation, activation patching and circuits treat it as a layer's ML
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +41,7 @@ from torch import Tensor
 
 from logitlab.errors import LogitlabError
 
-__all__ = ["MoE", "read_moe", "read_moe_weights", "route", "moe_forward"]
+__all__ = ["MoE", "read_moe", "read_moe_weights", "read_gpt_oss_moe_weights", "route", "moe_forward"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +53,11 @@ class MoE:
     norm_topk_prob: bool  # divide the kept probabilities by their sum
     d_expert: int  # hidden units of one expert
     sparse: tuple[bool, ...]  # per layer: a sparse block (else the layer has a dense MLP)
+    # gpt-oss: top-k on the router's logits, then a softmax over the k kept (not a softmax over all, then top-k)
+    topk_softmax: bool = False
+    # gpt-oss: (alpha, limit) of the experts' clamped SwiGLU (replaces the model's activation); None: act(gate) · up
+    swiglu: tuple[float, float] | None = None
+    biases: bool = False  # gpt-oss: router and expert biases (b_router, b_exp_gate, b_exp_in, b_exp_out)
 
 
 #: Config keys about experts and routing that each family's reader understands. Any other key that names experts,
@@ -58,6 +70,8 @@ _MOE_KEYS = {
     "olmoe": {"num_experts", "num_experts_per_tok", "norm_topk_prob", "output_router_logits", "router_aux_loss_coef"},
     "mixtral": {"num_local_experts", "num_experts_per_tok", "output_router_logits", "router_aux_loss_coef",
                 "router_jitter_noise"},
+    "gpt_oss": {"num_local_experts", "num_experts_per_tok", "output_router_logits", "router_aux_loss_coef",
+                "experts_per_token"},
 }
 _MOE_WORDS = re.compile(r"expert|router|moe|top_?k|shared|sparse|mlp_only|capacity|routed|gating", re.IGNORECASE)
 
@@ -72,6 +86,13 @@ def read_moe(cfg: Any, model_type: str, n_layers: int) -> MoE:
     E, k = int(cfg.num_experts), int(cfg.num_experts_per_tok)  # num_experts: an alias of num_local_experts
     if not 1 <= k <= E:
         raise LogitlabError(f"{model_type}: num_experts_per_tok = {k} with {E} experts")
+    if model_type == "gpt_oss":
+        alpha, limit = float(cfg.swiglu_alpha), float(cfg.swiglu_limit)
+        if not (math.isfinite(alpha) and math.isfinite(limit) and limit > 0):
+            raise LogitlabError(f"gpt_oss: swiglu_alpha = {alpha!r}, swiglu_limit = {limit!r}: logitlab needs finite "
+                                "values and a positive limit")
+        return MoE(n_experts=E, top_k=k, norm_topk_prob=False, d_expert=int(cfg.intermediate_size),
+                   sparse=(True,) * n_layers, topk_softmax=True, swiglu=(alpha, limit), biases=True)
     if model_type == "qwen3_moe":
         step, dense = int(cfg.decoder_sparse_step), set(cfg.mlp_only_layers or ())
         if step < 1:
@@ -121,23 +142,77 @@ def read_moe_weights(blocks: list[Any], moe: MoE, d_model: int) -> dict[str, Ten
     return out
 
 
+def read_gpt_oss_moe_weights(blocks: list[Any], moe: MoE, d_model: int) -> dict[str, Tensor]:
+    """gpt-oss's routers and experts, with their biases, from the bridge's blocks (the pre-MLP norm folded by
+    TransformerLens into the router's rows and the experts' gate/up rows, as for the other families).
+
+    Returns :func:`read_moe_weights`' names (the dense ``W_in``, ``W_gate``, ``W_out`` with width 0: every layer is
+    sparse) and ``b_router`` (layer, expert), ``b_exp_gate``, ``b_exp_in`` (layer, expert, d_expert),
+    ``b_exp_out`` (layer, expert, d_model). Gate and up are de-interleaved: even columns gate, odd columns up.
+    """
+    L, E, f, D = len(blocks), moe.n_experts, moe.d_expert, d_model
+    if not all(moe.sparse):
+        raise LogitlabError("gpt_oss: every layer must be a sparse block")
+    out = {"W_in": torch.zeros(L, D, 0), "W_gate": torch.zeros(L, D, 0), "W_out": torch.zeros(L, 0, D)}
+    for l, b in enumerate(blocks):
+        m = getattr(b.mlp, "original_component", b.mlp)
+        ex, r = m.experts, getattr(m.router, "original_component", m.router)
+        got = {"W_router": r.weight, "b_router": r.bias, "gate_up": ex.gate_up_proj, "b_gate_up": ex.gate_up_proj_bias,
+               "W_exp_out": ex.down_proj, "b_exp_out": ex.down_proj_bias}
+        want = {"W_router": (E, D), "b_router": (E,), "gate_up": (E, D, 2 * f), "b_gate_up": (E, 2 * f),
+                "W_exp_out": (E, f, D), "b_exp_out": (E, D)}
+        bad = {k: tuple(v.shape) for k, v in got.items() if tuple(v.shape) != want[k]}
+        if bad:
+            raise LogitlabError(f"layer {l}: unexpected gpt-oss expert weight shapes {bad} ({E} experts of {f} units)")
+        got = {k: v.detach().float() for k, v in got.items()}
+        # interleaved: gate_up[..., 2i] is unit i's gate, gate_up[..., 2i + 1] its up projection
+        got |= {"W_exp_gate": got["gate_up"][..., ::2], "W_exp_in": got["gate_up"][..., 1::2],
+                "b_exp_gate": got["b_gate_up"][..., ::2], "b_exp_in": got["b_gate_up"][..., 1::2]}
+        for k in ("W_router", "b_router", "W_exp_gate", "W_exp_in", "W_exp_out", "b_exp_gate", "b_exp_in", "b_exp_out"):
+            out.setdefault(k, torch.zeros(L, *got[k].shape))[l] = got[k]
+    return out
+
+
 def route(moe: MoE, w: Any, layer: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The router of sparse block ``layer`` on its normed input ``x`` (..., D): every expert's probability
-    (..., E) (float32, or float64), the kept experts (..., top_k) and their weights (..., E), zero elsewhere."""
+    (..., E) (float32, or float64), the kept experts (..., top_k) and their weights (..., E), zero elsewhere.
+
+    gpt-oss (``topk_softmax``): the router's logits (plus its bias) choose the ``top_k`` experts and the weights
+    are the softmax over those k logits; the probabilities returned are then the softmax over all the logits
+    (their order is the logits', so they rank the experts as the router does).
+    """
     logits = x @ w.W_router[layer].T  # (..., E)
+    if moe.biases:
+        logits = logits + w.b_router[layer]
     # float32 as the Hugging Face routers (float64 stays float64, e.g. for gradient checks)
-    probs = torch.softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
-    top, idx = torch.topk(probs, moe.top_k, dim=-1)
-    if moe.norm_topk_prob:
-        top = top / top.sum(-1, keepdim=True)
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    probs = torch.softmax(logits, dim=-1)
+    if moe.topk_softmax:
+        top, idx = torch.topk(logits, moe.top_k, dim=-1)
+        top = torch.softmax(top, dim=-1)
+    else:
+        top, idx = torch.topk(probs, moe.top_k, dim=-1)
+        if moe.norm_topk_prob:
+            top = top / top.sum(-1, keepdim=True)
     return probs, idx, torch.zeros_like(probs).scatter(-1, idx, top)
+
+
+def _clamped_swiglu(gate: Tensor, up: Tensor, alpha: float, limit: float) -> Tensor:
+    """gpt-oss's expert activation: gate ≤ limit, −limit ≤ up ≤ limit, (up + 1) · gate · σ(alpha · gate)."""
+    gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+    return (up + 1) * gate * torch.sigmoid(gate * alpha)
 
 
 def moe_forward(moe: MoE, w: Any, layer: int, x: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
     """A sparse block's output (..., D) for its normed input ``x`` (..., D); ``w`` holds the weights
-    (:func:`read_moe_weights`' names), ``act`` is the experts' activation."""
+    (:func:`read_moe_weights`' names), ``act`` is the experts' activation (gpt-oss: its clamped SwiGLU instead)."""
     weights = route(moe, w, layer, x)[2].to(x.dtype)  # (..., E): zero for experts not kept
-    hidden = act(torch.einsum("...d,edf->...ef", x, w.W_exp_gate[layer])) \
-        * torch.einsum("...d,edf->...ef", x, w.W_exp_in[layer])  # (..., E, f)
+    gate = torch.einsum("...d,edf->...ef", x, w.W_exp_gate[layer])  # (..., E, f)
+    up = torch.einsum("...d,edf->...ef", x, w.W_exp_in[layer])
+    if moe.biases:
+        gate, up = gate + w.b_exp_gate[layer], up + w.b_exp_in[layer]
+    hidden = act(gate) * up if moe.swiglu is None else _clamped_swiglu(gate, up, *moe.swiglu)  # (..., E, f)
     out = torch.einsum("...ef,efd->...ed", hidden, w.W_exp_out[layer])  # each expert's output (..., E, D)
+    if moe.biases:
+        out = out + w.b_exp_out[layer]
     return torch.einsum("...e,...ed->...d", weights, out)

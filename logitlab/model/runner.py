@@ -27,7 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from logitlab.model.backend import GRAD, SWEEP
-from logitlab.model.kernels import softcapped_attention
+from logitlab.model.kernels import explicit_attention
 from logitlab.model.moe import moe_forward
 from logitlab.model.readout import CleanCache, Readout, wide
 from logitlab.model.rotary import Rotary, apply_rope, rope_cos_sin
@@ -196,8 +196,8 @@ class Runner(Readout):
         window = s.sliding_window[layer]
         if window is not None:
             allowed = allowed & (qidx - idx[None, None, :] < window)
-        if s.attn_softcap is not None:
-            return softcapped_attention(q, k, v, allowed, self.spec, need_pattern)
+        if s.attn_softcap is not None or s.attn_sinks:  # the explicit kernel: soft-capped scores, attention sinks
+            return explicit_attention(q, k, v, allowed, s, need_pattern, w.sinks[layer] if s.attn_sinks else None)
         # z always comes from the fused kernel, so the clean run and every sweep share one attention path (in
         # bfloat16 two paths would round differently, and "ablating nothing" would not reproduce the baseline).
         z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),

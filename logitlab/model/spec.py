@@ -15,18 +15,23 @@ import torch
 from torch import Tensor
 
 from logitlab.errors import LogitlabError
-from logitlab.model.moe import MoE, read_moe, read_moe_weights
+from logitlab.model.moe import MoE, read_gpt_oss_moe_weights, read_moe, read_moe_weights
 from logitlab.model.rotary import ROPE_TYPES, Rotary, cfg_value as _cfg, read_rotary
 
-__all__ = ["ArchSpec", "Rotary", "Weights", "SUPPORTED_MODEL_TYPES", "ROPE_TYPES", "read_spec", "read_weights",
-           "read_rotary"]
+__all__ = ["ArchSpec", "Rotary", "Weights", "SUPPORTED_MODEL_TYPES", "KEEPS_VALUE_BIASES", "ROPE_TYPES", "read_spec",
+           "read_weights", "read_rotary"]
 
 # model_type (HF config) -> family. Gemma-2's final logit soft-cap makes the logits a non-linear function of the
 # residual stream: its direct attributions decompose the logit difference before the cap (docs/models.md).
 SUPPORTED_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "llama",
                          "qwen3": "llama", "gemma2": "gemma2", "gemma3_text": "gemma3", "gpt_neox": "neox",
                          "olmo2": "olmo2", "phi3": "phi3", "granite": "granite", "qwen3_moe": "moe",
-                         "olmoe": "moe", "mixtral": "moe"}
+                         "olmoe": "moe", "mixtral": "moe", "gpt_oss": "gpt_oss"}
+
+#: Model types with attention sinks: each pattern row sums to less than 1, so a value bias adds (row sum) · b_V to z,
+#: not b_V, and cannot be folded into the output bias. The bridge is booted without that fold for these
+#: (``model/bridge.py``), and ``read_weights`` refuses a bridge processed otherwise.
+KEEPS_VALUE_BIASES = frozenset({"gpt_oss"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +67,7 @@ class ArchSpec:
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
     moe: MoE | None = None  # mixtures of experts: the router and experts of the sparse blocks (model/moe.py)
+    attn_sinks: bool = False  # gpt-oss: a learned logit per head joins each row's softmax (Weights.sinks, kernels.py)
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
@@ -115,6 +121,12 @@ class Weights:
     W_exp_gate: Tensor | None = None  # (layer, expert, d_model, d_expert)
     W_exp_in: Tensor | None = None  # (layer, expert, d_model, d_expert)
     W_exp_out: Tensor | None = None  # (layer, expert, d_expert, d_model)
+    # gpt-oss: router and expert biases (MoE.biases), and each head's attention-sink logit (ArchSpec.attn_sinks)
+    b_router: Tensor | None = None  # (layer, expert)
+    b_exp_gate: Tensor | None = None  # (layer, expert, d_expert)
+    b_exp_in: Tensor | None = None  # (layer, expert, d_expert)
+    b_exp_out: Tensor | None = None  # (layer, expert, d_model)
+    sinks: Tensor | None = None  # (layer, head)
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Weights:
         """These weights on ``device`` in ``dtype`` (tensors already there are shared, not copied).
@@ -331,9 +343,57 @@ def _read_moe(cfg: Any, s: _Shape) -> ArchSpec:
     return replace(_read_llama(cfg, s), qk_norm=s.model_type == "qwen3_moe", moe=moe)
 
 
+#: The gpt-oss config keys logitlab reads or knows to be irrelevant to the forward pass it runs (besides the keys every
+#: transformers config has); any other key is refused by name. ``hidden_act`` is not used by the Hugging Face
+#: modules (the experts apply their clamped SwiGLU); ``attention_dropout``, ``initializer_range``,
+#: ``router_aux_loss_coef`` and ``output_router_logits`` act in training only; ``experts_per_token`` and
+#: ``initial_context_length`` are duplicates the released config.json files carry and transformers ignores
+#: (the first must equal ``num_experts_per_tok``); ``quantization_config`` is how the checkpoint is stored
+#: (transformers dequantises it on load).
+_GPT_OSS_KEYS = frozenset({
+    "attention_bias", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id", "head_dim", "hidden_act",
+    "hidden_size", "initializer_range", "intermediate_size", "layer_types", "max_position_embeddings",
+    "num_attention_heads", "num_experts_per_tok", "num_hidden_layers", "num_key_value_heads", "num_local_experts",
+    "output_router_logits", "rms_norm_eps", "rope_parameters", "router_aux_loss_coef", "sliding_window",
+    "swiglu_alpha", "swiglu_limit", "tie_word_embeddings", "use_cache", "vocab_size", "experts_per_token",
+    "initial_context_length", "quantization_config"})
+_GENERIC_KEYS = frozenset({
+    "_name_or_path", "architectures", "chunk_size_feed_forward", "dtype", "torch_dtype", "id2label",
+    "is_encoder_decoder", "label2id", "model_type", "output_attentions", "output_hidden_states", "problem_type",
+    "return_dict", "transformers_version", "tokenizer_class", "_attn_implementation_autoset"})
+
+
+def _read_gpt_oss(cfg: Any, s: _Shape) -> ArchSpec:
+    """gpt-oss: RMSNorm, grouped KV heads with biases on the query, key, value and output projections, a learned
+    attention-sink logit per head, sliding-window and full attention alternating by ``layer_types``, yarn rotary,
+    every MLP a sparse block (router with a bias, softmax over the top-k logits, experts with biases and a clamped
+    SwiGLU: model/moe.py). Config keys outside a known list are refused by name."""
+    unknown = sorted(set(cfg.to_dict()) - _GPT_OSS_KEYS - _GENERIC_KEYS)
+    if unknown:
+        raise LogitlabError(f"gpt_oss: config options {unknown} are not supported by logitlab",
+                            "refused rather than guess what they change in the forward pass")
+    if getattr(cfg, "experts_per_token", None) not in (None, cfg.num_experts_per_tok):
+        raise LogitlabError(f"gpt_oss: experts_per_token = {cfg.experts_per_token} differs from "
+                            f"num_experts_per_tok = {cfg.num_experts_per_tok} (transformers uses the latter)")
+    layer_types = list(getattr(cfg, "layer_types", None) or ())
+    unknown = sorted(set(layer_types) - {"sliding_attention", "full_attention"})
+    if unknown or len(layer_types) != s.n_layers:
+        raise LogitlabError(f"gpt_oss: layer_types {layer_types} (expected one of sliding_attention, "
+                            f"full_attention per layer, {s.n_layers} layers)")
+    window = getattr(cfg, "sliding_window", None)
+    if window is None and "sliding_attention" in layer_types:
+        raise LogitlabError("gpt_oss: sliding_attention layers without a sliding_window")
+    return ArchSpec(**s.as_kwargs(), n_kv_heads=int(_cfg(cfg, "num_key_value_heads", default=s.n_heads)),
+                    normalization="RMS", eps=float(cfg.rms_norm_eps), positional="rotary",
+                    rotary=(read_rotary(cfg, None, s.d_head),) * s.n_layers,
+                    sliding_window=tuple(int(window) if t == "sliding_attention" else None for t in layer_types),
+                    act_fn="silu", gated_mlp=True, post_norms=False, qk_norm=False, attn_scale=s.d_head ** -0.5,
+                    embed_scale=1.0, moe=read_moe(cfg, s.model_type, s.n_layers), attn_sinks=True)
+
+
 _READERS: dict[str, Callable[[Any, _Shape], ArchSpec]] = {
     "gpt2": _read_gpt2, "neox": _read_neox, "gemma2": _read_gemma2, "gemma3": _read_gemma3, "llama": _read_llama,
-    "olmo2": _read_olmo2, "phi3": _read_phi3, "granite": _read_granite, "moe": _read_moe}
+    "olmo2": _read_olmo2, "phi3": _read_phi3, "granite": _read_granite, "moe": _read_moe, "gpt_oss": _read_gpt_oss}
 
 
 def _norm_params(module: Any, offset: bool, d: int) -> tuple[Tensor, Tensor]:
@@ -393,7 +453,19 @@ def read_weights(bridge: Any, spec: ArchSpec, dtype: torch.dtype = torch.float32
         kn = take(torch.stack([_norm_params(b.attn.k_norm, offset, nk)[0] for b in blocks]))
         if qn.shape[-1] != nq or kn.shape[-1] != nk:
             raise LogitlabError(f"unexpected query/key norm sizes {qn.shape[-1]}, {kn.shape[-1]} (expected {nq}, {nk})")
-    moe = {} if spec.moe is None else read_moe_weights(blocks, spec.moe, D)  # experts, and dense layers' MLPs
+    moe = {} if spec.moe is None else (read_gpt_oss_moe_weights if spec.model_type == "gpt_oss" else
+                                       read_moe_weights)(blocks, spec.moe, D)  # experts, and dense layers' MLPs
+    sinks = None
+    if spec.attn_sinks:
+        if spec.model_type in KEEPS_VALUE_BIASES and not getattr(bridge, "logitlab_value_biases_kept", False):
+            raise LogitlabError(f"{spec.model_type}: this TransformerBridge was not booted by logitlab, and its "
+                                "value biases may have been folded into the output bias, which is wrong with "
+                                "attention sinks (pattern rows sum to less than 1)",
+                                "pass the bridge before enable_compatibility_mode(), or load the model by path")
+        sinks = take(torch.stack([getattr(b.attn, "original_component", b.attn).sinks.detach().float()
+                                  for b in blocks]))
+        if sinks.shape != (L, H):
+            raise LogitlabError(f"unexpected attention-sink shape {tuple(sinks.shape)} (expected {(L, H)})")
     W_gate = (take(moe["W_gate"]) if moe else take(bridge.W_gate)) if spec.gated_mlp else None
     W_in = take(moe["W_in"]) if moe else take(bridge.W_in)
     d_mlp = W_in.shape[-1]
@@ -415,5 +487,7 @@ def read_weights(bridge: Any, spec: ArchSpec, dtype: torch.dtype = torch.float32
         ln2_w=take(torch.stack([w for w, _ in ln2])), ln2_b=take(torch.stack([b for _, b in ln2])),
         post1_w=post1, post2_w=post2, q_norm_w=qn, k_norm_w=kn, lnf_w=take(lnf[0]), lnf_b=take(lnf[1]),
         W_U=W_U, b_U=take(_stack_or_zeros(bridge, "b_U", (W_U.shape[1],)), div=ls),
-        **{k: take(moe[k]) if moe else None for k in ("W_router", "W_exp_gate", "W_exp_in", "W_exp_out")},
+        **{k: take(moe[k]) if k in moe else None for k in ("W_router", "W_exp_gate", "W_exp_in", "W_exp_out",
+                                                           "b_router", "b_exp_gate", "b_exp_in", "b_exp_out")},
+        sinks=sinks,
     )

@@ -278,7 +278,8 @@ def test_path_patching_precision_target(tiny_model, tt) -> None:  # noqa: ANN001
     assert torch.allclose(strict.node.mean, plain.node.mean, atol=1e-5, equal_nan=True)
     assert strict.n_pairs == plain.n_pairs
     w = plain.headline_width()
-    assert w is None or (w >= 0 and strict.precision["achieved"] == w)
+    # the strict run batches its pairs in rounds: its numbers equal the plain run's to float32 rounding (as above)
+    assert w is None or (w >= 0 and abs(strict.precision["achieved"] - w) <= 1e-5)
 
 
 def _mix_per_layer(runner, x, m, pre_ref, out_ref, diff, head_idx, items, ref_rows=None):  # noqa: ANN001, ANN202

@@ -48,6 +48,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3_moe_all_sparse": ("qwen3_moe", {"mlp_only_layers": []}),  # no dense MLP: width 0
     "olmoe": ("olmoe", {}),  # every layer sparse, query/key norms over all heads
     "mixtral": ("mixtral", {}),  # block_sparse_moe.experts.E.w1 (gate), w3 (up), w2 (down)
+    "gpt_oss": ("gpt_oss", {}),  # sinks, value biases kept, router/expert biases, interleaved gate_up_proj
 }
 _STORED_BF16 = "qwen2_bf16"  # the qwen2 checkpoint stored in bfloat16
 _STORED_F16 = "gemma3_f16"  # the gemma3 checkpoint stored in float16
@@ -151,7 +152,7 @@ def test_direct_weights_equal_the_bridge_path(folders: dict[str, Path], name: st
 
 
 @pytest.mark.parametrize("name", ["llama_gqa_bias", "qwen2", "gemma2_softcap", "gemma3", _SHARDED, "olmo2", "phi3",
-                                  "granite_bias", "qwen3_moe", "olmoe", "mixtral"])
+                                  "granite_bias", "qwen3_moe", "olmoe", "mixtral", "gpt_oss"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_direct_load_logits_equal_the_bridge_path(folders: dict[str, Path], name: str, dtype: str,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:

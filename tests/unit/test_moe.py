@@ -1,6 +1,7 @@
-"""Mixtures of experts (Qwen3-MoE, OLMoE, Mixtral) on logitlab's own forward pass.
+"""Mixtures of experts (Qwen3-MoE, OLMoE, Mixtral, gpt-oss) on logitlab's own forward pass.
 
-The invariant suite runs on the tiny kind ``qwen3_moe`` (tests/tiny.py KINDS). Here each of the three families
+The invariant suite runs on the tiny kinds ``qwen3_moe`` and ``gpt_oss`` (tests/tiny.py KINDS; gpt-oss's own
+checks are in test_gpt_oss.py). Here each of the four families
 (``model_kind``) is checked against Hugging Face (logits, every layer's MoE output, the lens and DLA), its sweeps
 against one hooked forward per intervention and its gradients against finite differences; then routing itself:
 the test inputs are away from routing ties (so finite differences are valid), integrated gradients are complete
@@ -31,7 +32,7 @@ from logitlab.task import load_task, tokenize_task
 from tests.unit.test_block import test_gradients_through_the_block_match_finite_differences as _gradients_check
 from tests.unit.test_families import _centre, _lens_against_hf, _load
 
-FAMILIES = ["qwen3_moe", "olmoe", "mixtral"]
+FAMILIES = ["qwen3_moe", "olmoe", "mixtral", "gpt_oss"]
 
 
 def _model(kind: str, factory: pytest.TempPathFactory) -> tuple[Any, Any]:
@@ -45,7 +46,9 @@ def test_hf_parity_logits_and_each_moe_output(model_kind: str, tmp_path_factory:
     assert m.spec.moe is not None and m.runner.__class__ is Runner
     t = tokenize_task(load_task(tiny_task_file), m.tokenizer)
     seen: list[torch.Tensor] = []
-    hooks = [layer.mlp.register_forward_hook(lambda _m, _a, out: seen.append(out)) for layer in hf.model.layers]
+    # (gpt-oss's block returns its output and the router scores)
+    hooks = [layer.mlp.register_forward_hook(lambda _m, _a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+             for layer in hf.model.layers]
     try:
         with torch.no_grad():
             ref = hf(t.tokens).logits
