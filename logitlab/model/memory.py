@@ -110,22 +110,37 @@ class _Count:
     source: str
 
 
+def _mxfp4_pair(header: dict[str, Any], name: str, info: dict[str, Any]) -> str | None:
+    """"blocks" or "scales" when ``name`` is half of an MXFP4 pair (gpt-oss's released experts): ``X_blocks``
+    (uint8, two 4-bit values a byte, 16 bytes a group of 32) and ``X_scales`` (uint8, one exponent a group). A load
+    dequantises the pair into ``X``, whose parameters are twice the blocks' bytes; the scales are not parameters."""
+    if info.get("dtype") != "U8":
+        return None
+    for part, other in (("blocks", "scales"), ("scales", "blocks")):
+        if name.endswith(f"_{part}") and header.get(f"{name[:-len(part)]}{other}", {}).get("dtype") == "U8":
+            return part
+    return None
+
+
 def _safetensors_count(files: list[Path]) -> _Count:
-    """Parameters from safetensors headers (8-byte length, then a JSON table of shapes)."""
+    """Parameters from safetensors headers (8-byte length, then a JSON table of shapes); an MXFP4 pair counts as the
+    tensor it dequantises into (:func:`_mxfp4_pair`)."""
     total, embed, has_head = 0, 0, False
+    header: dict[str, Any] = {}  # every shard's table (a pair's halves may sit in different shards)
     for f in files:
         with f.open("rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            numel = math.prod(info["shape"])
-            total += numel
-            if name.endswith(("embed_tokens.weight", "wte.weight", "embed_in.weight", "word_embeddings.weight")):
-                embed = max(embed, numel)
-            if name.endswith(("lm_head.weight", "embed_out.weight")):
-                has_head = True
+            header.update(json.loads(fh.read(n)))
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        packed = _mxfp4_pair(header, name, info)
+        numel = {"blocks": 2, "scales": 0}.get(packed or "", 1) * math.prod(info["shape"])
+        total += numel
+        if name.endswith(("embed_tokens.weight", "wte.weight", "embed_in.weight", "word_embeddings.weight")):
+            embed = max(embed, numel)
+        if name.endswith(("lm_head.weight", "embed_out.weight")):
+            has_head = True
     return _Count(total, embed, not has_head, f"the safetensors headers of {', '.join(f.name for f in files[:3])}")
 
 

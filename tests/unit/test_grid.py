@@ -251,6 +251,27 @@ def test_gguf_parameters_are_read_from_the_tensor_table(tmp_path: Path) -> None:
     assert (count.n_params, count.embed, count.tied) == (3 * 8 + 8 * 8, 24, True)
 
 
+def test_mxfp4_pairs_count_as_their_dequantised_tensors(tmp_path: Path) -> None:
+    """gpt-oss's released experts: X_blocks (uint8, two 4-bit values a byte) and X_scales (uint8, one exponent per 32
+    values) dequantise into X: X's parameters are twice the blocks' bytes; the scales are not parameters. The pair
+    may be split across shards; a lone uint8 tensor counts as it is."""
+    import torch
+    from safetensors.torch import save_file
+
+    from logitlab.model.memory import _safetensors_count
+    E, rows, D = 2, 8, 64  # dequantised: (E, rows, D) = 1,024 values in D / 32 groups of 16 bytes
+    save_file({"model.embed_tokens.weight": torch.zeros(10, D),
+               "model.layers.0.mlp.experts.gate_up_proj_blocks": torch.zeros(E, rows, D // 32, 16, dtype=torch.uint8),
+               "model.layers.0.mlp.experts.down_proj_blocks": torch.zeros(E, rows, D // 32, 16, dtype=torch.uint8),
+               "model.layers.0.mlp.experts.down_proj_scales": torch.zeros(E, rows, D // 32, dtype=torch.uint8),
+               "lone_blocks": torch.zeros(4, 16, dtype=torch.uint8)}, str(tmp_path / "a.safetensors"))
+    save_file({"model.layers.0.mlp.experts.gate_up_proj_scales": torch.zeros(E, rows, D // 32, dtype=torch.uint8)},
+              str(tmp_path / "b.safetensors"))
+    count = _safetensors_count([tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
+    assert count.n_params == 10 * D + 2 * E * rows * D + 4 * 16
+    assert (count.embed, count.tied) == (10 * D, True)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Execution
 
