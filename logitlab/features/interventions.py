@@ -132,25 +132,40 @@ def _holds(hold: Any, hold_gates: bool) -> frozenset[str]:
     return frozenset((hold,) if isinstance(hold, str) else hold) | ({"gates"} if hold_gates else set())
 
 
-def _run_many(model: Any, ids: list[int], dicts: DictionarySet, edit_sets: list[list[Edit]],
-              chunk: int = 16, hold_gates: bool = False, hold: Any = ()) -> Tensor:
-    """Pre-cap last-position logits (n, vocab) for each set of edits (one batch row per set), with what
-    ``hold`` (and ``hold_gates``) names held at the clean run's values (:mod:`logitlab.features.held`)."""
+@dataclass(frozen=True)
+class _Prepared:
+    """One prompt's intervened passes: the runner, the dictionaries in its dtype and device, the tokens (1, T), and
+    the clean run's state (:func:`~logitlab.features.held.clean_state`), computed once for every pass."""
+
+    r: Any
+    ds: DictionarySet
+    tokens: Tensor
+    st: Any
+
+
+def _prepare(model: Any, ids: list[int], dicts: DictionarySet, patterns: bool = False) -> _Prepared:
     r = staged(model)
-    holds = _holds(hold, hold_gates)
-    L, T, F = r.spec.n_layers, len(ids), dicts.n_features
-    dt = torch.float64 if r.w.W_U.dtype == torch.float64 else torch.float32
-    ds = dicts.to(r.device, dt)
+    ds = dicts.to(r.device, torch.float64 if r.w.W_U.dtype == torch.float64 else torch.float32)
     tokens = torch.tensor([ids], device=r.device)
+    with torch.no_grad():
+        return _Prepared(r, ds, tokens, clean_state(r, tokens, ds, patterns=patterns))
+
+
+def _run_many(model: Any, ids: list[int], dicts: DictionarySet, edit_sets: list[list[Edit]],
+              chunk: int = 16, hold_gates: bool = False, hold: Any = (), prep: _Prepared | None = None) -> Tensor:
+    """Pre-cap last-position logits (n, vocab) for each set of edits (one batch row per set), with what
+    ``hold`` (and ``hold_gates``) names held at the clean run's values (:mod:`logitlab.features.held`).
+    ``prep``: the prompt's prepared state (its clean patterns are needed when attention is held)."""
+    holds = _holds(hold, hold_gates)
+    p = prep or _prepare(model, ids, dicts, patterns="attention" in holds)
+    L, T, F = p.r.spec.n_layers, len(ids), dicts.n_features
     outs = []
     with torch.no_grad():
-        st = clean_state(r, tokens, ds, patterns="attention" in holds)
         for c0 in range(0, len(edit_sets), chunk):
             part = edit_sets[c0:c0 + chunk]
-            mul, add = _edit_tensors(part, L, T, F, r.device)
-            if dt == torch.float64:
-                mul, add = mul.double(), add.double()
-            outs.append(held_forward(r, tokens, ds, st, mul, add, len(part), holds).double().cpu())
+            mul, add = _edit_tensors(part, L, T, F, p.r.device)
+            mul, add = mul.to(p.ds.layers[0].W_enc.dtype), add.to(p.ds.layers[0].W_enc.dtype)
+            outs.append(held_forward(p.r, p.tokens, p.ds, p.st, mul, add, len(part), holds).double().cpu())
     return torch.cat(outs)
 
 
@@ -380,8 +395,9 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
         deriv = effects_by_backward(model, dictionaries, graph, answer=answer, contrast=contrast)[top]
     feats = [tuple(int(v) for v in graph.features[i]) for i in top.tolist()]
     sets = [[]] + [[Edit(*f, "zero")] for f in feats] + [[Edit(*f, "scale", 1 + step)] for f in feats]
-    ld = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + len(feats)]), diff)
-    held = _logit_diffs(_run_many(model, ids, dictionaries, sets, hold_gates=True), diff)
+    prep = _prepare(model, ids, dictionaries, patterns=True)  # one clean run for every pass below
+    ld = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + len(feats)], prep=prep), diff)
+    held = _logit_diffs(_run_many(model, ids, dictionaries, sets, hold_gates=True, prep=prep), diff)
     clean, n = float(ld[0]), len(feats)
     actual = ld[1:1 + n] - clean
     actual_held = held[1:1 + n] - float(held[0])
@@ -390,7 +406,7 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
     agree = lambda a, b: float((torch.sign(a) == torch.sign(b)).double().mean()) if len(a) else float("nan")  # noqa: E731
 
     def zeroed(hold: frozenset[str]) -> Tensor:
-        v = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + n], hold=hold), diff)
+        v = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + n], hold=hold, prep=prep), diff)
         return v[1:] - float(v[0])
     released = {h: zeroed(frozenset(HOLDS) - {h}) for h in HOLDS}
     return TopFeatureCheck(
@@ -456,17 +472,14 @@ def faithfulness_curve(model: Any, prompt: str | list[int] | None, dictionaries:
     gen = torch.Generator().manual_seed(seed)
     rand = [[torch.randperm(n_f, generator=gen)[:s] for _ in range(n_random)] for s in sizes]
     kept = [order[:0], order] + [order[:s] for s in sizes] + [r for rs in rand for r in rs]
-    r = staged(model)
-    L, F = r.spec.n_layers, dictionaries.n_features
-    dt = torch.float64 if r.w.W_U.dtype == torch.float64 else torch.float32
-    ds = dictionaries.to(r.device, dt)
-    tokens = torch.tensor([ids], device=r.device)
+    p = _prepare(model, ids, dictionaries)
+    L, F = p.r.spec.n_layers, dictionaries.n_features
     lds = []
     with torch.no_grad():
-        st = clean_state(r, tokens, ds)
         for c0 in range(0, len(kept), 8):
-            muls = torch.stack(_keep_sets(graph, kept[c0:c0 + 8], L, F)).to(r.device, dt)
-            lds.append(_logit_diffs(held_forward(r, tokens, ds, st, muls, None, len(muls)).double().cpu(), diff))
+            muls = torch.stack(_keep_sets(graph, kept[c0:c0 + 8], L, F)).to(p.r.device, p.ds.layers[0].W_enc.dtype)
+            lds.append(_logit_diffs(held_forward(p.r, p.tokens, p.ds, p.st, muls, None, len(muls)).double().cpu(),
+                                    diff))
     ld = torch.cat(lds)
     none, clean = float(ld[0]), float(ld[1])
     span = clean - none
