@@ -11,7 +11,7 @@ from torch import Tensor
 from logitlab.model.readout import wide
 from logitlab.model.spec import ArchSpec
 
-__all__ = ["explicit_attention", "softcapped_attention"]
+__all__ = ["explicit_attention"]
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, s: ArchSpec, need_pattern: bool,
@@ -46,5 +46,3 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, s: Arch
     z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)  # (B, Tq, H, dh)
     return z, (pattern if need_pattern else None)
 
-
-softcapped_attention = explicit_attention  # its former name (Gemma-2's soft-capped scores)
