@@ -50,6 +50,27 @@ def _boot_means(x: Tensor, idx: Tensor) -> Tensor:
     return x @ counts.T / x.shape[-1]
 
 
+def _percentiles(boot: Tensor, qs: tuple[float, ...] = (0.025, 0.975)) -> Tensor:
+    """``boot.quantile(qs, dim=-1)`` (linear interpolation) moved to the last dimension, bit for bit, from partial
+    sorts: each percentile needs only the order statistics on its side, so ``topk`` of them instead of a full sort
+    of every row (about 3× faster on 2,000 resamples). Rows with a NaN take ``quantile`` itself."""
+    n = boot.shape[-1]
+    if n < 2 or bool(boot.isnan().any()):
+        return boot.quantile(torch.tensor(qs, dtype=boot.dtype), dim=-1).movedim(0, -1)
+    ranks = torch.tensor(qs, dtype=boot.dtype) * (n - 1)  # as quantile computes them
+    weights = ranks - ranks.floor()
+    out = []
+    for j, (lo, hi) in enumerate(zip(ranks.floor().long().tolist(), ranks.ceil().long().tolist())):
+        if lo < n - 1 - hi:  # the smallest hi + 1 values, ascending
+            v = boot.topk(hi + 1, dim=-1, largest=False, sorted=True).values
+            a, b = v[..., lo], v[..., hi]
+        else:  # the largest n − lo values, descending
+            v = boot.topk(n - lo, dim=-1, largest=True, sorted=True).values
+            a, b = v[..., n - 1 - lo], v[..., n - 1 - hi]
+        out.append(torch.lerp(a, b, weights[j]))
+    return torch.stack(out, -1)
+
+
 def paired(delta: Float[Tensor, "... n"], resamples: int = N_RESAMPLES, seed: int = SEED) -> Paired:
     """Mean, standard error and 95% bootstrap CI of per-sample changes ``delta`` over the last dimension."""
     delta = delta.double()
@@ -59,7 +80,7 @@ def paired(delta: Float[Tensor, "... n"], resamples: int = N_RESAMPLES, seed: in
         return Paired(mean.float(), torch.zeros_like(mean).float(), torch.stack([mean, mean], -1).float())
     stderr = delta.std(-1) / n ** 0.5
     boot = _boot_means(delta, bootstrap_indices(n, resamples, seed))
-    ci = boot.quantile(torch.tensor([0.025, 0.975], dtype=boot.dtype), dim=-1).movedim(0, -1)  # one sort for both
+    ci = _percentiles(boot)
     return Paired(mean.float(), stderr.float(), ci.float())
 
 

@@ -7,7 +7,7 @@ import torch
 
 from logitlab.analyses.ablation import AblationResult
 from logitlab.report.findings import key_findings
-from logitlab.stats import bootstrap_indices, paired, separated
+from logitlab.stats import _percentiles, bootstrap_indices, paired, separated
 from tests.report.synthetic import make_results
 
 
@@ -27,6 +27,24 @@ def test_paired_matches_an_independent_computation() -> None:
     assert torch.equal(again.ci, s.ci), "the bootstrap is seeded: same input, same CI"
     const = paired(torch.full((2, 10), -1.5))
     assert torch.allclose(const.ci, torch.tensor(-1.5)) and torch.all(const.stderr == 0)
+
+
+def test_percentiles_equal_quantile_bit_for_bit() -> None:
+    """The partial-sort percentiles are torch.quantile's, to the bit: ties, integer ranks, both tails, NaN rows."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 5, 2000, generator=g, dtype=torch.float64)
+    x[0, :, :40] = x[0, :, 40:80]  # ties across the lower order statistics
+    x[1] = torch.randint(0, 3, (5, 2000), generator=g).double()  # mostly ties
+    for qs in [(0.025, 0.975), (0.0, 0.5, 1.0), (0.1,), (0.9,)]:
+        ref = x.quantile(torch.tensor(qs, dtype=x.dtype), dim=-1).movedim(0, -1)
+        assert torch.equal(_percentiles(x, qs), ref), qs
+    x[2, 3, 7] = float("nan")
+    ref = x.quantile(torch.tensor([0.025, 0.975], dtype=x.dtype), dim=-1).movedim(0, -1)
+    assert torch.equal(_percentiles(x).isnan(), ref.isnan()) and ref.isnan().any()
+    assert torch.equal(_percentiles(x)[~ref.isnan()], ref[~ref.isnan()])
+    short = torch.randn(3, 7, generator=g, dtype=torch.float64)  # ranks between the same two neighbours
+    assert torch.equal(_percentiles(short), short.quantile(torch.tensor([0.025, 0.975], dtype=short.dtype),
+                                                           dim=-1).movedim(0, -1))
 
 
 def test_paired_effects_are_narrower_than_unpaired_bars() -> None:
