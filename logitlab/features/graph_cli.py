@@ -91,7 +91,9 @@ def graph_cmd(
         console.print(f"top {check} features, predicted vs actual change of the logit difference when zeroed: "
                       f"Spearman {top.spearman:.2f}, sign agreement {top.sign_agreement:.2f}; with attention, norms "
                       "and gates held (the graph's linear model), one released at a time: "
-                      + ", ".join(f"{h} {v:.2f}" for h, v in top.spearman_released.items()), highlight=False)
+                      + ", ".join(f"{h} {v:.2f}" for h, v in top.spearman_released.items())
+                      + "; in the real model's own MLPs: " + ", ".join(
+                          f"{k.replace('_', ' ')} {v:.2f}" for k, v in top.model["spearman"].items()), highlight=False)
     js, html = write_graph(data, out)
     if export is not None:
         ct = export_circuit_tracer(data, export, slug, scan=scan)

@@ -20,6 +20,12 @@ With all three held the pass is the graph's linear model computed by the real mo
 changes the logit difference by exactly the graph's prediction (tested on every kind); releasing one hold at a
 time shows which part of the model the graph's linearisation misses. Dictionaries that read the MLP's output
 (SAEs) read the real MLP, whose own norms cannot be held here: only ``"gates"`` is accepted for them.
+
+``mlps="model"`` runs the real model itself instead of the replacement: every MLP is the model's own, and an edit
+changes its layer's MLP output by what it changes in the transcoder's output on the same input (decode of the
+edited activations minus decode of the unedited ones). With no edit it is the real model; downstream layers respond
+through the real MLPs, not through transcoders and held errors (whose Jacobian is the transcoder's, not the
+MLP's). Only ``"attention"`` can be held with it (no downstream feature has a gate, and the MLPs' own norms run).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from torch import Tensor
 from logitlab.errors import LogitlabError
 from logitlab.features.dictionary import DictionarySet
 
-__all__ = ["HOLDS", "CleanState", "clean_state", "held_forward"]
+__all__ = ["HOLDS", "MLPS", "CleanState", "clean_state", "held_forward"]
 
 HOLDS = ("gates", "attention", "norms")
 
@@ -54,10 +60,19 @@ class CleanState:
     final_scale: Tensor
 
 
-def _check_holds(hold: frozenset[str], ds: DictionarySet) -> None:
+#: What runs in place of each MLP: the transcoder plus the clean error (the replacement), or the model's own MLP.
+MLPS = ("transcoders", "model")
+
+
+def _check_holds(hold: frozenset[str], ds: DictionarySet, mlps: str = "transcoders") -> None:
     unknown = sorted(hold - set(HOLDS))
     if unknown:
         raise LogitlabError(f"unknown hold {unknown}", f"any of: {', '.join(HOLDS)}")
+    if mlps not in MLPS:
+        raise LogitlabError(f"unknown mlps {mlps!r}", f"one of: {', '.join(MLPS)}")
+    if mlps == "model" and hold - {"attention"}:
+        raise LogitlabError(f"with the model's own MLPs only attention can be held, not {sorted(hold - {'attention'})}",
+                            "gates and norms are held in the replacement (mlps='transcoders')")
     if ds.input_point == "mlp_out" and hold - {"gates"}:
         raise LogitlabError("dictionaries that read the MLP's output run the real MLP, whose own norms cannot be "
                             "held", "hold only the gates with these dictionaries")
@@ -131,11 +146,13 @@ def _norms_held(r: Any, st: CleanState) -> Iterator[None]:
 
 
 def held_forward(r: Any, tokens: Tensor, ds: DictionarySet, st: CleanState, mul: Tensor | None,
-                 add: Tensor | None, batch: int, hold: frozenset[str] = frozenset()) -> Tensor:
+                 add: Tensor | None, batch: int, hold: frozenset[str] = frozenset(),
+                 mlps: str = "transcoders") -> Tensor:
     """Pre-cap logits at the last position, (batch, vocab), of ``batch`` intervened copies of the prompt
     ``tokens`` (1, T): each layer's MLP output is ``decode(f·mul + add) + error``, f the transcoder's activations
-    on the layer's (recomputed) input; ``mul``/``add`` (batch, L, T, F) or None. ``hold``: module docstring."""
-    _check_holds(hold, ds)
+    on the layer's (recomputed) input; ``mul``/``add`` (batch, L, T, F) or None. ``hold``, ``mlps``: module
+    docstring."""
+    _check_holds(hold, ds, mlps)
     if "attention" in hold and not st.patterns:
         raise LogitlabError("internal: holding attention needs the clean patterns (clean_state(…, patterns=True))")
     s = r.spec
@@ -153,6 +170,9 @@ def held_forward(r: Any, tokens: Tensor, ds: DictionarySet, st: CleanState, mul:
             attn_out, _ = r.post_attention(layer, r.heads_to_attn_pre(layer, z))
             src = x if s.parallel else x + attn_out
             tc = ds.layers[layer]
+            if mlps == "model":
+                x = x + attn_out + _model_mlp(r, layer, src, tc, ds.input_point, mul, add, dt)
+                continue
             xin = (r.mlp(layer, src) if ds.input_point == "mlp_out" else r.pre_norm(layer, 2, src)).to(dt)
             f = tc.pre(xin) * st.gates[layer] if "gates" in hold else tc.encode(xin)
             if mul is not None:
@@ -165,3 +185,19 @@ def held_forward(r: Any, tokens: Tensor, ds: DictionarySet, st: CleanState, mul:
         normed = _scaled(r, last, st.final_scale[:, -1].expand(batch), w.lnf_w, w.lnf_b) if "norms" in hold \
             else r.final_norm(last)[0]
     return normed @ w.W_U + w.b_U
+
+
+def _model_mlp(r: Any, layer: int, src: Tensor, tc: Any, point: str, mul: Tensor | None, add: Tensor | None,
+               dt: torch.dtype) -> Tensor:
+    """The model's own MLP output on ``src``, changed by what the edits at ``layer`` change in the transcoder's
+    output on the same input (nothing where the layer has no edit)."""
+    out = r.mlp(layer, src)
+    m = None if mul is None else mul[:, layer]
+    a = None if add is None else add[:, layer]
+    if (m is None or bool((m == 1).all())) and (a is None or not bool(a.any())):
+        return out
+    xin = (out if point == "mlp_out" else r.pre_norm(layer, 2, src)).to(dt)
+    f = tc.encode(xin)
+    fe = f if m is None else f * m
+    fe = fe if a is None else fe + a
+    return out + (tc.decode(fe, xin) - tc.decode(f, xin)).to(out.dtype)

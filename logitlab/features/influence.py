@@ -7,13 +7,15 @@ long prompts) are read in row blocks, never copied whole.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from logitlab.errors import LogitlabError
 
 __all__ = ["normalise", "compute_influence", "rows_per_step", "abs_row_sums", "influence_rows", "threshold",
-           "scores_rows", "graph_scores"]
+           "scores_rows", "graph_scores", "top_features"]
 
 
 def normalise(A: Tensor) -> Tensor:
@@ -107,3 +109,22 @@ def graph_scores(A: Tensor, weights: Tensor, errors: slice, tokens: slice) -> tu
     out = influence + weights
     completeness = (non_error * out).sum() / out.sum().clamp(min=1e-30)
     return float(replacement), float(completeness)
+
+
+def top_features(graph: Any, k: int | None = None) -> Tensor:
+    """Feature node indices of an attribution graph by influence on the logit-difference target (circuit-tracer's
+    normalised absolute adjacency), highest first; the first ``k``.
+
+    With a row budget the attributed features come first, by their influence, then the others by theirs (the
+    influence reaching them through the attributed rows: a lower bound, as their own rows are missing)."""
+    n_f = graph.n_features
+    if graph.rows is None:
+        infl = compute_influence(normalise(graph.adjacency), graph.logit_weights("logit_diff"))[:n_f]
+        order = infl.argsort(descending=True)
+    else:
+        infl = graph.influence("logit_diff")[:n_f]
+        att = graph.attributed[:n_f]
+        parts = [idx[torch.sort(infl[idx], descending=True, stable=True).indices]
+                 for idx in (att.nonzero(as_tuple=True)[0], (~att).nonzero(as_tuple=True)[0])]
+        order = torch.cat(parts)
+    return order if k is None else order[:k]

@@ -23,7 +23,8 @@ run's (``hold_gates``: JumpReLU and TopK features jump on and off, so the free m
 dominated by features crossing their thresholds), and so is the zeroing with gates held. Last, the zeroing with
 attention patterns, norm scales and gates all held (the graph's own linear model run by the model's code: equal to
 the prediction up to rounding) and with each of the three released alone says which part of the model the
-linearisation misses.
+linearisation misses. ``model`` repeats the zeroing and the derivative in the real model itself (its own MLPs
+downstream instead of transcoders and held errors, ``mlps="model"``), also with attention patterns held.
 
 Graphs with a row budget (``max_feature_nodes``: only the most influential features have rows) are checked too:
 the same ``v`` is the gradient of Δ in the frozen model with every active feature linear (slope 1), so
@@ -52,7 +53,7 @@ from logitlab.errors import LogitlabError
 from logitlab.features.dictionary import DictionarySet
 from logitlab.features.graph import AttributionGraph
 from logitlab.features.held import HOLDS, clean_state, held_forward
-from logitlab.features.influence import compute_influence, normalise
+from logitlab.features.influence import top_features
 from logitlab.features.quality import staged
 from logitlab.task import encode_prompt, single_token_id
 
@@ -152,10 +153,12 @@ def _prepare(model: Any, ids: list[int], dicts: DictionarySet, patterns: bool = 
 
 
 def _run_many(model: Any, ids: list[int], dicts: DictionarySet, edit_sets: list[list[Edit]],
-              chunk: int = 16, hold_gates: bool = False, hold: Any = (), prep: _Prepared | None = None) -> Tensor:
+              chunk: int = 16, hold_gates: bool = False, hold: Any = (), prep: _Prepared | None = None,
+              mlps: str = "transcoders") -> Tensor:
     """Pre-cap last-position logits (n, vocab) for each set of edits (one batch row per set), with what
-    ``hold`` (and ``hold_gates``) names held at the clean run's values (:mod:`logitlab.features.held`).
-    ``prep``: the prompt's prepared state (its clean patterns are needed when attention is held)."""
+    ``hold`` (and ``hold_gates``) names held at the clean run's values and ``mlps`` in place of the MLPs
+    (:mod:`logitlab.features.held`). ``prep``: the prompt's prepared state (with clean patterns if attention is
+    held)."""
     holds = _holds(hold, hold_gates)
     p = prep or _prepare(model, ids, dicts, patterns="attention" in holds)
     L, T, F = p.r.spec.n_layers, len(ids), dicts.n_features
@@ -165,20 +168,21 @@ def _run_many(model: Any, ids: list[int], dicts: DictionarySet, edit_sets: list[
             part = edit_sets[c0:c0 + chunk]
             mul, add = _edit_tensors(part, L, T, F, p.r.device)
             mul, add = mul.to(p.ds.layers[0].W_enc.dtype), add.to(p.ds.layers[0].W_enc.dtype)
-            outs.append(held_forward(p.r, p.tokens, p.ds, p.st, mul, add, len(part), holds).double().cpu())
+            outs.append(held_forward(p.r, p.tokens, p.ds, p.st, mul, add, len(part), holds, mlps).double().cpu())
     return torch.cat(outs)
 
 
 def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, edits: list[Edit] | tuple = (),
               answer: str | int | None = None, contrast: Any = None, hold_gates: bool = False,
-              hold: Any = ()) -> Intervention:
+              hold: Any = (), mlps: str = "transcoders") -> Intervention:
     """The real forward pass with transcoders and clean errors in place of the MLPs and ``edits`` applied.
 
     Edits are :class:`Edit` or tuples ``(layer, pos, feature[, mode[, value]])``. Returns the logit difference
     (answer − mean of the contrasts) and the logits (before any final soft-cap) at the last position.
     ``hold``: any of ``"gates"``, ``"attention"``, ``"norms"`` held at the clean run's values (features' on/off
     states, attention patterns, norm scales: :mod:`logitlab.features.held`); ``hold_gates=True`` is
-    ``"gates"``."""
+    ``"gates"``. ``mlps="model"``: the model's own MLPs, each edit changing its layer's MLP output by what it
+    changes in the transcoder's output (the real model, no replacement downstream)."""
     dictionaries.check(model, check_name=False)
     ids = _ids(model, prompt)
     es = [e if isinstance(e, Edit) else Edit(*e) for e in edits]
@@ -186,7 +190,7 @@ def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
         if not (0 <= e.layer < len(dictionaries) and 0 <= e.pos < len(ids) and 0 <= e.feature < dictionaries.n_features):
             raise LogitlabError(f"edit {e} out of range ({len(dictionaries)} layers, {len(ids)} positions, "
                                 f"{dictionaries.n_features} features)")
-    logits = _run_many(model, ids, dictionaries, [es], hold_gates=hold_gates, hold=hold)
+    logits = _run_many(model, ids, dictionaries, [es], hold_gates=hold_gates, hold=hold, mlps=mlps)
     return Intervention(float(_logit_diffs(logits, _diff_dir(model, answer, contrast))[0]), logits[0])
 
 
@@ -302,25 +306,6 @@ class _InjectFromRead(dict):
         return super().get(layer, default)
 
 
-def top_features(graph: AttributionGraph, k: int | None = None) -> Tensor:
-    """Feature node indices by influence on the logit-difference target (circuit-tracer's normalised absolute
-    adjacency), highest first; the first ``k``.
-
-    With a row budget the attributed features come first, by their influence, then the others by theirs (the
-    influence reaching them through the attributed rows: a lower bound, as their own rows are missing)."""
-    n_f = graph.n_features
-    if graph.rows is None:
-        infl = compute_influence(normalise(graph.adjacency), graph.logit_weights("logit_diff"))[:n_f]
-        order = infl.argsort(descending=True)
-    else:
-        infl = graph.influence("logit_diff")[:n_f]
-        att = graph.attributed[:n_f]
-        parts = [idx[torch.sort(infl[idx], descending=True, stable=True).indices]
-                 for idx in (att.nonzero(as_tuple=True)[0], (~att).nonzero(as_tuple=True)[0])]
-        order = torch.cat(parts)
-    return order if k is None else order[:k]
-
-
 def spearman(a: Tensor, b: Tensor) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     def ranks(x: Tensor) -> Tensor:
@@ -367,6 +352,10 @@ class TopFeatureCheck:
     actual_released: dict[str, list[float]] = field(default_factory=dict)
     spearman_released: dict[str, float] = field(default_factory=dict)
     sign_agreement_released: dict[str, float] = field(default_factory=dict)
+    # The real model itself (its own MLPs, no replacement: ``mlps="model"``), nothing held and attention held:
+    # "zeroed" (change of Δ), "derivative" and "derivative_attention_held" (a·dΔ/da by the step), each with its
+    # Spearman and sign agreement against the graph ("spearman" / "sign_agreement" keyed by the same names).
+    model: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -409,6 +398,15 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
         v = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + n], hold=hold, prep=prep), diff)
         return v[1:] - float(v[0])
     released = {h: zeroed(frozenset(HOLDS) - {h}) for h in HOLDS}
+    own = {}
+    for name, hold, s0 in (("zeroed", (), 0), ("derivative", (), n), ("derivative_attention_held", ("attention",), n)):
+        v = _logit_diffs(_run_many(model, ids, dictionaries, [[]] + sets[1 + s0:1 + s0 + n], hold=hold, prep=prep,
+                                   mlps="model"), diff)
+        own[name] = (v[1:] - float(v[0])) / (step if s0 else 1.0)
+    ref = {"zeroed": pred, "derivative": deriv, "derivative_attention_held": deriv}
+    model_part = {**{k: v.tolist() for k, v in own.items()},
+                  "spearman": {k: spearman(ref[k], v) for k, v in own.items()},
+                  "sign_agreement": {k: agree(ref[k], v) for k, v in own.items()}}
     return TopFeatureCheck(
         features=[list(f) for f in feats], activations=graph.activations[top].double().tolist(),
         predicted=pred.tolist(), actual=actual.tolist(), derivative_predicted=deriv.tolist(),
@@ -419,7 +417,7 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
         actual_all_held=zeroed(frozenset(HOLDS)).tolist(),
         actual_released={h: v.tolist() for h, v in released.items()},
         spearman_released={h: spearman(pred, v) for h, v in released.items()},
-        sign_agreement_released={h: agree(pred, v) for h, v in released.items()})
+        sign_agreement_released={h: agree(pred, v) for h, v in released.items()}, model=model_part)
 
 
 # ---- faithfulness ----------------------------------------------------------------------------------------------

@@ -308,3 +308,64 @@ def test_holds_refused() -> None:
     with pytest.raises(LogitlabError, match="cannot be held"):
         _check_holds(frozenset({"norms"}), sae)
     _check_holds(frozenset({"gates"}), sae)  # gates alone are fine
+
+
+# ---- the real model itself (mlps="model") -----------------------------------------------------------------------
+_HF_MLP_OUT = {"gpt2": "transformer.h.{}.mlp", "llama_gqa": "model.layers.{}.mlp",
+               "gemma3": "model.layers.{}.post_feedforward_layernorm", "neox": "gpt_neox.layers.{}.mlp"}
+
+
+def test_model_mlps_equal_a_hooked_hugging_face_forward(setup) -> None:  # noqa: ANN001
+    """``mlps="model"``: the real model with an edit's change of the transcoder's output added to its layer's MLP
+    output, checked against Hugging Face's model with a forward hook that adds the same vector (float64; the
+    weights were processed in float32, hence 1e-5); with no edit it is the real model, and it differs from the
+    replacement's response (transcoders downstream)."""
+    from transformers import AutoModelForCausalLM
+
+    from logitlab.features.held import _check_holds
+    kind, m, d, g = setup
+    hf = AutoModelForCausalLM.from_pretrained(m.source, dtype=torch.float64).eval()
+    a_id, c_id = (m.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in (AC["answer"], AC["contrast"]))
+    tokens = torch.tensor([list(g.tokens)])
+
+    def hf_diff(layer: int = -1, pos: int = 0, vec: torch.Tensor | None = None) -> float:
+        def add(_mod, _inp, out):  # noqa: ANN001, ANN202
+            out = out.clone()
+            out[0, pos] += vec
+            return out
+        h = hf.get_submodule(_HF_MLP_OUT[kind].format(layer)).register_forward_hook(add) if vec is not None else None
+        try:
+            with torch.no_grad():
+                logits = hf(tokens).logits[0, -1]
+        finally:
+            if h is not None:
+                h.remove()
+        return float(logits[a_id] - logits[c_id])
+
+    clean = intervene(m, PROMPT, d, [], mlps="model", **AC).logit_diff
+    hf_clean = hf_diff()
+    assert abs(clean - hf_clean) < 1e-5 and abs(clean - float(g.values[-1])) < 1e-9, kind
+    order = predicted_effects(g).abs().argsort(descending=True)[:4].tolist()
+    moved = 0.0
+    for i, (mode, value) in zip(order, [("zero", None), ("scale", 2.5), ("steer", 0.7), ("zero", None)]):
+        l, p, f = (int(v) for v in g.features[i])
+        a = float(g.activations[i])
+        change = {"zero": -a, "scale": (value or 0) * a - a, "steer": value}[mode]
+        vec = change * d.layers[l].W_dec[f].double()  # decode is affine in the features: this is its change
+        e = Edit(l, p, f, mode, 0.0 if value is None else value)
+        got = intervene(m, PROMPT, d, [e], mlps="model", **AC).logit_diff
+        want = hf_diff(l, p, vec)
+        assert abs((got - clean) - (want - hf_clean)) <= 1e-5 * max(1.0, abs(want)), (kind, e, got, want)
+        assert abs(want - hf_clean) > 1e-3, (kind, e, "an edit too small to test")
+        moved = max(moved, abs(got - intervene(m, PROMPT, d, [e], **AC).logit_diff))
+    assert moved > 1e-6, f"{kind}: the real model's response equals the replacement's everywhere"
+    held = intervene(m, PROMPT, d, [], mlps="model", hold="attention", **AC).logit_diff
+    assert abs(held - clean) < 1e-10
+    for bad in ("gates", "norms"):
+        with pytest.raises(LogitlabError, match="only attention"):
+            _check_holds(frozenset({bad}), d, "model")
+    with pytest.raises(LogitlabError, match="unknown mlps"):
+        _check_holds(frozenset(), d, "hf")
+    c = check_top_features(m, PROMPT, d, g, 5, **AC)
+    assert set(c.model["spearman"]) == {"zeroed", "derivative", "derivative_attention_held"}
+    assert all(len(c.model[k]) == 5 for k in c.model["spearman"])
