@@ -201,7 +201,7 @@ def _features(ctx: RunContext) -> Sections:
         raise LogitlabError("the features analysis needs transcoders", "pass --transcoders DIR")
     n = min(s.feature_prompts, ctx.tt.n_prompts)
     return {"features": task_features(ctx.model, ctx.tt, load_dictionaries(s.transcoders, ctx.model), s.transcoders,
-                                      n, s.feature_top, ctx.progress("attribution graphs", n))}
+                                      n, s.feature_top, ctx.progress("attribution graphs", n), s.feature_check)}
 
 
 register(Analysis("features", {"features": Features}, _features, default=False, settings=FeatureSettings,

@@ -5,6 +5,11 @@ bootstrap CI over prompts). Off by default; ``logitlab run --analyses default,fe
 A feature is identified across prompts by (layer, index); its influence on a prompt is circuit-tracer's
 normalised influence on the logit-difference target (direct and through other nodes), summed over the positions
 where it is active, and 0 on prompts where it is not.
+
+The check (``feature_check`` = k > 0): on every prompt the graph's top-k features by influence are zeroed in the
+real model (:func:`~logitlab.features.interventions.check_top_features`), and the agreement of the graph's
+predicted changes of the logit difference with the actual ones (Spearman, sign agreement) is summarised over
+prompts with a bootstrap CI, for the measures in :data:`CHECK_MEASURES`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ from logitlab.errors import LogitlabError
 from logitlab.registry import setting
 from logitlab.stats import paired
 
-__all__ = ["FeatureSettings", "task_features"]
+__all__ = ["FeatureSettings", "task_features", "CHECK_MEASURES"]
+
+#: The check's measures: name → (what the graph predicts is compared with, where the actual value comes from).
+CHECK_MEASURES = {
+    "zeroing": "zeroing, the replacement downstream (transcoders, clean errors; attention and norms live)",
+    "model_zeroing": "zeroing in the real model (its own MLPs downstream)",
+    "model_derivative": "a·dΔ/da in the real model (its own MLPs; scaled by 1 + 10⁻³)",
+    "model_derivative_attention_held": "a·dΔ/da in the real model with attention patterns held",
+}
 
 
 @dataclass(frozen=True)
@@ -29,15 +42,17 @@ class FeatureSettings:
                                help="Transcoders (folder or release name) for the features analysis.")
     feature_prompts: int = setting(16, "prompts attributed (the task's first ones)")
     feature_top: int = setting(20, "features listed, by mean influence")
+    feature_check: int = setting(5, "top features per prompt zeroed in the real model to check the graph (0 = none)")
 
     def __post_init__(self) -> None:
-        if self.feature_prompts < 1 or self.feature_top < 1:
-            raise LogitlabError("features settings: feature_prompts and feature_top must be ≥ 1")
+        if self.feature_prompts < 1 or self.feature_top < 1 or self.feature_check < 0:
+            raise LogitlabError("features settings: feature_prompts and feature_top must be ≥ 1, feature_check ≥ 0")
 
 
 def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: int = 16, top: int = 20,
-                  progress: Any = None) -> dict[str, Any]:
-    """The ``features`` section: per prompt a graph on the logit difference; across prompts the top features."""
+                  progress: Any = None, check: int = 0) -> dict[str, Any]:
+    """The ``features`` section: per prompt a graph on the logit difference; across prompts the top features;
+    with ``check`` > 0 the graphs' predictions for their top ``check`` features against the real model."""
     from logitlab import answers
     from logitlab.features.graph import attribute
     from logitlab.features.influence import compute_influence
@@ -46,6 +61,8 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
     n = min(n_prompts, tt.n_prompts)
     per: list[dict[tuple[int, int], tuple[float, float]]] = []
     reps, comps, checks = [], [], []
+    agree: list[dict[str, tuple[float, float]]] = []  # per prompt: measure → (Spearman, sign agreement)
+    linear_err = 0.0
     for i in range(n):
         ids = tt.tokens[i, : int(tt.final_pos[i]) + 1].tolist()
         inc = [int(c) for c in tt.incorrect_ids[i].tolist() if c != answers.PAD]
@@ -63,6 +80,10 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
             a, d = mine.get((l, f), (0.0, 0.0))
             mine[(l, f)] = (a + float(inf[j]), d + float(A[-1, j]))
         per.append(mine)
+        if check > 0:
+            c = _check(model, ids, dictionaries, g, check, int(tt.correct_ids[i]), inc)
+            agree.append(c[0])
+            linear_err = max(linear_err, c[1])
         if progress is not None:
             progress(1)
     keys = sorted({k for m in per for k in m})
@@ -75,5 +96,37 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
     rows = [{"layer": keys[j][0], "feature": keys[j][1], "mean": float(stats.mean[j]),
              "ci": [float(stats.ci[j, 0]), float(stats.ci[j, 1])], "direct": float(direct[j].mean()),
              "n_active": sum(1 for m in per if keys[j] in m)} for j in order]
-    return {"transcoders": name, "n_prompts": n, "replacement": reps, "completeness": comps,
-            "max_check": float(max(checks)), "top": rows}
+    out = {"transcoders": name, "n_prompts": n, "replacement": reps, "completeness": comps,
+           "max_check": float(max(checks)), "top": rows}
+    if check > 0:
+        out["check"] = {"k": check, "linear_model_error": linear_err,
+                        "measures": {m: {"spearman": _summary([a[m][0] for a in agree]),
+                                         "sign_agreement": _summary([a[m][1] for a in agree])}
+                                     for m in CHECK_MEASURES}}
+    return out
+
+
+def _check(model: Any, ids: list[int], dictionaries: Any, g: Any, k: int, answer: int,
+           contrast: list[int]) -> tuple[dict[str, tuple[float, float]], float]:
+    """One prompt's check: measure → (Spearman, sign agreement), and the largest difference between the graph's
+    prediction and zeroing with attention, norms and gates held (the graph's own linear model: rounding)."""
+    from logitlab.features.interventions import check_top_features
+    c = check_top_features(model, ids, dictionaries, g, k, answer=answer, contrast=contrast)
+    ms = c.model
+    out = {"zeroing": (c.spearman, c.sign_agreement)}
+    for m, key in (("model_zeroing", "zeroed"), ("model_derivative", "derivative"),
+                   ("model_derivative_attention_held", "derivative_attention_held")):
+        out[m] = (ms["spearman"][key], ms["sign_agreement"][key])
+    err = max((abs(a - b) for a, b in zip(c.actual_all_held, c.predicted)), default=0.0)
+    return out, float(err)
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    """Per-prompt values (NaN where undefined: fewer than two features, or ties only), their mean over the defined
+    ones and its 95% bootstrap CI (NaN-free: the mean and CI are None when none is defined)."""
+    ok = torch.tensor([v for v in values if v == v], dtype=torch.float64)
+    if not len(ok):
+        return {"per_prompt": [None if v != v else v for v in values], "n": 0, "mean": None, "ci": None}
+    s = paired(ok[None])
+    return {"per_prompt": [None if v != v else float(v) for v in values], "n": len(ok), "mean": float(s.mean[0]),
+            "ci": [float(s.ci[0, 0]), float(s.ci[0, 1])]}

@@ -10,7 +10,7 @@ from pydantic import ConfigDict, with_config
 
 __all__ = ["SCHEMA_VERSION", "section", "Matrix", "Cube", "MaybeMatrix", "MaybeCube", "Pair"]
 
-SCHEMA_VERSION = 7  # of a battery's results.json; formation's is logitlab.formation.schema's
+SCHEMA_VERSION = 8  # of a battery's results.json; formation's is logitlab.formation.schema's
 
 # Strict: a string "1" is not an int and a bool is not a number; int is accepted where a float is expected.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)

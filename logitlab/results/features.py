@@ -3,11 +3,11 @@ prompts), written by :mod:`logitlab.features.analysis`."""
 
 from __future__ import annotations
 
-from typing_extensions import TypedDict
+from typing_extensions import NotRequired, TypedDict
 
 from logitlab.results._base import section
 
-__all__ = ["FeatureInfluence", "Features"]
+__all__ = ["FeatureInfluence", "AgreementSummary", "CheckMeasure", "FeatureCheck", "Features"]
 
 
 @section
@@ -30,6 +30,44 @@ class FeatureInfluence(TypedDict):
 
 
 @section
+class AgreementSummary(TypedDict):
+    """One agreement statistic of the graphs with the real model, per prompt and over prompts."""
+
+    per_prompt: list[float | None]
+    """per prompt (null where undefined: fewer than two features, or only ties)"""
+    n: int
+    """prompts where it is defined"""
+    mean: float | None
+    """mean over those prompts (null when none)"""
+    ci: list[float] | None
+    """[2] 95% bootstrap CI of the mean over prompts (null when none)"""
+
+
+@section
+class CheckMeasure(TypedDict):
+    """The graphs' predicted changes of the logit difference for their top-k features against one actual measure."""
+
+    spearman: AgreementSummary
+    """rank correlation of predicted and actual over each prompt's top-k"""
+    sign_agreement: AgreementSummary
+    """fraction of each prompt's top-k whose predicted and actual changes agree in sign"""
+
+
+@section
+class FeatureCheck(TypedDict):
+    """On every prompt the graph's top-k features (by influence) zeroed or scaled in the real model."""
+
+    k: int
+    """features checked per prompt"""
+    linear_model_error: float
+    """largest |prediction − zeroing with attention, norms and gates held| over prompts and features (the graph's own
+    linear model run by the model's code: rounding)"""
+    measures: dict[str, CheckMeasure]
+    """per measure (zeroing: the replacement downstream; model_zeroing, model_derivative: the real model's own MLPs;
+    model_derivative_attention_held: also attention patterns held): agreement with the graph"""
+
+
+@section
 class Features(TypedDict):
     """Attribution graphs of the task's prompts (target: the logit difference answer − mean incorrect)."""
 
@@ -45,3 +83,5 @@ class Features(TypedDict):
     """largest relative residual of the exactness invariant over prompts (Σ in-edges + bias − value)"""
     top: list[FeatureInfluence]
     """the features with the largest mean influence, largest first"""
+    check: NotRequired[FeatureCheck]
+    """the graphs' predictions against the real model (absent with feature_check 0)"""

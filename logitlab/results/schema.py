@@ -179,9 +179,15 @@ def _v6_to_v7(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "config": config}
 
 
+def _v7_to_v8(obj: dict[str, Any]) -> dict[str, Any]:
+    """Version 8 added the features analysis's check of the graphs against the real model: ``feature_check`` in
+    ``config``, 0 for an older run (it checked nothing), and the optional ``features.check``."""
+    return {**obj, "config": {**(obj.get("config") or {}), "feature_check": 0}}
+
+
 #: Migrations of an older results.json: ``MIGRATIONS[v]`` turns a version-``v`` dict into version ``v + 1``.
 #: Versions before 5 changed sections' meaning (not only their keys), so they are refused.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {5: _v5_to_v6, 6: _v6_to_v7}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {5: _v5_to_v6, 6: _v6_to_v7, 7: _v7_to_v8}
 
 
 def load_results(source: str | Path | Mapping[str, Any]) -> Any:

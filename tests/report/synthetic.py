@@ -291,6 +291,7 @@ def make_results(
             "transcoders": "",
             "feature_prompts": 16,
             "feature_top": 20,
+            "feature_check": 5,
             "exact": False,
             "screen_top": 8,
             "screen_sample": 8,

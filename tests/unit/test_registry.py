@@ -164,8 +164,8 @@ def test_load_results_refuses_other_versions(tmp_path: Path) -> None:
 
 def test_load_results_migrates_version_5(tmp_path: Path, tiny_task_file: Path) -> None:
     """A version-5 file (no features settings in its config) loads as the current version with those settings at
-    their defaults and the version-7 settings as a version-5 or 6 run used them (every cell exact, every pair),
-    every number unchanged; the report reads it. A version-6 file likewise."""
+    their defaults, the version-7 settings as a version-5 or 6 run used them (every cell exact, every pair) and
+    the version-8 one as no check, every number unchanged; the report reads it. Version-6 and 7 files likewise."""
     import copy
 
     from logitlab.battery import run_battery
@@ -178,12 +178,15 @@ def test_load_results_migrates_version_5(tmp_path: Path, tiny_task_file: Path) -
     old["schema_version"] = 5
     v7 = ("exact", "screen_top", "screen_sample", "patching_target")
     old["config"] = {k: v for k, v in new["config"].items()
-                     if k not in ("transcoders", "feature_prompts", "feature_top", *v7)}
+                     if k not in ("transcoders", "feature_prompts", "feature_top", "feature_check", *v7)}
     with pytest.raises(LogitlabError, match="schema_version"):
         validate_results(old)
-    expected = {**new, "config": {**new["config"], "exact": True, "patching_target": 0.0}}
+    expected = {**new, "config": {**new["config"], "exact": True, "patching_target": 0.0, "feature_check": 0}}
     assert load_results(old) == expected
     six = {**copy.deepcopy(dict(new)), "schema_version": 6}
-    six["config"] = {k: v for k, v in new["config"].items() if k not in v7}
+    six["config"] = {k: v for k, v in new["config"].items() if k not in (*v7, "feature_check")}
     assert load_results(six) == expected
+    seven = {**copy.deepcopy(dict(new)), "schema_version": 7}  # version 8 added the features check
+    seven["config"] = {k: v for k, v in new["config"].items() if k != "feature_check"}
+    assert load_results(seven) == {**new, "config": {**new["config"], "feature_check": 0}}
     assert "Logit difference" in str(build_report(old))

@@ -49,7 +49,7 @@ def test_battery_output_validates_on_every_kind(tiny_model: Model, tiny_task_fil
     validate_results(json.loads(json.dumps(results)))  # as read back from results.json
     # (circuit discovery needs a pair with a gap of 1 logit: the tiny models' answers follow the subject)
     assert set(results) == set(results_schema()["properties"]), "a task with pairs fills every section"
-    assert results["schema_version"] == SCHEMA_VERSION == 7
+    assert results["schema_version"] == SCHEMA_VERSION == 8
 
 
 def test_without_patching_pairs_the_patching_sections_are_absent(gpt2: Model, tmp_path: Path) -> None:

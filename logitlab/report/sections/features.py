@@ -12,10 +12,15 @@ from logitlab.results import Results
 
 from ..layout import BLUE, error_bars, plot_layout
 from ..markup import Figures, esc, figure_html, note, table
-from ..registry import FigureSpec, Finding, Section, register
+from ..registry import FigureSpec, Finding, Rule, Section, register
 from ._graph_view import graph_figure, graph_page
 
-__all__ = ["graph_figure", "graph_page", "features_figure"]
+__all__ = ["graph_figure", "graph_page", "features_figure", "check_finding"]
+
+#: The check's measures as the report names them (logitlab.features.analysis.CHECK_MEASURES).
+_MEASURES = {"zeroing": "zeroing (replacement downstream)", "model_zeroing": "zeroing in the real model",
+             "model_derivative": "first-order effect in the real model",
+             "model_derivative_attention_held": "first-order effect, attention patterns held"}
 
 
 # ---- the run report's section -----------------------------------------------------------------------------
@@ -45,10 +50,56 @@ def section_features(results: Results, figures: Figures, findings: Sequence[Find
             f"{f['max_check']:.1e}.</p>" + figure_html(figures, "features")
             + table(["layer", "feature", "mean influence", "95% CI", "direct effect", "prompts active"], rows, "kv")
             + note("Influence: circuit-tracer's normalised influence on the logit-difference target, direct and "
-                   "through other nodes, summed over the positions where the feature is active (0 where inactive)."))
+                   "through other nodes, summed over the positions where the feature is active (0 where inactive).")
+            + _check_html(f.get("check")))
+
+
+def _mean_ci(m: dict | None, signed: bool = True) -> str:
+    """``+0.12 [−0.05, +0.30]`` (typographic minus), or — when undefined on every prompt."""
+    if not isinstance(m, dict) or m.get("mean") is None:
+        return "—"
+    f = lambda x: f"{x:+.2f}".replace("-", "−") if signed else f"{x:.2f}"  # noqa: E731
+    return f"{f(m['mean'])} [{f(m['ci'][0])}, {f(m['ci'][1])}]"
+
+
+def _check_html(c: dict | None) -> str:
+    """The graphs' predictions against the real model, per measure, over prompts."""
+    if not isinstance(c, dict):
+        return ""
+    ms = c.get("measures") or {}
+    rows = [[esc(_MEASURES.get(k, k)), esc(_mean_ci(m.get("spearman"))),
+             esc(_mean_ci(m.get("sign_agreement"), signed=False)), esc((m.get("spearman") or {}).get("n"))]
+            for k, m in ms.items()]
+    return (f"<p>The graphs against the real model: on every prompt the top {esc(c['k'])} features by influence "
+            "are zeroed (or scaled by 1 + 10⁻³ for the first-order effect), and the change of the logit difference is "
+            "compared with the graph's prediction.</p>"
+            + table(["compared with", "Spearman, mean [95% CI]", "sign agreement, mean [95% CI]", "prompts"], rows,
+                    "kv")
+            + note("The graph is exact for the model with attention patterns, norm scales and features' on/off states "
+                   "frozen at the prompt's values; run with all three held, zeroing gives the prediction within "
+                   f"{c['linear_model_error']:.1e}. The real model moves all three."))
+
+
+def check_finding(results: Results) -> Finding | None:
+    """How well the graphs' top features' predicted effects agree with zeroing them in the real model."""
+    c = (results.get("features") or {}).get("check")  # type: ignore[union-attr]
+    if not isinstance(c, dict):
+        return None
+    m = (c.get("measures") or {}).get("model_zeroing") or {}
+    rho, sign = m.get("spearman") or {}, m.get("sign_agreement") or {}
+    if rho.get("mean") is None or sign.get("mean") is None:
+        return None
+    lo, hi = rho["ci"]
+    verdict = ("agree in rank" if lo > 0 else "do not agree in rank beyond chance" if lo <= 0 <= hi
+               else "disagree in rank")
+    return Finding(f"Feature graphs: zeroing each prompt's top {c['k']} features in the real model, the graphs' "
+                   f"predicted changes of the logit difference {verdict} (Spearman {_mean_ci(rho)} over {rho['n']} "
+                   f"prompts; signs agree for {sign['mean']:.0%} [{sign['ci'][0]:.0%}, {sign['ci'][1]:.0%}])",
+                   "features")
 
 
 SECTION = register(Section(
     name="features", title="Transcoder features", order=990, render=section_features, analysis="features",
     keys=("features",), figures=(FigureSpec("features", "features", features_figure),), omit_when_not_run=True,
+    rules=(Rule(71, check_finding),),
 ))
