@@ -578,3 +578,28 @@ def with_circuit(results: Results, *, seed: int = 0, keys: tuple[str, ...] = CIR
     ran = out["config"]["analyses"]  # the analyses writing the added keys ran (as the battery would record)
     ran += [a.name for a in registry.analyses() if not a.always and set(a.sections) & set(keys) and a.name not in ran]
     return out
+
+
+def with_features(results: Results, *, seed: int = 0, n_prompts: int = 8, k: int = 5) -> dict[str, Any]:
+    """A copy of ``results`` with a ``features`` section (top features and the check against the real model)."""
+    import copy as _copy
+
+    from logitlab.features.analysis import CHECK_MEASURES
+    from logitlab.stats import paired
+    g = torch.Generator().manual_seed(seed)
+    out = _copy.deepcopy(dict(results))
+    n_layers = int(results["model"]["n_layers"])
+
+    def stat(lo: float, hi: float) -> dict[str, Any]:
+        vals = (lo + (hi - lo) * torch.rand(n_prompts, generator=g, dtype=torch.float64)).tolist()
+        s = paired(torch.tensor(vals, dtype=torch.float64)[None])
+        return {"per_prompt": vals, "n": n_prompts, "mean": float(s.mean[0]), "ci": s.ci[0].double().tolist()}
+
+    top = [{"layer": int(torch.randint(0, n_layers, (1,), generator=g)), "feature": 7 * i, "mean": 0.1 / (i + 1),
+            "ci": [0.05 / (i + 1), 0.15 / (i + 1)], "direct": 0.01 * (i - 2), "n_active": n_prompts} for i in range(5)]
+    out["features"] = {"transcoders": "synthetic", "n_prompts": n_prompts, "replacement": [0.7] * n_prompts,
+                       "completeness": [0.9] * n_prompts, "max_check": 1e-6, "top": top,
+                       "check": {"k": k, "linear_model_error": 2e-6,
+                                 "measures": {m: {"spearman": stat(-0.2, 0.6), "sign_agreement": stat(0.4, 0.9)}
+                                              for m in CHECK_MEASURES}}}
+    return out

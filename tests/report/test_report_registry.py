@@ -137,7 +137,7 @@ def test_register_refuses_a_second_section_or_figure_of_a_name(toy: Section) -> 
 
 def test_findings_have_no_hand_count() -> None:
     """Every registered rule can produce its finding: nothing is cut at a fixed count (the DLA check is last)."""
-    r = synthetic.with_circuit(synthetic.make_results())
+    r = synthetic.with_features(synthetic.with_circuit(synthetic.make_results()))
     findings = key_findings(r)
     n_rules = sum(len(s.rules) for s in sections())
     assert len(findings) == n_rules, [f.figure_id for f in findings]

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from synthetic import HOSTILE_PROMPT_PART, make_results, with_circuit
+from synthetic import HOSTILE_PROMPT_PART, make_results, with_circuit, with_features
 
 from logitlab.results import SCHEMA_VERSION, results_schema, validate_results
 
@@ -21,6 +21,7 @@ def test_shapes_and_consistency(sizes: tuple[int, int, int, int]) -> None:
     # every section, the optional ones included, but features (real ones: tests/unit/test_schema.py on every kind)
     assert set(r) | {"features"} == set(results_schema()["properties"]), "every section, the optional ones included"
     assert r["schema_version"] == SCHEMA_VERSION
+    validate_results(with_features(r))  # the synthetic features section too
     json.dumps(r, allow_nan=False)  # plain JSON
     assert len(r["task"]["prompts"]) == len(r["task"]["answers"]) == n
     assert len(r["logit_diff"]["per_prompt"]) == n
