@@ -25,7 +25,7 @@ from logitlab.stats import paired
 
 __all__ = ["FeatureSettings", "task_features", "CHECK_MEASURES"]
 
-#: The check's measures: name → (what the graph predicts is compared with, where the actual value comes from).
+#: The check's measures: name → what the graph's predicted change of the logit difference is compared with.
 CHECK_MEASURES = {
     "zeroing": "zeroing, the replacement downstream (transcoders, clean errors; attention and norms live)",
     "model_zeroing": "zeroing in the real model (its own MLPs downstream)",
