@@ -398,11 +398,11 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
         v = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + n], hold=hold, prep=prep), diff)
         return v[1:] - float(v[0])
     released = {h: zeroed(frozenset(HOLDS) - {h}) for h in HOLDS}
-    own = {}
-    for name, hold, s0 in (("zeroed", (), 0), ("derivative", (), n), ("derivative_attention_held", ("attention",), n)):
-        v = _logit_diffs(_run_many(model, ids, dictionaries, [[]] + sets[1 + s0:1 + s0 + n], hold=hold, prep=prep,
-                                   mlps="model"), diff)
-        own[name] = (v[1:] - float(v[0])) / (step if s0 else 1.0)
+    free = _logit_diffs(_run_many(model, ids, dictionaries, sets, prep=prep, mlps="model"), diff)  # one clean row
+    att = _logit_diffs(_run_many(model, ids, dictionaries, [[]] + sets[1 + n:], hold=("attention",), prep=prep,
+                                 mlps="model"), diff)
+    own = {"zeroed": free[1:1 + n] - float(free[0]), "derivative": (free[1 + n:] - float(free[0])) / step,
+           "derivative_attention_held": (att[1:] - float(att[0])) / step}
     ref = {"zeroed": pred, "derivative": deriv, "derivative_attention_held": deriv}
     model_part = {**{k: v.tolist() for k, v in own.items()},
                   "spearman": {k: spearman(ref[k], v) for k, v in own.items()},
