@@ -10,6 +10,8 @@ import plotly.graph_objects as go
 
 from logitlab.results import Results
 
+from .._numbers import ci_text, pct_ci
+from .._util import fmt
 from ..layout import BLUE, error_bars, plot_layout
 from ..markup import Figures, esc, figure_html, note, table
 from ..registry import FigureSpec, Finding, Rule, Section, register
@@ -55,11 +57,10 @@ def section_features(results: Results, figures: Figures, findings: Sequence[Find
 
 
 def _mean_ci(m: dict | None, signed: bool = True) -> str:
-    """``+0.12 [−0.05, +0.30]`` (typographic minus), or — when undefined on every prompt."""
+    """``+0.12 [−0.05, +0.30]``, or — when undefined on every prompt."""
     if not isinstance(m, dict) or m.get("mean") is None:
         return "—"
-    f = lambda x: f"{x:+.2f}".replace("-", "−") if signed else f"{x:.2f}"  # noqa: E731
-    return f"{f(m['mean'])} [{f(m['ci'][0])}, {f(m['ci'][1])}]"
+    return f"{fmt(m['mean'], signed=signed)} {ci_text(tuple(m['ci']), signed=signed)}"
 
 
 def _check_html(c: dict | None) -> str:
@@ -94,7 +95,7 @@ def check_finding(results: Results) -> Finding | None:
                else "disagree in rank")
     return Finding(f"Feature graphs: zeroing each prompt's top {c['k']} features in the real model, the graphs' "
                    f"predicted changes of the logit difference {verdict} (Spearman {_mean_ci(rho)} over {rho['n']} "
-                   f"prompts; signs agree for {sign['mean']:.0%} [{sign['ci'][0]:.0%}, {sign['ci'][1]:.0%}])",
+                   f"prompts; signs agree for {pct_ci(sign['mean'], tuple(sign['ci']))})",
                    "features")
 
 
