@@ -45,6 +45,7 @@ from logitlab.analyses.patching import MIN_GAP
 from logitlab.errors import LogitlabError
 from logitlab.model.backend import GRAD, SWEEP, require
 from logitlab.model.graph import EdgeGraph, graph_forward, single_edge_layer
+from logitlab.model.graph_prune import is_binary_patch, live_patch
 from logitlab.model.load import Model
 from logitlab.registry import setting
 from logitlab.results.circuit import Circuit
@@ -216,13 +217,28 @@ def edge_scores(model: Model, graph: EdgeGraph, b: PairBatch, steps: int = IG_ST
 
 def edge_patch_metric(model: Model, graph: EdgeGraph, b: PairBatch, patches: Tensor, base: str = "clean",
                       start: int = 0, progress: Callable[[int], None] | None = None,
-                      runs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Float[Tensor, "mask pair"]:
+                      runs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None, prune: bool = True
+                      ) -> Float[Tensor, "mask pair"]:
     """The metric with edges patched: ``patches`` (M, R, S) float, 1 where an edge carries the *other* run's
     value; ``base`` names the prompt that runs (``"clean"``: other = corrupted; ``"corrupted"``: other = clean).
 
     Every (mask, pair) is one item of the edge-level forward, batched; ``start`` as in :func:`graph_forward`.
     ``runs``: the pairs' embeddings and recorded writes (:func:`recorded_runs`), if already computed.
+    ``prune``: masks of kept and patched edges (0 or 1) run as :func:`~logitlab.model.graph_prune.live_patch`
+    rewrites them, each distinct one once (the same metrics up to rounding; False: as given).
     """
+    single = _one_sender(graph, patches, start)
+    if single is None and start == 0 and prune and len(patches) and is_binary_patch(graph, patches):
+        # Each distinct mask once, with the kept edges that cannot change the metric patched (exact:
+        # logitlab.model.graph_prune); the items it saves count as done.
+        rewritten = graph.allowed.to(patches.device) & ~live_patch(graph, patches)
+        distinct, inv = torch.unique(rewritten.flatten(1), dim=0, return_inverse=True)
+        if len(distinct) < len(patches) or bool(rewritten.ne(patches.ne(0)).any()):
+            out = edge_patch_metric(model, graph, b, distinct.view(-1, *patches.shape[1:]).to(patches.dtype),
+                                    base, progress=progress, runs=runs, prune=False)
+            if progress is not None:
+                progress((len(patches) - len(distinct)) * b.n)
+            return out[inv.to(out.device)]
     r = model.runner
     ce, xe, clean, corr = runs if runs is not None else recorded_runs(model, graph, b)
     emb, own, other = (ce, clean, corr) if base == "clean" else (xe, corr, clean)
@@ -237,7 +253,8 @@ def edge_patch_metric(model: Model, graph: EdgeGraph, b: PairBatch, patches: Ten
     Rl = graph.receivers_per_layer
     touched = patches.ne(0).any(-1).any(0).nonzero()[:, 0]
     one_layer = start < graph.n_layers and bool(((touched >= start * Rl) & (touched < (start + 1) * Rl)).all())
-    single = _one_sender(graph, patches, start)
+    if single is not None:
+        single = single[0].to(r.device), single[1].to(r.device)
     with torch.no_grad():
         for a in range(0, M * n, chunk):
             items = torch.arange(a, min(a + chunk, M * n), device=r.device)

@@ -15,6 +15,7 @@ from logitlab.analyses.circuit import (
 from logitlab.analyses.patching import activation_patching
 from logitlab.analyses.path_patching import path_patching
 from logitlab.model.graph import EdgeGraph, graph_forward
+from logitlab.model.graph_prune import live_patch
 from logitlab.model.runner import Runner
 from logitlab.results import validate_results
 from logitlab.results.circuit import Circuit, PathPatching
@@ -173,6 +174,49 @@ def test_skipping_nodes_that_read_only_the_other_run(tiny_model, tt, monkeypatch
     full = edge_patch_metric(m, g, b, patches).double()
     err = (skipped - full).abs().max().item()
     assert err < 1e-6 * max(1.0, full.abs().max().item()), f"skipping changed the metric by {err:.2e}"
+
+
+def test_pruned_masks_give_the_same_metrics(tiny_model, tt, monkeypatch) -> None:  # noqa: ANN001
+    """Kept edges off every path of kept edges from the embedding to the logits read the other run instead
+    (``graph_prune.live_patch``), and each distinct rewritten mask runs once: the same metrics (float64) as the
+    masks as given, for circuits from empty to whole, a duplicate, and a path whose one dead edge goes."""
+    m = _float64(tiny_model)
+    g = EdgeGraph(m.spec)
+    b = pair_batches(tt, 3)[0]
+    gen = torch.Generator().manual_seed(3)
+    edges = g.edge_index
+    sizes = (0, 1, 2, 5, 20, len(edges) // 4, len(edges) // 2, len(edges))
+    patches = g.allowed.double()[None].repeat(len(sizes) + 3, 1, 1)
+    for i, n in enumerate(sizes):  # kept edges carry the current run
+        kept = edges[torch.randperm(len(edges), generator=gen)[:n]]
+        patches[i, kept[:, 0], kept[:, 1]] = 0.0
+    patches[len(sizes)] = patches[4]  # a duplicate
+    path, dead = len(sizes) + 1, len(sizes) + 2
+    h0, logits = g.head_sender(0, 0), g.receiver(0, "logits")
+    patches[path, g.receiver(0, "q", 0), 0] = 0.0  # input → L0H0 → logits, and L1's MLP → logits with nothing
+    patches[path, logits, h0] = 0.0                  # kept into L1's MLP: that edge is dead
+    patches[path, logits, g.mlp_sender(1)] = 0.0
+    patches[dead, logits, h0] = 0.0  # L0H0 → logits alone: L0H0 writes what the other run writes
+    live = live_patch(g, patches)
+    assert not live[0].any() and torch.equal(live[len(sizes) - 1], g.allowed), "empty / whole circuit"
+    assert bool((live <= patches.eq(0)).all()), "a live edge that is not kept"
+    assert live[path].sum() == 2 and live[path, logits, h0] and not live[path, logits, g.mlp_sender(1)]
+    assert not live[dead].any()
+    items = []
+    real = circuit_mod.graph_forward
+
+    def counted(runner, graph, embed, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        items.append(len(embed))
+        return real(runner, graph, embed, *a, **kw)
+
+    monkeypatch.setattr(circuit_mod, "graph_forward", counted)
+    pruned = edge_patch_metric(m, g, b, patches).double()
+    assert sum(items) < len(patches) * b.n, f"{sum(items)} items for {len(patches)} masks × {b.n} pairs"
+    full = edge_patch_metric(m, g, b, patches, prune=False).double()
+    err = (pruned - full).abs().max().item()
+    assert err < 1e-6 * max(1.0, full.abs().max().item()), f"pruning changed the metric by {err:.2e}"
+    # The dead-path mask is the empty circuit: the other run's metric.
+    assert (pruned[dead] - full[0]).abs().max() < 1e-6 * max(1.0, full.abs().max().item())
 
 
 def test_single_edge_layer_equals_the_edge_level_pass(tiny_model, tt, monkeypatch) -> None:  # noqa: ANN001
