@@ -31,6 +31,8 @@ CHECK_MEASURES = {
     "model_zeroing": "zeroing in the real model (its own MLPs downstream)",
     "model_derivative": "a·dΔ/da in the real model (its own MLPs; scaled by 1 + 10⁻³)",
     "model_derivative_attention_held": "a·dΔ/da in the real model with attention patterns held",
+    "model_derivative_attention_norms_held": "a·dΔ/da in the real model with attention patterns and norm scales "
+                                             "held (only the MLPs' response differs from the graph's)",
 }
 
 
@@ -115,7 +117,8 @@ def _check(model: Any, ids: list[int], dictionaries: Any, g: Any, k: int, answer
     ms = c.model
     out = {"zeroing": (c.spearman, c.sign_agreement)}
     for m, key in (("model_zeroing", "zeroed"), ("model_derivative", "derivative"),
-                   ("model_derivative_attention_held", "derivative_attention_held")):
+                   ("model_derivative_attention_held", "derivative_attention_held"),
+                   ("model_derivative_attention_norms_held", "derivative_attention_norms_held")):
         out[m] = (ms["spearman"][key], ms["sign_agreement"][key])
     err = max((abs(a - b) for a, b in zip(c.actual_all_held, c.predicted)), default=0.0)
     return out, float(err)

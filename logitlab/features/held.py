@@ -25,7 +25,10 @@ time shows which part of the model the graph's linearisation misses. Dictionarie
 changes its layer's MLP output by what it changes in the transcoder's output on the same input (decode of the
 edited activations minus decode of the unedited ones). With no edit it is the real model; downstream layers respond
 through the real MLPs, not through transcoders and held errors (whose Jacobian is the transcoder's, not the
-MLP's). Only ``"attention"`` can be held with it (no downstream feature has a gate, and the MLPs' own norms run).
+MLP's). ``"attention"`` and ``"norms"`` can be held with it, not ``"gates"`` (no downstream feature has a gate).
+With both held, the pass differs from the graph's linear model only in the MLPs (each with its own post-norm, as
+the transcoder replaces it): their first-order response is the real MLPs' Jacobian instead of the transcoders',
+so comparing the two isolates what the dictionaries get wrong from what frozen attention and norms do.
 """
 
 from __future__ import annotations
@@ -70,9 +73,10 @@ def _check_holds(hold: frozenset[str], ds: DictionarySet, mlps: str = "transcode
         raise LogitlabError(f"unknown hold {unknown}", f"any of: {', '.join(HOLDS)}")
     if mlps not in MLPS:
         raise LogitlabError(f"unknown mlps {mlps!r}", f"one of: {', '.join(MLPS)}")
-    if mlps == "model" and hold - {"attention"}:
-        raise LogitlabError(f"with the model's own MLPs only attention can be held, not {sorted(hold - {'attention'})}",
-                            "gates and norms are held in the replacement (mlps='transcoders')")
+    if mlps == "model" and hold - {"attention", "norms"}:
+        raise LogitlabError(f"with the model's own MLPs only attention and norms can be held, not "
+                            f"{sorted(hold - {'attention', 'norms'})}", "gates are held in the replacement "
+                            "(mlps='transcoders')")
     if ds.input_point == "mlp_out" and hold - {"gates"}:
         raise LogitlabError("dictionaries that read the MLP's output run the real MLP, whose own norms cannot be "
                             "held", "hold only the gates with these dictionaries")

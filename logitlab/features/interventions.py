@@ -352,9 +352,11 @@ class TopFeatureCheck:
     actual_released: dict[str, list[float]] = field(default_factory=dict)
     spearman_released: dict[str, float] = field(default_factory=dict)
     sign_agreement_released: dict[str, float] = field(default_factory=dict)
-    # The real model itself (its own MLPs, no replacement: ``mlps="model"``), nothing held and attention held:
-    # "zeroed" (change of Δ), "derivative" and "derivative_attention_held" (a·dΔ/da by the step), each with its
-    # Spearman and sign agreement against the graph ("spearman" / "sign_agreement" keyed by the same names).
+    # The real model itself (its own MLPs, no replacement: ``mlps="model"``): "zeroed" (change of Δ) and
+    # "derivative" (a·dΔ/da by the step) with nothing held, "derivative_attention_held" with attention patterns
+    # held and "derivative_attention_norms_held" with norm scales held too (then only the MLPs' Jacobian differs
+    # from the graph's linear model), each with its Spearman and sign agreement against the graph ("spearman" /
+    # "sign_agreement" keyed by the same names).
     model: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -399,11 +401,15 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
         return v[1:] - float(v[0])
     released = {h: zeroed(frozenset(HOLDS) - {h}) for h in HOLDS}
     free = _logit_diffs(_run_many(model, ids, dictionaries, sets, prep=prep, mlps="model"), diff)  # one clean row
-    att = _logit_diffs(_run_many(model, ids, dictionaries, [[]] + sets[1 + n:], hold=("attention",), prep=prep,
-                                 mlps="model"), diff)
+    held_derivs = {}
+    for name, hold in (("derivative_attention_held", ("attention",)),
+                       ("derivative_attention_norms_held", ("attention", "norms"))):
+        v = _logit_diffs(_run_many(model, ids, dictionaries, [[]] + sets[1 + n:], hold=hold, prep=prep,
+                                   mlps="model"), diff)
+        held_derivs[name] = (v[1:] - float(v[0])) / step
     own = {"zeroed": free[1:1 + n] - float(free[0]), "derivative": (free[1 + n:] - float(free[0])) / step,
-           "derivative_attention_held": (att[1:] - float(att[0])) / step}
-    ref = {"zeroed": pred, "derivative": deriv, "derivative_attention_held": deriv}
+           **held_derivs}
+    ref = {"zeroed": pred, **{k: deriv for k in own if k != "zeroed"}}
     model_part = {**{k: v.tolist() for k, v in own.items()},
                   "spearman": {k: spearman(ref[k], v) for k, v in own.items()},
                   "sign_agreement": {k: agree(ref[k], v) for k, v in own.items()}}

@@ -64,7 +64,9 @@ class FeatureCheck(TypedDict):
     linear model run by the model's code: rounding)"""
     measures: dict[str, CheckMeasure]
     """per measure (zeroing: the replacement downstream; model_zeroing, model_derivative: the real model's own MLPs;
-    model_derivative_attention_held: also attention patterns held): agreement with the graph"""
+    model_derivative_attention_held: also attention patterns held; model_derivative_attention_norms_held: also norm
+    scales held, so only the MLPs differ from the graph's linear model; absent in files written before it):
+    agreement with the graph"""
 
 
 @section

@@ -45,7 +45,10 @@ def test_check_per_prompt_is_check_top_features(run) -> None:  # noqa: ANN001
         pairs = {"zeroing": (want.spearman, want.sign_agreement),
                  "model_zeroing": (want.model["spearman"]["zeroed"], want.model["sign_agreement"]["zeroed"]),
                  "model_derivative": (want.model["spearman"]["derivative"],
-                                      want.model["sign_agreement"]["derivative"])}
+                                      want.model["sign_agreement"]["derivative"]),
+                 "model_derivative_attention_norms_held": (
+                     want.model["spearman"]["derivative_attention_norms_held"],
+                     want.model["sign_agreement"]["derivative_attention_norms_held"])}
         for name, (rho, sign) in pairs.items():
             got = c["measures"][name]
             assert got["spearman"]["per_prompt"][i] == pytest.approx(rho, abs=1e-9), (name, i)

@@ -359,13 +359,60 @@ def test_model_mlps_equal_a_hooked_hugging_face_forward(setup) -> None:  # noqa:
         assert abs(want - hf_clean) > 1e-3, (kind, e, "an edit too small to test")
         moved = max(moved, abs(got - intervene(m, PROMPT, d, [e], **AC).logit_diff))
     assert moved > 1e-6, f"{kind}: the real model's response equals the replacement's everywhere"
-    held = intervene(m, PROMPT, d, [], mlps="model", hold="attention", **AC).logit_diff
-    assert abs(held - clean) < 1e-10
-    for bad in ("gates", "norms"):
-        with pytest.raises(LogitlabError, match="only attention"):
-            _check_holds(frozenset({bad}), d, "model")
+    for hold in ("attention", ("attention", "norms"), "norms"):
+        held = intervene(m, PROMPT, d, [], mlps="model", hold=hold, **AC).logit_diff
+        assert abs(held - clean) < 1e-10, (kind, hold)
+    with pytest.raises(LogitlabError, match="only attention and norms"):
+        _check_holds(frozenset({"gates"}), d, "model")
     with pytest.raises(LogitlabError, match="unknown mlps"):
         _check_holds(frozenset(), d, "hf")
     c = check_top_features(m, PROMPT, d, g, 5, **AC)
-    assert set(c.model["spearman"]) == {"zeroed", "derivative", "derivative_attention_held"}
+    assert set(c.model["spearman"]) == {"zeroed", "derivative", "derivative_attention_held",
+                                        "derivative_attention_norms_held"}
     assert all(len(c.model[k]) == 5 for k in c.model["spearman"])
+
+
+def test_model_mlps_with_attention_and_norms_held(setup) -> None:  # noqa: ANN001
+    """With attention patterns and norm scales held, the real model differs from the graph's linear model only in
+    its MLPs: a feature of the last layer at the last position reaches the logits through no MLP, so its first-order
+    effect (scale by 1 + 2⁻¹², exact in the edits' float32) is the graph's a·dΔ/da (float64); with the norms live it
+    is not (the final norm's response), nor is it for features of earlier layers (the real MLPs' Jacobian is not
+    the transcoders'), unless both Jacobians are 0."""
+    from logitlab.features.interventions import _diff_dir, _logit_diffs, _run_many
+    kind, m, d, g = setup
+    L, T = m.spec.n_layers, len(g.tokens)
+    eff = predicted_effects(g)
+    last = [i for i, (l, p, _f) in enumerate(g.features.tolist()) if l == L - 1 and p == T - 1][:4]
+    early = [int(i) for i in eff.abs().argsort(descending=True).tolist() if int(g.features[i, 0]) < L - 1][:4]
+    assert last and early, kind
+    step = 2.0 ** -12
+    diff = _diff_dir(m, AC["answer"], AC["contrast"])
+
+    def derivative(idx: list[int], hold: tuple[str, ...]) -> torch.Tensor:
+        sets = [[]] + [[Edit(*(int(v) for v in g.features[i]), "scale", 1 + step)] for i in idx]
+        v = _logit_diffs(_run_many(m, list(g.tokens), d, sets, hold=hold, mlps="model"), diff)
+        return (v[1:] - v[0]) / step
+
+    scale = float(eff.abs().max())
+    got = derivative(last, ("attention", "norms"))
+    assert float((got - eff[last]).abs().max()) <= 1e-6 * scale, (kind, got, eff[last])
+    norms_live = derivative(last, ("attention",))
+    assert float((norms_live - eff[last]).abs().max()) > 1e-4 * scale, (kind, "the final norm held nothing")
+    mlps_live = derivative(early, ("attention", "norms"))
+    assert float((mlps_live - eff[early]).abs().max()) > 1e-4 * scale, (kind, "the real MLPs equal the transcoders")
+    # Every MLP's response to its input zero (W_out = 0) and every transcoder but layer 0's silent (W_dec = 0, no
+    # skip): both Jacobians are 0, so the held real model is the graph's linear model for every feature of layer
+    # 0, whose effects run through later layers' attention values and held norms.
+    w = m.runner.w
+    m0 = copy.copy(m)
+    m0.runner = Runner(m.spec, replace(w, W_out=torch.zeros_like(w.W_out)))
+    d0 = replace(d, layers=d.layers[:1] + tuple(replace(t, W_dec=torch.zeros_like(t.W_dec), W_skip=None)
+                                                 for t in d.layers[1:]))
+    g0 = attribute(m0, PROMPT, d0, dtype=torch.float64, **AC)
+    eff0 = predicted_effects(g0)
+    first = [int(i) for i in eff0.abs().argsort(descending=True).tolist() if int(g0.features[i, 0]) == 0][:6]
+    sets = [[]] + [[Edit(*(int(v) for v in g0.features[i]), "scale", 1 + step)] for i in first]
+    v = _logit_diffs(_run_many(m0, list(g0.tokens), d0, sets, hold=("attention", "norms"), mlps="model"), diff)
+    got0 = (v[1:] - v[0]) / step
+    assert float((got0 - eff0[first]).abs().max()) <= 1e-6 * float(eff0.abs().max()), (kind, got0, eff0[first])
+    assert {int(g0.features[i, 1]) for i in first} - {T - 1}, (kind, "no feature before the last position")

@@ -22,7 +22,8 @@ __all__ = ["graph_figure", "graph_page", "features_figure", "check_finding"]
 #: The check's measures as the report names them (logitlab.features.analysis.CHECK_MEASURES).
 _MEASURES = {"zeroing": "zeroing (replacement downstream)", "model_zeroing": "zeroing in the real model",
              "model_derivative": "first-order effect in the real model",
-             "model_derivative_attention_held": "first-order effect, attention patterns held"}
+             "model_derivative_attention_held": "first-order effect, attention patterns held",
+             "model_derivative_attention_norms_held": "first-order effect, attention patterns and norm scales held"}
 
 
 # ---- the run report's section -----------------------------------------------------------------------------
@@ -78,7 +79,9 @@ def _check_html(c: dict | None) -> str:
                     "kv")
             + note("The graph is exact for the model with attention patterns, norm scales and features' on/off states "
                    "frozen at the prompt's values; run with all three held, zeroing gives the prediction within "
-                   f"{c['linear_model_error']:.1e}. The real model moves all three."))
+                   f"{c['linear_model_error']:.1e}. The real model moves all three. With attention patterns and "
+                   "norm scales held, the real model differs from the graph's linear model only in its MLPs (their "
+                   "own response instead of the transcoders')."))
 
 
 def check_finding(results: Results) -> Finding | None:
