@@ -14,8 +14,8 @@ rounding):
   the other run.
 
 :func:`live_patch` rewrites every such kept edge to read the other run. A mask whose every kept edge goes (the
-sparse random circuits of a faithfulness curve: on the built-in model, all 120 random circuits of up to 50 of
-its 5,644 edges) is the empty circuit, whose metric is the other run's, and several masks can become the same
+sparse random circuits of a faithfulness curve: on the built-in model, 115 of the 120 random circuits of up to
+50 of its 5,644 edges) is the empty circuit, whose metric is the other run's, and several masks can become the same
 one: :func:`logitlab.analyses.circuit.edge_patch_metric` runs each distinct rewritten mask once. A node that now
 reads only the other run on every input is skipped by the edge-level pass (it takes the other run's recorded
 write), so fewer kept edges also mean less work for the masks that remain.
