@@ -43,12 +43,8 @@ def main() -> None:
     for prompt in args.prompt or ["Mary is a great friend, isn’t", "John is a great friend, isn’t"]:
         ids = m.tokenizer(prompt, return_tensors="pt")["input_ids"]
         st = clean_state(r, ids, d)
-        x, mids = r.embed_sum(ids), []
-        for l in range(L):  # the residual stream entering each MLP, clean run
-            z, _ = r.attention(l, x, None, False)
-            mid = x + r.post_attention(l, r.heads_to_attn_pre(l, z))[0]
-            mids.append(mid)
-            x = mid + r.mlp(l, mid)
+        cache = r.run_with_cache(ids)
+        mids = cache.resid_pre if m.spec.parallel else cache.resid_mid  # (layer, 1, T, D): what each MLP reads
         pos = min(args.position, ids.shape[1] - 1)
         print(f"{prompt!r}: layer, cos (all positions), cos (position {pos}), median relative error")
         with _norms_held(r, st):
