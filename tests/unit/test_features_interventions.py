@@ -388,9 +388,9 @@ def test_model_mlps_with_attention_and_norms_held(setup) -> None:  # noqa: ANN00
     step = 2.0 ** -12
     diff = _diff_dir(m, AC["answer"], AC["contrast"])
 
-    def derivative(idx: list[int], hold: tuple[str, ...]) -> torch.Tensor:
-        sets = [[]] + [[Edit(*(int(v) for v in g.features[i]), "scale", 1 + step)] for i in idx]
-        v = _logit_diffs(_run_many(m, list(g.tokens), d, sets, hold=hold, mlps="model"), diff)
+    def derivative(idx: list[int], hold: tuple[str, ...], model=m, dicts=d, graph=g) -> torch.Tensor:  # noqa: ANN001
+        sets = [[]] + [[Edit(*(int(v) for v in graph.features[i]), "scale", 1 + step)] for i in idx]
+        v = _logit_diffs(_run_many(model, list(graph.tokens), dicts, sets, hold=hold, mlps="model"), diff)
         return (v[1:] - v[0]) / step
 
     scale = float(eff.abs().max())
@@ -411,8 +411,6 @@ def test_model_mlps_with_attention_and_norms_held(setup) -> None:  # noqa: ANN00
     g0 = attribute(m0, PROMPT, d0, dtype=torch.float64, **AC)
     eff0 = predicted_effects(g0)
     first = [int(i) for i in eff0.abs().argsort(descending=True).tolist() if int(g0.features[i, 0]) == 0][:6]
-    sets = [[]] + [[Edit(*(int(v) for v in g0.features[i]), "scale", 1 + step)] for i in first]
-    v = _logit_diffs(_run_many(m0, list(g0.tokens), d0, sets, hold=("attention", "norms"), mlps="model"), diff)
-    got0 = (v[1:] - v[0]) / step
+    got0 = derivative(first, ("attention", "norms"), m0, d0, g0)
     assert float((got0 - eff0[first]).abs().max()) <= 1e-6 * float(eff0.abs().max()), (kind, got0, eff0[first])
     assert {int(g0.features[i, 1]) for i in first} - {T - 1}, (kind, "no feature before the last position")
