@@ -316,11 +316,13 @@ def train_transcoders(
     layers: Annotated[str | None, typer.Option("--layers", help="Only these layers, e.g. '0,1,5' (default: all).")] = None,
     context_tokens: Annotated[int, typer.Option("--context-tokens", help="Held-out tokens for the features' top "
                                                 "contexts (feature_contexts.json); 0 = skip.")] = _CONTEXT_TOKENS,
+    skip: Annotated[bool, typer.Option("--skip", help="Skip transcoders: a linear map x @ W_skip beside the "
+                                       "features.")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train per-layer transcoders (MLP input -> output) offline, resumably; writes circuit-tracer's format."""
     from logitlab.features.train import TrainConfig, default_out, train_transcoders as _train
-    cfg = TrainConfig(n_features=features, n_tokens=tokens, k=min(32, max(1, features // 8)))
+    cfg = TrainConfig(n_features=features, n_tokens=tokens, k=min(32, max(1, features // 8)), skip=skip)
     wanted = None if layers is None else [int(x) for x in layers.split(",") if x.strip()]
     m = _load(model, _device(device), "float32")
     folder = out or default_out(m, cfg)

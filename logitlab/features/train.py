@@ -17,6 +17,12 @@ of each position's k-th largest pre-activation (as BatchTopK is used at inferenc
 positive threshold is the same function in circuit-tracer, SAELens and logitlab, and each feature's activity
 no longer depends on the others'.
 
+Skip connection (``skip=True``, ``--skip``): a dense linear map beside the features, ``out = f @ W_dec + b_dec
++ x @ W_skip`` (Paulo, Shabalin & Belrose 2025, "Transcoders beat sparse autoencoders for interpretability";
+Gemma Scope 2 publishes such sets), trained jointly from zero. The skip path carries the MLP's response that is
+linear in its input, so the features carry less of it, and the replacement's Jacobian (skip + active features'
+encoder × decoder) is dense rather than of rank at most k.
+
 Corpus: text every machine has — the Python documentation's topics (``pydoc_data.topics``, ~480k characters
 of English prose), then the docstrings of a fixed list of standard-library modules, tokenised by the model's
 tokenizer into sequences (BOS + ``seq_len − 1`` tokens), shuffled with a fixed seed; the last sequences are
@@ -80,6 +86,7 @@ class TrainConfig:
     holdout_seqs: int = 32  # sequences held out for the metrics
     resample_every: int = 10  # chunks between re-initialisations of features that did not fire
     seed: int = 0
+    skip: bool = False  # a skip connection x @ W_skip beside the features (a "skip transcoder")
 
     def __post_init__(self) -> None:
         for name in ("n_features", "n_tokens", "k", "chunk_seqs", "batch_tokens", "holdout_seqs", "resample_every"):
@@ -139,12 +146,22 @@ def n_train_seqs(cfg: TrainConfig) -> int:
     return math.ceil(cfg.n_tokens / (cfg.seq_len - 1))
 
 
+def _settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that name a run: every field, less ``skip`` when off (so runs from before it was added, and
+    their cache folders, keep their names)."""
+    d = asdict(cfg)
+    if not d["skip"]:
+        del d["skip"]
+    return d
+
+
 def default_out(model: Any, cfg: TrainConfig) -> Path:
     """Where trained transcoders are cached when no --out is given (keyed by model and settings)."""
     from logitlab.model.cache import cache_dir
-    key = hashlib.sha256(json.dumps([model.name, model.source, asdict(cfg)]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([model.name, model.source, _settings(cfg)]).encode()).hexdigest()[:12]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.name.split(" (")[0].split("/")[-1])
-    return cache_dir() / "transcoders" / f"{slug}-{cfg.n_features}f-{key}"
+    skip = "-skip" if cfg.skip else ""
+    return cache_dir() / "transcoders" / f"{slug}-{cfg.n_features}f{skip}-{key}"
 
 
 class _Layer:
@@ -156,6 +173,8 @@ class _Layer:
         self.params = {"W_enc": W_dec.T.contiguous().requires_grad_(True),
                        "b_enc": torch.zeros(cfg.n_features, requires_grad=True),
                        "W_dec": W_dec.requires_grad_(True), "b_dec": torch.zeros(d, requires_grad=True)}
+        if cfg.skip:  # starts at zero, as Paulo et al. (2025) start theirs
+            self.params["W_skip"] = torch.zeros(d, d, requires_grad=True)
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.lr)
         self.scales: dict[str, Tensor] = {}
         self.chunks = 0
@@ -170,7 +189,7 @@ class _Layer:
         # Dense decoding: on CPUs, gathering the k active decoder rows per position (and scattering their
         # gradients back) costs more than the dense product at these sizes.
         f = torch.zeros_like(pre).scatter(-1, idx, vals.relu())  # (n, F)
-        recon = f @ p["W_dec"] + p["b_dec"]
+        recon = f @ p["W_dec"] + self._linear(x)
         loss = (recon - y).pow(2).sum(-1).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -199,7 +218,7 @@ class _Layer:
         p = self.params
         pre = x @ p["W_enc"] + p["b_enc"]
         vals, idx = pre.topk(k, dim=-1)
-        err = y - (torch.einsum("nk,nkd->nd", vals.relu(), p["W_dec"][idx]) + p["b_dec"])  # (n, D)
+        err = y - (torch.einsum("nk,nkd->nd", vals.relu(), p["W_dec"][idx]) + self._linear(x))  # (n, D)
         w = err.pow(2).sum(-1)
         pick = torch.multinomial(w / w.sum(), len(dead), replacement=len(dead) > len(w), generator=g)
         xs, es = x[pick], err[pick]
@@ -216,6 +235,11 @@ class _Layer:
                 st["exp_avg"][dead] = 0
                 st["exp_avg_sq"][dead] = 0
         return len(dead)
+
+    def _linear(self, x: Tensor) -> Tensor:
+        """What the transcoder writes besides its features: ``b_dec`` (+ ``x @ W_skip``)."""
+        p = self.params
+        return p["b_dec"] if "W_skip" not in p else x @ p["W_skip"] + p["b_dec"]
 
     def state(self) -> dict[str, Any]:
         return {"params": {k: v.detach() for k, v in self.params.items()}, "opt": self.opt.state_dict(),
@@ -236,9 +260,14 @@ class _Layer:
         mx, s_in, mean, s_out = (self.scales[k] for k in ("x_mean", "x_scale", "y_mean", "y_scale"))
         theta = max(self.kth, 1e-6)
         # pre = ((x − mx) / s_in) @ W + b = x @ (W / s_in) + (b − (mx / s_in) @ W)
+        # skip: s_out · ((x − mx) / s_in) @ S = x @ (S · s_out / s_in) − (mx / s_in) @ S · s_out
+        b_dec, W_skip = p["b_dec"] * s_out + mean, None
+        if "W_skip" in p:
+            W_skip = (p["W_skip"] * (s_out / s_in)).contiguous()
+            b_dec = b_dec - (mx / s_in) @ p["W_skip"] * s_out
         return Transcoder(W_enc=(p["W_enc"] / s_in).contiguous(), b_enc=p["b_enc"] - (mx / s_in) @ p["W_enc"],
-                          W_dec=(p["W_dec"] * s_out).contiguous(), b_dec=p["b_dec"] * s_out + mean,
-                          activation="jumprelu", threshold=torch.full_like(p["b_enc"], theta))
+                          W_dec=(p["W_dec"] * s_out).contiguous(), b_dec=b_dec,
+                          activation="jumprelu", threshold=torch.full_like(p["b_enc"], theta), W_skip=W_skip)
 
 
 def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), layers: list[int] | None = None,
@@ -259,7 +288,7 @@ def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), l
     ckpt = out / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     config_path = out / "train_config.json"
-    wanted_cfg = {"model": model.name, **asdict(cfg)}
+    wanted_cfg = {"model": model.name, **_settings(cfg)}
     if config_path.exists() and json.loads(config_path.read_text(encoding="utf-8")) != wanted_cfg:
         raise LogitlabError(f"{out} holds a training run with other settings ({config_path})",
                             "use another --out, or the same settings to continue it")
@@ -355,7 +384,7 @@ def _finish(model: Any, out: Path, cfg: TrainConfig, holdout: Tensor) -> Diction
             ev, l0, counts = layer_stats(tcs[l], torch.cat(xs[l]), torch.cat(ys[l]))
             metrics.append({"layer": l, "explained_variance": round(ev, 4), "l0": round(l0, 2),
                             "dead_fraction": round(float((counts == 0).double().mean()), 4)})
-    summary = {"model": model.name, "n_features": cfg.n_features, "training_tokens": cfg.n_tokens,
+    summary = {"model": model.name, "n_features": cfg.n_features, "skip": cfg.skip, "training_tokens": cfg.n_tokens,
                "heldout_positions": int(holdout.shape[0] * (cfg.seq_len - 1)), "layers": metrics}
     with atomic_write(out / "metrics.json") as f:
         f.write(json.dumps(summary, indent=1))

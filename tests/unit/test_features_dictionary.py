@@ -274,6 +274,49 @@ def test_training_reduces_error_and_resumes(tiny_model, tmp_path: Path) -> None:
                           progress=False)
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_written_transcoder_is_the_trained_one(skip: bool) -> None:
+    """Folding the input and output normalisation (and the skip connection) into the written weights is exact:
+    the same features, and ``decode`` equal to the trained output mapped back to the model's units."""
+    from logitlab.features.train import _Layer
+    g = torch.Generator().manual_seed(3)
+    D, F = 12, 20
+    st = _Layer(D, TrainConfig(n_features=F, k=4, skip=skip), g)
+    with torch.no_grad():
+        for t in st.params.values():
+            t.copy_(torch.randn(t.shape, generator=g))
+    assert ("W_skip" in st.params) == skip
+    mx, my = torch.randn(D, generator=g), torch.randn(D, generator=g)
+    st.scales = {"x_mean": mx, "x_scale": torch.tensor(2.5), "y_mean": my, "y_scale": torch.tensor(0.3)}
+    st.kth = 0.5
+    tc = st.transcoder()
+    assert (tc.W_skip is not None) == skip
+    x = torch.randn(7, D, generator=g, dtype=torch.float64) * 3
+    xn = (x - mx.double()) / 2.5
+    p = {k: v.detach().double() for k, v in st.params.items()}
+    pre_n = xn @ p["W_enc"] + p["b_enc"]
+    tc64 = tc.to(dtype=torch.float64)
+    assert torch.allclose(tc64.pre(x), pre_n, atol=1e-4)
+    f = tc64.encode(x)
+    assert torch.equal(f != 0, pre_n > 0.5)
+    lin = p["b_dec"] + (xn @ p["W_skip"] if skip else 0)
+    want = 0.3 * (f @ p["W_dec"] + lin) + my.double()
+    assert torch.allclose(tc64.decode(f, x), want, atol=1e-4), (tc64.decode(f, x) - want).abs().max()
+
+
+@pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
+def test_training_a_skip_transcoder(tiny_model, tmp_path: Path) -> None:
+    cfg = TrainConfig(n_features=32, n_tokens=3000, k=8, seq_len=16, chunk_seqs=8, batch_tokens=32, lr=3e-3,
+                      holdout_seqs=8, skip=True)
+    dset = train_transcoders(tiny_model, tmp_path / "s", cfg, progress=False)
+    assert all(tc.W_skip is not None and tc.W_skip.abs().max() > 0 for tc in dset.layers)
+    evs = [m["explained_variance"] for m in json.loads((tmp_path / "s" / "metrics.json").read_text())["layers"]]
+    assert min(evs) > 0.2, evs
+    assert_same(dset, load_dictionaries(tmp_path / "s", tiny_model))  # W_skip through circuit-tracer's files
+    with pytest.raises(LogitlabError, match="other settings"):  # the same folder without the skip is another run
+        train_transcoders(tiny_model, tmp_path / "s", TrainConfig(**{**cfg.__dict__, "skip": False}), progress=False)
+
+
 @pytest.mark.parametrize("tiny_model", ["llama_gqa"], indirect=True)
 def test_train_transcoders_command(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from logitlab.cli import main
