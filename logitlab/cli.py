@@ -318,11 +318,14 @@ def train_transcoders(
                                                 "contexts (feature_contexts.json); 0 = skip.")] = _CONTEXT_TOKENS,
     skip: Annotated[bool, typer.Option("--skip", help="Skip transcoders: a linear map x @ W_skip beside the "
                                        "features.")] = False,
+    jacobian: Annotated[float, typer.Option("--jacobian", help="Weight of a term matching the transcoder's Jacobian "
+                                            "to the MLP's on random directions (0 = off).")] = 0.0,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train per-layer transcoders (MLP input -> output) offline, resumably; writes circuit-tracer's format."""
     from logitlab.features.train import TrainConfig, default_out, train_transcoders as _train
-    cfg = TrainConfig(n_features=features, n_tokens=tokens, k=min(32, max(1, features // 8)), skip=skip)
+    cfg = TrainConfig(n_features=features, n_tokens=tokens, k=min(32, max(1, features // 8)), skip=skip,
+                      jacobian=jacobian)
     wanted = None if layers is None else [int(x) for x in layers.split(",") if x.strip()]
     m = _load(model, _device(device), "float32")
     folder = out or default_out(m, cfg)

@@ -27,7 +27,8 @@ from torch import Tensor
 from logitlab.errors import LogitlabError
 from logitlab.features.dictionary import DictionarySet, Transcoder
 
-__all__ = ["LayerQuality", "Agreement", "mlp_io", "layer_quality", "replacement_final", "agreement", "staged"]
+__all__ = ["LayerQuality", "Agreement", "mlp_io", "layer_quality", "replacement_final", "agreement", "staged",
+           "jacobian_stats"]
 
 
 def staged(model: Any) -> Any:
@@ -82,6 +83,28 @@ def layer_stats(tc: Transcoder, x: Float[Tensor, "n d_in"], y: Float[Tensor, "n 
     total = (y - y.mean(0)).double().pow(2).sum()
     active = f != 0
     return float(1 - resid / total), float(active.sum(-1).double().mean()), active.sum(0)
+
+
+def jacobian_stats(runner: Any, layer: int, tc: Transcoder, x: Float[Tensor, "n d_in"], seed: int = 0
+                   ) -> tuple[float, float]:
+    """How well ``tc`` reproduces the MLP's first-order response at inputs ``x`` (``mlp_in``, model units):
+    for one random direction v per position (scaled to that input's norm), the mean cosine between the MLP's
+    J·v and the transcoder's J_tc·v, and the median of |J·v − J_tc·v| / |J·v|. Both by forward-mode
+    differentiation; J_tc holds nothing (a JumpReLU's step has derivative 0), so it is the active features'
+    encoder × decoder plus any skip. Returns (mean cosine, median relative error)."""
+    w = runner.w.W_U
+    x = x.to(w.device, w.dtype)
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(x.shape, generator=g).to(w.device, w.dtype)
+    v = v / v.norm(dim=-1, keepdim=True) * x.norm(dim=-1, keepdim=True)
+    tcw = tc.to(w.device, w.dtype)
+    with torch.enable_grad():
+        _, jv = torch.func.jvp(lambda t: runner.mlp_from_input(layer, t[None])[0], (x,), (v,))
+        _, jt = torch.func.jvp(lambda t: tcw.decode(tcw.encode(t), t), (x,), (v,))
+    jv, jt = jv.double(), jt.double()
+    cos = torch.nn.functional.cosine_similarity(jv, jt, dim=-1)
+    rel = (jv - jt).norm(dim=-1) / jv.norm(dim=-1).clamp(min=1e-12)
+    return float(cos.mean()), float(rel.median())
 
 
 def layer_quality(dset: DictionarySet, model: Any, tokens: Int[Tensor, "batch pos"],

@@ -51,7 +51,7 @@ from logitlab.errors import LogitlabError
 from logitlab.features.contexts import feature_contexts, save_contexts
 from logitlab.features.dictionary import DictionarySet, Transcoder, same_model
 from logitlab.features.formats import load_dictionaries, save_circuit_tracer
-from logitlab.features.quality import layer_stats, mlp_io, staged
+from logitlab.features.quality import jacobian_stats, layer_stats, mlp_io, staged
 
 __all__ = ["TrainConfig", "train_transcoders", "corpus_text", "corpus_sequences", "default_out", "corpus_contexts"]
 
@@ -87,6 +87,7 @@ class TrainConfig:
     resample_every: int = 10  # chunks between re-initialisations of features that did not fire
     seed: int = 0
     skip: bool = False  # a skip connection x @ W_skip beside the features (a "skip transcoder")
+    jacobian: float = 0.0  # weight of the Jacobian-matching term (0: reconstruction alone)
 
     def __post_init__(self) -> None:
         for name in ("n_features", "n_tokens", "k", "chunk_seqs", "batch_tokens", "holdout_seqs", "resample_every"):
@@ -96,6 +97,8 @@ class TrainConfig:
             raise LogitlabError(f"seq_len must be at least 2, got {self.seq_len}")
         if self.k > self.n_features:
             raise LogitlabError(f"k {self.k} exceeds the number of features {self.n_features}")
+        if not self.jacobian >= 0:
+            raise LogitlabError(f"jacobian must be ≥ 0, got {self.jacobian}")
 
 
 def corpus_text() -> str:
@@ -147,11 +150,12 @@ def n_train_seqs(cfg: TrainConfig) -> int:
 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings that name a run: every field, less ``skip`` when off (so runs from before it was added, and
-    their cache folders, keep their names)."""
+    """The settings that name a run: every field, less ``skip`` and ``jacobian`` when off (so runs from before
+    they were added, and their cache folders, keep their names)."""
     d = asdict(cfg)
-    if not d["skip"]:
-        del d["skip"]
+    for name in ("skip", "jacobian"):
+        if not d[name]:
+            del d[name]
     return d
 
 
@@ -160,8 +164,8 @@ def default_out(model: Any, cfg: TrainConfig) -> Path:
     from logitlab.model.cache import cache_dir
     key = hashlib.sha256(json.dumps([model.name, model.source, _settings(cfg)]).encode()).hexdigest()[:12]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.name.split(" (")[0].split("/")[-1])
-    skip = "-skip" if cfg.skip else ""
-    return cache_dir() / "transcoders" / f"{slug}-{cfg.n_features}f{skip}-{key}"
+    kind = ("-skip" if cfg.skip else "") + ("-jac" if cfg.jacobian else "")
+    return cache_dir() / "transcoders" / f"{slug}-{cfg.n_features}f{kind}-{key}"
 
 
 class _Layer:
@@ -182,7 +186,12 @@ class _Layer:
         self.n_kth = 0
         self.fired = torch.zeros(cfg.n_features, dtype=torch.long)  # activations since the last resampling
 
-    def step(self, x: Tensor, y: Tensor, k: int) -> float:
+    def step(self, x: Tensor, y: Tensor, k: int, jac: tuple[Tensor, Tensor, float] | None = None) -> float:
+        """One Adam step on positions ``x`` → ``y`` (normalised units); returns the reconstruction loss.
+
+        ``jac`` = (v, t, weight): directions v (m, D) at the first m positions and the MLP's response t = J·v
+        there; adds weight · |J_tc·v − t|² / |t|² (J_tc: the active features' encoder × decoder, plus W_skip).
+        """
         p = self.params
         pre = x @ p["W_enc"] + p["b_enc"]  # (n, F)
         vals, idx = pre.topk(k, dim=-1)  # (n, k), sorted: the k-th largest is the last
@@ -191,6 +200,15 @@ class _Layer:
         f = torch.zeros_like(pre).scatter(-1, idx, vals.relu())  # (n, F)
         recon = f @ p["W_dec"] + self._linear(x)
         loss = (recon - y).pow(2).sum(-1).mean()
+        report = float(loss.detach())
+        if jac is not None:
+            v, t, weight = jac
+            m = v.shape[0]
+            g = (v @ p["W_enc"]).gather(-1, idx[:m]) * (vals[:m] > 0)  # (m, k): active features' slopes are 1
+            jv = torch.einsum("mk,mkd->md", g, p["W_dec"][idx[:m]])
+            if "W_skip" in p:
+                jv = jv + v @ p["W_skip"]
+            loss = loss + weight * (jv - t).pow(2).sum(-1).mean() / t.pow(2).sum(-1).mean().clamp(min=1e-12)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -200,7 +218,7 @@ class _Layer:
             kth = float(vals[:, -1].mean())
             self.n_kth += 1
             self.kth += (kth - self.kth) / min(self.n_kth, 50)  # mean over (about) the last 50 steps
-        return float(loss.detach())
+        return report
 
     @torch.no_grad()
     def resample(self, x: Tensor, y: Tensor, k: int, g: torch.Generator) -> int:
@@ -335,10 +353,14 @@ def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), l
                 # the order of this chunk's positions depends on (seed, chunk, layer) only: a resumed run repeats it
                 order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(
                     cfg.seed * 1_000_003 + c * 1_009 + layer))
+                gv = torch.Generator().manual_seed(cfg.seed * 1_000_003 + c * 1_009 + layer + 17)
                 with torch.enable_grad():
                     for b in range(0, x.shape[0], cfg.batch_tokens):
                         i = order[b:b + cfg.batch_tokens]
-                        losses.append(st.step(x[i], y[i], cfg.k))
+                        jac = None
+                        if cfg.jacobian:
+                            jac = (*_mlp_response(r, layer, x[i[:_JAC_POSITIONS]], st.scales, gv), cfg.jacobian)
+                        losses.append(st.step(x[i], y[i], cfg.k, jac))
                 # resample dead features every `resample_every` chunks, until 3/4 of the way
                 if (c + 1) % cfg.resample_every == 0 and c + 1 <= 0.75 * n_chunks:
                     st.resample(x, y, cfg.k, torch.Generator().manual_seed(cfg.seed + c * 31 + layer))
@@ -350,6 +372,26 @@ def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), l
     if context_tokens > 0:
         corpus_contexts(model, out, context_tokens, dset, progress)
     return dset
+
+
+#: Positions of each step that the Jacobian-matching term uses (the batch's order is random).
+_JAC_POSITIONS = 128
+#: Held-out positions on which metrics.json compares each layer's Jacobian with its MLP's.
+_JAC_HELDOUT = 1024
+
+
+def _mlp_response(r: Any, layer: int, x: Tensor, scales: dict[str, Tensor], g: torch.Generator
+                  ) -> tuple[Tensor, Tensor]:
+    """Random directions v (m, D) with E|v|² = 1 at normalised inputs ``x`` and the MLP's response J·v there, in
+    normalised units (input scaled by x_scale, output by 1 / y_scale), by forward-mode differentiation."""
+    m, D = x.shape
+    v = torch.randn(m, D, generator=g) / math.sqrt(D)
+    s_in, s_out = scales["x_scale"], scales["y_scale"]
+    w = r.w.W_U  # the runner's device and dtype
+    xm = (x * s_in + scales["x_mean"]).to(w.device, w.dtype)[None]
+    with torch.enable_grad():
+        _, jv = torch.func.jvp(lambda t: r.mlp_from_input(layer, t), (xm,), ((v * s_in).to(w.device, w.dtype)[None],))
+    return v, (jv[0].float().cpu() / s_out).detach()
 
 
 def _save_ckpt(st: _Layer, path: Path) -> None:
@@ -382,9 +424,12 @@ def _finish(model: Any, out: Path, cfg: TrainConfig, holdout: Tensor) -> Diction
                 ys[l].append(io[l][1][:, 1:].reshape(-1, D).float().cpu())
         for l in range(L):
             ev, l0, counts = layer_stats(tcs[l], torch.cat(xs[l]), torch.cat(ys[l]))
+            jcos, jrel = jacobian_stats(staged(model), l, tcs[l], torch.cat(xs[l])[:_JAC_HELDOUT], seed=l)
             metrics.append({"layer": l, "explained_variance": round(ev, 4), "l0": round(l0, 2),
+                            "jacobian_cosine": round(jcos, 4), "jacobian_rel_error": round(jrel, 4),
                             "dead_fraction": round(float((counts == 0).double().mean()), 4)})
-    summary = {"model": model.name, "n_features": cfg.n_features, "skip": cfg.skip, "training_tokens": cfg.n_tokens,
+    summary = {"model": model.name, "n_features": cfg.n_features, "skip": cfg.skip, "jacobian": cfg.jacobian,
+               "training_tokens": cfg.n_tokens,
                "heldout_positions": int(holdout.shape[0] * (cfg.seq_len - 1)), "layers": metrics}
     with atomic_write(out / "metrics.json") as f:
         f.write(json.dumps(summary, indent=1))

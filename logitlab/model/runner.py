@@ -241,7 +241,10 @@ class Runner(Readout):
 
     def mlp(self, layer: int, resid_mid: Float[Tensor, "batch pos d_model"]) -> Tensor:
         """What the MLP (and its post-norm, if any) adds to the residual stream."""
-        x = self.pre_norm(layer, 2, resid_mid)
+        return self.mlp_from_input(layer, self.pre_norm(layer, 2, resid_mid))
+
+    def mlp_from_input(self, layer: int, x: Float[Tensor, "batch pos d_model"]) -> Tensor:
+        """:meth:`mlp` from its pre-norm's output ``x`` (``mlp_in``: the norm's weight is folded into the MLP)."""
         if self.spec.moe is not None and self.spec.moe.sparse[layer]:  # a mixture of experts (model/moe.py)
             return moe_forward(self.spec.moe, self.w, layer, x, self._act)
         b_in = None if self._b_in is None else self._b_in[layer]

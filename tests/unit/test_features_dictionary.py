@@ -12,7 +12,7 @@ import torch
 from logitlab.errors import LogitlabError
 from logitlab.features import DictionarySet, Transcoder, load_dictionaries
 from logitlab.features.formats import hook_point, load_saelens, save_circuit_tracer, save_saelens
-from logitlab.features.quality import agreement, layer_quality, mlp_io, replacement_final
+from logitlab.features.quality import agreement, jacobian_stats, layer_quality, mlp_io, replacement_final
 from logitlab.features.train import TrainConfig, train_transcoders
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "saelens"
@@ -315,6 +315,38 @@ def test_training_a_skip_transcoder(tiny_model, tmp_path: Path) -> None:
     assert_same(dset, load_dictionaries(tmp_path / "s", tiny_model))  # W_skip through circuit-tracer's files
     with pytest.raises(LogitlabError, match="other settings"):  # the same folder without the skip is another run
         train_transcoders(tiny_model, tmp_path / "s", TrainConfig(**{**cfg.__dict__, "skip": False}), progress=False)
+
+
+@pytest.mark.parametrize("tiny_model", ["gpt2", "gemma3", "qwen3_moe"], indirect=True)
+def test_jacobian_stats_against_autograd(tiny_model) -> None:
+    """A transcoder whose skip is the MLP's full Jacobian at x (torch.autograd.functional.jacobian) and whose
+    features never fire has J_tc·v = J·v there: cosine 1, error 0; a multiple c·J gives error |1 − c|."""
+    r, D = tiny_model.runner, tiny_model.spec.d_model
+    x = torch.randn(1, D, generator=torch.Generator().manual_seed(0)) * 2
+    J = torch.autograd.functional.jacobian(lambda t: r.mlp_from_input(1, t[None, None])[0, 0], x[0])  # (D, D)
+    for c, cos, rel in ((1.0, 1.0, 0.0), (0.5, 1.0, 0.5), (-1.0, -1.0, 2.0)):
+        tc = Transcoder(W_enc=torch.zeros(D, 4), b_enc=-torch.ones(4), W_dec=torch.randn(4, D), b_dec=torch.zeros(D),
+                        W_skip=c * J.T.contiguous())
+        got = jacobian_stats(r, 1, tc, x)
+        assert got == pytest.approx((cos, rel), abs=1e-4), (c, got)
+    # the features' part: one feature always on, slope 1, adds W_enc[:, 0] ⊗ W_dec[0] to J_tc
+    u, w = torch.randn(D, 1), torch.randn(1, D)
+    tc = Transcoder(W_enc=u, b_enc=torch.tensor([1e4]), W_dec=w, b_dec=torch.zeros(D), W_skip=J.T - u @ w)
+    assert jacobian_stats(r, 1, tc, x) == pytest.approx((1.0, 0.0), abs=1e-4)
+
+
+@pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
+def test_jacobian_matching_lowers_the_jacobian_error(tiny_model, tmp_path: Path) -> None:
+    cfg = TrainConfig(n_features=32, n_tokens=3000, k=8, seq_len=16, chunk_seqs=8, batch_tokens=32, lr=3e-3,
+                      holdout_seqs=8, skip=True)
+    runs = {}
+    for w in (0.0, 1.0):
+        train_transcoders(tiny_model, tmp_path / str(w), TrainConfig(**{**cfg.__dict__, "jacobian": w}), progress=False)
+        runs[w] = json.loads((tmp_path / str(w) / "metrics.json").read_text())["layers"]
+    before = [m["jacobian_rel_error"] for m in runs[0.0]]
+    after = [m["jacobian_rel_error"] for m in runs[1.0]]
+    assert all(a < b for a, b in zip(after, before)), (before, after)
+    assert all(m["explained_variance"] > 0.2 for m in runs[1.0]), runs[1.0]
 
 
 @pytest.mark.parametrize("tiny_model", ["llama_gqa"], indirect=True)
