@@ -33,6 +33,9 @@ CHECK_MEASURES = {
     "model_derivative_attention_held": "a·dΔ/da in the real model with attention patterns held",
     "model_derivative_attention_norms_held": "a·dΔ/da in the real model with attention patterns and norm scales "
                                              "held (only the MLPs' response differs from the graph's)",
+    "model_zeroing_by_model_derivative": "not the graph: zeroing in the real model against the real model's own "
+                                         "first-order prediction −a·dΔ/da (how far any exact linear attribution "
+                                         "could agree with zeroing)",
 }
 
 
@@ -64,6 +67,7 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
     per: list[dict[tuple[int, int], tuple[float, float]]] = []
     reps, comps, checks = [], [], []
     agree: list[dict[str, tuple[float, float]]] = []  # per prompt: measure → (Spearman, sign agreement)
+    checked: list[list[list[int]]] = []  # per prompt: the checked features' [layer, position, feature]
     linear_err = 0.0
     for i in range(n):
         ids = tt.tokens[i, : int(tt.final_pos[i]) + 1].tolist()
@@ -86,6 +90,7 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
             c = _check(model, ids, dictionaries, g, check, int(tt.correct_ids[i]), inc)
             agree.append(c[0])
             linear_err = max(linear_err, c[1])
+            checked.append(c[2])
         if progress is not None:
             progress(1)
     keys = sorted({k for m in per for k in m})
@@ -101,7 +106,7 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
     out = {"transcoders": name, "n_prompts": n, "replacement": reps, "completeness": comps,
            "max_check": float(max(checks)), "top": rows}
     if check > 0:
-        out["check"] = {"k": check, "linear_model_error": linear_err,
+        out["check"] = {"k": check, "linear_model_error": linear_err, "features": checked,
                         "measures": {m: {"spearman": _summary([a[m][0] for a in agree]),
                                          "sign_agreement": _summary([a[m][1] for a in agree])}
                                      for m in CHECK_MEASURES}}
@@ -109,9 +114,10 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
 
 
 def _check(model: Any, ids: list[int], dictionaries: Any, g: Any, k: int, answer: int,
-           contrast: list[int]) -> tuple[dict[str, tuple[float, float]], float]:
-    """One prompt's check: measure → (Spearman, sign agreement), and the largest difference between the graph's
-    prediction and zeroing with attention, norms and gates held (the graph's own linear model: rounding)."""
+           contrast: list[int]) -> tuple[dict[str, tuple[float, float]], float, list[list[int]]]:
+    """One prompt's check: measure → (Spearman, sign agreement), the largest difference between the graph's
+    prediction and zeroing with attention, norms and gates held (the graph's own linear model: rounding), and the
+    checked features ([layer, position, feature] each)."""
     from logitlab.features.interventions import check_top_features
     c = check_top_features(model, ids, dictionaries, g, k, answer=answer, contrast=contrast)
     ms = c.model
@@ -120,8 +126,10 @@ def _check(model: Any, ids: list[int], dictionaries: Any, g: Any, k: int, answer
                    ("model_derivative_attention_held", "derivative_attention_held"),
                    ("model_derivative_attention_norms_held", "derivative_attention_norms_held")):
         out[m] = (ms["spearman"][key], ms["sign_agreement"][key])
+    own = ms["own_first_order"]
+    out["model_zeroing_by_model_derivative"] = (own["spearman"], own["sign_agreement"])
     err = max((abs(a - b) for a, b in zip(c.actual_all_held, c.predicted)), default=0.0)
-    return out, float(err)
+    return out, float(err), c.features
 
 
 def _summary(values: list[float]) -> dict[str, Any]:

@@ -356,7 +356,9 @@ class TopFeatureCheck:
     # "derivative" (a·dΔ/da by the step) with nothing held, "derivative_attention_held" with attention patterns
     # held and "derivative_attention_norms_held" with norm scales held too (then only the MLPs' Jacobian differs
     # from the graph's linear model), each with its Spearman and sign agreement against the graph ("spearman" /
-    # "sign_agreement" keyed by the same names).
+    # "sign_agreement" keyed by the same names); "own_first_order": the same two statistics between the real
+    # model's own first-order prediction of zeroing (−a·dΔ/da, "derivative") and its zeroing ("zeroed"), which
+    # involves no graph: how far any exact first-order attribution could agree with zeroing.
     model: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -412,7 +414,9 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
     ref = {"zeroed": pred, **{k: deriv for k in own if k != "zeroed"}}
     model_part = {**{k: v.tolist() for k, v in own.items()},
                   "spearman": {k: spearman(ref[k], v) for k, v in own.items()},
-                  "sign_agreement": {k: agree(ref[k], v) for k, v in own.items()}}
+                  "sign_agreement": {k: agree(ref[k], v) for k, v in own.items()},
+                  "own_first_order": {"spearman": spearman(-own["derivative"], own["zeroed"]),
+                                      "sign_agreement": agree(-own["derivative"], own["zeroed"])}}
     return TopFeatureCheck(
         features=[list(f) for f in feats], activations=graph.activations[top].double().tolist(),
         predicted=pred.tolist(), actual=actual.tolist(), derivative_predicted=deriv.tolist(),

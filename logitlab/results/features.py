@@ -62,11 +62,16 @@ class FeatureCheck(TypedDict):
     linear_model_error: float
     """largest |prediction − zeroing with attention, norms and gates held| over prompts and features (the graph's own
     linear model run by the model's code: rounding)"""
+    features: NotRequired[list[list[list[int]]]]
+    """per prompt the checked features, [layer, position, feature] each, in order of influence (absent in files
+    written before it)"""
     measures: dict[str, CheckMeasure]
     """per measure (zeroing: the replacement downstream; model_zeroing, model_derivative: the real model's own MLPs;
     model_derivative_attention_held: also attention patterns held; model_derivative_attention_norms_held: also norm
     scales held, so only the MLPs differ from the graph's linear model; absent in files written before it):
-    agreement with the graph"""
+    agreement with the graph; and model_zeroing_by_model_derivative, which compares no graph: the real model's own
+    first-order prediction −a·dΔ/da against its zeroing, how far any exact linear attribution could agree (absent
+    in files written before it)"""
 
 
 @section

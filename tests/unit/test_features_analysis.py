@@ -48,7 +48,10 @@ def test_check_per_prompt_is_check_top_features(run) -> None:  # noqa: ANN001
                                       want.model["sign_agreement"]["derivative"]),
                  "model_derivative_attention_norms_held": (
                      want.model["spearman"]["derivative_attention_norms_held"],
-                     want.model["sign_agreement"]["derivative_attention_norms_held"])}
+                     want.model["sign_agreement"]["derivative_attention_norms_held"]),
+                 "model_zeroing_by_model_derivative": (want.model["own_first_order"]["spearman"],
+                                                       want.model["own_first_order"]["sign_agreement"])}
+        assert c["features"][i] == want.features
         for name, (rho, sign) in pairs.items():
             got = c["measures"][name]
             assert got["spearman"]["per_prompt"][i] == pytest.approx(rho, abs=1e-9), (name, i)
@@ -73,6 +76,16 @@ def test_report_shows_the_check_and_its_finding_follows_the_ci(run) -> None:  # 
         stat["spearman"].update(mean=(ci[0] + ci[1]) / 2, ci=ci, n=4)
         f = check_finding({"features": out})  # type: ignore[arg-type]
         assert f is not None and word in f.text and f.figure_id == "features", f
+    # the real model's own first-order prediction of zeroing: named in the finding only where its CI stays
+    # below 0.5 (then no exact linear attribution predicts the zeroing well)
+    own = out["check"]["measures"]["model_zeroing_by_model_derivative"]
+    for hi, said in ((0.4, True), (0.6, False)):
+        own["spearman"].update(mean=hi - 0.3, ci=[hi - 0.6, hi], n=4)
+        f = check_finding({"features": out})  # type: ignore[arg-type]
+        assert f is not None and ("outside the range" in f.text) == said, (hi, f)
+    flat = [f for per in out["check"]["features"] for f in per]
+    by_layer = ", ".join(f"layer {l}: {sum(f[0] == l for f in flat)}" for l in sorted({f[0] for f in flat}))
+    assert f"The {len(flat)} checked features by layer ({by_layer})" in html, html[-600:]
     stat["spearman"].update(mean=None, ci=None, n=0)
     assert check_finding({"features": out}) is None  # type: ignore[arg-type]
     del out["check"]

@@ -370,6 +370,13 @@ def test_model_mlps_equal_a_hooked_hugging_face_forward(setup) -> None:  # noqa:
     assert set(c.model["spearman"]) == {"zeroed", "derivative", "derivative_attention_held",
                                         "derivative_attention_norms_held"}
     assert all(len(c.model[k]) == 5 for k in c.model["spearman"])
+    # the real model's own first-order prediction of zeroing against its zeroing, ranked here by hand
+    pred, got = -torch.tensor(c.model["derivative"]), torch.tensor(c.model["zeroed"])
+    rank = lambda v: v.argsort().argsort().double()  # noqa: E731
+    rho = float(torch.corrcoef(torch.stack([rank(pred), rank(got)]))[0, 1])
+    assert c.model["own_first_order"]["spearman"] == pytest.approx(rho, abs=1e-9)
+    assert c.model["own_first_order"]["sign_agreement"] == pytest.approx(
+        float((pred.sign() == got.sign()).double().mean()))
 
 
 def test_model_mlps_with_attention_and_norms_held(setup) -> None:  # noqa: ANN001

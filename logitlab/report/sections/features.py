@@ -23,7 +23,9 @@ __all__ = ["graph_figure", "graph_page", "features_figure", "check_finding"]
 _MEASURES = {"zeroing": "zeroing (replacement downstream)", "model_zeroing": "zeroing in the real model",
              "model_derivative": "first-order effect in the real model",
              "model_derivative_attention_held": "first-order effect, attention patterns held",
-             "model_derivative_attention_norms_held": "first-order effect, attention patterns and norm scales held"}
+             "model_derivative_attention_norms_held": "first-order effect, attention patterns and norm scales held",
+             "model_zeroing_by_model_derivative": "not the graph: the real model's own first-order effect against "
+                                                  "its zeroing (the most an exact linear attribution can agree)"}
 
 
 # ---- the run report's section -----------------------------------------------------------------------------
@@ -81,7 +83,20 @@ def _check_html(c: dict | None) -> str:
                    "frozen at the prompt's values; run with all three held, zeroing gives the prediction within "
                    f"{c['linear_model_error']:.1e}. The real model moves all three. With attention patterns and "
                    "norm scales held, the real model differs from the graph's linear model only in its MLPs (their "
-                   "own response instead of the transcoders')."))
+                   "own response instead of the transcoders'). The last row compares no graph: where the real "
+                   "model's own a·dΔ/da does not predict its zeroing, no exact first-order attribution can.")
+            + _where_html(c.get("features")))
+
+
+def _where_html(features: list | None) -> str:
+    """Where the checked features sit: how many in each layer and at each position."""
+    flat = [f for per in features or [] for f in per]
+    if not flat:
+        return ""
+    count = lambda i: sorted({v: sum(1 for f in flat if f[i] == v) for v in {f[i] for f in flat}}.items())  # noqa: E731
+    layers = ", ".join(f"layer {k}: {n}" for k, n in count(0))
+    positions = ", ".join(f"position {k}: {n}" for k, n in count(1))
+    return note(f"The {len(flat)} checked features by layer ({layers}) and by position ({positions}).")
 
 
 def check_finding(results: Results) -> Finding | None:
@@ -96,10 +111,16 @@ def check_finding(results: Results) -> Finding | None:
     lo, hi = rho["ci"]
     verdict = ("agree in rank" if lo > 0 else "do not agree in rank beyond chance" if lo <= 0 <= hi
                else "disagree in rank")
-    return Finding(f"Feature graphs: zeroing each prompt's top {c['k']} features in the real model, the graphs' "
-                   f"predicted changes of the logit difference {verdict} (Spearman {_mean_ci(rho)} over {rho['n']} "
-                   f"prompts; signs agree for {pct_ci(sign['mean'], tuple(sign['ci']))})",
-                   "features")
+    text = (f"Feature graphs: zeroing each prompt's top {c['k']} features in the real model, the graphs' "
+            f"predicted changes of the logit difference {verdict} (Spearman {_mean_ci(rho)} over {rho['n']} "
+            f"prompts; signs agree for {pct_ci(sign['mean'], tuple(sign['ci']))})")
+    own = (c.get("measures") or {}).get("model_zeroing_by_model_derivative") or {}
+    orho, osign = own.get("spearman") or {}, own.get("sign_agreement") or {}
+    if orho.get("mean") is not None and osign.get("mean") is not None and orho["ci"][1] < 0.5:
+        text += (f". The real model's own first-order effect −a·dΔ/da, which involves no graph, agrees with its "
+                 f"zeroing at Spearman {_mean_ci(orho)} (signs agree for {pct_ci(osign['mean'], tuple(osign['ci']))}): "
+                 f"zeroing these features is outside the range where an exact first-order attribution predicts it")
+    return Finding(text, "features")
 
 
 SECTION = register(Section(
