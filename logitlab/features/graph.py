@@ -50,7 +50,7 @@ from torch import Tensor
 from logitlab.errors import LogitlabError
 from logitlab.features.dictionary import DictionarySet, Transcoder
 from logitlab.features.influence import compute_influence, graph_scores, influence_rows, normalise, scores_rows
-from logitlab.features.replacement import Replacement, build_replacement
+from logitlab.features.replacement import Replacement, build_replacement, massive_positions
 from logitlab.task import encode_prompt, single_token_id
 
 __all__ = ["AttributionGraph", "attribute"]
@@ -83,6 +83,12 @@ class AttributionGraph:
     @property
     def n_features(self) -> int:
         return int(self.features.shape[0])
+
+    @property
+    def frozen_positions(self) -> list[int]:
+        """Positions without nodes whose MLP outputs the graph holds constant (BOS, massive activations); graphs
+        written before the list was kept name BOS alone (``zero_first``)."""
+        return list(self.meta.get("frozen_positions", [0] if self.meta.get("zero_first", True) else []))
 
     @property
     def n_logits(self) -> int:
@@ -170,8 +176,8 @@ def _logit_weights(n_nodes: int, probs: Tensor, has_diff: bool, on: str | None, 
 # ---- attribution ----------------------------------------------------------------------------------------------
 def attribute(model: Any, prompt: str | list[int], dictionaries: DictionarySet, *, answer: str | int | None = None,
               contrast: str | int | list[str] | list[int] | None = None, max_logits: int = 10, logit_mass: float = 0.95,
-              dtype: torch.dtype = torch.float32, zero_first: bool = True, chunk_bytes: float = 2 ** 28,
-              batch_size: int | None = None, max_feature_nodes: int | None = None,
+              dtype: torch.dtype = torch.float32, zero_first: bool = True, freeze_massive: bool = True,
+              chunk_bytes: float = 2 ** 28, batch_size: int | None = None, max_feature_nodes: int | None = None,
               rank_every: int | None = None) -> AttributionGraph:
     """The attribution graph of ``prompt`` (a string, encoded with a BOS token, or token ids).
 
@@ -183,6 +189,10 @@ def attribute(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
         max_logits, logit_mass: the top logits kept as targets (at most ``max_logits``, until ``logit_mass``).
         dtype: the dtype of the replacement model (float64 for exactness checks).
         zero_first: no feature or error nodes at position 0 (BOS), as circuit-tracer.
+        freeze_massive: the same at every position holding a massive activation
+            (:func:`~logitlab.features.replacement.massive_positions`), for the reason circuit-tracer freezes BOS:
+            its MLP outputs are outliers that the frozen norms cannot linearise. Their MLP outputs become
+            constants; the graph's ``meta["frozen_positions"]`` lists every frozen position.
         chunk_bytes: bound on one chunk's working memory (sets the chunk size unless ``batch_size``).
         batch_size: targets per backward walk (overrides ``chunk_bytes``).
         max_feature_nodes: at most this many features get a row (incoming edges), chosen by influence on the logit
@@ -204,7 +214,8 @@ def attribute(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
     tokens = torch.tensor([ids], device=dev)
     with torch.no_grad():
         cache = runner.run_with_cache(tokens)
-        rep = build_replacement(runner, tokens, dictionaries, cache, dtype, zero_first)
+        frozen = massive_positions(cache) if freeze_massive else []
+        rep = build_replacement(runner, tokens, dictionaries, cache, dtype, zero_first, frozen)
         graph = _attribute(model, rep, cache, dictionaries, text, ids, answer, contrast, max_logits, logit_mass,
                            chunk_bytes, batch_size, max_feature_nodes, rank_every)
     return graph
@@ -310,8 +321,8 @@ def _attribute(model: Any, rep: Replacement, cache: Any, dicts: DictionarySet, t
         batch_size = int(max(1, min(512, chunk_bytes // max(per_row, 1))))
     by_layer = torch.sort(-features[:, 0], stable=True).indices.tolist() if n_f else []  # highest layer first
     logit_rows = [("logit", i) for i in range(n_l)]
-    meta = {"zero_first": bool(not live[0]), "dtype": str(dt).removeprefix("torch."), "batch_size": batch_size,
-            "max_feature_nodes": max_feature_nodes}
+    meta = {"zero_first": bool(not live[0]), "frozen_positions": (~live).nonzero().flatten().tolist(),
+            "dtype": str(dt).removeprefix("torch."), "batch_size": batch_size, "max_feature_nodes": max_feature_nodes}
 
     def walk(chunk: list[tuple[str, int]]) -> Tensor:  # (B, n_src) in the adjacency's dtype, on the CPU
         return _walk(rep, chunk, features, dicts, U, sources, rep.embed, dev, dt).to(adt).cpu()

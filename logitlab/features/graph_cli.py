@@ -51,6 +51,8 @@ def graph_cmd(
                                                   "there).")] = None,
     max_feature_nodes: Annotated[int | None, typer.Option("--max-feature-nodes", help="Attribute at most this "
                                  "many features, by influence (long prompts: memory rows × nodes).")] = None,
+    freeze_massive: Annotated[bool, typer.Option("--freeze-massive/--keep-massive", help="Hold the MLP outputs "
+                              "at positions with massive activations constant, as at BOS (no nodes there).")] = True,
 ) -> None:
     """Attribution graph of one prompt over transcoder features: graph.json and an offline graph.html."""
     from rich.console import Console
@@ -73,9 +75,12 @@ def graph_cmd(
         contexts = Path(transcoders) / CONTEXTS_FILE
     ctx = load_contexts(contexts) if contexts is not None else None  # read first: a bad file fails fast
     with console.status("attributing…"):
-        g = attribute(m, prompt, dicts, answer=answer, contrast=contrast, max_feature_nodes=max_feature_nodes)
+        g = attribute(m, prompt, dicts, answer=answer, contrast=contrast, max_feature_nodes=max_feature_nodes,
+                      freeze_massive=freeze_massive)
         pruned = prune_graph(g, node_threshold, edge_threshold)
         data = graph_to_dict(g, pruned, model=m.name)
+    if g.frozen_positions != [0]:
+        console.print(f"frozen positions (no nodes; MLP outputs held): {g.frozen_positions}", highlight=False)
     data.update(transcoders=str(transcoders), vocab_size=int(m.runner.w.W_U.shape[1]),
                 pruning={"node_threshold": node_threshold, "edge_threshold": edge_threshold})
     if supernodes is not None:

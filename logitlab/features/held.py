@@ -61,6 +61,8 @@ class CleanState:
     post_scales: list[Tensor | None]
     patterns: list[Tensor]
     final_scale: Tensor
+    frozen: Tensor | None = None  # (T,) bool: positions whose replacement MLP outputs stay at the clean run's
+    clean_out: list[Tensor] | None = None  # per layer (T, D) the clean MLP outputs (with ``frozen``)
 
 
 #: What runs in place of each MLP: the transcoder plus the clean error (the replacement), or the model's own MLP.
@@ -86,11 +88,13 @@ def _norm_scale(r: Any, x: Tensor) -> Tensor:
     return r._norm(x)[1]
 
 
-def clean_state(r: Any, tokens: Tensor, ds: DictionarySet, patterns: bool = False) -> CleanState:
+def clean_state(r: Any, tokens: Tensor, ds: DictionarySet, patterns: bool = False,
+                frozen: list[int] | tuple[int, ...] = ()) -> CleanState:
     """The clean run's errors, gates, norm scales and (with ``patterns``) attention patterns; ``ds`` in the
-    dtype and on the device the pass runs in."""
+    dtype and on the device the pass runs in. ``frozen``: positions whose replacement MLP outputs the passes
+    hold at the clean run's (an attribution graph's frozen positions)."""
     s = r.spec
-    errors, gates, pre_scales, post_scales, pats = [], [], [], [], []
+    errors, gates, pre_scales, post_scales, pats, outs = [], [], [], [], [], []
     x = r.embed_sum(tokens)
     for layer in range(s.n_layers):
         z, p = r.attention(layer, x, None, patterns)
@@ -107,8 +111,14 @@ def clean_state(r: Any, tokens: Tensor, ds: DictionarySet, patterns: bool = Fals
         f = tc.encode(xin)
         errors.append((true_out.to(dt) - tc.decode(f, xin))[0])
         gates.append((f[0] != 0).to(dt))
+        outs.append(true_out[0])
         x = x + attn_out + true_out
-    return CleanState(errors, gates, pre_scales, post_scales, pats, r.final_norm(x)[1])
+    mask = None
+    if len(frozen):
+        mask = torch.zeros(tokens.shape[-1], dtype=torch.bool, device=x.device)
+        mask[list(frozen)] = True
+    return CleanState(errors, gates, pre_scales, post_scales, pats, r.final_norm(x)[1], mask,
+                      outs if mask is not None else None)
 
 
 def _scaled(r: Any, x: Tensor, scale: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
@@ -183,7 +193,10 @@ def held_forward(r: Any, tokens: Tensor, ds: DictionarySet, st: CleanState, mul:
                 f = f * mul[:, layer]
             if add is not None:
                 f = f + add[:, layer]
-            x = x + attn_out + (tc.decode(f, xin) + st.errors[layer]).to(x.dtype)
+            out = (tc.decode(f, xin) + st.errors[layer]).to(x.dtype)
+            if st.frozen is not None:
+                out = torch.where(st.frozen[:, None], st.clean_out[layer].to(x.dtype), out)
+            x = x + attn_out + out
         last = x[:, -1]
         w = r.w
         normed = _scaled(r, last, st.final_scale[:, -1].expand(batch), w.lnf_w, w.lnf_b) if "norms" in hold \

@@ -144,23 +144,24 @@ class _Prepared:
     st: Any
 
 
-def _prepare(model: Any, ids: list[int], dicts: DictionarySet, patterns: bool = False) -> _Prepared:
+def _prepare(model: Any, ids: list[int], dicts: DictionarySet, patterns: bool = False,
+             frozen: list[int] | tuple[int, ...] = ()) -> _Prepared:
     r = staged(model)
     ds = dicts.to(r.device, torch.float64 if r.w.W_U.dtype == torch.float64 else torch.float32)
     tokens = torch.tensor([ids], device=r.device)
     with torch.no_grad():
-        return _Prepared(r, ds, tokens, clean_state(r, tokens, ds, patterns=patterns))
+        return _Prepared(r, ds, tokens, clean_state(r, tokens, ds, patterns=patterns, frozen=frozen))
 
 
 def _run_many(model: Any, ids: list[int], dicts: DictionarySet, edit_sets: list[list[Edit]],
               chunk: int = 16, hold_gates: bool = False, hold: Any = (), prep: _Prepared | None = None,
-              mlps: str = "transcoders") -> Tensor:
+              mlps: str = "transcoders", frozen: list[int] | tuple[int, ...] = ()) -> Tensor:
     """Pre-cap last-position logits (n, vocab) for each set of edits (one batch row per set), with what
     ``hold`` (and ``hold_gates``) names held at the clean run's values and ``mlps`` in place of the MLPs
     (:mod:`logitlab.features.held`). ``prep``: the prompt's prepared state (with clean patterns if attention is
     held)."""
     holds = _holds(hold, hold_gates)
-    p = prep or _prepare(model, ids, dicts, patterns="attention" in holds)
+    p = prep or _prepare(model, ids, dicts, patterns="attention" in holds, frozen=frozen)
     L, T, F = p.r.spec.n_layers, len(ids), dicts.n_features
     outs = []
     with torch.no_grad():
@@ -174,7 +175,7 @@ def _run_many(model: Any, ids: list[int], dicts: DictionarySet, edit_sets: list[
 
 def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, edits: list[Edit] | tuple = (),
               answer: str | int | None = None, contrast: Any = None, hold_gates: bool = False,
-              hold: Any = (), mlps: str = "transcoders") -> Intervention:
+              hold: Any = (), mlps: str = "transcoders", frozen: list[int] | tuple[int, ...] = ()) -> Intervention:
     """The real forward pass with transcoders and clean errors in place of the MLPs and ``edits`` applied.
 
     Edits are :class:`Edit` or tuples ``(layer, pos, feature[, mode[, value]])``. Returns the logit difference
@@ -182,7 +183,8 @@ def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
     ``hold``: any of ``"gates"``, ``"attention"``, ``"norms"`` held at the clean run's values (features' on/off
     states, attention patterns, norm scales: :mod:`logitlab.features.held`); ``hold_gates=True`` is
     ``"gates"``. ``mlps="model"``: the model's own MLPs, each edit changing its layer's MLP output by what it
-    changes in the transcoder's output (the real model, no replacement downstream)."""
+    changes in the transcoder's output (the real model, no replacement downstream). ``frozen``: positions whose
+    replacement MLP outputs stay at the clean run's (a graph's ``frozen_positions``; not with ``mlps="model"``)."""
     dictionaries.check(model, check_name=False)
     ids = _ids(model, prompt)
     es = [e if isinstance(e, Edit) else Edit(*e) for e in edits]
@@ -190,7 +192,7 @@ def intervene(model: Any, prompt: str | list[int], dictionaries: DictionarySet, 
         if not (0 <= e.layer < len(dictionaries) and 0 <= e.pos < len(ids) and 0 <= e.feature < dictionaries.n_features):
             raise LogitlabError(f"edit {e} out of range ({len(dictionaries)} layers, {len(ids)} positions, "
                                 f"{dictionaries.n_features} features)")
-    logits = _run_many(model, ids, dictionaries, [es], hold_gates=hold_gates, hold=hold, mlps=mlps)
+    logits = _run_many(model, ids, dictionaries, [es], hold_gates=hold_gates, hold=hold, mlps=mlps, frozen=frozen)
     return Intervention(float(_logit_diffs(logits, _diff_dir(model, answer, contrast))[0]), logits[0])
 
 
@@ -263,7 +265,7 @@ def effects_by_backward(model: Any, dictionaries: DictionarySet, graph: Attribut
     tokens = torch.tensor([list(graph.tokens)], device=dev)
     with torch.no_grad():
         rep = build_replacement(r, tokens, dictionaries, r.run_with_cache(tokens), dtype,
-                                bool(graph.meta.get("zero_first", True)))
+                                bool(graph.meta.get("zero_first", True)), graph.frozen_positions)
         feats = graph.features.to(dev)
         out = torch.zeros(graph.n_features, dtype=dtype, device=dev)
         W_U = r.w.W_U
@@ -388,7 +390,7 @@ def check_top_features(model: Any, prompt: str | list[int] | None, dictionaries:
         deriv = effects_by_backward(model, dictionaries, graph, answer=answer, contrast=contrast)[top]
     feats = [tuple(int(v) for v in graph.features[i]) for i in top.tolist()]
     sets = [[]] + [[Edit(*f, "zero")] for f in feats] + [[Edit(*f, "scale", 1 + step)] for f in feats]
-    prep = _prepare(model, ids, dictionaries, patterns=True)  # one clean run for every pass below
+    prep = _prepare(model, ids, dictionaries, patterns=True, frozen=graph.frozen_positions)  # one clean run for all
     ld = _logit_diffs(_run_many(model, ids, dictionaries, sets[:1 + len(feats)], prep=prep), diff)
     held = _logit_diffs(_run_many(model, ids, dictionaries, sets, hold_gates=True, prep=prep), diff)
     clean, n = float(ld[0]), len(feats)
@@ -452,12 +454,11 @@ class Faithfulness:
 def _keep_sets(graph: AttributionGraph, kept: list[Tensor], L: int, F: int) -> list[Tensor]:
     """Per kept set, the multiplier (L, T, F): 1 for the kept feature nodes and the frozen positions, else 0."""
     T = graph.n_pos
-    frozen0 = bool(graph.meta.get("zero_first", True))
+    frozen = graph.frozen_positions
     out = []
     for idx in kept:
         m = torch.zeros(L, T, F)
-        if frozen0:
-            m[:, 0] = 1.0
+        m[:, frozen] = 1.0
         f = graph.features[idx]
         m[f[:, 0], f[:, 1], f[:, 2]] = 1.0
         out.append(m)
@@ -480,7 +481,7 @@ def faithfulness_curve(model: Any, prompt: str | list[int] | None, dictionaries:
     gen = torch.Generator().manual_seed(seed)
     rand = [[torch.randperm(n_f, generator=gen)[:s] for _ in range(n_random)] for s in sizes]
     kept = [order[:0], order] + [order[:s] for s in sizes] + [r for rs in rand for r in rs]
-    p = _prepare(model, ids, dictionaries)
+    p = _prepare(model, ids, dictionaries, frozen=graph.frozen_positions)
     L, F = p.r.spec.n_layers, dictionaries.n_features
     lds = []
     with torch.no_grad():

@@ -28,6 +28,7 @@ Shapes: chunk B, positions T, heads H, KV heads K, d_model D, d_head dh, layers 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,7 +36,7 @@ from torch import Tensor
 from logitlab.errors import LogitlabError
 from logitlab.features.dictionary import DictionarySet
 
-__all__ = ["Replacement", "build_replacement"]
+__all__ = ["Replacement", "build_replacement", "massive_positions", "MASSIVE_RATIO"]
 
 
 @dataclass
@@ -209,9 +210,32 @@ def _norm_scale(x: Tensor, normalization: str, eps: float) -> Tensor:
     return (x.pow(2).mean(-1) + eps).sqrt()
 
 
+#: A position whose residual stream is this many times the median (over positions after BOS) at some layer holds
+#: a massive activation (Sun et al. 2024, "Massive activations in large language models"). On the built-in
+#: Gemma-3-270M the first delimiter of a prompt (a comma, a lone space) is 11–15× the median from layer 0 on; every
+#: other position stays below 3×.
+MASSIVE_RATIO = 6.0
+
+
+def massive_positions(cache: object, ratio: float = MASSIVE_RATIO) -> list[int]:
+    """Positions after BOS whose residual-stream norm after some layer is at least ``ratio`` × that layer's median
+    over the positions after BOS (``cache``: a one-prompt ``run_with_cache``)."""
+    c: Any = cache
+    post = torch.cat([c.resid_pre[1:, 0], c.resid_final])  # (L, T, D): after each layer
+    n = post.double().norm(dim=-1)[:, 1:]  # (L, T − 1)
+    if n.shape[1] < 2:
+        return []
+    big = (n >= ratio * n.median(dim=1, keepdim=True).values).any(0)
+    return [int(p) + 1 for p in big.nonzero().flatten().tolist()]
+
+
 def build_replacement(runner: object, tokens: Tensor, dictionaries: DictionarySet, cache: object,
-                      dtype: torch.dtype = torch.float32, zero_first: bool = True) -> Replacement:
+                      dtype: torch.dtype = torch.float32, zero_first: bool = True,
+                      frozen: list[int] | tuple[int, ...] = ()) -> Replacement:
     """The frozen replacement of one prompt from the real run's ``cache`` (``runner.run_with_cache(tokens)``).
+
+    ``frozen``: positions treated as BOS is with ``zero_first`` (no feature or error nodes; the MLP outputs are
+    constants at their real values), e.g. :func:`massive_positions`.
 
     Raises:
         LogitlabError: the model is not on logitlab's own forward pass, or the dictionaries do not fit it.
@@ -247,6 +271,10 @@ def build_replacement(runner: object, tokens: Tensor, dictionaries: DictionarySe
     live = torch.ones(T, dtype=torch.bool, device=dev)
     if zero_first:
         live[0] = False
+    for p in frozen:
+        if not 0 <= p < T:
+            raise LogitlabError(f"frozen position {p} is outside the prompt's {T} positions")
+        live[p] = False
     return Replacement(
         spec=s, dtype=dtype, T=T, live=live, ln1=ln1, ln2=ln2, post1=post1,
         final=to(_norm_scale(c.resid_final[0], s.normalization, s.eps)),

@@ -421,3 +421,57 @@ def test_model_mlps_with_attention_and_norms_held(setup) -> None:  # noqa: ANN00
     got0 = derivative(first, ("attention", "norms"), m0, d0, g0)
     assert float((got0 - eff0[first]).abs().max()) <= 1e-6 * float(eff0.abs().max()), (kind, got0, eff0[first])
     assert {int(g0.features[i, 1]) for i in first} - {T - 1}, (kind, "no feature before the last position")
+
+
+# ---- frozen positions (massive activations, held like BOS) -----------------------------------------------------
+def test_massive_positions() -> None:
+    from types import SimpleNamespace
+
+    from logitlab.features.replacement import MASSIVE_RATIO, massive_positions
+    g = torch.Generator().manual_seed(0)
+    L, T, D = 3, 7, 16
+    pre = torch.randn(L, 1, T, D, generator=g)
+    final = torch.randn(1, T, D, generator=g)
+    pre[0, 0, 0] *= 100  # BOS (resid_pre of layer 0 is the embedding, not read) is never a candidate
+    assert massive_positions(SimpleNamespace(resid_pre=pre, resid_final=final)) == []
+    big = pre.clone()
+    big[2, 0, 4] *= 1.5 * MASSIVE_RATIO * pre[2, 0, 1:].norm(dim=-1).median() / pre[2, 0, 4].norm()  # after layer 1
+    assert massive_positions(SimpleNamespace(resid_pre=big, resid_final=final)) == [4]
+    fin = final.clone()
+    fin[0, 2] *= 0.9 * MASSIVE_RATIO * final[0, 1:].norm(dim=-1).median() / final[0, 2].norm()  # just below
+    assert massive_positions(SimpleNamespace(resid_pre=pre, resid_final=fin)) == []
+    assert massive_positions(SimpleNamespace(resid_pre=pre, resid_final=fin), ratio=0.8 * MASSIVE_RATIO) == [2]
+
+
+def test_frozen_positions_keep_the_graph_exact(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A position frozen like BOS (here the last but one, as if it held a massive activation): no nodes there, the
+    invariants hold, zeroing with attention, norms and gates held is still the graph's prediction (the passes hold
+    the position's MLP outputs too; on sequential blocks a pass that does not differs), and the backward pass is
+    the series."""
+    import logitlab.features.graph as graph_mod
+    from logitlab.features.held import HOLDS
+    from logitlab.features.interventions import _diff_dir, _logit_diffs, _run_many
+    from logitlab.features.prune import check_graph
+    kind, m, d, g0 = setup
+    p = g0.n_pos - 2
+    monkeypatch.setattr(graph_mod, "massive_positions", lambda cache: [p])
+    g = attribute(m, PROMPT, d, dtype=torch.float64, **AC)
+    assert g.frozen_positions == [0, p] and not bool((g.features[:, 1] == p).any())
+    assert g.n_features < g0.n_features
+    assert max(check_graph(g).values()) < 1e-9, (kind, check_graph(g))
+    assert abs(float(g.values[-1]) - _real_diff(m, g.tokens)) < 1e-9
+    eff = predicted_effects(g)
+    assert float((effects_by_backward(m, d, g, **AC) - eff).abs().max()) <= 1e-9 * float(eff.abs().max())
+    early = ((g.features[:, 1] < p) & (g.features[:, 0] == 0)).nonzero().flatten()[-12:].tolist()  # reach p's MLPs
+    sets = [[]] + [[Edit(*(int(v) for v in g.features[i]), "zero")] for i in early]
+    diff = _diff_dir(m, AC["answer"], AC["contrast"])
+    ld = _logit_diffs(_run_many(m, list(g.tokens), d, sets, hold=HOLDS, frozen=[0, p]), diff)
+    got, want = ld[1:] - ld[0], -eff[early]
+    assert float((got - want).abs().max()) <= 1e-9 * float(eff.abs().max()), (kind, got, want)
+    if not m.spec.parallel:  # (in 3 parallel blocks no layer-0 edit reaches a later MLP that the end still reads)
+        live = _logit_diffs(_run_many(m, list(g.tokens), d, sets, hold=HOLDS), diff)  # p's MLPs respond
+        assert float(((live[1:] - live[0]) - want).abs().max()) > 1e-6, kind
+    c = check_top_features(m, PROMPT, d, g, 5, **AC)
+    assert c.actual_all_held == pytest.approx(c.predicted, abs=1e-9 * float(eff.abs().max()))
+    f = faithfulness_curve(m, PROMPT, d, g, **AC, sizes=[g.n_features], n_random=0)
+    assert f.recovered[-1] == pytest.approx(1.0, abs=1e-9)
