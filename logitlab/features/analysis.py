@@ -65,7 +65,7 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
 
     n = min(n_prompts, tt.n_prompts)
     per: list[dict[tuple[int, int], tuple[float, float]]] = []
-    reps, comps, checks = [], [], []
+    reps, comps, checks, frozen = [], [], [], []
     agree: list[dict[str, tuple[float, float]]] = []  # per prompt: measure → (Spearman, sign agreement)
     checked: list[list[list[int]]] = []  # per prompt: the checked features' [layer, position, feature]
     linear_err = 0.0
@@ -80,6 +80,7 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
         r, c = g.scores("logit_diff")
         reps.append(r)
         comps.append(c)
+        frozen.append(g.frozen_positions)
         checks.append(max(check_graph(g).values()))
         mine: dict[tuple[int, int], tuple[float, float]] = {}
         for j, (l, _p, f) in enumerate(g.features.tolist()):
@@ -103,7 +104,7 @@ def task_features(model: Any, tt: Any, dictionaries: Any, name: str, n_prompts: 
     rows = [{"layer": keys[j][0], "feature": keys[j][1], "mean": float(stats.mean[j]),
              "ci": [float(stats.ci[j, 0]), float(stats.ci[j, 1])], "direct": float(direct[j].mean()),
              "n_active": sum(1 for m in per if keys[j] in m)} for j in order]
-    out = {"transcoders": name, "n_prompts": n, "replacement": reps, "completeness": comps,
+    out = {"transcoders": name, "n_prompts": n, "replacement": reps, "completeness": comps, "frozen_positions": frozen,
            "max_check": float(max(checks)), "top": rows}
     if check > 0:
         out["check"] = {"k": check, "linear_model_error": linear_err, "features": checked,

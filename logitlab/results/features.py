@@ -82,6 +82,9 @@ class Features(TypedDict):
     """the dictionaries' folder or name"""
     n_prompts: int
     """prompts attributed"""
+    frozen_positions: NotRequired[list[list[int]]]
+    """per prompt the positions the graph freezes like BOS (BOS and massive activations: no nodes, MLP outputs
+    constant; absent in files written before it)"""
     replacement: list[float]
     """per prompt: the graph's replacement score (token influence / (token + error influence))"""
     completeness: list[float]

@@ -70,6 +70,11 @@ def test_report_shows_the_check_and_its_finding_follows_the_ci(run) -> None:  # 
     out = copy.deepcopy(run[3])
     html = section_features({"features": out}, {}, [])  # type: ignore[arg-type]
     assert "The graphs against the real model" in html and "zeroing in the real model" in html
+    assert out["frozen_positions"] == [[0]] * 4 and "only BOS is frozen" in html  # no massive activation here
+    out2 = copy.deepcopy(out)
+    out2["frozen_positions"] = [[0, 6], [0], [0, 6], [0, 2, 6]]
+    assert "position 2 in 1 of 4 prompts, position 6 in 3 of 4 prompts" in section_features(
+        {"features": out2}, {}, [])  # type: ignore[arg-type]
     stat = out["check"]["measures"]["model_zeroing"]
     for ci, word in (([0.2, 0.6], "agree in rank"), ([-0.2, 0.6], "do not agree in rank beyond chance"),
                      ([-0.7, -0.1], "disagree in rank")):

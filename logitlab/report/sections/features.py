@@ -56,6 +56,7 @@ def section_features(results: Results, figures: Figures, findings: Sequence[Find
             + table(["layer", "feature", "mean influence", "95% CI", "direct effect", "prompts active"], rows, "kv")
             + note("Influence: circuit-tracer's normalised influence on the logit-difference target, direct and "
                    "through other nodes, summed over the positions where the feature is active (0 where inactive).")
+            + _frozen_html(f.get("frozen_positions"), f["n_prompts"])
             + _check_html(f.get("check")))
 
 
@@ -86,6 +87,18 @@ def _check_html(c: dict | None) -> str:
                    "own response instead of the transcoders'). The last row compares no graph: where the real "
                    "model's own a·dΔ/da does not predict its zeroing, no exact first-order attribution can.")
             + _where_html(c.get("features")))
+
+
+def _frozen_html(frozen: list | None, n: int) -> str:
+    """Which positions after BOS the graphs freeze (massive activations), in how many prompts."""
+    after = [p for per in frozen or [] for p in per if p > 0]
+    if not frozen:
+        return ""
+    if not after:
+        return note("No position after BOS holds a massive activation: only BOS is frozen.")
+    counts = ", ".join(f"position {p} in {after.count(p)} of {n} prompts" for p in sorted(set(after)))
+    return note(f"Frozen like BOS (a massive activation: no nodes there, the MLP outputs held at their real values): "
+                f"{counts}.")
 
 
 def _where_html(features: list | None) -> str:
