@@ -91,6 +91,14 @@ def test_report_shows_the_check_and_its_finding_follows_the_ci(run) -> None:  # 
     flat = [f for per in out["check"]["features"] for f in per]
     by_layer = ", ".join(f"layer {l}: {sum(f[0] == l for f in flat)}" for l in sorted({f[0] for f in flat}))
     assert f"The {len(flat)} checked features by layer ({by_layer})" in html, html[-600:]
+    # the first-order agreement, worded from its own CI
+    first = out["check"]["measures"]["model_derivative"]
+    for ci, word in (([0.25, 0.57], "to first order (each feature scaled by 1 + 10⁻³) they agree in rank"),
+                     ([-6.9e-18, 0.4], "they do not agree in rank beyond chance")):
+        first["spearman"].update(mean=(ci[0] + ci[1]) / 2, ci=ci, n=4)
+        f = check_finding({"features": out})  # type: ignore[arg-type]
+        assert f is not None and word in f.text, f
+    assert "[+0.00, +0.40]" in f.text and "e−" not in f.text  # two decimals, no exponent
     stat["spearman"].update(mean=None, ci=None, n=0)
     assert check_finding({"features": out}) is None  # type: ignore[arg-type]
     del out["check"]

@@ -10,8 +10,7 @@ import plotly.graph_objects as go
 
 from logitlab.results import Results
 
-from .._numbers import ci_text, pct_ci
-from .._util import fmt
+from .._numbers import pct_ci
 from ..layout import BLUE, error_bars, plot_layout
 from ..markup import Figures, esc, figure_html, note, table
 from ..registry import FigureSpec, Finding, Rule, Section, register
@@ -61,10 +60,12 @@ def section_features(results: Results, figures: Figures, findings: Sequence[Find
 
 
 def _mean_ci(m: dict | None, signed: bool = True) -> str:
-    """``+0.12 [−0.05, +0.30]``, or — when undefined on every prompt."""
+    """``+0.12 [−0.05, +0.30]`` (two decimals: these are correlations and fractions), or — when undefined on every
+    prompt."""
     if not isinstance(m, dict) or m.get("mean") is None:
         return "—"
-    return f"{fmt(m['mean'], signed=signed)} {ci_text(tuple(m['ci']), signed=signed)}"
+    two = lambda v: (f"{round(v, 2) + 0.0:+.2f}" if signed else f"{round(v, 2) + 0.0:.2f}").replace("-", "−")  # noqa: E731
+    return f"{two(m['mean'])} [{two(m['ci'][0])}, {two(m['ci'][1])}]"
 
 
 def _check_html(c: dict | None) -> str:
@@ -127,6 +128,13 @@ def check_finding(results: Results) -> Finding | None:
     text = (f"Feature graphs: zeroing each prompt's top {c['k']} features in the real model, the graphs' "
             f"predicted changes of the logit difference {verdict} (Spearman {_mean_ci(rho)} over {rho['n']} "
             f"prompts; signs agree for {pct_ci(sign['mean'], tuple(sign['ci']))})")
+    first = (c.get("measures") or {}).get("model_derivative") or {}
+    frho, fsign = first.get("spearman") or {}, first.get("sign_agreement") or {}
+    if frho.get("mean") is not None and fsign.get("mean") is not None:
+        fv = ("agree in rank" if frho["ci"][0] > 0 else "do not agree in rank beyond chance"
+              if frho["ci"][0] <= 0 <= frho["ci"][1] else "disagree in rank")
+        text += (f"; to first order (each feature scaled by 1 + 10⁻³) they {fv} with the real model (Spearman "
+                 f"{_mean_ci(frho)}; signs agree for {pct_ci(fsign['mean'], tuple(fsign['ci']))})")
     own = (c.get("measures") or {}).get("model_zeroing_by_model_derivative") or {}
     orho, osign = own.get("spearman") or {}, own.get("sign_agreement") or {}
     if orho.get("mean") is not None and osign.get("mean") is not None and orho["ci"][1] < 0.5:
