@@ -87,7 +87,7 @@ def test_report_shows_the_check_and_its_finding_follows_the_ci(run) -> None:  # 
     for hi, said in ((0.4, True), (0.6, False)):
         own["spearman"].update(mean=hi - 0.3, ci=[hi - 0.6, hi], n=4)
         f = check_finding({"features": out})  # type: ignore[arg-type]
-        assert f is not None and ("outside the range" in f.text) == said, (hi, f)
+        assert f is not None and ("largely beyond first order" in f.text) == said, (hi, f)
     flat = [f for per in out["check"]["features"] for f in per]
     by_layer = ", ".join(f"layer {l}: {sum(f[0] == l for f in flat)}" for l in sorted({f[0] for f in flat}))
     assert f"The {len(flat)} checked features by layer ({by_layer})" in html, html[-600:]

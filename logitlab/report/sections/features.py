@@ -139,8 +139,9 @@ def check_finding(results: Results) -> Finding | None:
     orho, osign = own.get("spearman") or {}, own.get("sign_agreement") or {}
     if orho.get("mean") is not None and osign.get("mean") is not None and orho["ci"][1] < 0.5:
         text += (f". The real model's own first-order effect −a·dΔ/da, which involves no graph, agrees with its "
-                 f"zeroing at Spearman {_mean_ci(orho)} (signs agree for {pct_ci(osign['mean'], tuple(osign['ci']))}): "
-                 f"zeroing these features is outside the range where an exact first-order attribution predicts it")
+                 f"zeroing only at Spearman {_mean_ci(orho)} (signs agree for "
+                 f"{pct_ci(osign['mean'], tuple(osign['ci']))}): zeroing these features is largely beyond first "
+                 f"order, which bounds what any exact linear attribution can agree with")
     return Finding(text, "features")
 
 
