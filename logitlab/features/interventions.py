@@ -144,8 +144,7 @@ class _Prepared:
     st: Any
 
 
-def _prepare(model: Any, ids: list[int], dicts: DictionarySet, patterns: bool = False,
-             frozen: list[int] | tuple[int, ...] = ()) -> _Prepared:
+def _prepare(model: Any, ids: list[int], dicts: DictionarySet, patterns: bool = False, frozen: Any = ()) -> _Prepared:
     r = staged(model)
     ds = dicts.to(r.device, torch.float64 if r.w.W_U.dtype == torch.float64 else torch.float32)
     tokens = torch.tensor([ids], device=r.device)
@@ -358,9 +357,8 @@ class TopFeatureCheck:
     # "derivative" (a·dΔ/da by the step) with nothing held, "derivative_attention_held" with attention patterns
     # held and "derivative_attention_norms_held" with norm scales held too (then only the MLPs' Jacobian differs
     # from the graph's linear model), each with its Spearman and sign agreement against the graph ("spearman" /
-    # "sign_agreement" keyed by the same names); "own_first_order": the same two statistics between the real
-    # model's own first-order prediction of zeroing (−a·dΔ/da, "derivative") and its zeroing ("zeroed"), which
-    # involves no graph: how far any exact first-order attribution could agree with zeroing.
+    # "sign_agreement" keyed by the same names); "own_first_order": both between the model's own −a·dΔ/da and its
+    # "zeroed" (no graph: how far any exact first-order attribution could agree with zeroing).
     model: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

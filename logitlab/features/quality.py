@@ -99,7 +99,7 @@ def jacobian_stats(runner: Any, layer: int, tc: Transcoder, x: Float[Tensor, "n 
     v = v / v.norm(dim=-1, keepdim=True) * x.norm(dim=-1, keepdim=True)
     tcw = tc.to(w.device, w.dtype)
     with torch.enable_grad():
-        _, jv = torch.func.jvp(lambda t: runner.mlp_from_input(layer, t[None])[0], (x,), (v,))
+        _, jv = torch.func.jvp(lambda t: runner.mlp(layer, t[None], normed=True)[0], (x,), (v,))
         _, jt = torch.func.jvp(lambda t: tcw.decode(tcw.encode(t), t), (x,), (v,))
     jv, jt = jv.double(), jt.double()
     cos = torch.nn.functional.cosine_similarity(jv, jt, dim=-1)

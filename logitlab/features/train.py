@@ -390,7 +390,7 @@ def _mlp_response(r: Any, layer: int, x: Tensor, scales: dict[str, Tensor], g: t
     w = r.w.W_U  # the runner's device and dtype
     xm = (x * s_in + scales["x_mean"]).to(w.device, w.dtype)[None]
     with torch.enable_grad():
-        _, jv = torch.func.jvp(lambda t: r.mlp_from_input(layer, t), (xm,), ((v * s_in).to(w.device, w.dtype)[None],))
+        _, jv = torch.func.jvp(lambda t: r.mlp(layer, t, normed=True), (xm,), ((v * s_in).to(w.device, w.dtype)[None],))
     return v, (jv[0].float().cpu() / s_out).detach()
 
 

@@ -239,12 +239,9 @@ class Runner(Readout):
             return attn_pre, None
         return self._norm(attn_pre, self.w.post1_w[layer])
 
-    def mlp(self, layer: int, resid_mid: Float[Tensor, "batch pos d_model"]) -> Tensor:
-        """What the MLP (and its post-norm, if any) adds to the residual stream."""
-        return self.mlp_from_input(layer, self.pre_norm(layer, 2, resid_mid))
-
-    def mlp_from_input(self, layer: int, x: Float[Tensor, "batch pos d_model"]) -> Tensor:
-        """:meth:`mlp` from its pre-norm's output ``x`` (``mlp_in``: the norm's weight is folded into the MLP)."""
+    def mlp(self, layer: int, resid_mid: Float[Tensor, "batch pos d_model"], normed: bool = False) -> Tensor:
+        """What the MLP (and its post-norm, if any) adds to the residual stream (``normed``: given ``mlp_in``)."""
+        x = resid_mid if normed else self.pre_norm(layer, 2, resid_mid)
         if self.spec.moe is not None and self.spec.moe.sparse[layer]:  # a mixture of experts (model/moe.py)
             return moe_forward(self.spec.moe, self.w, layer, x, self._act)
         b_in = None if self._b_in is None else self._b_in[layer]

@@ -323,7 +323,7 @@ def test_jacobian_stats_against_autograd(tiny_model) -> None:
     features never fire has J_tc·v = J·v there: cosine 1, error 0; a multiple c·J gives error |1 − c|."""
     r, D = tiny_model.runner, tiny_model.spec.d_model
     x = torch.randn(1, D, generator=torch.Generator().manual_seed(0)) * 2
-    J = torch.autograd.functional.jacobian(lambda t: r.mlp_from_input(1, t[None, None])[0, 0], x[0])  # (D, D)
+    J = torch.autograd.functional.jacobian(lambda t: r.mlp(1, t[None, None], normed=True)[0, 0], x[0])  # (D, D)
     for c, cos, rel in ((1.0, 1.0, 0.0), (0.5, 1.0, 0.5), (-1.0, -1.0, 2.0)):
         tc = Transcoder(W_enc=torch.zeros(D, 4), b_enc=-torch.ones(4), W_dec=torch.randn(4, D), b_dec=torch.zeros(D),
                         W_skip=c * J.T.contiguous())
