@@ -110,7 +110,7 @@ def _ll_child(spec: dict) -> dict:
     rss_loaded, rss_now = _vm("VmHWM"), _vm("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
     g = attribute(model, ids, dicts, max_feature_nodes=spec["max_feature_nodes"],
-                  rank_every=spec["rank_every"])
+                  rank_every=spec["rank_every"], freeze_massive=False)  # circuit-tracer freezes BOS alone
     t1, c1 = time.perf_counter(), time.process_time()
     end_to_end = time.time() - spec["spawned"]
     rss_peak = _vm("VmHWM")

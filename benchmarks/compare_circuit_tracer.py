@@ -140,7 +140,7 @@ def compare(kind: str, variant: str, work: Path, py: Path) -> None:
 
     tok = model.tokenizer
     ids = [tok.bos_token_id] + tok(PROMPT, add_special_tokens=False)["input_ids"]
-    g = attribute(model, ids, dicts, dtype=torch.float32)
+    g = attribute(model, ids, dicts, dtype=torch.float32, freeze_massive=False)  # circuit-tracer freezes BOS alone
     targets = [int(t) for t in g.logit_tokens]
     ct = run_circuit_tracer(py, copy_for_old_transformers(model_dir, folder / "model_ct"), tc_dir, ids, targets,
                             folder / f"{tc_dir.name}.npz")
