@@ -28,7 +28,7 @@ from logitlab.errors import LogitlabError
 from logitlab.features.dictionary import DictionarySet, Transcoder
 
 __all__ = ["LayerQuality", "Agreement", "mlp_io", "layer_quality", "replacement_final", "agreement", "staged",
-           "jacobian_stats"]
+           "jacobian_stats", "mlp_response"]
 
 
 def staged(model: Any) -> Any:
@@ -85,6 +85,16 @@ def layer_stats(tc: Transcoder, x: Float[Tensor, "n d_in"], y: Float[Tensor, "n 
     return float(1 - resid / total), float(active.sum(-1).double().mean()), active.sum(0)
 
 
+def mlp_response(runner: Any, layer: int, x: Float[Tensor, "n d_in"], v: Float[Tensor, "n d_in"]) -> Tensor:
+    """The MLP's first-order response J·v at inputs ``x`` (``mlp_in``) along ``v``, in the runner's dtype and on its
+    device (forward-mode differentiation of :meth:`Runner.mlp`, post-norm included)."""
+    w = runner.w.W_U
+    with torch.enable_grad():
+        _, jv = torch.func.jvp(lambda t: runner.mlp(layer, t[None], normed=True)[0], (x.to(w.device, w.dtype),),
+                               (v.to(w.device, w.dtype),))
+    return jv.detach()
+
+
 def jacobian_stats(runner: Any, layer: int, tc: Transcoder, x: Float[Tensor, "n d_in"], seed: int = 0
                    ) -> tuple[float, float]:
     """How well ``tc`` reproduces the MLP's first-order response at inputs ``x`` (``mlp_in``, model units):
@@ -99,9 +109,8 @@ def jacobian_stats(runner: Any, layer: int, tc: Transcoder, x: Float[Tensor, "n 
     v = v / v.norm(dim=-1, keepdim=True) * x.norm(dim=-1, keepdim=True)
     tcw = tc.to(w.device, w.dtype)
     with torch.enable_grad():
-        _, jv = torch.func.jvp(lambda t: runner.mlp(layer, t[None], normed=True)[0], (x,), (v,))
         _, jt = torch.func.jvp(lambda t: tcw.decode(tcw.encode(t), t), (x,), (v,))
-    jv, jt = jv.double(), jt.double()
+    jv, jt = mlp_response(runner, layer, x, v).double(), jt.double()
     cos = torch.nn.functional.cosine_similarity(jv, jt, dim=-1)
     rel = (jv - jt).norm(dim=-1) / jv.norm(dim=-1).clamp(min=1e-12)
     return float(cos.mean()), float(rel.median())

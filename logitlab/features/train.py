@@ -51,7 +51,7 @@ from logitlab.errors import LogitlabError
 from logitlab.features.contexts import feature_contexts, save_contexts
 from logitlab.features.dictionary import DictionarySet, Transcoder, same_model
 from logitlab.features.formats import load_dictionaries, save_circuit_tracer
-from logitlab.features.quality import jacobian_stats, layer_stats, mlp_io, staged
+from logitlab.features.quality import jacobian_stats, layer_stats, mlp_io, mlp_response, staged
 
 __all__ = ["TrainConfig", "train_transcoders", "corpus_text", "corpus_sequences", "default_out", "corpus_contexts"]
 
@@ -387,11 +387,8 @@ def _mlp_response(r: Any, layer: int, x: Tensor, scales: dict[str, Tensor], g: t
     m, D = x.shape
     v = torch.randn(m, D, generator=g) / math.sqrt(D)
     s_in, s_out = scales["x_scale"], scales["y_scale"]
-    w = r.w.W_U  # the runner's device and dtype
-    xm = (x * s_in + scales["x_mean"]).to(w.device, w.dtype)[None]
-    with torch.enable_grad():
-        _, jv = torch.func.jvp(lambda t: r.mlp(layer, t, normed=True), (xm,), ((v * s_in).to(w.device, w.dtype)[None],))
-    return v, (jv[0].float().cpu() / s_out).detach()
+    jv = mlp_response(r, layer, x * s_in + scales["x_mean"], v * s_in)
+    return v, jv.float().cpu() / s_out
 
 
 def _save_ckpt(st: _Layer, path: Path) -> None:
