@@ -62,7 +62,7 @@ class CleanState:
     patterns: list[Tensor]
     final_scale: Tensor
     frozen: Tensor | None = None  # (T,) bool: positions whose replacement MLP outputs stay at the clean run's
-    clean_out: list[Tensor] | None = None  # per layer (T, D) the clean MLP outputs (with ``frozen``)
+    clean_out: list[Tensor] | None = None  # per layer (T, D) the clean MLP outputs
 
 
 #: What runs in place of each MLP: the transcoder plus the clean error (the replacement), or the model's own MLP.
@@ -117,8 +117,7 @@ def clean_state(r: Any, tokens: Tensor, ds: DictionarySet, patterns: bool = Fals
     if len(frozen):
         mask = torch.zeros(tokens.shape[-1], dtype=torch.bool, device=x.device)
         mask[list(frozen)] = True
-    return CleanState(errors, gates, pre_scales, post_scales, pats, r.final_norm(x)[1], mask,
-                      outs if mask is not None else None)
+    return CleanState(errors, gates, pre_scales, post_scales, pats, r.final_norm(x)[1], mask, outs)
 
 
 def _scaled(r: Any, x: Tensor, scale: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:

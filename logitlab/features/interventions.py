@@ -450,13 +450,12 @@ class Faithfulness:
 
 
 def _keep_sets(graph: AttributionGraph, kept: list[Tensor], L: int, F: int) -> list[Tensor]:
-    """Per kept set, the multiplier (L, T, F): 1 for the kept feature nodes and the frozen positions, else 0."""
+    """Per kept set, the multiplier (L, T, F): 1 for the kept feature nodes, else 0 (the frozen positions' MLP
+    outputs are held by the pass itself: :func:`~logitlab.features.held.clean_state`'s ``frozen``)."""
     T = graph.n_pos
-    frozen = graph.frozen_positions
     out = []
     for idx in kept:
         m = torch.zeros(L, T, F)
-        m[:, frozen] = 1.0
         f = graph.features[idx]
         m[f[:, 0], f[:, 1], f[:, 2]] = 1.0
         out.append(m)

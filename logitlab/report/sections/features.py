@@ -4,6 +4,7 @@ graph``'s graph.html, with its feature cards) is :mod:`._graph_view`, re-exporte
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -107,7 +108,7 @@ def _where_html(features: list | None) -> str:
     flat = [f for per in features or [] for f in per]
     if not flat:
         return ""
-    count = lambda i: sorted({v: sum(1 for f in flat if f[i] == v) for v in {f[i] for f in flat}}.items())  # noqa: E731
+    count = lambda i: sorted(Counter(f[i] for f in flat).items())  # noqa: E731
     layers = ", ".join(f"layer {k}: {n}" for k, n in count(0))
     positions = ", ".join(f"position {k}: {n}" for k, n in count(1))
     return note(f"The {len(flat)} checked features by layer ({layers}) and by position ({positions}).")
