@@ -312,7 +312,8 @@ def train_transcoders(
     model: ModelOpt = "builtin",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: logitlab's cache).")] = None,
     features: Annotated[int, typer.Option("--features", help="Features per layer.")] = 1024,
-    tokens: Annotated[int, typer.Option("--tokens", help="Training tokens (one pass).")] = 150_000,
+    tokens: Annotated[int, typer.Option("--tokens", help="Training tokens (per pass).")] = 150_000,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training tokens.")] = 4,
     layers: Annotated[str | None, typer.Option("--layers", help="Only these layers, e.g. '0,1,5' (default: all).")] = None,
     context_tokens: Annotated[int, typer.Option("--context-tokens", help="Held-out tokens for the features' top "
                                                 "contexts (feature_contexts.json); 0 = skip.")] = _CONTEXT_TOKENS,
@@ -325,7 +326,7 @@ def train_transcoders(
     """Train per-layer transcoders (MLP input -> output) offline, resumably; writes circuit-tracer's format."""
     from logitlab.features.train import TrainConfig, default_out, train_transcoders as _train
     cfg = TrainConfig(n_features=features, n_tokens=tokens, k=min(32, max(1, features // 8)), skip=skip,
-                      jacobian=jacobian)
+                      jacobian=jacobian, epochs=epochs)
     wanted = None if layers is None else [int(x) for x in layers.split(",") if x.strip()]
     m = _load(model, _device(device), "float32")
     folder = out or default_out(m, cfg)

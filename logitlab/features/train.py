@@ -1,17 +1,17 @@
 """Train per-layer transcoders (MLP input → MLP output) for every layer of a model, offline and resumable.
 
-Method. One pass over a corpus; each chunk of sequences runs once through logitlab's staged runner
-(:func:`logitlab.features.quality.mlp_io`) and every layer's transcoder takes Adam steps on that chunk's
-(MLP input, MLP output) pairs, so no activations are stored. Positions 0 (BOS: outlier norms) are left out.
+Method. ``epochs`` passes (4 by default) over a corpus; in each, each chunk of sequences runs through logitlab's
+staged runner (:func:`logitlab.features.quality.mlp_io`) and every layer's transcoder takes Adam steps on that
+chunk's (MLP input, MLP output) pairs, so no activations are stored. Positions 0 (BOS: outlier norms) are left out.
 Inputs and targets are centred and scaled to unit mean squared norm (means and scales from the first chunk);
 both are folded back into the weights when written (exact: the pre-activations and outputs are unchanged).
 Centring the inputs matters: the normalised MLP inputs share a large mean direction, and without it the
 few features whose encoders happen to point along it win every TopK while most never fire. Features that
 have not fired for ``resample_every`` chunks are re-initialised from badly reconstructed inputs (until
-three quarters of the way).
+three quarters of all passes).
 
 Activation: TopK (k active features per position) while training — it needs no sparsity coefficient to
-tune, which matters when there is one short pass per layer; decoder rows are kept at unit norm. For the
+tune, which matters when training is a few short passes; decoder rows are kept at unit norm. For the
 written file the TopK is turned into a JumpReLU with one threshold per layer, the mean over the last steps
 of each position's k-th largest pre-activation (as BatchTopK is used at inference): a JumpReLU with a
 positive threshold is the same function in circuit-tracer, SAELens and logitlab, and each feature's activity
@@ -77,7 +77,8 @@ class TrainConfig:
     """What to train (every field is part of the cache key)."""
 
     n_features: int = 1024  # per layer
-    n_tokens: int = 150_000  # training tokens (one pass)
+    n_tokens: int = 150_000  # training tokens (per pass)
+    epochs: int = 4  # passes over the training tokens (the model runs on them again in each)
     k: int = 32  # active features per position while training (TopK)
     seq_len: int = 128
     chunk_seqs: int = 8  # sequences per forward pass
@@ -90,7 +91,8 @@ class TrainConfig:
     jacobian: float = 0.0  # weight of the Jacobian-matching term (0: reconstruction alone)
 
     def __post_init__(self) -> None:
-        for name in ("n_features", "n_tokens", "k", "chunk_seqs", "batch_tokens", "holdout_seqs", "resample_every"):
+        for name in ("n_features", "n_tokens", "epochs", "k", "chunk_seqs", "batch_tokens", "holdout_seqs",
+                     "resample_every"):
             if getattr(self, name) < 1:
                 raise LogitlabError(f"{name} must be positive, got {getattr(self, name)}")
         if self.seq_len < 2:
@@ -150,12 +152,14 @@ def n_train_seqs(cfg: TrainConfig) -> int:
 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings that name a run: every field, less ``skip`` and ``jacobian`` when off (so runs from before
-    they were added, and their cache folders, keep their names)."""
+    """The settings that name a run: every field, less ``skip`` and ``jacobian`` when off and ``epochs`` when 1
+    (so one-pass runs from before they were added, and their cache folders, keep their names)."""
     d = asdict(cfg)
     for name in ("skip", "jacobian"):
         if not d[name]:
             del d[name]
+    if d["epochs"] == 1:
+        del d["epochs"]
     return d
 
 
@@ -165,6 +169,7 @@ def default_out(model: Any, cfg: TrainConfig) -> Path:
     key = hashlib.sha256(json.dumps([model.name, model.source, _settings(cfg)]).encode()).hexdigest()[:12]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.name.split(" (")[0].split("/")[-1])
     kind = ("-skip" if cfg.skip else "") + ("-jac" if cfg.jacobian else "")
+    kind += f"-e{cfg.epochs}" if cfg.epochs > 1 else ""
     return cache_dir() / "transcoders" / f"{slug}-{cfg.n_features}f{kind}-{key}"
 
 
@@ -316,7 +321,8 @@ def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), l
     n_train = n_train_seqs(cfg)
     seqs = corpus_sequences(model.tokenizer, n_train + cfg.holdout_seqs, cfg.seq_len, cfg.seed)
     train, holdout = seqs[:n_train], seqs[n_train:]
-    n_chunks = math.ceil(n_train / cfg.chunk_seqs)
+    per_epoch = math.ceil(n_train / cfg.chunk_seqs)
+    n_chunks = per_epoch * cfg.epochs  # chunk c reads the training sequences' chunk c mod per_epoch
 
     g = torch.Generator().manual_seed(cfg.seed)
     state: dict[int, _Layer] = {}
@@ -338,7 +344,8 @@ def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), l
         for c in range(start, n_chunks):
             todo = [l for l in want if state[l].chunks <= c]
             with torch.no_grad():
-                io = mlp_io(model, train[c * cfg.chunk_seqs:(c + 1) * cfg.chunk_seqs], todo)
+                e = c % per_epoch
+                io = mlp_io(model, train[e * cfg.chunk_seqs:(e + 1) * cfg.chunk_seqs], todo)
             losses = []
             for layer in todo:
                 st = state[layer]
@@ -426,7 +433,7 @@ def _finish(model: Any, out: Path, cfg: TrainConfig, holdout: Tensor) -> Diction
                             "jacobian_cosine": round(jcos, 4), "jacobian_rel_error": round(jrel, 4),
                             "dead_fraction": round(float((counts == 0).double().mean()), 4)})
     summary = {"model": model.name, "n_features": cfg.n_features, "skip": cfg.skip, "jacobian": cfg.jacobian,
-               "training_tokens": cfg.n_tokens,
+               "training_tokens": cfg.n_tokens, "epochs": cfg.epochs,
                "heldout_positions": int(holdout.shape[0] * (cfg.seq_len - 1)), "layers": metrics}
     with atomic_write(out / "metrics.json") as f:
         f.write(json.dumps(summary, indent=1))

@@ -162,7 +162,7 @@ def test_feature_contexts_command(tiny_model, tmp_path: Path) -> None:
 @pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
 def test_training_writes_contexts_of_held_out_text(tiny_model, tmp_path: Path) -> None:
     from logitlab.features.train import TrainConfig, corpus_contexts, corpus_sequences, n_train_seqs, train_transcoders
-    cfg = TrainConfig(n_features=16, n_tokens=600, k=4, seq_len=16, holdout_seqs=4)
+    cfg = TrainConfig(n_features=16, n_tokens=600, k=4, seq_len=16, holdout_seqs=4, epochs=1)
     dset = train_transcoders(tiny_model, tmp_path, cfg, progress=False, context_tokens=100)
     data = json.loads((tmp_path / "feature_contexts.json").read_text(encoding="utf-8"))
     # the sequences after the training ones (the metrics' held-out ones first), in the trainer's shuffled order

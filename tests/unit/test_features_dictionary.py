@@ -234,7 +234,7 @@ def test_quality_by_hand(tiny_model) -> None:
 @pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
 def test_training_reduces_error_and_resumes(tiny_model, tmp_path: Path) -> None:
     cfg = TrainConfig(n_features=32, n_tokens=6000, k=8, seq_len=16, chunk_seqs=8, batch_tokens=32, lr=3e-3,
-                      holdout_seqs=8)
+                      holdout_seqs=8, epochs=1)
     dset = train_transcoders(tiny_model, tmp_path / "a", cfg, progress=False)
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     evs = [m["explained_variance"] for m in metrics["layers"]]
@@ -270,8 +270,58 @@ def test_training_reduces_error_and_resumes(tiny_model, tmp_path: Path) -> None:
     for x, y in zip(dset.layers, resumed.layers):
         assert torch.allclose(x.W_enc, y.W_enc, atol=1e-5), (x.W_enc - y.W_enc).abs().max()
     with pytest.raises(LogitlabError, match="other settings"):
-        train_transcoders(tiny_model, tmp_path / "b", TrainConfig(n_features=16, n_tokens=6000, k=8, seq_len=16),
-                          progress=False)
+        train_transcoders(tiny_model, tmp_path / "b",
+                          TrainConfig(n_features=16, n_tokens=6000, k=8, seq_len=16, epochs=1), progress=False)
+
+
+def test_epochs_repeat_the_training_tokens_and_resume(tiny_model, tmp_path: Path) -> None:
+    """``epochs`` = 2 runs the model on the same training sequences twice, in the same order, and lowers the
+    held-out error of the one-pass run; a run stopped in the second pass and continued equals one run through."""
+    import logitlab.features.train as tr
+    cfg = TrainConfig(n_features=32, n_tokens=3000, k=8, seq_len=16, chunk_seqs=8, batch_tokens=32, lr=3e-3,
+                      holdout_seqs=8, epochs=1)
+    two = TrainConfig(**{**cfg.__dict__, "epochs": 2})
+    orig, seen = tr.mlp_io, []
+
+    def spy(model, tokens, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(tokens.clone())
+        return orig(model, tokens, *a, **k)
+    tr.mlp_io = spy
+    try:
+        one_set = train_transcoders(tiny_model, tmp_path / "one", cfg, progress=False)
+        n_one = len(seen)
+        seen.clear()
+        two_set = train_transcoders(tiny_model, tmp_path / "two", two, progress=False)
+    finally:
+        tr.mlp_io = orig
+    per_epoch = -(-tr.n_train_seqs(cfg) // cfg.chunk_seqs)
+    held = n_one - per_epoch  # the metrics' passes over the held-out sequences
+    assert held > 0 and len(seen) == 2 * per_epoch + held
+    for a, b in zip(seen[:per_epoch], seen[per_epoch:2 * per_epoch]):
+        assert torch.equal(a, b)
+    assert not torch.equal(seen[0], seen[1])
+    ev = {name: [m["explained_variance"] for m in json.loads((tmp_path / name / "metrics.json").read_text())["layers"]]
+          for name in ("one", "two")}
+    assert sum(ev["two"]) > sum(ev["one"]), ev
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["epochs"] == 2
+    assert tr._settings(cfg).keys() == tr._settings(two).keys() - {"epochs"}  # one pass keeps the old cache key
+    calls = {"n": 0}
+
+    def stop(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] > per_epoch + 2:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+    tr.mlp_io = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_transcoders(tiny_model, tmp_path / "r", two, progress=False, checkpoint_every=1)
+    finally:
+        tr.mlp_io = orig
+    resumed = train_transcoders(tiny_model, tmp_path / "r", two, progress=False, checkpoint_every=1)
+    for x, y in zip(two_set.layers, resumed.layers):
+        assert torch.allclose(x.W_enc, y.W_enc, atol=1e-5), (x.W_enc - y.W_enc).abs().max()
+    assert not torch.allclose(one_set.layers[0].W_enc, two_set.layers[0].W_enc, atol=1e-3)
 
 
 @pytest.mark.parametrize("skip", [False, True])
@@ -307,7 +357,7 @@ def test_written_transcoder_is_the_trained_one(skip: bool) -> None:
 @pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
 def test_training_a_skip_transcoder(tiny_model, tmp_path: Path) -> None:
     cfg = TrainConfig(n_features=32, n_tokens=3000, k=8, seq_len=16, chunk_seqs=8, batch_tokens=32, lr=3e-3,
-                      holdout_seqs=8, skip=True)
+                      holdout_seqs=8, skip=True, epochs=1)
     dset = train_transcoders(tiny_model, tmp_path / "s", cfg, progress=False)
     assert all(tc.W_skip is not None and tc.W_skip.abs().max() > 0 for tc in dset.layers)
     evs = [m["explained_variance"] for m in json.loads((tmp_path / "s" / "metrics.json").read_text())["layers"]]
@@ -338,7 +388,7 @@ def test_jacobian_stats_against_autograd(tiny_model) -> None:
 @pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)
 def test_jacobian_matching_lowers_the_jacobian_error(tiny_model, tmp_path: Path) -> None:
     cfg = TrainConfig(n_features=32, n_tokens=3000, k=8, seq_len=16, chunk_seqs=8, batch_tokens=32, lr=3e-3,
-                      holdout_seqs=8, skip=True)
+                      holdout_seqs=8, skip=True, epochs=1)
     runs = {}
     for w in (0.0, 1.0):
         train_transcoders(tiny_model, tmp_path / str(w), TrainConfig(**{**cfg.__dict__, "jacobian": w}), progress=False)
@@ -362,8 +412,10 @@ def test_train_transcoders_command(tiny_model, tmp_path: Path, monkeypatch: pyte
     assert load_dictionaries(cached[0], tiny_model).n_layers == tiny_model.spec.n_layers
     out = tmp_path / "tc"
     rc = main(["train-transcoders", "--model", tiny_model.source, "--out", str(out), "--features", "16",
-               "--tokens", "1500", "--device", "cpu"])
+               "--tokens", "1500", "--epochs", "2", "--device", "cpu"])
     assert rc == 0
+    assert json.loads((out / "train_config.json").read_text())["epochs"] == 2
+    assert json.loads((cached[0] / "train_config.json").read_text())["epochs"] == 4  # the default
     dset = load_dictionaries(out, tiny_model)
     assert dset.n_features == 16 and dset.layers[0].activation == "jumprelu"
     assert len(json.loads((out / "metrics.json").read_text())["layers"]) == tiny_model.spec.n_layers
