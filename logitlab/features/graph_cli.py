@@ -93,12 +93,17 @@ def graph_cmd(
             top = check_top_features(m, None, dicts, g, check, answer=answer, contrast=contrast)
             faith = faithfulness_curve(m, None, dicts, g, answer=answer, contrast=contrast)
         data["intervention_check"] = {"top_features": top.to_dict(), "faithfulness": faith.to_dict()}
-        console.print(f"top {check} features, predicted vs actual change of the logit difference when zeroed: "
-                      f"Spearman {top.spearman:.2f}, sign agreement {top.sign_agreement:.2f}; with attention, norms "
-                      "and gates held (the graph's linear model), one released at a time: "
-                      + ", ".join(f"{h} {v:.2f}" for h, v in top.spearman_released.items())
-                      + "; in the real model's own MLPs: " + ", ".join(
-                          f"{k.replace('_', ' ')} {v:.2f}" for k, v in top.model["spearman"].items()), highlight=False)
+        mo = top.model
+        pair = lambda k: f"{mo['spearman'][k]:.2f} / {mo['sign_agreement'][k]:.2f}"  # noqa: E731
+        own = mo["own_first_order"]
+        console.print(
+            f"top {check} features, the graph's predicted change of the logit difference against the real model's "
+            f"(Spearman / sign agreement): zeroing {pair('zeroed')}, first order {pair('derivative')}, first order "
+            f"with attention held {pair('derivative_attention_held')}, with attention and norms held "
+            f"{pair('derivative_attention_norms_held')} (the real model's own first order against its zeroing: "
+            f"{own['spearman']:.2f} / {own['sign_agreement']:.2f}); zeroing with the transcoders downstream "
+            f"{top.spearman:.2f} / {top.sign_agreement:.2f}, with attention, norms and gates held, one released "
+            "at a time: " + ", ".join(f"{h} {v:.2f}" for h, v in top.spearman_released.items()), highlight=False)
     js, html = write_graph(data, out)
     if export is not None:
         ct = export_circuit_tracer(data, export, slug, scan=scan)

@@ -128,8 +128,9 @@ def test_spearman() -> None:
     assert spearman(a, torch.tensor([1.0, 3.0, 2.0, 4.0])) == pytest.approx(0.8)
 
 
-def test_graph_check_from_the_command_line(tmp_path) -> None:  # noqa: ANN001
-    """``logitlab graph --check k`` writes the check and the faithfulness curve into graph.json."""
+def test_graph_check_from_the_command_line(tmp_path, capsys) -> None:  # noqa: ANN001
+    """``logitlab graph --check k`` writes the check and the faithfulness curve into graph.json, and prints the
+    agreement with zeroing in the real model first."""
     import json
 
     import logitlab
@@ -148,6 +149,11 @@ def test_graph_check_from_the_command_line(tmp_path) -> None:  # noqa: ANN001
     assert sorted(top["spearman_released"]) == ["attention", "gates", "norms"]
     assert faith["recovered"][-1] == pytest.approx(1.0, abs=1e-4)
     assert faith["sizes"][-1] == data["counts"]["features"]
+    said = " ".join(capsys.readouterr().err.split())
+    m = top["model"]
+    first = f"real model's (Spearman / sign agreement): zeroing {m['spearman']['zeroed']:.2f} / "
+    assert first + f"{m['sign_agreement']['zeroed']:.2f}," in said, said
+    assert f"transcoders downstream {top['spearman']:.2f} / {top['sign_agreement']:.2f}" in said, said
 
 
 # ---- row-budgeted graphs ---------------------------------------------------------------------------------------
