@@ -249,24 +249,8 @@ def test_training_reduces_error_and_resumes(tiny_model, tmp_path: Path) -> None:
     assert_same(dset, again)
     # resume: a run stopped part-way and continued equals one run straight through
     (tmp_path / "b").mkdir()
-    import logitlab.features.train as tr
     n_chunks = -(-(-(-cfg.n_tokens // (cfg.seq_len - 1))) // cfg.chunk_seqs)
-    orig = tr.mlp_io
-    calls = {"n": 0}
-
-    def stop_half(*a, **k):  # noqa: ANN002, ANN003, ANN202
-        calls["n"] += 1
-        if calls["n"] > n_chunks // 2:
-            raise KeyboardInterrupt
-        return orig(*a, **k)
-    tr.mlp_io = stop_half
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_transcoders(tiny_model, tmp_path / "b", cfg, progress=False, checkpoint_every=1)
-    finally:
-        tr.mlp_io = orig
-    assert not (tmp_path / "b" / "layer_0.safetensors").exists()
-    resumed = train_transcoders(tiny_model, tmp_path / "b", cfg, progress=False, checkpoint_every=1)
+    resumed = _stopped_and_resumed(tiny_model, tmp_path / "b", cfg, n_chunks // 2)
     for x, y in zip(dset.layers, resumed.layers):
         assert torch.allclose(x.W_enc, y.W_enc, atol=1e-5), (x.W_enc - y.W_enc).abs().max()
     with pytest.raises(LogitlabError, match="other settings"):
@@ -274,6 +258,27 @@ def test_training_reduces_error_and_resumes(tiny_model, tmp_path: Path) -> None:
                           TrainConfig(n_features=16, n_tokens=6000, k=8, seq_len=16, epochs=1), progress=False)
 
 
+def _stopped_and_resumed(model, folder: Path, cfg: TrainConfig, after: int):  # noqa: ANN001, ANN202
+    """Train into ``folder``, interrupted after ``after`` chunks (checkpointing every chunk), then continue."""
+    import logitlab.features.train as tr
+    orig, calls = tr.mlp_io, {"n": 0}
+
+    def stop(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+    tr.mlp_io = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_transcoders(model, folder, cfg, progress=False, checkpoint_every=1)
+    finally:
+        tr.mlp_io = orig
+    assert not (folder / "layer_0.safetensors").exists()
+    return train_transcoders(model, folder, cfg, progress=False, checkpoint_every=1)
+
+
+@pytest.mark.parametrize("tiny_model", ["gemma3"], indirect=True)  # the passes do not depend on the family
 def test_epochs_repeat_the_training_tokens_and_resume(tiny_model, tmp_path: Path) -> None:
     """``epochs`` = 2 runs the model on the same training sequences twice, in the same order, and lowers the
     held-out error of the one-pass run; a run stopped in the second pass and continued equals one run through."""
@@ -305,20 +310,7 @@ def test_epochs_repeat_the_training_tokens_and_resume(tiny_model, tmp_path: Path
     assert sum(ev["two"]) > sum(ev["one"]), ev
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["epochs"] == 2
     assert tr._settings(cfg).keys() == tr._settings(two).keys() - {"epochs"}  # one pass keeps the old cache key
-    calls = {"n": 0}
-
-    def stop(*a, **k):  # noqa: ANN002, ANN003, ANN202
-        calls["n"] += 1
-        if calls["n"] > per_epoch + 2:
-            raise KeyboardInterrupt
-        return orig(*a, **k)
-    tr.mlp_io = stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_transcoders(tiny_model, tmp_path / "r", two, progress=False, checkpoint_every=1)
-    finally:
-        tr.mlp_io = orig
-    resumed = train_transcoders(tiny_model, tmp_path / "r", two, progress=False, checkpoint_every=1)
+    resumed = _stopped_and_resumed(tiny_model, tmp_path / "r", two, per_epoch + 2)  # stopped in the second pass
     for x, y in zip(two_set.layers, resumed.layers):
         assert torch.allclose(x.W_enc, y.W_enc, atol=1e-5), (x.W_enc - y.W_enc).abs().max()
     assert not torch.allclose(one_set.layers[0].W_enc, two_set.layers[0].W_enc, atol=1e-3)
