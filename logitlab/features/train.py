@@ -358,9 +358,9 @@ def train_transcoders(model: Any, out: Path, cfg: TrainConfig = TrainConfig(), l
                 x = (x - st.scales["x_mean"]) / st.scales["x_scale"]
                 y = (y - st.scales["y_mean"]) / st.scales["y_scale"]
                 # the order of this chunk's positions depends on (seed, chunk, layer) only: a resumed run repeats it
-                order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(
-                    cfg.seed * 1_000_003 + c * 1_009 + layer))
-                gv = torch.Generator().manual_seed(cfg.seed * 1_000_003 + c * 1_009 + layer + 17)
+                seed = cfg.seed * 1_000_003 + c * 1_009 + layer
+                order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+                gv = torch.Generator().manual_seed(seed + 17)
                 with torch.enable_grad():
                     for b in range(0, x.shape[0], cfg.batch_tokens):
                         i = order[b:b + cfg.batch_tokens]
@@ -426,9 +426,11 @@ def _finish(model: Any, out: Path, cfg: TrainConfig, holdout: Tensor) -> Diction
             for l in range(L):
                 xs[l].append(io[l][0][:, 1:].reshape(-1, D).float().cpu())
                 ys[l].append(io[l][1][:, 1:].reshape(-1, D).float().cpu())
+        r = staged(model)
         for l in range(L):
-            ev, l0, counts = layer_stats(tcs[l], torch.cat(xs[l]), torch.cat(ys[l]))
-            jcos, jrel = jacobian_stats(staged(model), l, tcs[l], torch.cat(xs[l])[:_JAC_HELDOUT], seed=l)
+            x = torch.cat(xs[l])
+            ev, l0, counts = layer_stats(tcs[l], x, torch.cat(ys[l]))
+            jcos, jrel = jacobian_stats(r, l, tcs[l], x[:_JAC_HELDOUT], seed=l)
             metrics.append({"layer": l, "explained_variance": round(ev, 4), "l0": round(l0, 2),
                             "jacobian_cosine": round(jcos, 4), "jacobian_rel_error": round(jrel, 4),
                             "dead_fraction": round(float((counts == 0).double().mean()), 4)})
